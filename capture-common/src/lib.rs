@@ -1,0 +1,162 @@
+//! Types shared by the kernel programs (`capture-ebpf`, `no_std`) and the daemon.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into the ring
+//! buffer and maps, user space reads them back. With the `user` feature each type also
+//! implements `aya::Pod`. Change a layout here and both sides change with it; `EVENT_ABI`
+//! guards against a daemon reading an object built from another layout.
+#![no_std]
+
+/// Bumped whenever a layout below changes.
+pub const EVENT_ABI: u32 = 1;
+
+/// Largest payload copied into one data event. A transfer larger than this is split into
+/// several chunk events, each with its own byte position.
+pub const MAX_CHUNK: usize = 16 * 1024;
+/// Bound on chunk events one syscall may produce (the verifier needs a constant bound).
+/// Bytes beyond `MAX_CHUNK * MAX_CHUNKS_PER_CALL` are reported as a gap, never dropped silently.
+pub const MAX_CHUNKS_PER_CALL: u32 = 256;
+/// Bound on iovecs walked for readv/writev/recvmsg/sendmsg; the rest is reported as a gap.
+pub const MAX_IOVECS: u32 = 64;
+
+/// Event kinds, in `EventHeader::kind`.
+pub mod kind {
+    /// Bytes transferred on a connection; `cap_len` of them follow the header.
+    pub const DATA: u8 = 1;
+    /// A connection opened by `connect` (client) or `accept` (server); a `SockAddr` follows.
+    pub const OPEN: u8 = 2;
+    /// The fd was closed; the connection is over.
+    pub const CLOSE: u8 = 3;
+}
+
+/// Directions, in `EventHeader::direction`.
+pub mod direction {
+    /// Bytes the process received (read, recv*).
+    pub const INGRESS: u8 = 0;
+    /// Bytes the process sent (write, send*).
+    pub const EGRESS: u8 = 1;
+}
+
+/// Flags, in `EventHeader::flags`.
+pub mod flags {
+    /// OPEN: the process accepted this connection (it is the server).
+    pub const ROLE_SERVER: u16 = 1 << 0;
+    /// OPEN: the process connected out (it is the client).
+    pub const ROLE_CLIENT: u16 = 1 << 1;
+    /// DATA: the bytes went through a path whose payload is not copied (sendfile), so the whole
+    /// event is a gap by design rather than by a limit.
+    pub const UNCOPYABLE: u16 = 1 << 2;
+    /// DATA: a limit (iovec count, chunks per call) cut the copy short.
+    pub const LIMIT_HIT: u16 = 1 << 3;
+    /// DATA: reading the user buffer failed (page not present); the bytes are a gap.
+    pub const READ_FAILED: u16 = 1 << 4;
+}
+
+/// Fixed header of every ring-buffer event. Followed by `cap_len` payload bytes (DATA) or a
+/// `SockAddr` (OPEN).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub flags: u16,
+    /// The file descriptor in the process (`tgid`).
+    pub fd: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Changes whenever `fd` is closed and reused, so (tgid, fd, generation) names one connection.
+    pub generation: u64,
+    /// Byte position of the first byte of this event within its direction of the connection.
+    pub pos: u64,
+    /// Bytes this event stands for on the wire.
+    pub len: u32,
+    /// Bytes of payload present after the header (`cap_len <= len`); the rest is a gap.
+    pub cap_len: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at syscall exit.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+}
+
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Address carried by an OPEN event: the peer passed to `connect` or returned by `accept`.
+/// `family` is `AF_INET` (2) or `AF_INET6` (10); zero when the process gave no address buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddr {
+    pub family: u16,
+    /// Network byte order, as in `sockaddr_in`.
+    pub port_be: u16,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// Key of the per-connection state map and of the switch-off map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Per-connection state kept by the kernel: identity generation and the byte position of each
+/// direction, advanced by every transfer whether or not its bytes were copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub generation: u64,
+    /// Indexed by `direction::*`.
+    pub pos: [u64; 2],
+    /// Set by user space (through `MUTED`) when the fd is not a TCP socket.
+    pub muted: u32,
+    pub _pad: u32,
+}
+
+/// Key of the `MUTED` map: user space mutes one generation of one fd, so a reused fd number is
+/// never muted by mistake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MutedKey {
+    pub tgid: u32,
+    pub fd: u32,
+    pub generation: u64,
+}
+
+/// Indexes of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Ring-buffer output failed: the event (and its bytes) never reached user space.
+    pub const EVENTS_LOST: u32 = 0;
+    pub const BYTES_LOST: u32 = 1;
+    /// Chunks whose copy was cut short by a limit (`flags::LIMIT_HIT`).
+    pub const TRUNCATIONS: u32 = 2;
+    /// A sys_exit found no stashed arguments (the stash map was full).
+    pub const ARGS_MISSING: u32 = 3;
+    /// Events handed to the ring buffer.
+    pub const EVENTS: u32 = 4;
+    /// Connection-state map full: a transfer on an untracked fd could not be followed.
+    pub const CONN_TABLE_FULL: u32 = 5;
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all four are `#[repr(C)]`, made only of integers and byte arrays, with explicit
+    // padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::MutedKey {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(EVENT_HEADER_LEN, 56);
+        assert_eq!(core::mem::size_of::<SockAddr>(), 24);
+        assert_eq!(core::mem::size_of::<ConnState>(), 32);
+        assert_eq!(core::mem::size_of::<MutedKey>(), 16);
+    }
+}

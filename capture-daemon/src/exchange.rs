@@ -1,0 +1,205 @@
+//! The decoded request/response exchange: what the protocol decoders produce, redaction
+//! rewrites, and the sinks serialise (as a HAR entry, see `har`).
+
+use std::net::SocketAddr;
+
+/// HTTP version as it appeared on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+    Http2,
+}
+
+impl HttpVersion {
+    /// The HAR `httpVersion` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http10 => "HTTP/1.0",
+            Self::Http11 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// Application protocol of the connection, `_capture.protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    H1,
+    H2,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::H1 => "h1",
+            Self::H2 => "h2",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// One header field, in wire order. Values that are not UTF-8 are kept lossily (U+FFFD).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+impl Header {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { name: name.into(), value: value.into() }
+    }
+}
+
+/// Finds the first header named `name` (ASCII case-insensitive).
+pub fn header_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// A message body as captured.
+///
+/// `data` holds the content with transfer coding (chunked) removed and content coding (gzip,
+/// deflate, br, zstd) decoded, cut at the configured body limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    pub data: Vec<u8>,
+    /// Bytes of the body on the wire after transfer decoding and before content decoding,
+    /// counted even past the capture limit (HAR `bodySize`, `_capture.original_size`).
+    pub wire_size: u64,
+    /// Set when `data` is not the whole decoded body: the limit was hit, bytes were lost in a
+    /// gap, or the content coding could not be decoded (then `data` is the raw prefix).
+    pub truncated: bool,
+    /// The content coding that was decoded (`gzip`, `br`, ...), if any.
+    pub decoded_from: Option<String>,
+    /// Content coding present but not decodable (unknown coding, corrupt stream); `data` then
+    /// holds the encoded bytes as captured.
+    pub decode_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request-target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
+    pub target: String,
+    pub version: HttpVersion,
+    pub headers: Vec<Header>,
+    /// Bytes of the request line and header block, CRLFs included (HAR `headersSize`).
+    pub headers_size: u64,
+    pub body: Body,
+    pub trailers: Vec<Header>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub version: HttpVersion,
+    pub headers: Vec<Header>,
+    pub headers_size: u64,
+    pub body: Body,
+    /// Trailer fields (chunked HTTP/1, HTTP/2), `_trailers` in the output.
+    pub trailers: Vec<Header>,
+}
+
+/// Kernel timestamps (CLOCK_MONOTONIC ns) of the exchange's edges; `None` when not seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub request_start_ns: u64,
+    pub request_end_ns: u64,
+    pub response_start_ns: Option<u64>,
+    pub response_end_ns: Option<u64>,
+}
+
+/// Why an exchange is emitted without being whole (`_capture.incomplete`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incomplete {
+    /// The connection closed before the response (or its body) was complete.
+    ConnectionClosed,
+    /// Bytes were lost in a gap inside this exchange.
+    Gap,
+    /// The exchange was flushed at shutdown or by idle eviction.
+    Flushed,
+    /// No response arrived: the connection went idle or the pipeline limit evicted it.
+    NoResponse,
+    /// The response could not be parsed.
+    ParseError,
+    /// HTTP/2 only: the HPACK dynamic table was unknown (connection predates capture).
+    HpackStateUnknown,
+    /// HTTP/2 only: the stream was reset (RST_STREAM).
+    Reset,
+}
+
+impl Incomplete {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionClosed => "connection_closed",
+            Self::Gap => "gap",
+            Self::Flushed => "flushed",
+            Self::NoResponse => "no_response",
+            Self::ParseError => "parse_error",
+            Self::HpackStateUnknown => "hpack_state_unknown",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Which side of the connection the captured process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// Where the exchange was captured. `src` is the client's endpoint and `dst` the server's,
+/// whichever of them the captured process is (`role`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub src: Option<SocketAddr>,
+    pub dst: Option<SocketAddr>,
+    pub role: Option<Role>,
+    /// Stable id of the connection for HAR `connection`: `tgid:fd:generation`.
+    pub id: String,
+}
+
+/// The workload the captured process belongs to. Outside Kubernetes only `node` is known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub owner_kind: Option<String>,
+    pub owner_name: Option<String>,
+    pub node: Option<String>,
+}
+
+/// A request and its response (if one was seen), with where and when they were captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub protocol: Protocol,
+    pub request: Request,
+    pub response: Option<Response>,
+    pub timing: Timing,
+    pub incomplete: Option<Incomplete>,
+    /// Filled by the connection layer after decoding.
+    pub conn: ConnMeta,
+    pub pid: u32,
+    pub workload: Workload,
+    /// Filled by redaction: names of the headers and query parameters removed.
+    pub redacted: Vec<String>,
+    /// Routing key from the request, when present (filled by the Kubernetes layer).
+    pub routing_key: Option<String>,
+}

@@ -1,0 +1,16 @@
+//! capture-daemon: captures the HTTP exchanges of opted-in workloads with eBPF.
+//!
+//! Data flows through the modules in this order:
+//! `ebpf` (load, attach, target cgroups) -> `intake` (ring buffer events) -> `conn` (connection
+//! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` (decoding,
+//! with `body` for content codings) -> `exchange` (the decoded value) -> `redact` -> `har` ->
+//! `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod clock;
+pub mod exchange;
+pub mod har;
+pub mod http1;
+pub mod redact;
+pub mod sink;
