@@ -1,1 +1,61 @@
-//! placeholder
+//! End-to-end harness for `capture-daemon`: it runs the real daemon, with real eBPF, against
+//! real servers and clients placed in throw-away cgroups, and reads back what was captured.
+//!
+//! - [`TestCgroup`] creates a cgroup v2 directory, runs commands inside it and removes it.
+//! - [`Daemon`] starts the daemon against such cgroups, scrapes `/metrics`, reads the JSONL
+//!   output and stops it with SIGTERM ([`Finished::assert_clean`] holds the end-of-test checks).
+//! - [`PythonServer`] and [`Nginx`] are the servers; [`curl`] is the usual client and
+//!   [`HttpConnection`] the raw one (pipelining, connections older than the daemon).
+//! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
+//!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
+//!
+//! The tests themselves are in `e2e/`; `cargo xtask demo` and `cargo xtask bench` reuse this.
+
+mod cgroup;
+mod daemon;
+mod env;
+pub mod har;
+mod net;
+mod process;
+mod servers;
+
+use std::process::Command;
+
+pub use cgroup::TestCgroup;
+pub use daemon::{Daemon, DaemonBuilder, Finished, Metrics, parse_exchanges};
+pub use env::{
+    capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, running_in_ci,
+    workspace_root,
+};
+pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
+pub use process::{ChildProcess, run, run_unchecked};
+pub use servers::{
+    BIG_LEN, COOKIE_BODY, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer, big_body, gzip_plain,
+    nginx_body,
+};
+
+/// `curl -sS` (quiet, errors shown, no retries or proxies), inside `cgroup` when given.
+pub fn curl(cgroup: Option<&TestCgroup>) -> Command {
+    let mut cmd = match cgroup {
+        Some(cgroup) => cgroup.command("curl"),
+        None => Command::new("curl"),
+    };
+    // --noproxy: an http_proxy in the environment must not reroute loopback traffic.
+    cmd.args(["-sS", "--noproxy", "*", "--max-time", "30"]);
+    cmd
+}
+
+/// A value unique to this process and call, for secrets and path markers that must (not) show up.
+pub fn unique_marker(label: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{label}-{}-{}-{nanos:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
