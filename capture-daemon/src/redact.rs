@@ -1,1 +1,924 @@
-//! placeholder: being written
+//! Redaction: what is removed from every exchange before any sink sees it (DESIGN.md §6).
+//!
+//! [`RedactionPolicy::apply`] rewrites an [`Exchange`] in place:
+//! - credential fields (`Authorization`, `Authentication`, `Cookie`, `Proxy-Authorization`,
+//!   `Set-Cookie`, `Set-Cookie2`) are removed from headers and trailers, in either direction: they
+//!   carry a secret whichever way they travel, and have no other meaning in the other direction;
+//! - connection-specific fields (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
+//!   `Transfer-Encoding`, `Upgrade`, and every field the message's `Connection` header names) are
+//!   removed from headers and trailers, in both directions;
+//! - configured extra header names are removed in both directions, trailers too;
+//! - configured query parameters are removed from the request target, from HTTP/2 `:path`, and
+//!   from the URLs in `Referer`, `Location` and `Content-Location` (query and fragment);
+//! - userinfo (`user:pass@`) is removed from absolute URLs and from `Host` / `:authority`.
+//!
+//! Names are matched ASCII case-insensitively, so HTTP/1 (`Cookie`) and HTTP/2 (`cookie`, maybe
+//! split over several fields, RFC 9113 §8.2.3) are handled alike. Pseudo-header fields (`:method`,
+//! `:path`, ...) are never removed; `:path` and `:authority` only lose query parameters and
+//! userinfo. What was removed is recorded in `Exchange::redacted`: lowercase header names,
+//! `query:<name>` for query parameters and `url:userinfo`, sorted and deduplicated.
+//!
+//! Nothing here logs, and nothing here formats a field value: values never reach a log line, an
+//! error or a panic message from this module. Bodies are not parsed (see docs/security-model.md).
+
+use std::collections::BTreeSet;
+
+use crate::exchange::{Exchange, Header};
+
+/// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2).
+const CREDENTIAL_FIELDS: [&str; 6] = [
+    "authorization",
+    "authentication",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+    "set-cookie2",
+];
+
+/// Connection-specific fields (RFC 9110 §7.6.1; RFC 9113 §8.2.2 forbids them in HTTP/2).
+/// `Proxy-Connection` is not standard but is sent by old clients with the same meaning.
+const HOP_BY_HOP_FIELDS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Fields whose value is a URI reference that may carry userinfo or query parameters.
+const URL_FIELDS: [&str; 3] = ["referer", "location", "content-location"];
+
+/// Fields whose value is an authority (`host[:port]`, RFC 9110 §7.2, RFC 9113 §8.3.1).
+const AUTHORITY_FIELDS: [&str; 2] = ["host", ":authority"];
+
+/// Redacted-list entry for removed userinfo.
+const USERINFO_ENTRY: &str = "url:userinfo";
+
+/// What to remove from exchanges: the fixed set of DESIGN.md §6 plus configured extras.
+///
+/// Holds names only, so its `Debug` output is safe to log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedactionPolicy {
+    /// Lowercase header names, pseudo-headers excluded.
+    extra_headers: Vec<String>,
+    /// Lowercase query parameter names, matched against the percent-decoded name.
+    extra_query_params: Vec<String>,
+}
+
+impl RedactionPolicy {
+    /// A policy removing the fixed set plus `extra_headers` (in both directions, trailers too)
+    /// and `extra_query_params`.
+    ///
+    /// Names are trimmed and matched case-insensitively; empty names are ignored, and so are
+    /// pseudo-header names (`:path`, ...), which are never removed.
+    pub fn new(extra_headers: &[String], extra_query_params: &[String]) -> Self {
+        let mut headers: Vec<String> = extra_headers
+            .iter()
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty() && !name.starts_with(':'))
+            .collect();
+        headers.sort();
+        headers.dedup();
+        let mut params: Vec<String> = extra_query_params
+            .iter()
+            .map(|name| name.trim().to_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        params.sort();
+        params.dedup();
+        Self {
+            extra_headers: headers,
+            extra_query_params: params,
+        }
+    }
+
+    /// Removes what DESIGN.md §6 says from `ex` and records the removed names in
+    /// `ex.redacted` (sorted, deduplicated, lowercase; entries already there are kept).
+    /// Applying a policy twice changes nothing the second time.
+    pub fn apply(&self, ex: &mut Exchange) {
+        let mut removed: BTreeSet<String> = ex
+            .redacted
+            .drain(..)
+            .map(|name| name.to_lowercase())
+            .collect();
+
+        let request = &mut ex.request;
+        self.remove_fields(&mut request.headers, &mut request.trailers, &mut removed);
+        self.rewrite_url_fields(&mut request.headers, &mut removed);
+        self.rewrite_url_fields(&mut request.trailers, &mut removed);
+        if let Some(target) = self.redact_target(&request.method, &request.target, &mut removed) {
+            request.target = target;
+        }
+
+        if let Some(response) = &mut ex.response {
+            self.remove_fields(&mut response.headers, &mut response.trailers, &mut removed);
+            self.rewrite_url_fields(&mut response.headers, &mut removed);
+            self.rewrite_url_fields(&mut response.trailers, &mut removed);
+        }
+
+        ex.redacted = removed.into_iter().collect();
+    }
+
+    /// Removes credential, connection-specific and configured fields from one message's
+    /// header and trailer sections.
+    fn remove_fields(
+        &self,
+        headers: &mut Vec<Header>,
+        trailers: &mut Vec<Header>,
+        removed: &mut BTreeSet<String>,
+    ) {
+        // RFC 9110 §7.6.1: the fields a message's Connection header names are connection
+        // options for that message only. Reading the trailers too only ever removes more.
+        let options = connection_options(headers.iter().chain(trailers.iter()));
+        let mut keep = |field: &Header| {
+            // Pseudo-headers are not fields a sender chooses and never carry credentials
+            // (RFC 9113 §8.3); `:path`/`:authority` are rewritten, not removed.
+            if field.name.starts_with(':') {
+                return true;
+            }
+            let name = field.name.to_ascii_lowercase();
+            let remove = CREDENTIAL_FIELDS.contains(&name.as_str())
+                || HOP_BY_HOP_FIELDS.contains(&name.as_str())
+                || options.contains(&name)
+                || self.extra_headers.contains(&name);
+            if remove {
+                removed.insert(name);
+            }
+            !remove
+        };
+        headers.retain(&mut keep);
+        trailers.retain(&mut keep);
+    }
+
+    /// Removes userinfo and configured query parameters from the fields that hold URLs.
+    fn rewrite_url_fields(&self, fields: &mut [Header], removed: &mut BTreeSet<String>) {
+        for field in fields {
+            let name = field.name.to_ascii_lowercase();
+            let rewritten = if name == ":path" {
+                self.redact_uri(&field.value, UriShape::OriginForm, removed)
+            } else if URL_FIELDS.contains(&name.as_str()) {
+                self.redact_uri(&field.value, UriShape::Reference, removed)
+            } else if AUTHORITY_FIELDS.contains(&name.as_str()) {
+                strip_authority_userinfo(&field.value, removed)
+            } else {
+                None
+            };
+            if let Some(value) = rewritten {
+                field.value = value;
+            }
+        }
+    }
+
+    /// The request target without userinfo and configured query parameters, or `None` when
+    /// nothing was removed.
+    fn redact_target(
+        &self,
+        method: &str,
+        target: &str,
+        removed: &mut BTreeSet<String>,
+    ) -> Option<String> {
+        // RFC 9112 §3.2.3: only CONNECT uses authority-form (`host:port`), where an '@' can
+        // only be userinfo; elsewhere '@' is a legal path character.
+        if method.eq_ignore_ascii_case("CONNECT") {
+            return strip_authority_userinfo(target, removed);
+        }
+        self.redact_uri(target, UriShape::RequestTarget, removed)
+    }
+
+    /// Removes userinfo (when `shape` allows an authority) and configured parameters from the
+    /// query and fragment of `uri`. Everything else is kept byte for byte. `None` when nothing
+    /// was removed.
+    fn redact_uri(
+        &self,
+        uri: &str,
+        shape: UriShape,
+        removed: &mut BTreeSet<String>,
+    ) -> Option<String> {
+        // RFC 3986 §3: scheme ":" ["//" authority] path ["?" query] ["#" fragment].
+        let (before_fragment, fragment) = match uri.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (uri, None),
+        };
+        let (before_query, query) = match before_fragment.split_once('?') {
+            Some((before, query)) => (before, Some(query)),
+            None => (before_fragment, None),
+        };
+
+        let mut changed = false;
+        let mut out = String::with_capacity(uri.len());
+        match authority_start(before_query, shape) {
+            Some(start) => {
+                let rest = &before_query[start..];
+                let end = rest.find('/').unwrap_or(rest.len());
+                out.push_str(&before_query[..start]);
+                // RFC 3986 §3.2.1: userinfo ends at the authority's '@'; take the last one so
+                // an unencoded '@' in a password cannot leave a piece behind.
+                match rest[..end].rfind('@') {
+                    Some(at) => {
+                        out.push_str(&rest[at + 1..]);
+                        removed.insert(USERINFO_ENTRY.to_owned());
+                        changed = true;
+                    }
+                    None => out.push_str(rest),
+                }
+            }
+            None => out.push_str(before_query),
+        }
+
+        for (separator, part) in [('?', query), ('#', fragment)] {
+            let Some(part) = part else { continue };
+            match self.remove_params(part, removed) {
+                Some(kept) => {
+                    changed = true;
+                    // Drop the separator when nothing is left after it.
+                    if !kept.is_empty() {
+                        out.push(separator);
+                        out.push_str(&kept);
+                    }
+                }
+                None => {
+                    out.push(separator);
+                    out.push_str(part);
+                }
+            }
+        }
+
+        changed.then_some(out)
+    }
+
+    /// `part` without the `&`-separated `name[=value]` pairs whose decoded name is configured,
+    /// or `None` when there are none. Kept pairs stay byte-identical and in order.
+    fn remove_params(&self, part: &str, removed: &mut BTreeSet<String>) -> Option<String> {
+        if self.extra_query_params.is_empty() {
+            return None;
+        }
+        let mut changed = false;
+        let kept: Vec<&str> = part
+            .split('&')
+            .filter(|pair| match self.configured_param(pair) {
+                Some(name) => {
+                    removed.insert(format!("query:{name}"));
+                    changed = true;
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        changed.then(|| kept.join("&"))
+    }
+
+    /// The configured parameter name `pair` is for, matching on the name as a server decodes
+    /// it (application/x-www-form-urlencoded: `+` is a space, then percent-decoding).
+    fn configured_param(&self, pair: &str) -> Option<&str> {
+        let raw_name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        let (name, _) = form_urlencoded::parse(raw_name.as_bytes()).next()?;
+        let name = name.to_lowercase();
+        self.extra_query_params
+            .iter()
+            .find(|configured| **configured == name)
+            .map(String::as_str)
+    }
+}
+
+/// Where a URI may appear, which decides whether it can start with an authority.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UriShape {
+    /// HTTP/2 `:path`: path and query only (RFC 9113 §8.3.1).
+    OriginForm,
+    /// A request-target: origin-form or absolute-form (RFC 9112 §3.2). An origin-form target
+    /// may start with `//`, which is then a path, not an authority.
+    RequestTarget,
+    /// A field value holding a URI reference (RFC 3986 §4.1): absolute, or network-path
+    /// (`//host/path`), or relative.
+    Reference,
+}
+
+/// Byte offset where the authority of `uri` (query and fragment removed) starts, if it has one.
+fn authority_start(uri: &str, shape: UriShape) -> Option<usize> {
+    match shape {
+        UriShape::OriginForm => None,
+        UriShape::Reference if uri.starts_with("//") => Some(2),
+        UriShape::RequestTarget | UriShape::Reference => {
+            let colon = scheme_end(uri)?;
+            uri[colon..].starts_with("://").then_some(colon + 3)
+        }
+    }
+}
+
+/// Index of the ':' ending the URI scheme, if `uri` starts with one
+/// (RFC 3986 §3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
+pub(crate) fn scheme_end(uri: &str) -> Option<usize> {
+    let colon = uri.find(':')?;
+    let scheme = &uri[..colon];
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(colon)
+}
+
+/// `authority` without userinfo, or `None` when it has none. Host and `:authority` must not
+/// carry userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), but a client can still send it.
+fn strip_authority_userinfo(authority: &str, removed: &mut BTreeSet<String>) -> Option<String> {
+    let at = authority.rfind('@')?;
+    removed.insert(USERINFO_ENTRY.to_owned());
+    Some(authority[at + 1..].to_owned())
+}
+
+/// Lowercase field names listed in `Connection` fields (RFC 9110 §7.6.1:
+/// `Connection = #connection-option`, comma-separated with optional whitespace).
+fn connection_options<'h>(fields: impl Iterator<Item = &'h Header>) -> BTreeSet<String> {
+    fields
+        .filter(|field| field.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|field| field.value.split(','))
+        .map(|option| option.trim_matches([' ', '\t']).to_ascii_lowercase())
+        .filter(|option| !option.is_empty() && !option.starts_with(':'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::WallClock,
+        exchange::{Body, ConnMeta, HttpVersion, Protocol, Request, Response, Timing, Workload},
+        har,
+    };
+
+    fn h(name: &str, value: &str) -> Header {
+        Header::new(name, value)
+    }
+
+    fn exchange(
+        version: HttpVersion,
+        target: &str,
+        request_headers: Vec<Header>,
+        response_headers: Vec<Header>,
+    ) -> Exchange {
+        Exchange {
+            protocol: if version == HttpVersion::Http2 {
+                Protocol::H2
+            } else {
+                Protocol::H1
+            },
+            request: Request {
+                method: "GET".into(),
+                target: target.into(),
+                version,
+                headers: request_headers,
+                headers_size: 100,
+                body: Body::default(),
+                trailers: Vec::new(),
+            },
+            response: Some(Response {
+                status: 200,
+                reason: "OK".into(),
+                version,
+                headers: response_headers,
+                headers_size: 50,
+                body: Body::default(),
+                trailers: Vec::new(),
+            }),
+            timing: Timing {
+                request_start_ns: 1_000,
+                request_end_ns: 2_000,
+                response_start_ns: Some(3_000),
+                response_end_ns: Some(4_000),
+            },
+            incomplete: None,
+            conn: ConnMeta {
+                id: "1:2:3".into(),
+                ..ConnMeta::default()
+            },
+            pid: 1,
+            workload: Workload::default(),
+            redacted: Vec::new(),
+            routing_key: None,
+        }
+    }
+
+    fn names(headers: &[Header]) -> Vec<&str> {
+        headers.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    /// Redacts and serialises `ex`; asserts none of `secrets` is left anywhere in the HAR line.
+    fn redact_and_check(policy: &RedactionPolicy, ex: &mut Exchange, secrets: &[&str]) -> String {
+        policy.apply(ex);
+        let line = har::entry_json_line(ex, &WallClock::with_offset_ns(0));
+        for secret in secrets {
+            assert!(!line.contains(secret), "secret {secret:?} left in {line}");
+        }
+        line
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn every_fixed_name_in_every_case_in_both_directions() {
+        let fixed = [
+            "Authorization",
+            "Authentication",
+            "Cookie",
+            "Proxy-Authorization",
+            "Set-Cookie",
+            "Set-Cookie2",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+        ];
+        for name in fixed {
+            for (i, spelled) in [
+                name.to_owned(),
+                name.to_ascii_uppercase(),
+                name.to_ascii_lowercase(),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let secret_req = format!("reqsecret-{name}-{i}");
+                let secret_resp = format!("respsecret-{name}-{i}");
+                let mut ex = exchange(
+                    HttpVersion::Http11,
+                    "/",
+                    vec![
+                        h("Host", "example.com"),
+                        h(&spelled, &secret_req),
+                        h("Accept", "*/*"),
+                    ],
+                    vec![h("Content-Length", "0"), h(&spelled, &secret_resp)],
+                );
+                redact_and_check(
+                    &RedactionPolicy::default(),
+                    &mut ex,
+                    &[&secret_req, &secret_resp],
+                );
+                assert_eq!(names(&ex.request.headers), ["Host", "Accept"], "{spelled}");
+                let response = ex.response.as_ref().map(|r| names(&r.headers));
+                assert_eq!(response, Some(vec!["Content-Length"]), "{spelled}");
+                assert_eq!(ex.redacted, [name.to_ascii_lowercase()], "{spelled}");
+            }
+        }
+    }
+
+    #[test]
+    fn request_and_response_credentials_as_in_design() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/login",
+            vec![
+                h("Host", "example.com"),
+                h("Authorization", "Bearer tok-A1"),
+                h("authentication", "scheme tok-A2"),
+                h("COOKIE", "sid=tok-A3"),
+                h("Proxy-Authorization", "Basic tok-A4"),
+                h("Accept", "*/*"),
+            ],
+            vec![
+                h("Set-Cookie", "sid=tok-B1; HttpOnly"),
+                h("set-cookie", "csrf=tok-B2"),
+                h("Set-Cookie2", "old=tok-B3"),
+                h("Content-Type", "text/plain"),
+            ],
+        );
+        let line = redact_and_check(
+            &RedactionPolicy::default(),
+            &mut ex,
+            &[
+                "tok-A1", "tok-A2", "tok-A3", "tok-A4", "tok-B1", "tok-B2", "tok-B3",
+            ],
+        );
+        assert_eq!(
+            ex.redacted,
+            strings(&[
+                "authentication",
+                "authorization",
+                "cookie",
+                "proxy-authorization",
+                "set-cookie",
+                "set-cookie2",
+            ])
+        );
+        assert!(line.contains(r#""redacted":["authentication","authorization","cookie","#));
+        assert_eq!(names(&ex.request.headers), ["Host", "Accept"]);
+    }
+
+    #[test]
+    fn http2_lowercase_split_cookies_and_pseudo_headers() {
+        let mut ex = exchange(
+            HttpVersion::Http2,
+            "/v1/items?id=7",
+            vec![
+                h(":method", "GET"),
+                h(":scheme", "http"),
+                h(":authority", "api.internal:8080"),
+                h(":path", "/v1/items?id=7"),
+                // RFC 9113 §8.2.3: cookie may be split into one field per crumb.
+                h("cookie", "a=crumb-one"),
+                h("cookie", "b=crumb-two"),
+                h("authorization", "Bearer h2-token"),
+                h("te", "trailers"),
+                h("user-agent", "grpc-go/1.60"),
+            ],
+            vec![
+                h(":status", "200"),
+                h("set-cookie", "x=h2-set-one"),
+                h("set-cookie", "y=h2-set-two"),
+                h("content-type", "application/json"),
+            ],
+        );
+        redact_and_check(
+            &RedactionPolicy::default(),
+            &mut ex,
+            &[
+                "crumb-one",
+                "crumb-two",
+                "h2-token",
+                "h2-set-one",
+                "h2-set-two",
+            ],
+        );
+        assert_eq!(
+            names(&ex.request.headers),
+            [":method", ":scheme", ":authority", ":path", "user-agent"]
+        );
+        let response = ex.response.as_ref().map(|r| names(&r.headers));
+        assert_eq!(response, Some(vec![":status", "content-type"]));
+        assert_eq!(
+            ex.redacted,
+            strings(&["authorization", "cookie", "set-cookie", "te"])
+        );
+    }
+
+    #[test]
+    fn pseudo_headers_are_never_removed_even_when_named() {
+        let policy = RedactionPolicy::new(&strings(&[":path", ":method"]), &[]);
+        let mut ex = exchange(
+            HttpVersion::Http2,
+            "/",
+            vec![
+                h(":method", "GET"),
+                h(":path", "/"),
+                h("connection", ":method, x-hop"),
+            ],
+            vec![],
+        );
+        policy.apply(&mut ex);
+        assert_eq!(names(&ex.request.headers), [":method", ":path"]);
+        assert_eq!(ex.redacted, strings(&["connection"]));
+    }
+
+    #[test]
+    fn fields_named_in_connection_are_removed() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/",
+            vec![
+                h("Host", "example.com"),
+                h("Connection", "close, X-Secret-Hop"),
+                h("connection", "\tx-other-hop ,,keep-alive"),
+                h("X-Secret-Hop", "hop-value-1"),
+                h("X-OTHER-HOP", "hop-value-2"),
+                h("X-Kept", "kept-value"),
+            ],
+            vec![
+                h("Connection", "X-Resp-Hop"),
+                h("X-Resp-Hop", "hop-value-3"),
+                // Named only in the request's Connection: a different message, so kept.
+                h("X-Secret-Hop", "response-own-value"),
+            ],
+        );
+        let line = redact_and_check(
+            &RedactionPolicy::default(),
+            &mut ex,
+            &[
+                "hop-value-1",
+                "hop-value-2",
+                "hop-value-3",
+                "close, X-Secret-Hop",
+            ],
+        );
+        assert!(line.contains("kept-value") && line.contains("response-own-value"));
+        assert_eq!(names(&ex.request.headers), ["Host", "X-Kept"]);
+        assert_eq!(
+            ex.redacted,
+            strings(&["connection", "x-other-hop", "x-resp-hop", "x-secret-hop"])
+        );
+    }
+
+    #[test]
+    fn trailers_are_redacted_too() {
+        let policy = RedactionPolicy::new(&strings(&["X-Checksum-Key"]), &[]);
+        let mut ex = exchange(HttpVersion::Http11, "/", vec![h("Host", "h")], vec![]);
+        ex.request.trailers = vec![h("Authorization", "trailer-cred"), h("X-Sum", "1")];
+        if let Some(response) = &mut ex.response {
+            response.trailers = vec![
+                h("grpc-status", "0"),
+                h("x-checksum-key", "trailer-extra"),
+                h("Set-Cookie", "trailer-cookie"),
+                h("Transfer-Encoding", "chunked"),
+            ];
+        }
+        redact_and_check(
+            &policy,
+            &mut ex,
+            &["trailer-cred", "trailer-extra", "trailer-cookie"],
+        );
+        assert_eq!(names(&ex.request.trailers), ["X-Sum"]);
+        let trailers = ex.response.as_ref().map(|r| names(&r.trailers));
+        assert_eq!(trailers, Some(vec!["grpc-status"]));
+        assert_eq!(
+            ex.redacted,
+            strings(&[
+                "authorization",
+                "set-cookie",
+                "transfer-encoding",
+                "x-checksum-key"
+            ])
+        );
+    }
+
+    #[test]
+    fn extra_headers_in_both_directions_any_case() {
+        let policy = RedactionPolicy::new(&strings(&[" X-Api-Key ", "x-session", ""]), &[]);
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/",
+            vec![
+                h("Host", "h"),
+                h("X-API-KEY", "extra-secret-1"),
+                h("x-session", "extra-secret-2"),
+            ],
+            vec![
+                h("X-Api-Key", "extra-secret-3"),
+                h("X-Session-Id", "not-configured"),
+            ],
+        );
+        let line = redact_and_check(
+            &policy,
+            &mut ex,
+            &["extra-secret-1", "extra-secret-2", "extra-secret-3"],
+        );
+        assert!(line.contains("not-configured"));
+        assert_eq!(ex.redacted, strings(&["x-api-key", "x-session"]));
+    }
+
+    fn query_policy() -> RedactionPolicy {
+        RedactionPolicy::new(
+            &[],
+            &strings(&["token", "api_key", "access token", "Access_Token"]),
+        )
+    }
+
+    fn redact_target(policy: &RedactionPolicy, target: &str) -> (String, Vec<String>) {
+        let mut ex = exchange(HttpVersion::Http11, target, vec![h("Host", "h")], vec![]);
+        policy.apply(&mut ex);
+        (ex.request.target, ex.redacted)
+    }
+
+    #[test]
+    fn query_params_removed_rest_byte_identical() {
+        let policy = query_policy();
+        let cases: &[(&str, &str, &[&str])] = &[
+            // (target, expected target, expected redacted)
+            (
+                "/a?x=1&token=q-s1&y=%2F+2",
+                "/a?x=1&y=%2F+2",
+                &["query:token"],
+            ),
+            ("/a?token=q-s1", "/a", &["query:token"]),
+            (
+                "/a?token=q-s1&token=q-s2&TOKEN=q-s3",
+                "/a",
+                &["query:token"],
+            ),
+            ("/a?tok%65n=q-s1&b=2", "/a?b=2", &["query:token"]),
+            (
+                "/a?access+token=q-s1&access%20token=q-s2&c=3",
+                "/a?c=3",
+                &["query:access token"],
+            ),
+            (
+                "/a?api_key=q-s1&token",
+                "/a",
+                &["query:api_key", "query:token"],
+            ),
+            // The value names another parameter: only names match.
+            (
+                "/a?next=token&ref=api_key",
+                "/a?next=token&ref=api_key",
+                &[],
+            ),
+            (
+                "/a?next=token&token=q-s1",
+                "/a?next=token",
+                &["query:token"],
+            ),
+            // Similar names are not the configured one.
+            (
+                "/a?tokens=1&my_token=2&token_type=3",
+                "/a?tokens=1&my_token=2&token_type=3",
+                &[],
+            ),
+            ("/a?b=1&&token=q-s1&", "/a?b=1&&", &["query:token"]),
+            ("/a?token=", "/a", &["query:token"]),
+            ("/a?=token", "/a?=token", &[]),
+            ("/a/token=x?b", "/a/token=x?b", &[]),
+            ("*", "*", &[]),
+        ];
+        for (target, expected, redacted) in cases {
+            let (got, got_redacted) = redact_target(&policy, target);
+            assert_eq!(&got, expected, "{target}");
+            assert_eq!(got_redacted, strings(redacted), "{target}");
+        }
+    }
+
+    #[test]
+    fn query_params_not_configured_change_nothing() {
+        let (target, redacted) =
+            redact_target(&RedactionPolicy::default(), "/a?token=visible&b=%zz");
+        assert_eq!(target, "/a?token=visible&b=%zz");
+        assert!(redacted.is_empty());
+    }
+
+    #[test]
+    fn userinfo_removed_from_absolute_form() {
+        let policy = query_policy();
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "http://alice:pw-secret@example.com:8080/p?token=q-s1&a=1",
+                "http://example.com:8080/p?a=1",
+                &["query:token", "url:userinfo"],
+            ),
+            (
+                "http://p%40ss@w@example.com/",
+                "http://example.com/",
+                &["url:userinfo"],
+            ),
+            (
+                "https://user@example.com",
+                "https://example.com",
+                &["url:userinfo"],
+            ),
+            (
+                "http://example.com/mail/@someone",
+                "http://example.com/mail/@someone",
+                &[],
+            ),
+            // Origin-form: '@' and '//' are path characters.
+            ("/users/@me", "/users/@me", &[]),
+            ("//user:pw@host/x", "//user:pw@host/x", &[]),
+        ];
+        for (target, expected, redacted) in cases {
+            let (got, got_redacted) = redact_target(&policy, target);
+            assert_eq!(&got, expected, "{target}");
+            assert_eq!(got_redacted, strings(redacted), "{target}");
+        }
+    }
+
+    #[test]
+    fn userinfo_removed_from_connect_host_and_authority() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "proxyuser:proxy-pw@upstream:443",
+            vec![h("Host", "hostuser:host-pw@upstream:443")],
+            vec![],
+        );
+        ex.request.method = "CONNECT".into();
+        redact_and_check(
+            &RedactionPolicy::default(),
+            &mut ex,
+            &["proxy-pw", "host-pw", "proxyuser", "hostuser"],
+        );
+        assert_eq!(ex.request.target, "upstream:443");
+        assert_eq!(ex.request.headers, [h("Host", "upstream:443")]);
+        assert_eq!(ex.redacted, strings(&["url:userinfo"]));
+
+        let mut ex = exchange(
+            HttpVersion::Http2,
+            "/x",
+            vec![h(":authority", "u:h2-pw@svc"), h(":path", "/x")],
+            vec![],
+        );
+        redact_and_check(&RedactionPolicy::default(), &mut ex, &["h2-pw"]);
+        assert_eq!(ex.request.headers[0], h(":authority", "svc"));
+    }
+
+    #[test]
+    fn http2_path_and_url_fields_lose_params_and_userinfo() {
+        let policy = query_policy();
+        let mut ex = exchange(
+            HttpVersion::Http2,
+            "/cb?code=1&token=path-secret",
+            vec![
+                h(":path", "/cb?code=1&token=path-secret"),
+                h(
+                    "referer",
+                    "https://u:ref-pw@app.example/page?api_key=ref-secret#top",
+                ),
+            ],
+            vec![
+                h(":status", "302"),
+                h(
+                    "Location",
+                    "//login:loc-pw@idp.example/cb?x=1#access_token=frag-secret&state=s",
+                ),
+                h("Content-Location", "/doc?token=cl-secret"),
+            ],
+        );
+        redact_and_check(
+            &policy,
+            &mut ex,
+            &[
+                "path-secret",
+                "ref-pw",
+                "ref-secret",
+                "loc-pw",
+                "frag-secret",
+                "cl-secret",
+            ],
+        );
+        assert_eq!(ex.request.target, "/cb?code=1");
+        assert_eq!(ex.request.headers[0], h(":path", "/cb?code=1"));
+        assert_eq!(
+            ex.request.headers[1],
+            h("referer", "https://app.example/page#top")
+        );
+        let response = ex
+            .response
+            .as_ref()
+            .map(|r| r.headers.clone())
+            .unwrap_or_default();
+        assert_eq!(response[1], h("Location", "//idp.example/cb?x=1#state=s"));
+        assert_eq!(response[2], h("Content-Location", "/doc"));
+        assert_eq!(
+            ex.redacted,
+            strings(&[
+                "query:access_token",
+                "query:api_key",
+                "query:token",
+                "url:userinfo"
+            ])
+        );
+    }
+
+    #[test]
+    fn apply_is_idempotent_and_keeps_existing_entries() {
+        let policy = query_policy();
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/a?token=1",
+            vec![h("Host", "h"), h("Cookie", "c")],
+            vec![],
+        );
+        ex.redacted = vec!["X-Earlier".into()];
+        policy.apply(&mut ex);
+        let once = ex.clone();
+        policy.apply(&mut ex);
+        assert_eq!(ex, once);
+        assert_eq!(
+            ex.redacted,
+            strings(&["cookie", "query:token", "x-earlier"])
+        );
+    }
+
+    #[test]
+    fn nothing_to_remove_leaves_exchange_untouched() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/a?b=1",
+            vec![h("Host", "h"), h("Accept", "*/*")],
+            vec![h("Content-Type", "text/plain")],
+        );
+        let before = ex.clone();
+        query_policy().apply(&mut ex);
+        assert_eq!(ex, before);
+    }
+
+    #[test]
+    fn no_response_is_fine() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/",
+            vec![h("Cookie", "c-secret")],
+            vec![],
+        );
+        ex.response = None;
+        redact_and_check(&RedactionPolicy::default(), &mut ex, &["c-secret"]);
+        assert_eq!(ex.redacted, strings(&["cookie"]));
+    }
+
+    #[test]
+    fn debug_of_policy_shows_names_only() {
+        let policy = RedactionPolicy::new(&strings(&["X-Key"]), &strings(&["token"]));
+        let debug = format!("{policy:?}");
+        assert!(debug.contains("x-key") && debug.contains("token"));
+    }
+}
