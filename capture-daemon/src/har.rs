@@ -1,1 +1,1236 @@
-//! placeholder: being written
+//! HAR 1.2 `entry` objects: the output schema of DESIGN.md §5 (user docs:
+//! docs/output-schema.md).
+//!
+//! [`entry_json_line`] turns one (already redacted) [`Exchange`] into one line of JSON, with
+//! the fields in HAR order; [`entry`] gives the same object as a [`serde_json::Value`]. Choices
+//! the HAR spec leaves open, and kept the same everywhere:
+//! - optional HAR fields (`postData`, `serverIPAddress`, `connection`, `content.encoding`) are
+//!   absent when they do not apply; HAR fields that must be present but are unknown take the
+//!   HAR convention (`-1` for sizes and timings, `""` for strings, `0` for a missing status);
+//! - `_capture` fields marked optional in the schema (`routing_key`, `incomplete`,
+//!   `content_decoding`) and `_trailers` are absent when they do not apply; the other
+//!   `_capture` fields are always present, with `null` for a value that is not known.
+
+use std::borrow::Cow;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use serde::Serialize;
+
+use crate::{
+    clock::WallClock,
+    exchange::{Body, ConnMeta, Exchange, Header, HttpVersion, Request, Response, header_value},
+    redact::scheme_end,
+};
+
+/// The HAR entry of `ex` as a JSON value.
+#[expect(
+    clippy::expect_used,
+    reason = "the entry is plain structs of strings, numbers, bools and lists: nothing in it \
+              can fail to serialise (serde_json only fails on non-string map keys)"
+)]
+pub fn entry(ex: &Exchange, clock: &WallClock) -> serde_json::Value {
+    serde_json::to_value(HarEntry::new(ex, clock)).expect("HAR entry serialises")
+}
+
+/// The HAR entry of `ex` as one line of JSON, without a trailing newline. JSON strings escape
+/// control characters, so the line never contains a newline.
+#[expect(
+    clippy::expect_used,
+    reason = "the entry is plain structs of strings, numbers, bools and lists: nothing in it \
+              can fail to serialise (serde_json only fails on non-string map keys)"
+)]
+pub fn entry_json_line(ex: &Exchange, clock: &WallClock) -> String {
+    serde_json::to_string(&HarEntry::new(ex, clock)).expect("HAR entry serialises")
+}
+
+/// The absolute URL of a request, as HAR `request.url` wants it (RFC 9112 §3.3 reconstructs
+/// the target URI the same way).
+///
+/// An absolute-form target is the URL. Otherwise the scheme is HTTP/2 `:scheme` or `http`, and
+/// the authority is `:authority` (HTTP/2), `Host`, the server address of the connection, or
+/// `unknown`, in that order.
+pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
+    let target = request.target.as_str();
+    if is_absolute_form(target) {
+        return target.to_owned();
+    }
+    let http2 = request.version == HttpVersion::Http2;
+    let scheme = http2
+        .then(|| header_value(&request.headers, ":scheme"))
+        .flatten()
+        .filter(|scheme| scheme_end(&format!("{scheme}:")) == Some(scheme.len()))
+        .unwrap_or("http");
+    // RFC 9112 §3.3: in authority-form (CONNECT) the target is the authority, and the path is
+    // empty; asterisk-form also has an empty path.
+    if request.method.eq_ignore_ascii_case("CONNECT") && !target.starts_with('/') {
+        return format!("{scheme}://{target}");
+    }
+    let authority = request_authority(request, conn);
+    if target == "*" {
+        format!("{scheme}://{authority}")
+    } else if target.starts_with('/') {
+        format!("{scheme}://{authority}{target}")
+    } else {
+        format!("{scheme}://{authority}/{target}")
+    }
+}
+
+fn is_absolute_form(target: &str) -> bool {
+    scheme_end(target).is_some_and(|colon| target[colon..].starts_with("://"))
+}
+
+fn request_authority(request: &Request, conn: &ConnMeta) -> String {
+    // RFC 9113 §8.3.1: HTTP/2 carries the authority in `:authority`, or in Host.
+    let from_header = (request.version == HttpVersion::Http2)
+        .then(|| header_value(&request.headers, ":authority"))
+        .flatten()
+        .filter(|authority| !authority.is_empty())
+        .or_else(|| header_value(&request.headers, "host").filter(|host| !host.is_empty()));
+    match (from_header, conn.dst) {
+        (Some(authority), _) => authority.to_owned(),
+        (None, Some(dst)) => dst.to_string(),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+/// The decoded `name=value` pairs of the URL's query (application/x-www-form-urlencoded).
+fn query_string(url: &str) -> Vec<NameValue<'static>> {
+    let Some((_, rest)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let query = rest.split_once('#').map_or(rest, |(query, _)| query);
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| NameValue {
+            name: Cow::Owned(name.into_owned()),
+            value: Cow::Owned(value.into_owned()),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HarEntry<'a> {
+    started_date_time: String,
+    time: f64,
+    request: HarRequest<'a>,
+    response: HarResponse<'a>,
+    cache: Empty,
+    timings: Timings,
+    #[serde(rename = "serverIPAddress", skip_serializing_if = "Option::is_none")]
+    server_ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<&'a str>,
+    #[serde(rename = "_capture")]
+    capture: Capture<'a>,
+    #[serde(rename = "_trailers", skip_serializing_if = "Vec::is_empty")]
+    trailers: Vec<NameValue<'a>>,
+}
+
+impl<'a> HarEntry<'a> {
+    fn new(ex: &'a Exchange, clock: &WallClock) -> Self {
+        let timing = Edges::new(ex);
+        let started = clock.to_system_time(ex.timing.request_start_ns);
+        Self {
+            // WallClock clamps to years 1970..=9999, which humantime always formats; the
+            // format is UTC with a `Z`, whatever the local time zone.
+            started_date_time: humantime::format_rfc3339_millis(started).to_string(),
+            time: ms(timing.total_ns()),
+            request: HarRequest::new(&ex.request, &ex.conn),
+            response: ex
+                .response
+                .as_ref()
+                .map_or_else(HarResponse::none, HarResponse::new),
+            cache: Empty {},
+            timings: Timings {
+                blocked: -1,
+                dns: -1,
+                connect: -1,
+                send: ms(timing.send_ns()),
+                wait: ms(timing.wait_ns()),
+                receive: ms(timing.receive_ns()),
+                ssl: -1,
+            },
+            server_ip_address: ex.conn.dst.map(|dst| dst.ip().to_string()),
+            connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
+            capture: Capture::new(ex),
+            trailers: ex
+                .response
+                .as_ref()
+                .map(|r| name_values(&r.trailers))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The exchange's edges made monotonic, so the HAR timings are never negative and add up to
+/// `time`. A response that starts before the request ends (an early 4xx, HTTP/2 streaming) has
+/// `wait` 0; a missing response has `wait` and `receive` 0.
+struct Edges {
+    request_start: u64,
+    request_end: u64,
+    response_start: u64,
+    response_end: u64,
+}
+
+impl Edges {
+    fn new(ex: &Exchange) -> Self {
+        let t = &ex.timing;
+        let request_start = t.request_start_ns;
+        let request_end = t.request_end_ns.max(request_start);
+        let response_start = t.response_start_ns.unwrap_or(request_end).max(request_end);
+        let response_end = t
+            .response_end_ns
+            .unwrap_or(response_start)
+            .max(response_start);
+        Self {
+            request_start,
+            request_end,
+            response_start,
+            response_end,
+        }
+    }
+
+    fn send_ns(&self) -> u64 {
+        self.request_end - self.request_start
+    }
+
+    fn wait_ns(&self) -> u64 {
+        self.response_start - self.request_end
+    }
+
+    fn receive_ns(&self) -> u64 {
+        self.response_end - self.response_start
+    }
+
+    fn total_ns(&self) -> u64 {
+        self.response_end - self.request_start
+    }
+}
+
+/// Nanoseconds as HAR milliseconds. One rounding (a division), so `1_500_000` ns prints as
+/// `1.5`; exact below 2^53 ns (104 days), far beyond any exchange.
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1_000_000.0
+}
+
+/// A byte count as a JSON number (HAR sizes are signed: -1 means unknown).
+fn size(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+fn len_size(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+#[derive(Serialize)]
+struct NameValue<'a> {
+    name: Cow<'a, str>,
+    value: Cow<'a, str>,
+}
+
+fn name_values(headers: &[Header]) -> Vec<NameValue<'_>> {
+    headers
+        .iter()
+        .map(|h| NameValue {
+            name: Cow::Borrowed(&h.name),
+            value: Cow::Borrowed(&h.value),
+        })
+        .collect()
+}
+
+/// `{}` (HAR `cache`: nothing is known about caches).
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HarRequest<'a> {
+    method: &'a str,
+    url: String,
+    http_version: &'static str,
+    /// Always empty: `Cookie` is always redacted.
+    cookies: Vec<NameValue<'a>>,
+    headers: Vec<NameValue<'a>>,
+    query_string: Vec<NameValue<'static>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    post_data: Option<PostData<'a>>,
+    headers_size: i64,
+    body_size: i64,
+    #[serde(rename = "_trailers", skip_serializing_if = "Vec::is_empty")]
+    trailers: Vec<NameValue<'a>>,
+}
+
+impl<'a> HarRequest<'a> {
+    fn new(request: &'a Request, conn: &ConnMeta) -> Self {
+        let url = request_url(request, conn);
+        let body = &request.body;
+        // A request has a body when it sent body bytes (RFC 9112 §6.3); GET/HEAD usually don't.
+        let post_data = (body.wire_size > 0 || !body.data.is_empty()).then(|| {
+            let (text, encoding) = body_text(body);
+            PostData {
+                mime_type: content_type(&request.headers),
+                text,
+                encoding,
+            }
+        });
+        Self {
+            method: &request.method,
+            query_string: query_string(&url),
+            url,
+            http_version: request.version.as_str(),
+            cookies: Vec::new(),
+            headers: name_values(&request.headers),
+            post_data,
+            headers_size: size(request.headers_size),
+            body_size: size(body.wire_size),
+            trailers: name_values(&request.trailers),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PostData<'a> {
+    mime_type: &'a str,
+    text: String,
+    #[serde(rename = "_encoding", skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HarResponse<'a> {
+    status: u16,
+    status_text: &'a str,
+    http_version: &'static str,
+    /// Always empty: `Set-Cookie` is always redacted.
+    cookies: Vec<NameValue<'a>>,
+    headers: Vec<NameValue<'a>>,
+    content: Content<'a>,
+    #[serde(rename = "redirectURL")]
+    redirect_url: &'a str,
+    headers_size: i64,
+    body_size: i64,
+}
+
+impl<'a> HarResponse<'a> {
+    fn new(response: &'a Response) -> Self {
+        let (text, encoding) = body_text(&response.body);
+        Self {
+            status: response.status,
+            status_text: &response.reason,
+            http_version: response.version.as_str(),
+            cookies: Vec::new(),
+            headers: name_values(&response.headers),
+            content: Content {
+                size: len_size(response.body.data.len()),
+                mime_type: content_type(&response.headers),
+                text,
+                encoding,
+            },
+            redirect_url: header_value(&response.headers, "location").unwrap_or(""),
+            headers_size: size(response.headers_size),
+            body_size: size(response.body.wire_size),
+        }
+    }
+
+    /// HAR convention for a request that got no response (as browsers write it).
+    fn none() -> Self {
+        Self {
+            status: 0,
+            status_text: "",
+            http_version: "",
+            cookies: Vec::new(),
+            headers: Vec::new(),
+            content: Content {
+                size: 0,
+                mime_type: "",
+                text: String::new(),
+                encoding: None,
+            },
+            redirect_url: "",
+            headers_size: -1,
+            body_size: -1,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Content<'a> {
+    size: i64,
+    mime_type: &'a str,
+    text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encoding: Option<&'static str>,
+}
+
+fn content_type(headers: &[Header]) -> &str {
+    header_value(headers, "content-type").unwrap_or("")
+}
+
+/// The body as HAR text: the text itself when it is UTF-8 and looks like text, else base64
+/// (then the encoding is `Some("base64")`).
+fn body_text(body: &Body) -> (String, Option<&'static str>) {
+    let data = body.data.as_slice();
+    let text = match std::str::from_utf8(data) {
+        Ok(text) => Some(text),
+        // A body cut at the capture limit can end inside a character: the text before it is
+        // still text. `error_len() == None` means the input ended mid-character.
+        Err(e) if body.truncated && e.error_len().is_none() => data
+            .get(..e.valid_up_to())
+            .and_then(|prefix| std::str::from_utf8(prefix).ok()),
+        Err(_) => None,
+    };
+    match text {
+        Some(text) if looks_textual(text) => (text.to_owned(), None),
+        _ => (BASE64.encode(data), Some("base64")),
+    }
+}
+
+/// Text has no NUL and at most one control character in 32 (tab, newlines, form feed and
+/// the escape of terminal colours are not counted).
+fn looks_textual(text: &str) -> bool {
+    let mut chars = 0_usize;
+    let mut controls = 0_usize;
+    for c in text.chars() {
+        if c == '\0' {
+            return false;
+        }
+        chars += 1;
+        if c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b') {
+            controls += 1;
+        }
+    }
+    controls * 32 <= chars
+}
+
+#[derive(Serialize)]
+struct Timings {
+    blocked: i8,
+    dns: i8,
+    connect: i8,
+    send: f64,
+    wait: f64,
+    receive: f64,
+    ssl: i8,
+}
+
+#[derive(Serialize)]
+struct Capture<'a> {
+    workload: WorkloadOut<'a>,
+    conn: ConnOut,
+    pid: u32,
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_key: Option<&'a str>,
+    redacted: &'a [String],
+    truncated: Truncated,
+    original_size: OriginalSize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incomplete: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_decoding: Option<ContentDecoding<'a>>,
+}
+
+impl<'a> Capture<'a> {
+    fn new(ex: &'a Exchange) -> Self {
+        let w = &ex.workload;
+        let response_body = ex.response.as_ref().map(|r| &r.body);
+        let decoding = ContentDecoding {
+            request: Decoding::of(&ex.request.body),
+            response: response_body.and_then(Decoding::of),
+        };
+        Self {
+            workload: WorkloadOut {
+                namespace: w.namespace.as_deref(),
+                pod: w.pod.as_deref(),
+                container: w.container.as_deref(),
+                owner_kind: w.owner_kind.as_deref(),
+                owner_name: w.owner_name.as_deref(),
+                node: w.node.as_deref(),
+            },
+            conn: ConnOut {
+                src: ex.conn.src.map(|a| a.to_string()),
+                dst: ex.conn.dst.map(|a| a.to_string()),
+                role: ex.conn.role.map(|r| r.as_str()),
+            },
+            pid: ex.pid,
+            protocol: ex.protocol.as_str(),
+            routing_key: ex.routing_key.as_deref(),
+            redacted: &ex.redacted,
+            truncated: Truncated {
+                request: ex.request.body.truncated,
+                response: response_body.is_some_and(|b| b.truncated),
+            },
+            original_size: OriginalSize {
+                request: ex.request.body.wire_size,
+                response: response_body.map(|b| b.wire_size),
+            },
+            incomplete: ex.incomplete.map(|i| i.as_str()),
+            content_decoding: (decoding.request.is_some() || decoding.response.is_some())
+                .then_some(decoding),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WorkloadOut<'a> {
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    container: Option<&'a str>,
+    owner_kind: Option<&'a str>,
+    owner_name: Option<&'a str>,
+    node: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ConnOut {
+    src: Option<String>,
+    dst: Option<String>,
+    role: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Truncated {
+    request: bool,
+    response: bool,
+}
+
+#[derive(Serialize)]
+struct OriginalSize {
+    request: u64,
+    /// `None` (null) when there is no response.
+    response: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ContentDecoding<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Decoding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Decoding<'a>>,
+}
+
+#[derive(Serialize)]
+struct Decoding<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoded_from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_error: Option<&'a str>,
+}
+
+impl<'a> Decoding<'a> {
+    fn of(body: &'a Body) -> Option<Self> {
+        let decoding = Self {
+            decoded_from: body.decoded_from.as_deref(),
+            decode_error: body.decode_error.as_deref(),
+        };
+        (decoding.decoded_from.is_some() || decoding.decode_error.is_some()).then_some(decoding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        exchange::{Incomplete, Protocol, Role, Timing, Workload},
+        redact::RedactionPolicy,
+    };
+
+    /// 2024-05-01T12:00:00.123Z at monotonic 5 s.
+    const CLOCK: WallClock = WallClock::with_offset_ns(1_714_564_800_123_000_000 - 5_000_000_000);
+
+    fn h(name: &str, value: &str) -> Header {
+        Header::new(name, value)
+    }
+
+    fn body(data: &[u8]) -> Body {
+        Body {
+            data: data.to_vec(),
+            wire_size: data.len() as u64,
+            ..Body::default()
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A JSON API call from a Kubernetes client pod: POST with a JSON body, gzip response.
+    fn representative() -> Exchange {
+        let response_json = br#"{"id":42,"status":"created"}"#;
+        Exchange {
+            protocol: Protocol::H1,
+            request: Request {
+                method: "POST".into(),
+                target: "/api/orders?page=2&sort=created%20desc".into(),
+                version: HttpVersion::Http11,
+                headers: vec![
+                    h("Host", "orders.shop.svc:8080"),
+                    h("User-Agent", "curl/8.5.0"),
+                    h("Authorization", "Bearer eyJhbGciOi.secret"),
+                    h("Content-Type", "application/json"),
+                    h("Content-Length", "23"),
+                    h("Connection", "keep-alive"),
+                ],
+                headers_size: 187,
+                body: body(br#"{"item":"book","qty":1}"#),
+                trailers: Vec::new(),
+            },
+            response: Some(Response {
+                status: 201,
+                reason: "Created".into(),
+                version: HttpVersion::Http11,
+                headers: vec![
+                    h("Content-Type", "application/json"),
+                    h("Content-Encoding", "gzip"),
+                    h("Content-Length", "48"),
+                    h("Set-Cookie", "session=abc123; HttpOnly"),
+                    h("Location", "/api/orders/42"),
+                ],
+                headers_size: 158,
+                body: Body {
+                    data: response_json.to_vec(),
+                    wire_size: 48,
+                    decoded_from: Some("gzip".into()),
+                    ..Body::default()
+                },
+                trailers: Vec::new(),
+            }),
+            timing: Timing {
+                request_start_ns: 5_000_000_000,
+                request_end_ns: 5_000_250_000,
+                response_start_ns: Some(5_012_750_000),
+                response_end_ns: Some(5_013_000_000),
+            },
+            incomplete: None,
+            conn: ConnMeta {
+                src: Some(addr("10.244.1.17:48122")),
+                dst: Some(addr("10.96.12.5:8080")),
+                role: Some(Role::Client),
+                id: "4242:7:1".into(),
+            },
+            pid: 4242,
+            workload: Workload {
+                namespace: Some("shop".into()),
+                pod: Some("checkout-7d9f8b6c5d-x2x4q".into()),
+                container: Some("app".into()),
+                owner_kind: Some("Deployment".into()),
+                owner_name: Some("checkout".into()),
+                node: Some("node-a".into()),
+            },
+            redacted: Vec::new(),
+            routing_key: None,
+        }
+    }
+
+    fn line(ex: &Exchange) -> String {
+        entry_json_line(ex, &CLOCK)
+    }
+
+    fn value(ex: &Exchange) -> Value {
+        entry(ex, &CLOCK)
+    }
+
+    #[test]
+    fn golden_representative_entry() {
+        let mut ex = representative();
+        RedactionPolicy::default().apply(&mut ex);
+        let expected = r#"{"startedDateTime":"2024-05-01T12:00:00.123Z","time":13.0,"request":{"method":"POST","url":"http://orders.shop.svc:8080/api/orders?page=2&sort=created%20desc","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Host","value":"orders.shop.svc:8080"},{"name":"User-Agent","value":"curl/8.5.0"},{"name":"Content-Type","value":"application/json"},{"name":"Content-Length","value":"23"}],"queryString":[{"name":"page","value":"2"},{"name":"sort","value":"created desc"}],"postData":{"mimeType":"application/json","text":"{\"item\":\"book\",\"qty\":1}"},"headersSize":187,"bodySize":23},"response":{"status":201,"statusText":"Created","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Content-Type","value":"application/json"},{"name":"Content-Encoding","value":"gzip"},{"name":"Content-Length","value":"48"},{"name":"Location","value":"/api/orders/42"}],"content":{"size":28,"mimeType":"application/json","text":"{\"id\":42,\"status\":\"created\"}"},"redirectURL":"/api/orders/42","headersSize":158,"bodySize":48},"cache":{},"timings":{"blocked":-1,"dns":-1,"connect":-1,"send":0.25,"wait":12.5,"receive":0.25,"ssl":-1},"serverIPAddress":"10.96.12.5","connection":"4242:7:1","_capture":{"workload":{"namespace":"shop","pod":"checkout-7d9f8b6c5d-x2x4q","container":"app","owner_kind":"Deployment","owner_name":"checkout","node":"node-a"},"conn":{"src":"10.244.1.17:48122","dst":"10.96.12.5:8080","role":"client"},"pid":4242,"protocol":"h1","redacted":["authorization","connection","set-cookie"],"truncated":{"request":false,"response":false},"original_size":{"request":23,"response":48},"content_decoding":{"response":{"decoded_from":"gzip"}}}}"#;
+        assert_eq!(line(&ex), expected);
+        assert_eq!(value(&ex), serde_json::from_str::<Value>(expected).unwrap());
+        assert_har_entry(&value(&ex));
+    }
+
+    #[test]
+    fn head_without_body() {
+        let mut ex = representative();
+        ex.request.method = "HEAD".into();
+        ex.request.headers.retain(|h| h.name == "Host");
+        ex.request.body = Body::default();
+        if let Some(response) = &mut ex.response {
+            response.status = 200;
+            response.reason = "OK".into();
+            // HEAD: Content-Length describes the GET body, none is sent (RFC 9110 §9.3.2).
+            response.headers = vec![h("Content-Type", "text/html"), h("Content-Length", "5120")];
+            response.body = Body::default();
+        }
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert!(v["request"].get("postData").is_none());
+        assert_eq!(v["request"]["bodySize"], 0);
+        assert_eq!(
+            v["response"]["content"],
+            json!({"size": 0, "mimeType": "text/html", "text": ""})
+        );
+        assert_eq!(v["response"]["bodySize"], 0);
+        assert!(v["_capture"].get("content_decoding").is_none());
+        assert_eq!(
+            v["_capture"]["original_size"],
+            json!({"request": 0, "response": 0})
+        );
+    }
+
+    #[test]
+    fn binary_bodies_are_base64() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        let mut ex = representative();
+        ex.request.body = body(png);
+        ex.request.headers = vec![h("Host", "h"), h("Content-Type", "image/png")];
+        if let Some(response) = &mut ex.response {
+            // Valid UTF-8 but mostly control characters.
+            response.body = body(b"\x01\x02\x03\x04hello");
+            response.body.decoded_from = None;
+            response.headers = vec![h("content-type", "application/octet-stream")];
+        }
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(
+            v["request"]["postData"],
+            json!({"mimeType": "image/png", "text": BASE64.encode(png), "_encoding": "base64"})
+        );
+        assert_eq!(
+            v["response"]["content"],
+            json!({
+                "size": 9,
+                "mimeType": "application/octet-stream",
+                "text": "AQIDBGhlbGxv",
+                "encoding": "base64",
+            })
+        );
+    }
+
+    #[test]
+    fn text_heuristic() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"", true),
+            (b"plain\ttext\r\nwith\x0cfeeds", true),
+            ("unicode \u{e9}\u{4e2d}\u{1f600}".as_bytes(), true),
+            (b"\x1b[31mERROR\x1b[0m colours", true),
+            (b"nul\0inside", false),
+            (b"\xff\xfe not utf-8", false),
+            (b"one \x01 control in a long enough line of text", true),
+            (b"\x01\x02", false),
+        ];
+        for (data, textual) in cases {
+            let (text, encoding) = body_text(&body(data));
+            assert_eq!(encoding.is_none(), *textual, "{data:?}");
+            if *textual {
+                assert_eq!(text.as_bytes(), *data);
+            } else {
+                assert_eq!(BASE64.decode(text).unwrap(), *data);
+            }
+        }
+    }
+
+    #[test]
+    fn no_response() {
+        let mut ex = representative();
+        ex.response = None;
+        ex.incomplete = Some(Incomplete::NoResponse);
+        ex.timing.response_start_ns = None;
+        ex.timing.response_end_ns = None;
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(
+            v["response"],
+            json!({
+                "status": 0,
+                "statusText": "",
+                "httpVersion": "",
+                "cookies": [],
+                "headers": [],
+                "content": {"size": 0, "mimeType": "", "text": ""},
+                "redirectURL": "",
+                "headersSize": -1,
+                "bodySize": -1,
+            })
+        );
+        assert_eq!(v["time"], 0.25);
+        assert_eq!(
+            v["timings"],
+            json!({"blocked": -1, "dns": -1, "connect": -1, "send": 0.25, "wait": 0.0,
+                   "receive": 0.0, "ssl": -1})
+        );
+        assert_eq!(v["_capture"]["incomplete"], "no_response");
+        assert_eq!(
+            v["_capture"]["truncated"],
+            json!({"request": false, "response": false})
+        );
+        assert_eq!(
+            v["_capture"]["original_size"],
+            json!({"request": 23, "response": null})
+        );
+        assert!(v.get("_trailers").is_none());
+    }
+
+    #[test]
+    fn timings_never_negative_and_add_up() {
+        let mut ex = representative();
+        // Early response: it starts before the request finished sending.
+        ex.timing = Timing {
+            request_start_ns: 10_000_000,
+            request_end_ns: 30_000_000,
+            response_start_ns: Some(20_000_000),
+            response_end_ns: Some(25_000_000),
+        };
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(v["timings"]["send"], 20.0);
+        assert_eq!(v["timings"]["wait"], 0.0);
+        assert_eq!(v["timings"]["receive"], 0.0);
+        assert_eq!(v["time"], 20.0);
+
+        // Response started but not finished: time runs to the response start.
+        ex.timing = Timing {
+            request_start_ns: 0,
+            request_end_ns: 1_000,
+            response_start_ns: Some(3_000),
+            response_end_ns: None,
+        };
+        let v = value(&ex);
+        assert_eq!(v["time"], 0.003);
+        assert_eq!(v["timings"]["wait"], 0.002);
+        assert_eq!(v["timings"]["receive"], 0.0);
+    }
+
+    #[test]
+    fn trailers() {
+        let mut ex = representative();
+        ex.protocol = Protocol::Grpc;
+        ex.request.trailers = vec![h("x-request-checksum", "abc")];
+        if let Some(response) = &mut ex.response {
+            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "")];
+        }
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(
+            v["_trailers"],
+            json!([{"name": "grpc-status", "value": "0"}, {"name": "grpc-message", "value": ""}])
+        );
+        assert_eq!(
+            v["request"]["_trailers"],
+            json!([{"name": "x-request-checksum", "value": "abc"}])
+        );
+        assert_eq!(v["_capture"]["protocol"], "grpc");
+
+        // Absent when empty.
+        let v = value(&representative());
+        assert!(v.get("_trailers").is_none());
+        assert!(v["request"].get("_trailers").is_none());
+    }
+
+    #[test]
+    fn truncated_body() {
+        let mut ex = representative();
+        if let Some(response) = &mut ex.response {
+            // 1 MiB limit hit inside the 3-byte "€": the text keeps what was whole.
+            let mut data = "x".repeat(9).into_bytes();
+            data.extend_from_slice(&"€".as_bytes()[..2]);
+            response.body = Body {
+                data,
+                wire_size: 5_000_000,
+                truncated: true,
+                decoded_from: None,
+                decode_error: None,
+            };
+        }
+        ex.request.body.truncated = true;
+        ex.request.body.wire_size = 2_000_000;
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(v["response"]["content"]["size"], 11);
+        assert_eq!(v["response"]["content"]["text"], "xxxxxxxxx");
+        assert!(v["response"]["content"].get("encoding").is_none());
+        assert_eq!(v["response"]["bodySize"], 5_000_000);
+        assert_eq!(v["request"]["bodySize"], 2_000_000);
+        assert_eq!(
+            v["_capture"]["truncated"],
+            json!({"request": true, "response": true})
+        );
+        assert_eq!(
+            v["_capture"]["original_size"],
+            json!({"request": 2_000_000, "response": 5_000_000})
+        );
+
+        // Not truncated: the same bytes are not UTF-8, so base64.
+        if let Some(response) = &mut ex.response {
+            response.body.truncated = false;
+        }
+        let v = value(&ex);
+        assert_eq!(v["response"]["content"]["encoding"], "base64");
+    }
+
+    #[test]
+    fn content_decoding_failure_is_reported() {
+        let mut ex = representative();
+        if let Some(response) = &mut ex.response {
+            response.body = Body {
+                data: b"\x1f\x8b\x08\0garbage".to_vec(),
+                wire_size: 11,
+                truncated: true,
+                decoded_from: None,
+                decode_error: Some("corrupt gzip stream".into()),
+            };
+        }
+        ex.request.body.decoded_from = Some("br".into());
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(
+            v["_capture"]["content_decoding"],
+            json!({"request": {"decoded_from": "br"},
+                   "response": {"decode_error": "corrupt gzip stream"}})
+        );
+        assert_eq!(v["response"]["content"]["encoding"], "base64");
+    }
+
+    #[test]
+    fn unknown_metadata_is_null_and_optional_keys_absent() {
+        let mut ex = representative();
+        ex.conn = ConnMeta::default();
+        ex.workload = Workload {
+            node: Some("laptop".into()),
+            ..Workload::default()
+        };
+        ex.redacted.clear();
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert!(v.get("serverIPAddress").is_none());
+        assert!(v.get("connection").is_none());
+        assert_eq!(
+            v["_capture"]["workload"],
+            json!({"namespace": null, "pod": null, "container": null, "owner_kind": null,
+                   "owner_name": null, "node": "laptop"})
+        );
+        assert_eq!(
+            v["_capture"]["conn"],
+            json!({"src": null, "dst": null, "role": null})
+        );
+        assert!(v["_capture"].get("routing_key").is_none());
+        assert!(v["_capture"].get("incomplete").is_none());
+        assert_eq!(v["_capture"]["redacted"], json!([]));
+
+        ex.routing_key = Some("canary".into());
+        ex.conn.dst = Some(addr("[fd00::5]:443"));
+        ex.conn.role = Some(Role::Server);
+        let v = value(&ex);
+        assert_eq!(v["_capture"]["routing_key"], "canary");
+        assert_eq!(v["serverIPAddress"], "fd00::5");
+        assert_eq!(v["_capture"]["conn"]["dst"], "[fd00::5]:443");
+        assert_eq!(v["_capture"]["conn"]["role"], "server");
+    }
+
+    fn url_of(
+        version: HttpVersion,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        dst: Option<&str>,
+    ) -> String {
+        let request = Request {
+            method: method.into(),
+            target: target.into(),
+            version,
+            headers: headers.iter().map(|(n, v)| h(n, v)).collect(),
+            headers_size: 0,
+            body: Body::default(),
+            trailers: Vec::new(),
+        };
+        let conn = ConnMeta {
+            dst: dst.map(addr),
+            ..ConnMeta::default()
+        };
+        request_url(&request, &conn)
+    }
+
+    #[test]
+    fn url_building() {
+        use HttpVersion::{Http2, Http10, Http11};
+        let dst = Some("10.0.0.9:8080");
+        // (version, method, target, headers, connection dst, expected url)
+        type Case<'a> = (
+            HttpVersion,
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                Http11,
+                "GET",
+                "/p?q=1",
+                &[("Host", "example.com")],
+                dst,
+                "http://example.com/p?q=1",
+            ),
+            (
+                Http11,
+                "GET",
+                "/p",
+                &[("host", "example.com:81")],
+                None,
+                "http://example.com:81/p",
+            ),
+            (
+                Http11,
+                "GET",
+                "http://other.example/abs?x",
+                &[("Host", "ignored")],
+                dst,
+                "http://other.example/abs?x",
+            ),
+            (
+                Http11,
+                "GET",
+                "HTTPS://Up.Example/",
+                &[],
+                None,
+                "HTTPS://Up.Example/",
+            ),
+            (Http10, "GET", "/old", &[], dst, "http://10.0.0.9:8080/old"),
+            (
+                Http10,
+                "GET",
+                "/old",
+                &[("Host", "")],
+                dst,
+                "http://10.0.0.9:8080/old",
+            ),
+            (
+                Http11,
+                "GET",
+                "/",
+                &[],
+                Some("[fd00::1]:80"),
+                "http://[fd00::1]:80/",
+            ),
+            (Http11, "GET", "/x", &[], None, "http://unknown/x"),
+            (Http11, "OPTIONS", "*", &[("Host", "h")], None, "http://h"),
+            (
+                Http11,
+                "CONNECT",
+                "db.example:5432",
+                &[("Host", "db.example:5432")],
+                dst,
+                "http://db.example:5432",
+            ),
+            (Http11, "GET", "rel", &[("Host", "h")], None, "http://h/rel"),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[
+                    (":scheme", "https"),
+                    (":authority", "api:443"),
+                    ("host", "ignored"),
+                ],
+                dst,
+                "https://api:443/v1/x",
+            ),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[("host", "api")],
+                None,
+                "http://api/v1/x",
+            ),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[(":scheme", "bad scheme")],
+                dst,
+                "http://10.0.0.9:8080/v1/x",
+            ),
+            // `:authority` and `:scheme` are HTTP/2 only.
+            (
+                Http11,
+                "GET",
+                "/",
+                &[(":authority", "a"), (":scheme", "https")],
+                None,
+                "http://unknown/",
+            ),
+        ];
+        for (version, method, target, headers, dst, expected) in cases {
+            assert_eq!(
+                &url_of(*version, method, target, headers, *dst),
+                expected,
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_string_is_decoded_from_url() {
+        let mut ex = representative();
+        ex.request.target = "/s?q=a+b&x=%2F%3D&flag&caf%C3%A9=%E2%82%AC&empty=#frag".into();
+        let v = value(&ex);
+        assert_eq!(
+            v["request"]["queryString"],
+            json!([
+                {"name": "q", "value": "a b"},
+                {"name": "x", "value": "/="},
+                {"name": "flag", "value": ""},
+                {"name": "café", "value": "€"},
+                {"name": "empty", "value": ""},
+            ])
+        );
+        ex.request.target = "/no-query".into();
+        assert_eq!(value(&ex)["request"]["queryString"], json!([]));
+    }
+
+    #[test]
+    fn http2_entry() {
+        let mut ex = representative();
+        ex.protocol = Protocol::H2;
+        ex.request.version = HttpVersion::Http2;
+        ex.request.method = "GET".into();
+        ex.request.target = "/items".into();
+        ex.request.body = Body::default();
+        ex.request.headers = vec![
+            h(":method", "GET"),
+            h(":scheme", "http"),
+            h(":authority", "items.svc"),
+            h(":path", "/items"),
+        ];
+        if let Some(response) = &mut ex.response {
+            response.version = HttpVersion::Http2;
+            response.reason = String::new();
+            response.headers = vec![h(":status", "200"), h("content-type", "text/plain")];
+            response.body = body(b"ok");
+        }
+        let v = value(&ex);
+        assert_har_entry(&v);
+        assert_eq!(v["request"]["httpVersion"], "HTTP/2");
+        assert_eq!(v["request"]["url"], "http://items.svc/items");
+        assert_eq!(v["response"]["statusText"], "");
+        assert_eq!(v["response"]["content"]["mimeType"], "text/plain");
+        assert_eq!(v["response"]["redirectURL"], "");
+    }
+
+    #[test]
+    fn line_has_no_newline_even_with_control_characters() {
+        let mut ex = representative();
+        ex.request.headers.push(h("X-Odd", "line1\nline2\r\n"));
+        let line = line(&ex);
+        assert!(!line.contains('\n') && !line.contains('\r'));
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["request"]["headers"][6]["value"], "line1\nline2\r\n");
+    }
+
+    /// Asserts the HAR 1.2 required fields of an entry are present with the right JSON types
+    /// (http://www.softwareishard.com/blog/har-12-spec/), and our ranges on top.
+    fn assert_har_entry(v: &Value) {
+        fn string(v: &Value, key: &str) {
+            assert!(v[key].is_string(), "{key} is not a string in {v}");
+        }
+        fn number(v: &Value, key: &str) {
+            assert!(v[key].is_number(), "{key} is not a number in {v}");
+        }
+        fn name_values(v: &Value, key: &str) {
+            let items = v[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} is not an array"));
+            for item in items {
+                string(item, "name");
+                string(item, "value");
+            }
+        }
+        let started = v["startedDateTime"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(started).is_ok(), "{started}");
+        assert!(started.ends_with('Z') && started.len() == 24, "{started}");
+        number(v, "time");
+        assert!(v["cache"].is_object());
+        for key in ["serverIPAddress", "connection"] {
+            assert!(v.get(key).is_none_or(Value::is_string), "{key}");
+        }
+
+        let request = &v["request"];
+        for key in ["method", "url", "httpVersion"] {
+            string(request, key);
+        }
+        for key in ["cookies", "headers", "queryString"] {
+            name_values(request, key);
+        }
+        number(request, "headersSize");
+        number(request, "bodySize");
+        if let Some(post) = request.get("postData") {
+            string(post, "mimeType");
+            string(post, "text");
+        }
+
+        let response = &v["response"];
+        number(response, "status");
+        for key in ["statusText", "httpVersion", "redirectURL"] {
+            string(response, key);
+        }
+        for key in ["cookies", "headers"] {
+            name_values(response, key);
+        }
+        number(response, "headersSize");
+        number(response, "bodySize");
+        let content = &response["content"];
+        number(content, "size");
+        string(content, "mimeType");
+        string(content, "text");
+        assert!(content.get("encoding").is_none_or(|e| e == "base64"));
+
+        let timings = &v["timings"];
+        let mut sum = 0.0;
+        for key in ["send", "wait", "receive"] {
+            let t = timings[key].as_f64().unwrap();
+            assert!(t >= 0.0, "{key} {t}");
+            sum += t;
+        }
+        for key in ["blocked", "dns", "connect", "ssl"] {
+            assert!(timings[key].as_f64().unwrap() >= -1.0);
+        }
+        assert!(
+            (v["time"].as_f64().unwrap() - sum).abs() < 1e-9,
+            "time is not the sum"
+        );
+
+        let capture = &v["_capture"];
+        for key in [
+            "namespace",
+            "pod",
+            "container",
+            "owner_kind",
+            "owner_name",
+            "node",
+        ] {
+            let field = &capture["workload"][key];
+            assert!(field.is_null() || field.is_string(), "workload.{key}");
+        }
+        for key in ["src", "dst", "role"] {
+            let field = &capture["conn"][key];
+            assert!(field.is_null() || field.is_string(), "conn.{key}");
+        }
+        number(capture, "pid");
+        assert!(matches!(
+            capture["protocol"].as_str(),
+            Some("h1" | "h2" | "grpc")
+        ));
+        assert!(
+            capture["redacted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(Value::is_string)
+        );
+        assert!(capture["truncated"]["request"].is_boolean());
+        assert!(capture["truncated"]["response"].is_boolean());
+        assert!(capture["original_size"]["request"].is_u64());
+        let original_response = &capture["original_size"]["response"];
+        assert!(original_response.is_u64() || original_response.is_null());
+    }
+}
