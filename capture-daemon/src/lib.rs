@@ -9,8 +9,16 @@
 
 pub mod body;
 pub mod clock;
+// pub mod config; (waiting for http1)
+// pub mod conn; (waiting for http1)
+pub mod ebpf;
 pub mod exchange;
 pub mod har;
 pub mod http1;
+pub mod intake;
+// pub mod metrics; (waiting for http1)
+// pub mod pipeline; (waiting for http1)
+pub mod procnet;
 pub mod redact;
 pub mod sink;
+pub mod targets;

@@ -11,8 +11,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf, generated::bpf_loop,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -122,7 +122,13 @@ fn targeted() -> bool {
 }
 
 #[inline(always)]
-fn stash(ctx: &TracePointContext, kind: u8, fd_arg: usize, buf_arg: usize, count_arg: usize) -> u32 {
+fn stash(
+    ctx: &TracePointContext,
+    kind: u8,
+    fd_arg: usize,
+    buf_arg: usize,
+    count_arg: usize,
+) -> u32 {
     if !targeted() {
         return 0;
     }
@@ -130,8 +136,16 @@ fn stash(ctx: &TracePointContext, kind: u8, fd_arg: usize, buf_arg: usize, count
         kind,
         _pad: [0; 3],
         fd: arg(ctx, fd_arg) as u32,
-        buf: if buf_arg < NO_ARG { arg(ctx, buf_arg) } else { 0 },
-        count: if count_arg < NO_ARG { arg(ctx, count_arg) } else { 0 },
+        buf: if buf_arg < NO_ARG {
+            arg(ctx, buf_arg)
+        } else {
+            0
+        },
+        count: if count_arg < NO_ARG {
+            arg(ctx, count_arg)
+        } else {
+            0
+        },
     };
     let _ = ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
     0
@@ -208,7 +222,11 @@ fn conn_for_transfer(key: &ConnKey) -> Option<*mut ConnState> {
     if unsafe { (*state).muted } != 0 {
         return None;
     }
-    let muted_key = MutedKey { tgid: key.tgid, fd: key.fd, generation };
+    let muted_key = MutedKey {
+        tgid: key.tgid,
+        fd: key.fd,
+        generation,
+    };
     // SAFETY: presence test only.
     if unsafe { MUTED.get(&muted_key) }.is_some() {
         unsafe { (*state).muted = 1 };
@@ -277,65 +295,113 @@ fn emit_chunk(hdr: &EventHeader, pos: u64, src: u64, len: u64, copy: bool, extra
     }
 }
 
-/// Copies `total` bytes from one user buffer, in chunks, then reports what is left as a gap.
-#[inline(always)]
-fn emit_buf(hdr: &EventHeader, pos: u64, src: u64, total: u64) {
-    let mut done: u64 = 0;
-    for _ in 0..MAX_CHUNKS_PER_CALL {
-        if done >= total {
-            break;
-        }
-        let mut n = total - done;
-        if n > MAX_CHUNK as u64 {
-            n = MAX_CHUNK as u64;
-        }
-        emit_chunk(hdr, pos + done, src + done, n, true, 0);
-        done += n;
-    }
-    if done < total {
-        emit_chunk(hdr, pos + done, 0, total - done, false, flags::LIMIT_HIT);
-    }
+/// State of one syscall's copy, carried through `bpf_loop` (the verifier checks the callback
+/// once, whatever the iteration count, where an unrolled loop of this size is too complex).
+#[repr(C)]
+struct CopyState {
+    hdr: EventHeader,
+    pos: u64,
+    total: u64,
+    done: u64,
+    /// Plain buffer: the buffer. Iovec mode: the current iovec's next byte.
+    src: u64,
+    /// Iovec mode: the array, its length, the next index, bytes left in the current one.
+    iov: u64,
+    iovcnt: u64,
+    idx: u64,
+    rem: u64,
 }
 
-/// Copies `total` bytes spread over an iovec array, one event per (iovec, chunk).
-#[inline(always)]
-fn emit_iov(hdr: &EventHeader, pos: u64, iov: u64, iovcnt: u64, total: u64) {
-    let mut done: u64 = 0;
-    let mut idx: u64 = 0;
-    let mut base: u64 = 0;
-    let mut rem: u64 = 0;
-    for _ in 0..(MAX_CHUNKS_PER_CALL + MAX_IOVECS) {
-        if done >= total {
-            break;
-        }
-        if rem == 0 {
-            if idx >= iovcnt || idx >= MAX_IOVECS as u64 {
-                break;
-            }
-            // SAFETY: `struct iovec { void *iov_base; size_t iov_len; }`, read from user memory.
-            let Ok(entry) = (unsafe { bpf_probe_read_user((iov + idx * 16) as *const [u64; 2]) })
-            else {
-                break;
-            };
-            idx += 1;
-            base = entry[0];
-            rem = entry[1];
-            if rem > total - done {
-                rem = total - done;
-            }
-            continue;
-        }
-        let mut n = rem;
-        if n > MAX_CHUNK as u64 {
-            n = MAX_CHUNK as u64;
-        }
-        emit_chunk(hdr, pos + done, base, n, true, 0);
-        base += n;
-        rem -= n;
-        done += n;
+/// One chunk of a plain buffer per iteration; returns 1 to stop.
+extern "C" fn copy_buf_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it: a CopyState on the caller's stack.
+    let st = unsafe { &mut *(ctx as *mut CopyState) };
+    if st.done >= st.total {
+        return 1;
     }
-    if done < total {
-        emit_chunk(hdr, pos + done, 0, total - done, false, flags::LIMIT_HIT);
+    let mut n = st.total - st.done;
+    if n > MAX_CHUNK as u64 {
+        n = MAX_CHUNK as u64;
+    }
+    emit_chunk(&st.hdr, st.pos + st.done, st.src + st.done, n, true, 0);
+    st.done += n;
+    0
+}
+
+/// One step over an iovec array per iteration: load the next iovec, or copy one chunk of the
+/// current one; returns 1 to stop.
+extern "C" fn copy_iov_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: as in copy_buf_step.
+    let st = unsafe { &mut *(ctx as *mut CopyState) };
+    if st.done >= st.total {
+        return 1;
+    }
+    if st.rem == 0 {
+        if st.idx >= st.iovcnt || st.idx >= MAX_IOVECS as u64 {
+            return 1;
+        }
+        // SAFETY: `struct iovec { void *iov_base; size_t iov_len; }`, read from user memory.
+        let Ok(entry) = (unsafe { bpf_probe_read_user((st.iov + st.idx * 16) as *const [u64; 2]) })
+        else {
+            return 1;
+        };
+        st.idx += 1;
+        st.src = entry[0];
+        st.rem = entry[1];
+        if st.rem > st.total - st.done {
+            st.rem = st.total - st.done;
+        }
+        return 0;
+    }
+    let mut n = st.rem;
+    if n > MAX_CHUNK as u64 {
+        n = MAX_CHUNK as u64;
+    }
+    emit_chunk(&st.hdr, st.pos + st.done, st.src, n, true, 0);
+    st.src += n;
+    st.rem -= n;
+    st.done += n;
+    0
+}
+
+/// Copies `total` bytes from a buffer (`iovcnt == None`) or an iovec array, in chunk events,
+/// then reports whatever a limit left uncopied as one gap event.
+#[inline(always)]
+fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: Option<u64>, total: u64) {
+    let mut st = CopyState {
+        hdr: *hdr,
+        pos,
+        total,
+        done: 0,
+        src: if iovcnt.is_none() { src } else { 0 },
+        iov: src,
+        iovcnt: iovcnt.unwrap_or(0),
+        idx: 0,
+        rem: 0,
+    };
+    let (step, loops): (extern "C" fn(u32, *mut core::ffi::c_void) -> i64, u32) = match iovcnt {
+        None => (copy_buf_step, MAX_CHUNKS_PER_CALL),
+        Some(_) => (copy_iov_step, MAX_CHUNKS_PER_CALL + MAX_IOVECS),
+    };
+    // SAFETY: bpf_loop calls `step` at most `loops` times with a pointer to `st`, which lives
+    // on this stack frame for the whole call.
+    unsafe {
+        bpf_loop(
+            loops,
+            step as *mut core::ffi::c_void,
+            &mut st as *mut CopyState as *mut core::ffi::c_void,
+            0,
+        );
+    }
+    if st.done < total {
+        emit_chunk(
+            hdr,
+            pos + st.done,
+            0,
+            total - st.done,
+            false,
+            flags::LIMIT_HIT,
+        );
     }
 }
 
@@ -363,8 +429,8 @@ fn on_transfer_exit(ctx: &TracePointContext, dir: u8) -> u32 {
     };
     let hdr = header(&key, generation, dir, kind::DATA);
     match args.kind {
-        args_kind::BUF => emit_buf(&hdr, pos, args.buf, n),
-        args_kind::IOV => emit_iov(&hdr, pos, args.buf, args.count, n),
+        args_kind::BUF => emit_transfer(&hdr, pos, args.buf, None, n),
+        args_kind::IOV => emit_transfer(&hdr, pos, args.buf, Some(args.count), n),
         _ => emit_chunk(&hdr, pos, 0, n, false, flags::UNCOPYABLE),
     }
     0
@@ -511,7 +577,10 @@ fn on_open(ctx: &TracePointContext, fd: u32, sockaddr: u64, role: u16) {
         }
     }
     let Some(state) = new_conn(&key) else {
-        warn!(ctx, "capture: connection table full, fd {} of {} not followed", fd, tgid);
+        warn!(
+            ctx,
+            "capture: connection table full, fd {} of {} not followed", fd, tgid
+        );
         return;
     };
     // SAFETY: map value pointer valid for the program's duration.
@@ -554,14 +623,21 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { tgid, fd: arg(&ctx, 0) as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: arg(&ctx, 0) as u32,
+    };
     let Some(state) = CONNS.get_ptr_mut(&key) else {
         return 0;
     };
     // SAFETY: map value pointer valid for the program's duration.
     let (generation, muted) = unsafe { ((*state).generation, (*state).muted) };
     let _ = CONNS.remove(&key);
-    let muted_key = MutedKey { tgid, fd: key.fd, generation };
+    let muted_key = MutedKey {
+        tgid,
+        fd: key.fd,
+        generation,
+    };
     let _ = MUTED.remove(&muted_key);
     if muted != 0 {
         return 0;

@@ -1,0 +1,145 @@
+//! Naming a captured fd from `/proc`: is it a TCP socket, what are its endpoints, and is the
+//! process the client or the server. This also covers connections opened before the daemon
+//! started, which the kernel side first sees mid-stream without an accept or connect.
+
+use std::net::{IpAddr, SocketAddr};
+
+use procfs::{
+    net::{TcpNetEntry, TcpState},
+    process::{FDTarget, Process},
+};
+
+use crate::exchange::Role;
+
+/// What an fd turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    /// A TCP socket (IPv4 or IPv6).
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+        role: Role,
+    },
+    /// A file, pipe, unix socket, UDP socket...: nothing to capture.
+    NotTcp,
+    /// The process or fd is already gone; nothing could be learnt.
+    Gone,
+}
+
+/// Looks `fd` of `tgid` up in `/proc/<tgid>/fd` and the process's network namespace tables.
+pub fn classify(tgid: u32, fd: u32) -> FdKind {
+    let Ok(proc) = Process::new(tgid as i32) else {
+        return FdKind::Gone;
+    };
+    let Ok(info) = proc.fd_from_fd(fd as i32) else {
+        return FdKind::Gone;
+    };
+    let FDTarget::Socket(inode) = info.target else {
+        return FdKind::NotTcp;
+    };
+    for table in [proc.tcp(), proc.tcp6()] {
+        let Ok(entries) = table else {
+            continue;
+        };
+        if let Some(kind) = find_in_table(&entries, inode) {
+            return kind;
+        }
+    }
+    FdKind::NotTcp
+}
+
+fn find_in_table(entries: &[TcpNetEntry], inode: u64) -> Option<FdKind> {
+    let entry = entries.iter().find(|e| e.inode == inode)?;
+    if entry.state == TcpState::Listen {
+        return Some(FdKind::NotTcp);
+    }
+    let local = unmap(entry.local_address);
+    // A connection whose local port is a listening port of this namespace was accepted.
+    let role = if entries.iter().any(|e| {
+        e.state == TcpState::Listen
+            && e.local_address.port() == local.port()
+            && (e.local_address.ip().is_unspecified() || unmap(e.local_address).ip() == local.ip())
+    }) {
+        Role::Server
+    } else {
+        Role::Client
+    };
+    Some(FdKind::Tcp {
+        local,
+        remote: unmap(entry.remote_address),
+        role,
+    })
+}
+
+/// Shows IPv4-mapped IPv6 addresses (dual-stack sockets) as the IPv4 address they are.
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        os::fd::AsRawFd as _,
+    };
+
+    use super::*;
+
+    #[test]
+    fn classifies_both_ends_of_a_real_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).unwrap();
+        let me = std::process::id();
+
+        let FdKind::Tcp {
+            local,
+            remote,
+            role,
+        } = classify(me, client.as_raw_fd() as u32)
+        else {
+            panic!("client socket not classified as TCP");
+        };
+        assert_eq!(role, Role::Client);
+        assert_eq!(remote, addr);
+        assert_eq!(local, client.local_addr().unwrap());
+
+        let FdKind::Tcp {
+            local,
+            remote,
+            role,
+        } = classify(me, server.as_raw_fd() as u32)
+        else {
+            panic!("server socket not classified as TCP");
+        };
+        assert_eq!(role, Role::Server);
+        assert_eq!(local, addr);
+        assert_eq!(remote, client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn files_and_missing_fds_are_not_tcp() {
+        let f = tempfile::tempfile().unwrap();
+        assert_eq!(
+            classify(std::process::id(), f.as_raw_fd() as u32),
+            FdKind::NotTcp
+        );
+        assert_eq!(classify(std::process::id(), 100_000), FdKind::Gone);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            classify(std::process::id(), l.as_raw_fd() as u32),
+            FdKind::NotTcp
+        );
+    }
+}
