@@ -287,4 +287,132 @@ mod tests {
         let _ring = capture.take_events().unwrap();
         assert_eq!(capture.counters().events_lost, 0);
     }
+
+    /// A cgroup v2 directory that removes itself (after its processes are gone).
+    struct TestCgroup(std::path::PathBuf);
+
+    impl TestCgroup {
+        fn new(tag: &str) -> Self {
+            let mount = crate::targets::cgroup2_mount().unwrap();
+            let dir = mount.join(format!("capture-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// python3 in `cgroup` (or none) connects to `port`, sends `msg` with one write and one
+    /// writev, reads the reply and closes; returns its pid.
+    fn python_client(cgroup: Option<&TestCgroup>, port: u16, msg: &str) -> std::process::Child {
+        let script = format!(
+            "import os,socket; s=socket.create_connection(('127.0.0.1',{port})); \
+             s.sendall(b'{msg}'); os.writev(s.fileno(), [b'-a', b'-bc']); \
+             s.recv(100); s.close()"
+        );
+        let enter = cgroup.map_or(String::new(), |c| {
+            format!("echo $$ > {}/cgroup.procs && ", c.0.display())
+        });
+        std::process::Command::new("sh")
+            .args(["-c", &format!("{enter}exec python3 -c \"{script}\"")])
+            .spawn()
+            .unwrap()
+    }
+
+    /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
+    /// positions, through write and writev), CLOSE arrive in order.
+    #[tokio::test]
+    async fn captures_target_cgroup_only() {
+        use std::io::{Read as _, Write as _};
+
+        use crate::intake::{self, Direction, Event};
+
+        let mut capture = Capture::load(1 << 22).unwrap();
+        let cg = TestCgroup::new("ebpf");
+        capture
+            .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
+            .unwrap();
+        let mut ring = capture.take_events().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let serve = |listener: &std::net::TcpListener, expect: usize| {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; expect];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(b"pong").unwrap();
+            buf
+        };
+        let mut outside = python_client(None, port, "outside-marker");
+        serve(&listener, "outside-marker-a-bc".len());
+        assert!(outside.wait().unwrap().success());
+        let mut inside = python_client(Some(&cg), port, "hello");
+        assert_eq!(serve(&listener, 10), b"hello-a-bc");
+        let pid = inside.id();
+        assert!(inside.wait().unwrap().success());
+
+        let records: Vec<Vec<u8>> =
+            std::iter::from_fn(|| ring.next().map(|r| r.to_vec())).collect();
+        let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
+        let socket = events.iter().find_map(|e| match e {
+            Event::Open {
+                conn, role, peer, ..
+            } if conn.tgid == pid => {
+                assert_eq!(*role, Some(crate::exchange::Role::Client));
+                assert_eq!(
+                    *peer,
+                    Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                );
+                Some(*conn)
+            }
+            _ => None,
+        });
+        let opened = socket.is_some();
+        let mut egress = Vec::new();
+        let mut ingress = Vec::new();
+        let mut closed = false;
+        for e in &events {
+            match e {
+                Event::Data {
+                    conn,
+                    direction,
+                    pos,
+                    len,
+                    payload,
+                    ..
+                } if Some(*conn) == socket => {
+                    assert_eq!(*len, payload.len() as u64, "nothing may be left uncaptured");
+                    let stream = if *direction == Direction::Egress {
+                        &mut egress
+                    } else {
+                        &mut ingress
+                    };
+                    assert_eq!(*pos, stream.len() as u64, "positions are contiguous");
+                    stream.extend_from_slice(payload);
+                }
+                Event::Close { conn, .. } if Some(*conn) == socket => closed = true,
+                Event::Data { payload, .. } => {
+                    assert!(
+                        !payload.windows(14).any(|w| w == b"outside-marker"),
+                        "the process outside the cgroup was captured"
+                    );
+                }
+                _ => {}
+            }
+        }
+        assert!(opened, "no OPEN event for the client's connect");
+        assert_eq!(egress, b"hello-a-bc");
+        assert_eq!(ingress, b"pong");
+        assert!(closed, "no CLOSE event");
+        assert_eq!(capture.counters().events_lost, 0);
+    }
 }
