@@ -313,10 +313,6 @@ impl Finished {
             }
         }
         let emitted = self.metrics.sum("capture_exchanges_total");
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "exchange counts in tests are tiny"
-        )]
         let written = self.exchanges.len() as f64;
         if emitted != written {
             problems.push(format!(

@@ -1,0 +1,586 @@
+//! `cargo xtask bench [--quick]`: the cost of capture on a real workload, measured against a
+//! baseline in the same run, plus the HTTP/1 decoder's own throughput.
+//!
+//! Workload: nginx (`return 200` with a 1 KiB body, keep-alive, `sendfile off`) in a fresh
+//! cgroup, driven by `wrk -t1 -c16 --latency` from outside the cgroup. Runs alternate A
+//! (no daemon) and B (daemon targeting nginx's cgroup, JSONL output to a file on disk):
+//! A B A B, or A B with `--quick`, so a slow drift of the machine hits both sides alike.
+//!
+//! CPUs: on two or more cores nginx is pinned to CPU 0 and wrk to CPU 1; the daemon is not
+//! pinned. The eBPF programs run in nginx's syscalls (on CPU 0), and the daemon's user space
+//! has to find time on one of the two busy cores: that is the node-is-saturated worst case,
+//! and it is what the throughput ratio measures.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use capture_e2e::{Daemon, Nginx, TestCgroup, daemon_binary, missing_capabilities, run as run_cmd};
+
+const WRK_THREADS: u32 = 1;
+const WRK_CONNECTIONS: u32 = 16;
+/// How long the daemon may take to catch up with its backlog once wrk has stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(root: &Path, quick: bool) -> Result<()> {
+    if let Some(reason) = missing_capabilities() {
+        bail!(
+            "the bench loads eBPF programs and creates a cgroup: {reason} (try `sudo -E cargo xtask bench`)"
+        );
+    }
+    for tool in ["wrk", "nginx", "taskset"] {
+        if !on_path(tool) {
+            bail!("{tool} is not installed (apt-get install wrk nginx-light util-linux)");
+        }
+    }
+    let binary = daemon_binary(root)?;
+    let seconds = if quick { 3 } else { 10 };
+    let rounds = if quick { 1 } else { 2 };
+    let out_dir = root.join("bench-out");
+    fs::create_dir_all(&out_dir)?;
+    let machine = Machine::describe()?;
+    let pinned = machine.cpus >= 2;
+
+    let cgroup = TestCgroup::new()?;
+    let nginx = Nginx::start_with(Some(&cgroup), if pinned { &[0] } else { &[] })?;
+    let url = format!("{}/", nginx.base_url());
+    println!(
+        "bench: nginx pid {} in {}, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s, {rounds} x (A: no capture, B: capture)",
+        nginx.pid(),
+        cgroup.path().display()
+    );
+    println!("warm-up");
+    wrk(&url, 1, pinned)?;
+
+    let mut baseline = Vec::new();
+    let mut captured = Vec::new();
+    for round in 1..=rounds {
+        println!("round {round}/{rounds} A: no capture");
+        let a = wrk(&url, seconds, pinned)?;
+        println!(
+            "  {:.0} req/s, p50 {:.0} us, p99 {:.0} us",
+            a.requests_per_s, a.p50_us, a.p99_us
+        );
+        baseline.push(a);
+
+        println!("round {round}/{rounds} B: capture");
+        let b = captured_run(&binary, &cgroup, &out_dir, &url, seconds, pinned, round)?;
+        println!(
+            "  {:.0} req/s, p50 {:.0} us, p99 {:.0} us; {} exchanges for {} requests, daemon {:.2} CPU s, VmHWM {:.1} MiB, lost events {}, gap bytes {}",
+            b.wrk.requests_per_s,
+            b.wrk.p50_us,
+            b.wrk.p99_us,
+            b.exchanges,
+            b.wrk.requests,
+            b.cpu_seconds,
+            b.hwm_mib,
+            b.events_lost,
+            b.gap_bytes
+        );
+        captured.push(b);
+    }
+    drop(nginx);
+    drop(cgroup);
+
+    println!("decoder: cargo bench -p capture-daemon --bench decoder");
+    let decoder = decoder_bench(root);
+
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let report = report(&Report {
+        command,
+        machine: &machine,
+        seconds,
+        pinned,
+        baseline: &baseline,
+        captured: &captured,
+        decoder: &decoder,
+    });
+    let latest = out_dir.join("latest.md");
+    fs::write(&latest, &report).with_context(|| format!("writing {}", latest.display()))?;
+    println!("\n{report}");
+    println!("written to {}", latest.display());
+    Ok(())
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Clone)]
+struct Wrk {
+    requests: u64,
+    requests_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: String,
+}
+
+/// One B run: wrk plus what the daemon cost and captured.
+#[derive(Debug)]
+struct Captured {
+    wrk: Wrk,
+    exchanges: u64,
+    cpu_seconds: f64,
+    hwm_mib: f64,
+    events_lost: f64,
+    kernel_bytes_lost: f64,
+    gap_bytes: f64,
+    parse_errors: f64,
+    output_bytes: u64,
+    drain: Duration,
+}
+
+fn captured_run(
+    binary: &Path,
+    cgroup: &TestCgroup,
+    out_dir: &Path,
+    url: &str,
+    seconds: u32,
+    pinned: bool,
+    round: u32,
+) -> Result<Captured> {
+    let run_dir = out_dir.join(format!("capture-run-{round}"));
+    let _ = fs::remove_dir_all(&run_dir);
+    fs::create_dir_all(&run_dir)?;
+    let mut daemon = Daemon::builder()
+        .binary(binary)
+        .target_cgroup(cgroup)
+        .output_dir(&run_dir)
+        .start()?;
+    let cpu_before = cpu_seconds(daemon.pid())?;
+    let wrk = wrk(url, seconds, pinned)?;
+
+    // Let the daemon work through what is still queued; what it spends doing so counts.
+    let drain_start = Instant::now();
+    let mut last = -1.0;
+    let mut stable_since = Instant::now();
+    let metrics = loop {
+        let metrics = daemon.metrics()?;
+        let exchanges = metrics.sum("capture_exchanges_total");
+        if exchanges != last {
+            last = exchanges;
+            stable_since = Instant::now();
+        }
+        let all_in = exchanges >= wrk.requests as f64;
+        if (all_in && stable_since.elapsed() >= Duration::from_millis(300))
+            || stable_since.elapsed() >= Duration::from_secs(2)
+            || drain_start.elapsed() >= DRAIN_TIMEOUT
+        {
+            break metrics;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let drain = drain_start.elapsed().saturating_sub(stable_since.elapsed());
+    let cpu_seconds = cpu_seconds(daemon.pid())? - cpu_before;
+    let hwm_mib = vm_hwm_kib(daemon.pid())? / 1024.0;
+    let status = daemon.stop()?;
+    if !status.success() {
+        bail!(
+            "capture-daemon exited with {status} after SIGTERM; log:\n{}",
+            daemon.stderr_text()
+        );
+    }
+    let output_bytes = fs::metadata(daemon.output_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    drop(daemon);
+    fs::remove_dir_all(&run_dir)?;
+    let exchanges = metrics.sum("capture_exchanges_total") as u64;
+    Ok(Captured {
+        wrk,
+        exchanges,
+        cpu_seconds,
+        hwm_mib,
+        events_lost: metrics.sum("capture_kernel_events_lost_total"),
+        kernel_bytes_lost: metrics.sum("capture_kernel_bytes_lost_total"),
+        gap_bytes: metrics.sum("capture_gap_bytes_total"),
+        parse_errors: metrics.sum("capture_parse_errors_total"),
+        output_bytes,
+        drain,
+    })
+}
+
+fn wrk(url: &str, seconds: u32, pinned: bool) -> Result<Wrk> {
+    let mut cmd = if pinned {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "1", "wrk"]);
+        cmd
+    } else {
+        Command::new("wrk")
+    };
+    cmd.arg(format!("-t{WRK_THREADS}"))
+        .arg(format!("-c{WRK_CONNECTIONS}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg(url);
+    let out = run_cmd(&mut cmd, Duration::from_secs(u64::from(seconds) + 30))?;
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Reads wrk 4's text report (`--latency`).
+fn parse_wrk(text: &str) -> Result<Wrk> {
+    let mut requests = None;
+    let mut requests_per_s = None;
+    let mut p50_us = None;
+    let mut p99_us = None;
+    let mut errors = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => requests_per_s = v.parse().ok(),
+            ["50%", v] => p50_us = parse_duration_us(v),
+            ["99%", v] => p99_us = parse_duration_us(v),
+            [n, "requests", "in", ..] => requests = n.parse().ok(),
+            _ if line.starts_with("Socket errors") || line.starts_with("Non-2xx") => {
+                errors.push(line.to_owned())
+            }
+            _ => {}
+        }
+    }
+    let missing = || format!("unexpected wrk output:\n{text}");
+    Ok(Wrk {
+        requests: requests.with_context(missing)?,
+        requests_per_s: requests_per_s.with_context(missing)?,
+        p50_us: p50_us.with_context(missing)?,
+        p99_us: p99_us.with_context(missing)?,
+        errors: errors.join("; "),
+    })
+}
+
+/// `129.00us`, `1.23ms`, `2.00s`, `1.5m` -> microseconds.
+fn parse_duration_us(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+/// utime + stime of `pid`, in seconds (proc(5) `/proc/<pid>/stat` fields 14 and 15).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; fields after it start past the last ')'.
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // after_comm starts at field 3 (state), so field n is fields[n - 3].
+    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
+        + fields.get(12).context("no stime")?.parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Peak resident set size (`VmHWM`) of `pid`, in KiB.
+fn vm_hwm_kib(pid: u32) -> Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/<pid>/status")?;
+    line.split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()
+        .context("malformed VmHWM")
+}
+
+/// Runs the decoder micro-benchmark; its result lines, or why it could not run.
+fn decoder_bench(root: &Path) -> Result<Vec<String>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["bench", "-p", "capture-daemon", "--bench", "decoder"])
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("could not start cargo bench: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(format!(
+            "cargo bench failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        ));
+    }
+    let lines: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.contains("_per_s"))
+        .map(str::to_owned)
+        .collect();
+    if lines.is_empty() {
+        Err(format!(
+            "no `*_per_s` lines in the decoder bench output:\n{stdout}"
+        ))
+    } else {
+        Ok(lines)
+    }
+}
+
+/// What the machine is; benchmark figures mean nothing without it.
+struct Machine {
+    cpus: usize,
+    kernel: String,
+    cpu_model: String,
+    load_before: String,
+    daemon: PathBuf,
+}
+
+impl Machine {
+    fn describe() -> Result<Self> {
+        let kernel = Command::new("uname").arg("-r").output()?;
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Ok(Self {
+            cpus: thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            kernel: String::from_utf8_lossy(&kernel.stdout).trim().to_owned(),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .and_then(|r| r.split_once(':'))
+                        .map(|(_, m)| m.trim().to_owned())
+                })
+                .unwrap_or_else(|| "unknown".into()),
+            load_before: fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            daemon: daemon_binary(&capture_e2e::workspace_root()).unwrap_or_default(),
+        })
+    }
+}
+
+struct Report<'a> {
+    command: &'a str,
+    machine: &'a Machine,
+    seconds: u32,
+    pinned: bool,
+    baseline: &'a [Wrk],
+    captured: &'a [Captured],
+    decoder: &'a Result<Vec<String>, String>,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0.0), |(s, n), v| (s + v, n + 1.0));
+    if n == 0.0 { 0.0 } else { sum / n }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+fn report(r: &Report<'_>) -> String {
+    let a_rps = mean(r.baseline.iter().map(|w| w.requests_per_s));
+    let b_rps = mean(r.captured.iter().map(|c| c.wrk.requests_per_s));
+    let ratio = if a_rps > 0.0 { b_rps / a_rps } else { 0.0 };
+    let a_p50 = mean(r.baseline.iter().map(|w| w.p50_us));
+    let b_p50 = mean(r.captured.iter().map(|c| c.wrk.p50_us));
+    let a_p99 = mean(r.baseline.iter().map(|w| w.p99_us));
+    let b_p99 = mean(r.captured.iter().map(|c| c.wrk.p99_us));
+    let exchanges: u64 = r.captured.iter().map(|c| c.exchanges).sum();
+    let requests: u64 = r.captured.iter().map(|c| c.wrk.requests).sum();
+    let cpu: f64 = r.captured.iter().map(|c| c.cpu_seconds).sum();
+    let cpu_per_10k = if exchanges > 0 {
+        cpu / exchanges as f64 * 10_000.0
+    } else {
+        f64::NAN
+    };
+    let hwm = r.captured.iter().map(|c| c.hwm_mib).fold(0.0, f64::max);
+    let lost: f64 = r.captured.iter().map(|c| c.events_lost).sum();
+    let bytes_lost: f64 = r.captured.iter().map(|c| c.kernel_bytes_lost).sum();
+    let gap: f64 = r.captured.iter().map(|c| c.gap_bytes).sum();
+    let parse_errors: f64 = r.captured.iter().map(|c| c.parse_errors).sum();
+    let output: u64 = r.captured.iter().map(|c| c.output_bytes).sum();
+    let m = r.machine;
+
+    let mut s = String::new();
+    let _ = writeln!(s, "## capture-daemon benchmark\n");
+    let _ = writeln!(
+        s,
+        "`{}` on {} CPUs ({}), kernel {}; load average before the run: {}.",
+        r.command, m.cpus, m.cpu_model, m.kernel, m.load_before
+    );
+    let _ = writeln!(
+        s,
+        "Workload: nginx `return 200` 1 KiB body, keep-alive, in a test cgroup; `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency` from outside it; {}. \
+         A = no daemon, B = daemon targeting nginx's cgroup, JSONL to a file on disk; runs alternate A/B, figures are means over {} rounds. \
+         Daemon: `{}`.\n",
+        r.seconds,
+        if r.pinned {
+            "nginx pinned to CPU 0, wrk to CPU 1, daemon unpinned"
+        } else {
+            "nothing pinned (one CPU)"
+        },
+        r.captured.len(),
+        m.daemon.display()
+    );
+    let _ = writeln!(
+        s,
+        "| metric | A: no capture | B: capture | B vs A | target |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| throughput (requests/s) | {a_rps:.0} | {b_rps:.0} | ratio {ratio:.3} | ≥ 0.95: {} |",
+        verdict(ratio >= 0.95)
+    );
+    let _ = writeln!(
+        s,
+        "| latency p50 (µs) | {a_p50:.0} | {b_p50:.0} | {:+.0} µs | |",
+        b_p50 - a_p50
+    );
+    let _ = writeln!(
+        s,
+        "| latency p99 (µs) | {a_p99:.0} | {b_p99:.0} | {:+.0} µs | |",
+        b_p99 - a_p99
+    );
+    let _ = writeln!(
+        s,
+        "| daemon CPU per 10k exchanges (s) | | {cpu_per_10k:.3} | | |"
+    );
+    let _ = writeln!(
+        s,
+        "| daemon peak RSS, VmHWM (MiB) | | {hwm:.1} | | ≤ 64: {} |",
+        verdict(hwm <= 64.0)
+    );
+    let _ = writeln!(
+        s,
+        "| kernel events lost | | {lost} | | 0: {} |",
+        verdict(lost == 0.0)
+    );
+    let _ = writeln!(s, "| kernel bytes lost | | {bytes_lost} | | |");
+    let _ = writeln!(s, "| gap bytes | | {gap} | | 0: {} |", verdict(gap == 0.0));
+    let _ = writeln!(s, "| parse errors | | {parse_errors} | | |");
+    let _ = writeln!(
+        s,
+        "| exchanges captured / wrk requests | | {exchanges} / {requests} ({:.2}%) | | |",
+        if requests > 0 {
+            exchanges as f64 / requests as f64 * 100.0
+        } else {
+            0.0
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| JSONL written (bytes per exchange) | | {:.0} | | |",
+        if exchanges > 0 {
+            output as f64 / exchanges as f64
+        } else {
+            0.0
+        }
+    );
+
+    let _ = writeln!(s, "\nRuns, in order:\n");
+    let _ = writeln!(
+        s,
+        "| run | requests | requests/s | p50 (µs) | p99 (µs) | exchanges | daemon CPU (s) | VmHWM (MiB) | drain after load | wrk errors |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (i, (a, b)) in r.baseline.iter().zip(r.captured).enumerate() {
+        let n = i + 1;
+        let _ = writeln!(
+            s,
+            "| A{n} | {} | {:.0} | {:.0} | {:.0} | | | | | {} |",
+            a.requests, a.requests_per_s, a.p50_us, a.p99_us, a.errors
+        );
+        let _ = writeln!(
+            s,
+            "| B{n} | {} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.1} | {:.1} s | {} |",
+            b.wrk.requests,
+            b.wrk.requests_per_s,
+            b.wrk.p50_us,
+            b.wrk.p99_us,
+            b.exchanges,
+            b.cpu_seconds,
+            b.hwm_mib,
+            b.drain.as_secs_f64(),
+            b.wrk.errors
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\nDecoder (`cargo bench -p capture-daemon --bench decoder`):\n\n```"
+    );
+    match r.decoder {
+        Ok(lines) => {
+            for line in lines {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+        Err(why) => {
+            let _ = writeln!(s, "{why}");
+        }
+    }
+    let _ = writeln!(s, "```");
+    s
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_duration_us, parse_wrk};
+
+    const WRK_OUTPUT: &str = "Running 2s test @ http://127.0.0.1:18766/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   133.48us  176.55us   4.69ms   98.68%
+    Req/Sec    99.52k    11.26k  112.14k    71.43%
+  Latency Distribution
+     50%  129.00us
+     75%  149.00us
+     90%  181.00us
+     99%    1.41ms
+  207531 requests in 2.10s, 232.35MB read
+Requests/sec:  98798.97
+Transfer/sec:    110.62MB
+";
+
+    #[test]
+    fn parses_wrk_report() {
+        let wrk = parse_wrk(WRK_OUTPUT).unwrap();
+        assert_eq!(wrk.requests, 207_531);
+        assert!((wrk.requests_per_s - 98_798.97).abs() < 1e-6);
+        assert!((wrk.p50_us - 129.0).abs() < 1e-9);
+        assert!((wrk.p99_us - 1410.0).abs() < 1e-9);
+        assert!(wrk.errors.is_empty());
+    }
+
+    #[test]
+    fn parses_wrk_durations() {
+        assert_eq!(parse_duration_us("2.00s"), Some(2_000_000.0));
+        assert_eq!(parse_duration_us("1.5m"), Some(90_000_000.0));
+        assert_eq!(parse_duration_us("fast"), None);
+    }
+}
