@@ -637,14 +637,26 @@ mod tests {
         entry(ex, &CLOCK)
     }
 
+    /// The entry of `representative()` after default redaction. docs/output-schema.md shows it.
+    const GOLDEN: &str = r#"{"startedDateTime":"2024-05-01T12:00:00.123Z","time":13.0,"request":{"method":"POST","url":"http://orders.shop.svc:8080/api/orders?page=2&sort=created%20desc","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Host","value":"orders.shop.svc:8080"},{"name":"User-Agent","value":"curl/8.5.0"},{"name":"Content-Type","value":"application/json"},{"name":"Content-Length","value":"23"}],"queryString":[{"name":"page","value":"2"},{"name":"sort","value":"created desc"}],"postData":{"mimeType":"application/json","text":"{\"item\":\"book\",\"qty\":1}"},"headersSize":187,"bodySize":23},"response":{"status":201,"statusText":"Created","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Content-Type","value":"application/json"},{"name":"Content-Encoding","value":"gzip"},{"name":"Content-Length","value":"48"},{"name":"Location","value":"/api/orders/42"}],"content":{"size":28,"mimeType":"application/json","text":"{\"id\":42,\"status\":\"created\"}"},"redirectURL":"/api/orders/42","headersSize":158,"bodySize":48},"cache":{},"timings":{"blocked":-1,"dns":-1,"connect":-1,"send":0.25,"wait":12.5,"receive":0.25,"ssl":-1},"serverIPAddress":"10.96.12.5","connection":"4242:7:1","_capture":{"workload":{"namespace":"shop","pod":"checkout-7d9f8b6c5d-x2x4q","container":"app","owner_kind":"Deployment","owner_name":"checkout","node":"node-a"},"conn":{"src":"10.244.1.17:48122","dst":"10.96.12.5:8080","role":"client"},"pid":4242,"protocol":"h1","redacted":["authorization","connection","set-cookie"],"truncated":{"request":false,"response":false},"original_size":{"request":23,"response":48},"content_decoding":{"response":{"decoded_from":"gzip"}}}}"#;
+
     #[test]
     fn golden_representative_entry() {
         let mut ex = representative();
         RedactionPolicy::default().apply(&mut ex);
-        let expected = r#"{"startedDateTime":"2024-05-01T12:00:00.123Z","time":13.0,"request":{"method":"POST","url":"http://orders.shop.svc:8080/api/orders?page=2&sort=created%20desc","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Host","value":"orders.shop.svc:8080"},{"name":"User-Agent","value":"curl/8.5.0"},{"name":"Content-Type","value":"application/json"},{"name":"Content-Length","value":"23"}],"queryString":[{"name":"page","value":"2"},{"name":"sort","value":"created desc"}],"postData":{"mimeType":"application/json","text":"{\"item\":\"book\",\"qty\":1}"},"headersSize":187,"bodySize":23},"response":{"status":201,"statusText":"Created","httpVersion":"HTTP/1.1","cookies":[],"headers":[{"name":"Content-Type","value":"application/json"},{"name":"Content-Encoding","value":"gzip"},{"name":"Content-Length","value":"48"},{"name":"Location","value":"/api/orders/42"}],"content":{"size":28,"mimeType":"application/json","text":"{\"id\":42,\"status\":\"created\"}"},"redirectURL":"/api/orders/42","headersSize":158,"bodySize":48},"cache":{},"timings":{"blocked":-1,"dns":-1,"connect":-1,"send":0.25,"wait":12.5,"receive":0.25,"ssl":-1},"serverIPAddress":"10.96.12.5","connection":"4242:7:1","_capture":{"workload":{"namespace":"shop","pod":"checkout-7d9f8b6c5d-x2x4q","container":"app","owner_kind":"Deployment","owner_name":"checkout","node":"node-a"},"conn":{"src":"10.244.1.17:48122","dst":"10.96.12.5:8080","role":"client"},"pid":4242,"protocol":"h1","redacted":["authorization","connection","set-cookie"],"truncated":{"request":false,"response":false},"original_size":{"request":23,"response":48},"content_decoding":{"response":{"decoded_from":"gzip"}}}}"#;
-        assert_eq!(line(&ex), expected);
-        assert_eq!(value(&ex), serde_json::from_str::<Value>(expected).unwrap());
+
+        assert_eq!(line(&ex), GOLDEN);
+        assert_eq!(value(&ex), serde_json::from_str::<Value>(GOLDEN).unwrap());
         assert_har_entry(&value(&ex));
+    }
+
+    #[test]
+    fn docs_show_the_golden_entry() {
+        let docs = include_str!("../../docs/output-schema.md");
+        assert!(
+            docs.contains(GOLDEN),
+            "docs/output-schema.md example is not the golden entry"
+        );
     }
 
     #[test]
