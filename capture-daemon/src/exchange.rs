@@ -41,10 +41,19 @@ impl Protocol {
 }
 
 /// One header field, in wire order. Values that are not UTF-8 are kept lossily (U+FFFD).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows the name and the value's length only: header values carry credentials, and a
+/// stray `?exchange` in a log line must not leak them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Header {
     pub name: String,
     pub value: String,
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: <{} bytes>", self.name, self.value.len())
+    }
 }
 
 impl Header {
@@ -64,8 +73,9 @@ pub fn header_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
 /// A message body as captured.
 ///
 /// `data` holds the content with transfer coding (chunked) removed and content coding (gzip,
-/// deflate, br, zstd) decoded, cut at the configured body limit.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// deflate, br, zstd) decoded, cut at the configured body limit. `Debug` shows sizes, never
+/// content.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Body {
     pub data: Vec<u8>,
     /// Bytes of the body on the wire after transfer decoding and before content decoding,
@@ -79,6 +89,18 @@ pub struct Body {
     /// Content coding present but not decodable (unknown coding, corrupt stream); `data` then
     /// holds the encoded bytes as captured.
     pub decode_error: Option<String>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body")
+            .field("captured", &self.data.len())
+            .field("wire_size", &self.wire_size)
+            .field("truncated", &self.truncated)
+            .field("decoded_from", &self.decoded_from)
+            .field("decode_error", &self.decode_error)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,4 +224,18 @@ pub struct Exchange {
     pub redacted: Vec<String>,
     /// Routing key from the request, when present (filled by the Kubernetes layer).
     pub routing_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_values_or_bodies() {
+        let h = Header::new("Authorization", "Bearer s3cret-token");
+        let b = Body { data: b"password=hunter2".to_vec(), wire_size: 16, ..Body::default() };
+        let text = format!("{h:?} {b:?}");
+        assert!(text.contains("Authorization"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("hunter2"), "{text}");
+    }
 }
