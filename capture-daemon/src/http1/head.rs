@@ -1,0 +1,463 @@
+//! Message heads (start line + header section, RFC 9112 §2.1): collecting their bytes until
+//! the empty line, parsing them with `httparse`, and deciding how the body is framed
+//! (RFC 9112 §6.3).
+
+use crate::exchange::{Header, HttpVersion};
+
+use super::{ParseErrorReason, Side};
+
+/// Collects one head across calls. The start line is checked as soon as it is complete (or
+/// long enough to tell) so that bytes which are not HTTP fail fast instead of filling the
+/// buffer up to the limit.
+#[derive(Debug, Default)]
+pub(super) struct HeadBuf {
+    pub(super) buf: Vec<u8>,
+    /// Timestamp of the first byte of the head.
+    pub(super) start_ns: u64,
+    first_line_done: bool,
+    prefix_checked: bool,
+}
+
+/// What feeding bytes to a [`HeadBuf`] gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HeadProgress {
+    NeedMore,
+    /// `buf` holds a whole head, empty line included.
+    Complete,
+    /// The head is longer than the limit; `at_line_start` tells whether the next byte starts
+    /// a line.
+    TooLarge {
+        at_line_start: bool,
+    },
+    /// The start line cannot begin a message of this side.
+    BadStart {
+        at_line_start: bool,
+    },
+}
+
+/// Index just past the first empty line in `data` (a line that is empty or only CR), given
+/// the up to two bytes before `data` in `prev`.
+pub(super) fn find_blank_line(prev: &[u8], data: &[u8]) -> Option<usize> {
+    let at = |i: usize, back: usize| -> Option<u8> {
+        if back <= i {
+            Some(data[i - back])
+        } else {
+            let from_end = back - i;
+            prev.len().checked_sub(from_end).map(|j| prev[j])
+        }
+    };
+    let mut from = 0;
+    while let Some(off) = data[from..].iter().position(|&b| b == b'\n') {
+        let i = from + off;
+        match at(i, 1) {
+            Some(b'\n') => return Some(i + 1),
+            Some(b'\r') if at(i, 2) == Some(b'\n') => return Some(i + 1),
+            _ => {}
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// The last up to two bytes of `buf`.
+pub(super) fn tail2(buf: &[u8]) -> &[u8] {
+    &buf[buf.len().saturating_sub(2)..]
+}
+
+impl HeadBuf {
+    pub(super) fn clear(&mut self) {
+        self.buf.clear();
+        self.first_line_done = false;
+        self.prefix_checked = false;
+    }
+
+    /// Starts a head with the bytes a resynchronisation found (a start line and the start
+    /// of the next line). Returns whether they already hold the whole head.
+    pub(super) fn seed(&mut self, bytes: &[u8], start_ns: u64) -> bool {
+        self.clear();
+        self.buf.extend_from_slice(bytes);
+        self.start_ns = start_ns;
+        self.first_line_done = true;
+        self.prefix_checked = true;
+        find_blank_line(&[], &self.buf).is_some()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Takes bytes of `data` into the head. Returns how many bytes were consumed: all of
+    /// `data` unless the head completed or failed.
+    pub(super) fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        ts_ns: u64,
+        limit: usize,
+    ) -> (usize, HeadProgress) {
+        let mut pos = 0;
+        if self.buf.is_empty() {
+            // RFC 9112 §2.2: empty lines before a start line are ignored (they follow a body
+            // whose sender added a stray CRLF).
+            pos = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if pos == data.len() {
+                return (pos, HeadProgress::NeedMore);
+            }
+            self.start_ns = ts_ns;
+        }
+        if !self.first_line_done {
+            let rest = &data[pos..];
+            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                if self.buf.len() + rest.len() > limit {
+                    return (
+                        data.len(),
+                        HeadProgress::TooLarge {
+                            at_line_start: false,
+                        },
+                    );
+                }
+                self.buf.extend_from_slice(rest);
+                if !self.prefix_checked && self.buf.len() >= 16 {
+                    self.prefix_checked = true;
+                    if !start_line_plausible(side, &self.buf) {
+                        return (
+                            data.len(),
+                            HeadProgress::BadStart {
+                                at_line_start: false,
+                            },
+                        );
+                    }
+                }
+                return (data.len(), HeadProgress::NeedMore);
+            };
+            let line_end = lf + 1;
+            if self.buf.len() + line_end > limit {
+                return (
+                    pos + line_end,
+                    HeadProgress::TooLarge {
+                        at_line_start: true,
+                    },
+                );
+            }
+            self.buf.extend_from_slice(&rest[..line_end]);
+            pos += line_end;
+            self.first_line_done = true;
+            if !start_line_plausible(side, &self.buf) {
+                return (
+                    pos,
+                    HeadProgress::BadStart {
+                        at_line_start: true,
+                    },
+                );
+            }
+        }
+        let rest = &data[pos..];
+        match find_blank_line(tail2(&self.buf), rest) {
+            Some(end) => {
+                if self.buf.len() + end > limit {
+                    return (
+                        pos + end,
+                        HeadProgress::TooLarge {
+                            at_line_start: true,
+                        },
+                    );
+                }
+                self.buf.extend_from_slice(&rest[..end]);
+                (pos + end, HeadProgress::Complete)
+            }
+            None => {
+                if self.buf.len() + rest.len() > limit {
+                    let at_line_start = rest.last() == Some(&b'\n');
+                    return (data.len(), HeadProgress::TooLarge { at_line_start });
+                }
+                self.buf.extend_from_slice(rest);
+                (data.len(), HeadProgress::NeedMore)
+            }
+        }
+    }
+}
+
+fn request_config() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    // A passive observer decodes what the real peer accepted; be as lenient as httparse lets.
+    c.allow_multiple_spaces_in_request_line_delimiters(true)
+        .ignore_invalid_headers_in_requests(true);
+    c
+}
+
+fn response_config() -> httparse::ParserConfig {
+    let mut c = httparse::ParserConfig::default();
+    c.allow_multiple_spaces_in_response_status_delimiters(true)
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .ignore_invalid_headers_in_responses(true);
+    c
+}
+
+/// Whether a (possibly partial) start line could begin a message of `side`; httparse itself
+/// decides, so this is never stricter than the full parse.
+fn start_line_plausible(side: Side, buf: &[u8]) -> bool {
+    let mut no_headers: [httparse::Header<'_>; 0] = [];
+    let result = match side {
+        Side::Request => {
+            request_config().parse_request(&mut httparse::Request::new(&mut no_headers), buf)
+        }
+        Side::Response => {
+            response_config().parse_response(&mut httparse::Response::new(&mut no_headers), buf)
+        }
+    };
+    matches!(result, Ok(_) | Err(httparse::Error::TooManyHeaders))
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub(super) struct RequestHead {
+    pub(super) method: String,
+    pub(super) target: String,
+    pub(super) version: HttpVersion,
+    pub(super) headers: Vec<Header>,
+    pub(super) size: u64,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(super) struct ResponseHead {
+    pub(super) status: u16,
+    pub(super) reason: String,
+    pub(super) version: HttpVersion,
+    pub(super) headers: Vec<Header>,
+    pub(super) size: u64,
+}
+
+/// Header slots tried first; a head with more is parsed again with room for as many header
+/// lines as its size allows (each takes at least 3 bytes, `a:\n`).
+const INLINE_HEADERS: usize = 64;
+
+fn to_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
+    parsed
+        .iter()
+        .map(|h| Header {
+            name: h.name.to_owned(),
+            value: String::from_utf8_lossy(h.value).into_owned(),
+        })
+        .collect()
+}
+
+fn version(v: Option<u8>) -> HttpVersion {
+    if v == Some(0) {
+        HttpVersion::Http10
+    } else {
+        HttpVersion::Http11
+    }
+}
+
+fn len_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Parses a complete request head (as collected by [`HeadBuf`]).
+pub(super) fn parse_request(buf: &[u8]) -> Option<RequestHead> {
+    let config = request_config();
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let mut req = httparse::Request::new(&mut inline);
+    match config.parse_request(&mut req, buf) {
+        Ok(httparse::Status::Complete(n)) => request_head(&req, n),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            let mut req = httparse::Request::new(&mut many);
+            match config.parse_request(&mut req, buf) {
+                Ok(httparse::Status::Complete(n)) => request_head(&req, n),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn request_head(req: &httparse::Request<'_, '_>, size: usize) -> Option<RequestHead> {
+    Some(RequestHead {
+        method: req.method?.to_owned(),
+        target: req.path?.to_owned(),
+        version: version(req.version),
+        headers: to_headers(req.headers),
+        size: len_u64(size),
+    })
+}
+
+/// Parses a complete response head.
+pub(super) fn parse_response(buf: &[u8]) -> Option<ResponseHead> {
+    let config = response_config();
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let mut resp = httparse::Response::new(&mut inline);
+    match config.parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Complete(n)) => response_head(&resp, n),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            let mut resp = httparse::Response::new(&mut many);
+            match config.parse_response(&mut resp, buf) {
+                Ok(httparse::Status::Complete(n)) => response_head(&resp, n),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn response_head(resp: &httparse::Response<'_, '_>, size: usize) -> Option<ResponseHead> {
+    Some(ResponseHead {
+        status: resp.code?,
+        reason: resp.reason.unwrap_or_default().to_owned(),
+        version: version(resp.version),
+        headers: to_headers(resp.headers),
+        size: len_u64(size),
+    })
+}
+
+/// Parses a trailer section (field lines and the final empty line, RFC 9112 §7.1.2).
+pub(super) fn parse_trailers(buf: &[u8]) -> Option<Vec<Header>> {
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    match httparse::parse_headers(buf, &mut inline) {
+        Ok(httparse::Status::Complete((_, h))) => Some(to_headers(h)),
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
+            match httparse::parse_headers(buf, &mut many) {
+                Ok(httparse::Status::Complete((_, h))) => Some(to_headers(h)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body (or an empty one).
+    None,
+    Length(u64),
+    Chunked,
+    /// Response body that runs until the connection closes.
+    UntilClose,
+}
+
+/// What the request method means for its response's framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MethodKind {
+    Head,
+    Connect,
+    Other,
+}
+
+impl MethodKind {
+    /// Methods are case-sensitive (RFC 9110 §9.1).
+    pub(super) fn of(method: &str) -> Self {
+        match method {
+            "HEAD" => Self::Head,
+            "CONNECT" => Self::Connect,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The combined list of a field's values, lower-cased, empty elements dropped
+/// (RFC 9110 §5.3: several field lines are one comma-separated list).
+fn list_values(headers: &[Header], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// Content-Length (RFC 9110 §8.6): `None` when absent, an error unless every value is the
+/// same decimal number.
+fn content_length(headers: &[Header]) -> Result<Option<u64>, ParseErrorReason> {
+    let mut found = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        for v in h.value.split(',') {
+            let v = v.trim();
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ParseErrorReason::InvalidContentLength);
+            }
+            let n: u64 = v
+                .parse()
+                .map_err(|_| ParseErrorReason::InvalidContentLength)?;
+            match found {
+                Some(prev) if prev != n => return Err(ParseErrorReason::InvalidContentLength),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Transfer codings other than the obsolete `identity` (RFC 9112 §6.1); `Some(true)` when
+/// `chunked` is the final one.
+fn chunked_last(headers: &[Header]) -> Option<bool> {
+    let codings = list_values(headers, "transfer-encoding");
+    let codings: Vec<&String> = codings.iter().filter(|c| *c != "identity").collect();
+    codings.last().map(|c| *c == "chunked")
+}
+
+fn length_framing(n: u64) -> Framing {
+    if n == 0 {
+        Framing::None
+    } else {
+        Framing::Length(n)
+    }
+}
+
+/// RFC 9112 §6.3 for requests: Transfer-Encoding wins over Content-Length (rule 3); a
+/// request whose final coding is not chunked cannot be delimited (rule 4); no length means
+/// no body (rule 7).
+pub(super) fn request_framing(headers: &[Header]) -> Result<Framing, ParseErrorReason> {
+    match chunked_last(headers) {
+        Some(true) => return Ok(Framing::Chunked),
+        Some(false) => return Err(ParseErrorReason::UnsupportedTransferEncoding),
+        None => {}
+    }
+    Ok(content_length(headers)?.map_or(Framing::None, length_framing))
+}
+
+/// RFC 9112 §6.3 for responses: no body after HEAD or with 1xx/204/304 (rule 1);
+/// Transfer-Encoding wins, and without chunked last the body runs until close (rule 3);
+/// then Content-Length (rules 5, 6); else until close (rule 8). The CONNECT tunnel case
+/// (rule 2) is handled by the caller.
+pub(super) fn response_framing(
+    method: MethodKind,
+    status: u16,
+    headers: &[Header],
+) -> Result<Framing, ParseErrorReason> {
+    if method == MethodKind::Head || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        return Ok(Framing::None);
+    }
+    match chunked_last(headers) {
+        Some(true) => return Ok(Framing::Chunked),
+        Some(false) => return Ok(Framing::UntilClose),
+        None => {}
+    }
+    Ok(content_length(headers)?.map_or(Framing::UntilClose, length_framing))
+}
+
+/// The Content-Encoding field value, several field lines joined (RFC 9110 §8.4).
+pub(super) fn content_encoding(headers: &[Header]) -> Option<String> {
+    let mut values = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"));
+    let first = values.next()?;
+    let mut joined = first.value.clone();
+    for h in values {
+        joined.push_str(", ");
+        joined.push_str(&h.value);
+    }
+    Some(joined)
+}
