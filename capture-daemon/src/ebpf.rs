@@ -253,10 +253,20 @@ fn classify_program_error(what: &str, e: &aya::programs::ProgramError) -> EbpfEr
     }
 }
 
+/// Registers an eBPF map's fd (ring buffer, log buffer) with tokio's reactor.
+#[expect(
+    unsafe_code,
+    reason = "tokio's AsyncFd::register is unsafe since tokio#8587"
+)]
+pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `inner` owns its file descriptor (an aya map) and nothing replaces or closes it
+    // while the AsyncFd holds it; dropping the AsyncFd deregisters before `inner` is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(std::io::Error::from)
+}
+
 /// Forwards kernel-side `aya-log` records into `log`, which tracing-subscriber bridges.
 fn spawn_kernel_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(mut fd) = tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE)
-    else {
+    let Ok(mut fd) = register(logger) else {
         warn!("kernel-side logs unavailable: cannot poll their buffer");
         return;
     };

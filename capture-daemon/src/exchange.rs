@@ -58,7 +58,10 @@ impl std::fmt::Debug for Header {
 
 impl Header {
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { name: name.into(), value: value.into() }
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 }
 
@@ -233,9 +236,16 @@ mod tests {
     #[test]
     fn debug_never_shows_values_or_bodies() {
         let h = Header::new("Authorization", "Bearer s3cret-token");
-        let b = Body { data: b"password=hunter2".to_vec(), wire_size: 16, ..Body::default() };
+        let b = Body {
+            data: b"password=hunter2".to_vec(),
+            wire_size: 16,
+            ..Body::default()
+        };
         let text = format!("{h:?} {b:?}");
         assert!(text.contains("Authorization"), "{text}");
-        assert!(!text.contains("s3cret") && !text.contains("hunter2"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 }

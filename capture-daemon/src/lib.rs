@@ -5,19 +5,19 @@
 //! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` (decoding,
 //! with `body` for content codings) -> `exchange` (the decoded value) -> `redact` -> `har` ->
 //! `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod body;
 pub mod clock;
-// pub mod config; (waiting for http1)
-// pub mod conn; (waiting for http1)
+pub mod config;
+pub mod conn;
 pub mod ebpf;
 pub mod exchange;
 pub mod har;
 pub mod http1;
 pub mod intake;
-// pub mod metrics; (waiting for http1)
-// pub mod pipeline; (waiting for http1)
+pub mod metrics;
+pub mod pipeline;
 pub mod procnet;
 pub mod redact;
 pub mod sink;

@@ -1,1 +1,121 @@
-fn main() {}
+//! `capture-daemon`: parse the configuration, resolve targets, open the output, load and
+//! attach the kernel programs, then run the pipeline until SIGINT/SIGTERM.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (before anything is attached),
+//! 1 runtime failure.
+#![forbid(unsafe_code)]
+
+use std::{process::ExitCode, sync::Arc};
+
+use capture_daemon::{
+    config::{Config, ConfigError, LogFormat},
+    ebpf::Capture,
+    metrics::{self, Metrics},
+    pipeline::Pipeline,
+    sink::JsonlSink,
+    targets,
+};
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let cfg = match Config::from_args(std::env::args_os()) {
+        Ok(c) => c,
+        Err(ConfigError::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("capture-daemon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_format);
+    let targets = match targets::resolve(&cfg.target_cgroups, &cfg.target_pids) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("capture-daemon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sink = match JsonlSink::open(&cfg.output) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("capture-daemon: --output {}: {e}", cfg.output);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("capture-daemon: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cfg, targets, sink)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("capture-daemon: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(
+    cfg: Config,
+    targets: std::collections::BTreeSet<targets::TargetCgroup>,
+    sink: JsonlSink,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    if let Some(addr) = cfg.metrics_addr {
+        metrics::serve(addr, Arc::clone(&metrics))
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
+    }
+    let mut capture = Capture::load(cfg.ring_buffer_bytes)?;
+    let ids = targets.iter().map(|t| t.id).collect();
+    capture.set_targets(&ids)?;
+    for t in &targets {
+        info!(audit = true, cgroup = %t.dir.display(), cgroup_id = t.id, "capture target added");
+    }
+    let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics));
+    metrics.set_ready(true);
+    info!(targets = targets.len(), output = %cfg.output, "capture started");
+    pipeline
+        .run(&mut capture, shutdown_signal(), cfg.shutdown_deadline)
+        .await?;
+    metrics.set_ready(false);
+    drop(capture);
+    info!("programs detached; exiting");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

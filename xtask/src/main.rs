@@ -1,1 +1,165 @@
-fn main() {}
+//! `cargo xtask`: the project's one entry point for set-up, building, the demo, the test suite
+//! and the benchmarks. Every command first makes sure its prerequisites are installed (one
+//! line per thing installed), or stops with the exact command to run when it cannot.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, demo, test and benchmark capture-daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the prerequisites and build the eBPF programs and the daemon.
+    BuildEbpf,
+    /// Capture a bundled server and client in a fresh cgroup and show the exchanges.
+    Demo,
+    /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
+    Test {
+        /// Seconds the fuzz target runs (0 skips fuzzing).
+        #[arg(long, default_value_t = 30)]
+        fuzz_seconds: u32,
+    },
+    /// Workload throughput and latency with and without capture, decoder throughput.
+    Bench {
+        /// A shorter run, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Cmd::BuildEbpf => {
+            setup::toolchain()?;
+            cargo(&root, &["build", "-p", "capture-daemon"])?;
+            println!(
+                "built {}",
+                root.join("target/debug/capture-daemon").display()
+            );
+        }
+        Cmd::Demo => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            cargo(&root, &["build", "-p", "capture-daemon"])?;
+            set_daemon_bin(&root, "debug");
+            demo::run(&root)?;
+        }
+        Cmd::Test { fuzz_seconds } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            check_root_for_ci()?;
+            cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&root, &["build", "-p", "capture-daemon"])?;
+            set_daemon_bin(&root, "debug");
+            cargo(&root, &["test", "--workspace", "--no-fail-fast"])?;
+            if fuzz_seconds > 0 {
+                setup::cargo_fuzz()?;
+                fuzz(&root, "http1", fuzz_seconds)?;
+            }
+            println!("xtask test: all steps passed");
+        }
+        Cmd::Bench { quick } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            cargo(&root, &["build", "-p", "capture-daemon", "--release"])?;
+            set_daemon_bin(&root, "release");
+            bench::run(&root, quick)?;
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+/// The e2e tests, demo and bench find the daemon through this variable.
+fn set_daemon_bin(root: &Path, profile: &str) {
+    let bin = root.join("target").join(profile).join("capture-daemon");
+    set_env("CAPTURE_DAEMON_BIN", &bin);
+}
+
+#[expect(
+    unsafe_code,
+    reason = "set_var is unsafe in edition 2024; no other thread exists yet"
+)]
+fn set_env(key: &str, value: &Path) {
+    // SAFETY: called from main before xtask starts any thread, so no one reads the environment
+    // concurrently.
+    unsafe { std::env::set_var(key, value) };
+}
+
+/// Under CI the BPF tests must run for real: refuse to go on when they cannot.
+fn check_root_for_ci() -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if ci && !nix_is_root() {
+        bail!("CI=true but not running as root: the eBPF end-to-end tests cannot run; run as root");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args).current_dir(root))
+}
+
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn fuzz(root: &Path, target: &str, seconds: u32) -> anyhow::Result<()> {
+    println!("fuzzing {target} for {seconds}s");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ])
+        .current_dir(root.join("capture-daemon/fuzz"))
+        // Under `cargo xtask` these point at the stable toolchain; cargo-fuzz needs nightly.
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO"))
+}

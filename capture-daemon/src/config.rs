@@ -1,0 +1,393 @@
+//! Configuration: command-line flags and an optional YAML file with the same keys, parsed and
+//! validated once at start-up into [`Config`]. Flags win over the file. Every error names the
+//! flag (or file key) and the bad value, and the daemon exits 2 before anything is attached.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::http1::Http1Limits;
+
+/// Flags and file keys. Every field is optional here so file values and defaults can be
+/// layered; [`Config`] is the validated result.
+#[derive(Parser, Deserialize, Debug, Default, Clone)]
+#[command(
+    name = "capture-daemon",
+    version,
+    about = "Captures the HTTP exchanges of opted-in cgroups with eBPF, redacts them and writes them out."
+)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Flags {
+    /// Capture the processes of this cgroup v2 directory (repeatable).
+    #[arg(long = "target-cgroup", value_name = "DIR")]
+    #[serde(default)]
+    pub target_cgroup: Vec<PathBuf>,
+    /// Capture the cgroup of this process (repeatable).
+    #[arg(long = "target-pid", value_name = "PID")]
+    #[serde(default)]
+    pub target_pid: Vec<u32>,
+    /// Opt workloads in by Kubernetes annotation (not available in this build yet).
+    #[arg(long)]
+    pub kubernetes: Option<bool>,
+    /// Where exchanges go, one JSON (HAR entry) per line; `-` is stdout.
+    #[arg(long, value_name = "PATH|-")]
+    pub output: Option<String>,
+    /// Drop bodies; keep start lines, headers and sizes.
+    #[arg(long = "headers-only", num_args = 0..=1, default_missing_value = "true")]
+    pub headers_only: Option<bool>,
+    /// Bodies longer than this are cut and flagged truncated (default 1 MiB).
+    #[arg(long = "max-body-bytes", value_name = "N")]
+    pub max_body_bytes: Option<usize>,
+    /// Also remove this header, both directions (repeatable, case-insensitive).
+    #[arg(long = "redact-header", value_name = "NAME")]
+    #[serde(default)]
+    pub redact_header: Vec<String>,
+    /// Also remove this query parameter from request URLs (repeatable).
+    #[arg(long = "redact-query", value_name = "PARAM")]
+    #[serde(default)]
+    pub redact_query: Vec<String>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address.
+    #[arg(long = "metrics-addr", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// `text` or `json`.
+    #[arg(long = "log-format", value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// YAML file with any of these settings (keys as the flag names); flags win.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Size of the kernel-to-daemon ring buffer; a power of two (default 16 MiB).
+    #[arg(long = "ring-buffer-bytes", value_name = "N")]
+    pub ring_buffer_bytes: Option<u32>,
+    /// Most connections tracked at once; new ones past it are not captured (default 16384).
+    #[arg(long = "max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most bytes buffered for one connection (reordering + an unfinished message head);
+    /// past it the connection skips ahead and counts a gap (default 4 MiB).
+    #[arg(long = "max-conn-buffer-bytes", value_name = "N")]
+    pub max_conn_buffer_bytes: Option<usize>,
+    /// Largest request or response head (start line + headers) accepted (default 64 KiB).
+    #[arg(long = "max-header-bytes", value_name = "N")]
+    pub max_header_bytes: Option<usize>,
+    /// Most requests waiting for their responses on one connection (default 64).
+    #[arg(long = "max-pipelined", value_name = "N")]
+    pub max_pipelined: Option<usize>,
+    /// A connection with no traffic for this long is flushed and forgotten, e.g. `5m` (default 5m).
+    #[arg(long = "idle-timeout", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// How long SIGTERM may spend flushing before the daemon exits anyway, e.g. `5s` (default 5s).
+    #[arg(long = "shutdown-deadline", value_name = "DURATION")]
+    pub shutdown_deadline: Option<String>,
+    /// Node name reported in `_capture.workload.node` (default: the host name).
+    #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub target_cgroups: Vec<PathBuf>,
+    pub target_pids: Vec<u32>,
+    pub output: String,
+    pub headers_only: bool,
+    pub redact_headers: Vec<String>,
+    pub redact_query: Vec<String>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub ring_buffer_bytes: u32,
+    pub max_connections: usize,
+    pub max_conn_buffer_bytes: usize,
+    pub http1: Http1Limits,
+    pub idle_timeout: Duration,
+    pub shutdown_deadline: Duration,
+    pub node_name: Option<String>,
+}
+
+/// A configuration error: the flag (or file) it concerns and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("--config {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
+    /// `--help` or `--version`: not an error; the text goes to stdout and the exit code is 0.
+    #[error("{0}")]
+    Help(String),
+}
+
+fn invalid(flag: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Flags {
+    /// Fills every setting this one left unset from `file`.
+    fn or_file(mut self, file: Flags) -> Flags {
+        macro_rules! fill {
+            ($($opt:ident),*) => { $( if self.$opt.is_none() { self.$opt = file.$opt; } )* };
+        }
+        macro_rules! extend {
+            ($($list:ident),*) => { $( if self.$list.is_empty() { self.$list = file.$list; } )* };
+        }
+        fill!(
+            kubernetes,
+            output,
+            headers_only,
+            max_body_bytes,
+            metrics_addr,
+            log_format,
+            ring_buffer_bytes,
+            max_connections,
+            max_conn_buffer_bytes,
+            max_header_bytes,
+            max_pipelined,
+            idle_timeout,
+            shutdown_deadline,
+            node_name
+        );
+        extend!(target_cgroup, target_pid, redact_header, redact_query);
+        self
+    }
+}
+
+impl Config {
+    /// Parses `args` (with the program name first) and the `--config` file they name.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let flags = Flags::try_parse_from(args).map_err(|e| {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                return ConfigError::Help(e.to_string());
+            }
+            // Keep clap's first line (what is wrong) and point at --help, on one line.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            ConfigError::Usage(format!("{first} (see capture-daemon --help)"))
+        })?;
+        let flags = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let file: Flags = serde_norway::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                flags.clone().or_file(file)
+            }
+            None => flags,
+        };
+        Config::validate(flags)
+    }
+
+    fn validate(f: Flags) -> Result<Config, ConfigError> {
+        if f.kubernetes == Some(true) {
+            return Err(invalid(
+                "--kubernetes",
+                "true",
+                "Kubernetes opt-in is not in this build yet; use --target-cgroup or --target-pid",
+            ));
+        }
+        if f.target_cgroup.is_empty() && f.target_pid.is_empty() {
+            return Err(ConfigError::Usage(
+                "nothing to capture: give --target-cgroup DIR or --target-pid PID \
+                 (see capture-daemon --help)"
+                    .into(),
+            ));
+        }
+        let http1_defaults = Http1Limits::default();
+        let max_body_bytes = f.max_body_bytes.unwrap_or(http1_defaults.max_body_bytes);
+        let max_header_bytes = f
+            .max_header_bytes
+            .unwrap_or(http1_defaults.max_header_bytes);
+        if max_header_bytes < 256 {
+            return Err(invalid(
+                "--max-header-bytes",
+                max_header_bytes,
+                "must be at least 256",
+            ));
+        }
+        let max_pipelined = f.max_pipelined.unwrap_or(http1_defaults.max_pipelined);
+        if max_pipelined == 0 {
+            return Err(invalid("--max-pipelined", 0, "must be at least 1"));
+        }
+        let ring_buffer_bytes = f.ring_buffer_bytes.unwrap_or(16 * 1024 * 1024);
+        if !ring_buffer_bytes.is_power_of_two() || ring_buffer_bytes < 64 * 1024 {
+            return Err(invalid(
+                "--ring-buffer-bytes",
+                ring_buffer_bytes,
+                "must be a power of two of at least 65536",
+            ));
+        }
+        let max_connections = f.max_connections.unwrap_or(16384);
+        if max_connections == 0 {
+            return Err(invalid("--max-connections", 0, "must be at least 1"));
+        }
+        let max_conn_buffer_bytes = f.max_conn_buffer_bytes.unwrap_or(4 * 1024 * 1024);
+        if max_conn_buffer_bytes < max_header_bytes {
+            return Err(invalid(
+                "--max-conn-buffer-bytes",
+                max_conn_buffer_bytes,
+                format!("must be at least --max-header-bytes ({max_header_bytes})"),
+            ));
+        }
+        let metrics_addr = f
+            .metrics_addr
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|e| invalid("--metrics-addr", a, e))
+            })
+            .transpose()?;
+        let log_format = match f.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("--log-format", other, "expected text or json")),
+        };
+        let duration = |flag: &'static str, v: Option<&str>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s).map_err(|e| invalid(flag, s, e)),
+        };
+        let idle_timeout = duration(
+            "--idle-timeout",
+            f.idle_timeout.as_deref(),
+            Duration::from_secs(300),
+        )?;
+        let shutdown_deadline = duration(
+            "--shutdown-deadline",
+            f.shutdown_deadline.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        for name in &f.redact_header {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(invalid("--redact-header", name, "not a valid header name"));
+            }
+        }
+        for p in &f.redact_query {
+            if p.is_empty() {
+                return Err(invalid("--redact-query", p, "must not be empty"));
+            }
+        }
+        Ok(Config {
+            target_cgroups: f.target_cgroup,
+            target_pids: f.target_pid,
+            output: f.output.unwrap_or_else(|| "-".into()),
+            headers_only: f.headers_only.unwrap_or(false),
+            redact_headers: f.redact_header,
+            redact_query: f.redact_query,
+            metrics_addr,
+            log_format,
+            ring_buffer_bytes,
+            max_connections,
+            max_conn_buffer_bytes,
+            http1: Http1Limits {
+                max_body_bytes,
+                max_header_bytes,
+                max_pipelined,
+            },
+            idle_timeout,
+            shutdown_deadline,
+            node_name: f.node_name,
+        })
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(std::iter::once("capture-daemon").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert_eq!(c.output, "-");
+        assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn unknown_flag_is_one_line_naming_it() {
+        let e = parse(&["--target-pid", "1", "--bogus"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--bogus"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_flag_and_value() {
+        let e = parse(&["--target-pid", "1", "--log-format", "xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--log-format") && e.contains("xml"), "{e}");
+        let e = parse(&["--target-pid", "1", "--ring-buffer-bytes", "1000"]).unwrap_err();
+        assert!(e.to_string().contains("--ring-buffer-bytes"), "{e}");
+        let e = parse(&["--target-pid", "1", "--idle-timeout", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--idle-timeout"), "{e}");
+        let e = parse(&["--target-pid", "1", "--redact-header", "bad name"]).unwrap_err();
+        assert!(e.to_string().contains("--redact-header"), "{e}");
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "target-pid: [7]\noutput: /tmp/x.jsonl\nmax-body-bytes: 10\nredact-header: [X-Api-Key]\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--max-body-bytes", "20"]).unwrap();
+        assert_eq!(c.target_pids, vec![7]);
+        assert_eq!(c.output, "/tmp/x.jsonl");
+        assert_eq!(c.http1.max_body_bytes, 20);
+        assert_eq!(c.redact_headers, vec!["X-Api-Key".to_string()]);
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "target-pid: [7]\nmax-bodyy-bytes: 10\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--config") && e.contains("max-bodyy-bytes"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,881 @@
+//! The connection table: puts each direction's bytes back in order by byte position, turns
+//! holes into counted gaps, names the socket from `/proc`, picks the protocol, feeds the
+//! decoder, and forgets connections on close, idle timeout, process exit or memory pressure.
+//!
+//! It is pure apart from the `/proc` look-up, which is injected, so it is driven in tests by
+//! hand-made events exactly as the intake drives it from the ring buffer.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use capture_common::MutedKey;
+
+use crate::{
+    exchange::{ConnMeta, Exchange, Role, Workload},
+    http1::{self, Http1Conn, Http1Limits, Http1Output, Side},
+    intake::{ConnId, Direction, Event},
+    metrics::{Eviction, Metrics},
+    procnet::FdKind,
+};
+
+/// Bytes of traffic looked at without finding an HTTP/1 message start before a connection is
+/// declared not HTTP and switched off in the kernel.
+const SNIFF_LIMIT: u64 = 64 * 1024;
+/// How long a hole in a byte stream is waited for (events of one connection can reach the ring
+/// buffer out of order when two threads use the socket at once) before it becomes a gap.
+const REORDER_WAIT_NS: u64 = 200_000_000;
+/// Connections idle this long are checked for a process that has exited (no close is traced
+/// for fds a dying process leaves open).
+const PROCESS_CHECK_IDLE_NS: u64 = 2_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct TableLimits {
+    pub max_connections: usize,
+    pub max_conn_buffer_bytes: usize,
+    pub idle_timeout_ns: u64,
+    pub http1: Http1Limits,
+}
+
+/// Looks an fd up in `/proc` (injected for tests).
+pub type Classifier = Box<dyn FnMut(u32, u32) -> FdKind + Send>;
+/// Tells whether a process still exists (injected for tests).
+pub type ProcessAlive = Box<dyn FnMut(u32) -> bool + Send>;
+
+pub struct ConnTable {
+    conns: HashMap<ConnId, Conn>,
+    limits: TableLimits,
+    metrics: Arc<Metrics>,
+    node: Option<String>,
+    classify: Classifier,
+    alive: ProcessAlive,
+    /// Connections the kernel should stop sending; drained by the caller.
+    mutes: Vec<MutedKey>,
+    scratch: Vec<Http1Output>,
+}
+
+struct Conn {
+    meta: ConnMeta,
+    streams: [Stream; 2],
+    proto: Proto,
+    last_ts_ns: u64,
+    sniffed: u64,
+}
+
+#[derive(Default)]
+struct Stream {
+    /// Position of the next byte to deliver; None until the first event.
+    next_pos: Option<u64>,
+    /// Events that arrived ahead of `next_pos`, by position.
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: usize,
+}
+
+struct Pending {
+    len: u64,
+    data: Vec<u8>,
+    ts_ns: u64,
+}
+
+enum Proto {
+    /// No message start seen yet.
+    Unknown,
+    Http1 {
+        decoder: Box<Http1Conn>,
+        request_dir: Direction,
+    },
+    /// Not something we decode (or no longer: upgraded, not TCP, over a limit); events ignored.
+    Off,
+}
+
+impl ConnTable {
+    pub fn new(
+        limits: TableLimits,
+        metrics: Arc<Metrics>,
+        node: Option<String>,
+        classify: Classifier,
+        alive: ProcessAlive,
+    ) -> Self {
+        Self {
+            conns: HashMap::new(),
+            limits,
+            metrics,
+            node,
+            classify,
+            alive,
+            mutes: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Connections the kernel should stop sending, since the last call.
+    pub fn take_mutes(&mut self) -> Vec<MutedKey> {
+        std::mem::take(&mut self.mutes)
+    }
+
+    /// Handles one event; finished exchanges are appended to `out`.
+    pub fn on_event(&mut self, event: Event<'_>, out: &mut Vec<Exchange>) {
+        match event {
+            Event::Open {
+                conn,
+                role,
+                peer,
+                ts_ns,
+            } => {
+                // A new generation of this fd: any previous state of the same id is stale.
+                if let Some(old) = self.conns.remove(&conn) {
+                    self.finish(conn, old, ts_ns, out);
+                }
+                self.track(conn, role, peer, ts_ns);
+            }
+            Event::Data {
+                conn,
+                direction,
+                pos,
+                len,
+                payload,
+                ts_ns,
+                uncopyable,
+            } => {
+                Metrics::add(&self.metrics.events, 1);
+                Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
+                if !self.conns.contains_key(&conn) && !self.track(conn, None, None, ts_ns) {
+                    return;
+                }
+                let _ = uncopyable; // counted as a gap like any other uncaptured bytes
+                self.on_data(conn, direction, pos, len, payload, ts_ns, out);
+            }
+            Event::Close { conn, ts_ns } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.finish(conn, c, ts_ns, out);
+                }
+            }
+        }
+        self.metrics.connections_tracked.store(
+            self.conns.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Starts tracking a connection; false when it is not to be captured.
+    fn track(
+        &mut self,
+        id: ConnId,
+        role: Option<Role>,
+        peer: Option<SocketAddr>,
+        ts_ns: u64,
+    ) -> bool {
+        if self.conns.len() >= self.limits.max_connections {
+            Metrics::add(&self.metrics.connections_refused, 1);
+            self.mute(id);
+            return false;
+        }
+        Metrics::add(&self.metrics.connections_opened, 1);
+        let mut meta = ConnMeta {
+            role,
+            id: id.to_string(),
+            ..ConnMeta::default()
+        };
+        let mut proto = Proto::Unknown;
+        match (self.classify)(id.tgid, id.fd) {
+            FdKind::Tcp {
+                local,
+                remote,
+                role: proc_role,
+            } => {
+                // accept/connect say for sure; /proc infers from listening ports.
+                let role = role.unwrap_or(proc_role);
+                meta.role = Some(role);
+                let (src, dst) = match role {
+                    Role::Server => (remote, local),
+                    Role::Client => (local, remote),
+                };
+                meta.src = Some(src);
+                meta.dst = Some(dst);
+            }
+            FdKind::NotTcp => {
+                Metrics::add(&self.metrics.connections_muted, 1);
+                self.mute(id);
+                proto = Proto::Off;
+            }
+            FdKind::Gone => {
+                // Closed before we looked: keep what accept/connect told us and decode anyway.
+                match role {
+                    Some(Role::Client) => meta.dst = peer,
+                    Some(Role::Server) => meta.src = peer,
+                    None => {}
+                }
+            }
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                meta,
+                streams: Default::default(),
+                proto,
+                last_ts_ns: ts_ns,
+                sniffed: 0,
+            },
+        );
+        true
+    }
+
+    fn mute(&mut self, id: ConnId) {
+        self.mutes.push(MutedKey {
+            tgid: id.tgid,
+            fd: id.fd,
+            generation: id.generation,
+        });
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one event's fields, passed through"
+    )]
+    fn on_data(
+        &mut self,
+        id: ConnId,
+        dir: Direction,
+        pos: u64,
+        len: u64,
+        payload: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.last_ts_ns = conn.last_ts_ns.max(ts_ns);
+        if matches!(conn.proto, Proto::Off) {
+            return;
+        }
+        let stream = &mut conn.streams[dir.index()];
+        let next = *stream.next_pos.get_or_insert(pos);
+        if pos < next {
+            // Overlaps bytes already delivered (should not happen): keep only the new tail.
+            let skip = next - pos;
+            if skip >= len {
+                return;
+            }
+            let cut = (skip as usize).min(payload.len());
+            return self.on_data(id, dir, next, len - skip, &payload[cut..], ts_ns, out);
+        }
+        if pos > next {
+            stream.pending_bytes += payload.len();
+            stream.pending.insert(
+                pos,
+                Pending {
+                    len,
+                    data: payload.to_vec(),
+                    ts_ns,
+                },
+            );
+            if stream.pending_bytes > self.limits.max_conn_buffer_bytes {
+                Metrics::add(&self.metrics.reorder_gaps, 1);
+                self.metrics.evicted(Eviction::Memory);
+                self.skip_to_pending(id, dir, out);
+            }
+            return;
+        }
+        self.deliver(id, dir, len, payload, ts_ns, out);
+        self.drain_pending(id, dir, out);
+    }
+
+    /// Delivers in-order pending events after `next_pos` advanced.
+    fn drain_pending(&mut self, id: ConnId, dir: Direction, out: &mut Vec<Exchange>) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let stream = &mut conn.streams[dir.index()];
+            let Some(next) = stream.next_pos else {
+                return;
+            };
+            let Some(entry) = stream.pending.first_entry() else {
+                return;
+            };
+            if *entry.key() > next {
+                return;
+            }
+            let (pos, p) = entry.remove_entry();
+            stream.pending_bytes -= p.data.len();
+            if pos + p.len <= next {
+                continue;
+            }
+            let skip = (next - pos) as usize;
+            let data = if skip < p.data.len() {
+                &p.data[skip..]
+            } else {
+                &[][..]
+            };
+            self.deliver(id, dir, p.len - skip as u64, data, p.ts_ns, out);
+        }
+    }
+
+    /// Gives up waiting for the hole before the first pending event: it becomes a gap.
+    fn skip_to_pending(&mut self, id: ConnId, dir: Direction, out: &mut Vec<Exchange>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let stream = &mut conn.streams[dir.index()];
+        let (Some(next), Some((&first, p))) = (stream.next_pos, stream.pending.first_key_value())
+        else {
+            return;
+        };
+        let ts = p.ts_ns;
+        if first > next {
+            self.deliver(id, dir, first - next, &[], ts, out);
+        }
+        self.drain_pending(id, dir, out);
+    }
+
+    /// Feeds `len` in-order bytes, of which `payload` (a prefix) was captured.
+    fn deliver(
+        &mut self,
+        id: ConnId,
+        dir: Direction,
+        len: u64,
+        payload: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.streams[dir.index()].next_pos =
+            Some(conn.streams[dir.index()].next_pos.unwrap_or(0) + len);
+        let missing = len.saturating_sub(payload.len() as u64);
+        if missing > 0 {
+            Metrics::add(&self.metrics.gap_bytes, missing);
+        }
+        if let Proto::Unknown = conn.proto {
+            if payload.is_empty() {
+                return;
+            }
+            match sniff(payload) {
+                Sniff::Request => {
+                    conn.proto = Proto::Http1 {
+                        decoder: Box::new(Http1Conn::new(self.limits.http1.clone())),
+                        request_dir: dir,
+                    }
+                }
+                Sniff::Response => {
+                    conn.proto = Proto::Http1 {
+                        decoder: Box::new(Http1Conn::new(self.limits.http1.clone())),
+                        request_dir: match dir {
+                            Direction::Ingress => Direction::Egress,
+                            Direction::Egress => Direction::Ingress,
+                        },
+                    }
+                }
+                Sniff::NotHttp => {
+                    conn.proto = Proto::Off;
+                    Metrics::add(&self.metrics.connections_not_http, 1);
+                    self.mute(id);
+                    return;
+                }
+                Sniff::Unknown => {
+                    conn.sniffed += len;
+                    if conn.sniffed > SNIFF_LIMIT {
+                        conn.proto = Proto::Off;
+                        Metrics::add(&self.metrics.connections_not_http, 1);
+                        self.mute(id);
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Proto::Http1 {
+            decoder,
+            request_dir,
+        } = &mut conn.proto
+        else {
+            return;
+        };
+        let side = if dir == *request_dir {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        let mut outputs = std::mem::take(&mut self.scratch);
+        if !payload.is_empty() {
+            decoder.on_data(side, payload, ts_ns, &mut outputs);
+        }
+        if missing > 0 {
+            decoder.on_gap(side, missing, ts_ns, &mut outputs);
+        }
+        let upgraded = decoder.is_upgraded();
+        if upgraded {
+            conn.proto = Proto::Off;
+        }
+        self.emit(id, &mut outputs, out);
+        self.scratch = outputs;
+        if upgraded {
+            // What follows (WebSocket, h2c) is not HTTP/1: stop the kernel sending it.
+            self.mute(id);
+        }
+    }
+
+    /// Turns decoder outputs into exchanges carrying this connection's metadata.
+    fn emit(&self, id: ConnId, outputs: &mut Vec<Http1Output>, out: &mut Vec<Exchange>) {
+        let meta = self
+            .conns
+            .get(&id)
+            .map(|c| c.meta.clone())
+            .unwrap_or_else(|| ConnMeta {
+                id: id.to_string(),
+                ..ConnMeta::default()
+            });
+        for o in outputs.drain(..) {
+            match o {
+                Http1Output::Exchange(mut ex) => {
+                    ex.conn = meta.clone();
+                    ex.pid = id.tgid;
+                    ex.workload = Workload {
+                        node: self.node.clone(),
+                        ..Workload::default()
+                    };
+                    self.count_exchange(&ex);
+                    out.push(*ex);
+                }
+                Http1Output::Error(reason) => self.metrics.parse_error(reason),
+                Http1Output::Upgraded { .. } => {}
+            }
+        }
+    }
+
+    fn count_exchange(&self, ex: &Exchange) {
+        Metrics::add(&self.metrics.exchanges_h1, 1);
+        if ex.incomplete.is_some() {
+            Metrics::add(&self.metrics.incomplete_exchanges, 1);
+        }
+        let truncated = |b: &crate::exchange::Body| {
+            b.truncated && b.wire_size > self.limits.http1.max_body_bytes as u64
+        };
+        if truncated(&ex.request.body) {
+            Metrics::add(&self.metrics.body_truncations, 1);
+        }
+        if ex.response.as_ref().is_some_and(|r| truncated(&r.body)) {
+            Metrics::add(&self.metrics.body_truncations, 1);
+        }
+    }
+
+    /// The connection is over: deliver what is pending and flush the decoder.
+    fn finish(&mut self, id: ConnId, mut conn: Conn, ts_ns: u64, out: &mut Vec<Exchange>) {
+        // Re-insert so pending deliveries find it, then remove for good.
+        let has_pending = conn.streams.iter().any(|s| !s.pending.is_empty());
+        if has_pending {
+            conn.last_ts_ns = ts_ns;
+            self.conns.insert(id, conn);
+            for dir in [Direction::Ingress, Direction::Egress] {
+                while self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| !c.streams[dir.index()].pending.is_empty())
+                {
+                    Metrics::add(&self.metrics.reorder_gaps, 1);
+                    self.skip_to_pending(id, dir, out);
+                }
+            }
+            let Some(c) = self.conns.remove(&id) else {
+                return;
+            };
+            conn = c;
+        }
+        if let Proto::Http1 { mut decoder, .. } = conn.proto {
+            let mut outputs = Vec::new();
+            decoder.on_close(ts_ns, &mut outputs);
+            conn.proto = Proto::Off;
+            self.conns.insert(id, conn);
+            self.emit(id, &mut outputs, out);
+            self.conns.remove(&id);
+        }
+    }
+
+    /// Periodic work at monotonic time `now_ns`: gives up on old holes, evicts idle connections
+    /// and those of exited processes.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        let mut stale_holes = Vec::new();
+        let mut idle = Vec::new();
+        let mut check_alive = Vec::new();
+        for (id, c) in &self.conns {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                if c.streams[dir.index()]
+                    .pending
+                    .values()
+                    .next()
+                    .is_some_and(|p| now_ns.saturating_sub(p.ts_ns) > REORDER_WAIT_NS)
+                {
+                    stale_holes.push((*id, dir));
+                }
+            }
+            let quiet = now_ns.saturating_sub(c.last_ts_ns);
+            if quiet > self.limits.idle_timeout_ns {
+                idle.push(*id);
+            } else if quiet > PROCESS_CHECK_IDLE_NS {
+                check_alive.push(*id);
+            }
+        }
+        for (id, dir) in stale_holes {
+            Metrics::add(&self.metrics.reorder_gaps, 1);
+            self.skip_to_pending(id, dir, out);
+        }
+        for id in idle {
+            if let Some(c) = self.conns.remove(&id) {
+                self.metrics.evicted(Eviction::Idle);
+                self.flush_conn(id, c, out);
+            }
+        }
+        let mut dead: HashMap<u32, bool> = HashMap::new();
+        for id in check_alive {
+            let gone = *dead
+                .entry(id.tgid)
+                .or_insert_with(|| !(self.alive)(id.tgid));
+            if gone && let Some(c) = self.conns.remove(&id) {
+                self.metrics.evicted(Eviction::ProcessGone);
+                self.finish(id, c, now_ns, out);
+            }
+        }
+        self.metrics.connections_tracked.store(
+            self.conns.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Emits everything still pending, at shutdown.
+    pub fn flush_all(&mut self, out: &mut Vec<Exchange>) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.remove(&id) {
+                self.flush_conn(id, c, out);
+            }
+        }
+    }
+
+    fn flush_conn(&mut self, id: ConnId, mut conn: Conn, out: &mut Vec<Exchange>) {
+        if let Proto::Http1 { decoder, .. } = &mut conn.proto {
+            let mut outputs = Vec::new();
+            decoder.flush(&mut outputs);
+            conn.proto = Proto::Off;
+            self.conns.insert(id, conn);
+            self.emit(id, &mut outputs, out);
+            self.conns.remove(&id);
+        }
+    }
+}
+
+enum Sniff {
+    Request,
+    Response,
+    NotHttp,
+    Unknown,
+}
+
+/// Decides the protocol from the first bytes of a transfer.
+fn sniff(payload: &[u8]) -> Sniff {
+    // RFC 9113 §3.4 connection preface, and a TLS handshake record (RFC 8446 §5.1): neither is
+    // HTTP/1 and neither turns into it later.
+    if payload.starts_with(b"PRI * HTTP/2.0")
+        || (payload.len() >= 3 && payload[0] == 0x16 && payload[1] == 0x03)
+    {
+        return Sniff::NotHttp;
+    }
+    if http1::looks_like_request(payload) {
+        Sniff::Request
+    } else if http1::looks_like_response(payload) {
+        Sniff::Response
+    } else {
+        Sniff::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::exchange::Incomplete;
+
+    const SERVER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+    const CLIENT: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+    fn limits() -> TableLimits {
+        TableLimits {
+            max_connections: 4,
+            max_conn_buffer_bytes: 1024,
+            idle_timeout_ns: 10_000_000_000,
+            http1: Http1Limits::default(),
+        }
+    }
+
+    fn table_with(kind: FdKind, limits: TableLimits, alive: bool) -> (ConnTable, Arc<Metrics>) {
+        let metrics = Metrics::new();
+        let t = ConnTable::new(
+            limits,
+            Arc::clone(&metrics),
+            Some("node-a".into()),
+            Box::new(move |_, _| kind.clone()),
+            Box::new(move |_| alive),
+        );
+        (t, metrics)
+    }
+
+    fn server_table() -> (ConnTable, Arc<Metrics>) {
+        table_with(
+            FdKind::Tcp {
+                local: SERVER,
+                remote: CLIENT,
+                role: Role::Server,
+            },
+            limits(),
+            true,
+        )
+    }
+
+    const ID: ConnId = ConnId {
+        tgid: 10,
+        fd: 5,
+        generation: 1,
+    };
+
+    fn data(dir: Direction, pos: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
+        Event::Data {
+            conn: ID,
+            direction: dir,
+            pos,
+            len: bytes.len() as u64,
+            payload: bytes,
+            ts_ns,
+            uncopyable: false,
+        }
+    }
+
+    const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn in_order_exchange_gets_connection_metadata() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        t.on_event(data(Direction::Egress, 0, RESP, 2), &mut out);
+        assert_eq!(out.len(), 1);
+        let ex = &out[0];
+        assert_eq!(ex.request.target, "/a");
+        assert_eq!(ex.response.as_ref().unwrap().body.data, b"ok");
+        assert_eq!(ex.conn.role, Some(Role::Server));
+        assert_eq!((ex.conn.src, ex.conn.dst), (Some(CLIENT), Some(SERVER)));
+        assert_eq!(ex.conn.id, "10:5:1");
+        assert_eq!(ex.pid, 10);
+        assert_eq!(ex.workload.node.as_deref(), Some("node-a"));
+        assert_eq!(m.exchanges_h1.load(Relaxed), 1);
+        assert_eq!(m.gap_bytes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn out_of_order_events_are_put_back_in_order() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        // The response arrives in two events, the second first.
+        t.on_event(data(Direction::Egress, 0, &RESP[..10], 2), &mut out);
+        t.on_event(data(Direction::Egress, 20, &RESP[20..], 3), &mut out);
+        assert!(out.is_empty());
+        t.on_event(data(Direction::Egress, 10, &RESP[10..20], 4), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].response.as_ref().unwrap().status, 200);
+        assert_eq!(m.gap_bytes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn stale_hole_becomes_a_counted_gap_and_decoding_resumes() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        // Bytes REQ.len()..REQ.len()+7 never arrive; a second request follows.
+        let pos2 = (REQ.len() + 7) as u64;
+        t.on_event(
+            data(
+                Direction::Ingress,
+                pos2,
+                b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+                2,
+            ),
+            &mut out,
+        );
+        t.tick(2 + REORDER_WAIT_NS + 1, &mut out);
+        assert_eq!(m.gap_bytes.load(Relaxed), 7);
+        assert_eq!(m.reorder_gaps.load(Relaxed), 1);
+        t.on_event(data(Direction::Egress, 0, RESP, 5), &mut out);
+        t.on_event(
+            data(Direction::Egress, RESP.len() as u64, RESP, 6),
+            &mut out,
+        );
+        let targets: Vec<&str> = out.iter().map(|e| e.request.target.as_str()).collect();
+        assert!(
+            targets.contains(&"/b"),
+            "decoding resumed after the gap: {targets:?}"
+        );
+    }
+
+    #[test]
+    fn kernel_reported_gap_is_counted() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        // A response event whose last 2 bytes were not copied.
+        t.on_event(
+            Event::Data {
+                conn: ID,
+                direction: Direction::Egress,
+                pos: 0,
+                len: RESP.len() as u64,
+                payload: &RESP[..RESP.len() - 2],
+                ts_ns: 2,
+                uncopyable: false,
+            },
+            &mut out,
+        );
+        assert_eq!(m.gap_bytes.load(Relaxed), 2);
+        t.on_event(Event::Close { conn: ID, ts_ns: 3 }, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].incomplete.is_some(),
+            "an exchange with lost bytes is marked"
+        );
+    }
+
+    #[test]
+    fn non_tcp_fds_are_muted_once() {
+        let (mut t, m) = table_with(FdKind::NotTcp, limits(), true);
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Egress, 0, REQ, 1), &mut out);
+        t.on_event(data(Direction::Egress, REQ.len() as u64, REQ, 2), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            t.take_mutes(),
+            vec![MutedKey {
+                tgid: 10,
+                fd: 5,
+                generation: 1
+            }]
+        );
+        assert_eq!(m.connections_muted.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn tls_and_h2_prefaces_are_not_http1() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(
+            data(
+                Direction::Ingress,
+                0,
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                1,
+            ),
+            &mut out,
+        );
+        assert_eq!(t.take_mutes().len(), 1);
+        assert_eq!(m.connections_not_http.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn close_flushes_a_request_without_response() {
+        let (mut t, _) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        t.on_event(Event::Close { conn: ID, ts_ns: 2 }, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].response.is_none());
+        assert!(out[0].incomplete.is_some());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn idle_and_dead_process_connections_are_evicted() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        t.tick(1 + 11_000_000_000, &mut out);
+        assert!(t.is_empty());
+        assert_eq!(out.len(), 1);
+        assert!(matches!(
+            out[0].incomplete,
+            Some(Incomplete::Flushed | Incomplete::NoResponse)
+        ));
+        assert_eq!(m.evicted_idle.load(Relaxed), 1);
+
+        let (mut t, m) = table_with(
+            FdKind::Tcp {
+                local: SERVER,
+                remote: CLIENT,
+                role: Role::Server,
+            },
+            limits(),
+            false,
+        );
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        t.tick(1 + 3_000_000_000, &mut out);
+        assert!(t.is_empty());
+        assert_eq!(m.evicted_process_gone.load(Relaxed), 1);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn connection_limit_refuses_and_mutes() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        for fd in 0..6 {
+            let conn = ConnId {
+                tgid: 1,
+                fd,
+                generation: 1,
+            };
+            t.on_event(
+                Event::Data {
+                    conn,
+                    direction: Direction::Ingress,
+                    pos: 0,
+                    len: REQ.len() as u64,
+                    payload: REQ,
+                    ts_ns: 1,
+                    uncopyable: false,
+                },
+                &mut out,
+            );
+        }
+        assert_eq!(t.len(), 4);
+        assert_eq!(m.connections_refused.load(Relaxed), 2);
+        assert_eq!(t.take_mutes().len(), 2);
+    }
+
+    #[test]
+    fn reorder_buffer_is_capped() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        let big = vec![b'x'; 600];
+        t.on_event(data(Direction::Ingress, 1000, &big, 2), &mut out);
+        t.on_event(data(Direction::Ingress, 1600, &big, 3), &mut out);
+        // 1200 pending bytes > the 1024 cap: the hole is given up on at once.
+        assert_eq!(m.reorder_gaps.load(Relaxed), 1);
+        assert_eq!(m.gap_bytes.load(Relaxed), 1000 - REQ.len() as u64);
+    }
+}

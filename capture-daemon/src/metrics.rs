@@ -1,0 +1,320 @@
+//! Counters for everything the pipeline does or loses, served in the Prometheus text format
+//! with `/healthz` and `/readyz` on `--metrics-addr`. Counting is a relaxed atomic add, cheap
+//! enough for the per-event path. No label or value here ever carries captured content.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info};
+
+use crate::{ebpf::KernelCounters, http1::ParseErrorReason};
+
+/// Ways a connection stops being tracked before it closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    Idle,
+    ProcessGone,
+    Memory,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub events: AtomicU64,
+    pub event_bytes: AtomicU64,
+    pub gap_bytes: AtomicU64,
+    pub reorder_gaps: AtomicU64,
+    pub body_truncations: AtomicU64,
+    pub exchanges_h1: AtomicU64,
+    pub incomplete_exchanges: AtomicU64,
+    pub connections_tracked: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_muted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub connections_not_http: AtomicU64,
+    pub evicted_idle: AtomicU64,
+    pub evicted_process_gone: AtomicU64,
+    pub evicted_memory: AtomicU64,
+    pub output_errors: AtomicU64,
+    pub malformed_events: AtomicU64,
+    parse_errors: [AtomicU64; 32],
+    kernel_events: AtomicU64,
+    kernel_events_lost: AtomicU64,
+    kernel_bytes_lost: AtomicU64,
+    kernel_truncations: AtomicU64,
+    kernel_args_missing: AtomicU64,
+    kernel_conn_table_full: AtomicU64,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn parse_error(&self, reason: ParseErrorReason) {
+        if let Some(i) = ParseErrorReason::ALL.iter().position(|r| *r == reason) {
+            self.parse_errors[i.min(31)].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn parse_errors(&self, reason: ParseErrorReason) -> u64 {
+        ParseErrorReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.parse_errors[i.min(31)].load(Relaxed))
+    }
+
+    pub fn evicted(&self, why: Eviction) {
+        let c = match why {
+            Eviction::Idle => &self.evicted_idle,
+            Eviction::ProcessGone => &self.evicted_process_gone,
+            Eviction::Memory => &self.evicted_memory,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Copies the kernel's counters (they are sums the kernel keeps; we mirror them).
+    pub fn set_kernel(&self, k: KernelCounters) {
+        self.kernel_events.store(k.events, Relaxed);
+        self.kernel_events_lost.store(k.events_lost, Relaxed);
+        self.kernel_bytes_lost.store(k.bytes_lost, Relaxed);
+        self.kernel_truncations.store(k.truncations, Relaxed);
+        self.kernel_args_missing.store(k.args_missing, Relaxed);
+        self.kernel_conn_table_full
+            .store(k.conn_table_full, Relaxed);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        one(
+            "capture_kernel_events_total",
+            "counter",
+            "Events the kernel programs handed to the ring buffer.",
+            g(&self.kernel_events),
+        );
+        one(
+            "capture_kernel_events_lost_total",
+            "counter",
+            "Events the kernel could not hand over (ring buffer full).",
+            g(&self.kernel_events_lost),
+        );
+        one(
+            "capture_kernel_bytes_lost_total",
+            "counter",
+            "Payload bytes of the events lost in the kernel.",
+            g(&self.kernel_bytes_lost),
+        );
+        one(
+            "capture_kernel_truncations_total",
+            "counter",
+            "Transfers the kernel copied only in part (iovec or chunk limits); the rest is a gap.",
+            g(&self.kernel_truncations),
+        );
+        one(
+            "capture_kernel_args_missing_total",
+            "counter",
+            "Syscall exits whose arguments were not stashed (stash map full).",
+            g(&self.kernel_args_missing),
+        );
+        one(
+            "capture_kernel_conn_table_full_total",
+            "counter",
+            "Connections the kernel could not track (connection map full).",
+            g(&self.kernel_conn_table_full),
+        );
+        one(
+            "capture_events_total",
+            "counter",
+            "Events read from the ring buffer.",
+            g(&self.events),
+        );
+        one(
+            "capture_event_bytes_total",
+            "counter",
+            "Payload bytes read from the ring buffer.",
+            g(&self.event_bytes),
+        );
+        one(
+            "capture_malformed_events_total",
+            "counter",
+            "Ring buffer records that did not parse as events.",
+            g(&self.malformed_events),
+        );
+        one(
+            "capture_gap_bytes_total",
+            "counter",
+            "Bytes that crossed a socket but were not captured.",
+            g(&self.gap_bytes),
+        );
+        one(
+            "capture_reorder_gaps_total",
+            "counter",
+            "Holes in a byte stream given up on after waiting for out-of-order events.",
+            g(&self.reorder_gaps),
+        );
+        one(
+            "capture_body_truncations_total",
+            "counter",
+            "Bodies cut at --max-body-bytes.",
+            g(&self.body_truncations),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_exchanges_total Exchanges written to the sinks.\n# TYPE capture_exchanges_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "capture_exchanges_total{{protocol=\"h1\"}} {}",
+            g(&self.exchanges_h1)
+        );
+        let mut one = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        one(
+            "capture_incomplete_exchanges_total",
+            "counter",
+            "Exchanges written with _capture.incomplete set.",
+            g(&self.incomplete_exchanges),
+        );
+        one(
+            "capture_connections_tracked",
+            "gauge",
+            "Connections tracked now.",
+            g(&self.connections_tracked),
+        );
+        one(
+            "capture_connections_opened_total",
+            "counter",
+            "Connections seen (accepted, connected or first seen mid-stream).",
+            g(&self.connections_opened),
+        );
+        one(
+            "capture_connections_muted_total",
+            "counter",
+            "Fds found not to be TCP sockets and switched off in the kernel.",
+            g(&self.connections_muted),
+        );
+        one(
+            "capture_connections_not_http_total",
+            "counter",
+            "TCP connections whose traffic was not HTTP/1 and was switched off.",
+            g(&self.connections_not_http),
+        );
+        one(
+            "capture_connections_refused_total",
+            "counter",
+            "Connections not tracked because --max-connections was reached.",
+            g(&self.connections_refused),
+        );
+        one(
+            "capture_output_errors_total",
+            "counter",
+            "Exchanges a sink failed to write.",
+            g(&self.output_errors),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_connections_evicted_total Connections forgotten before their close.\n# TYPE capture_connections_evicted_total counter"
+        );
+        for (reason, c) in [
+            ("idle", &self.evicted_idle),
+            ("process_gone", &self.evicted_process_gone),
+            ("memory", &self.evicted_memory),
+        ] {
+            let _ = writeln!(
+                out,
+                "capture_connections_evicted_total{{reason=\"{reason}\"}} {}",
+                g(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP capture_parse_errors_total Protocol parse errors by reason.\n# TYPE capture_parse_errors_total counter"
+        );
+        for (i, reason) in ParseErrorReason::ALL.iter().enumerate().take(32) {
+            let _ = writeln!(
+                out,
+                "capture_parse_errors_total{{protocol=\"h1\",reason=\"{}\"}} {}",
+                reason.as_str(),
+                g(&self.parse_errors[i])
+            );
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move { Ok::<_, std::convert::Infallible>(route(&req, &metrics)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!(error = %e, "metrics connection");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn route(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+        "/readyz" if metrics.is_ready() => (StatusCode::OK, "ready\n".to_string()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

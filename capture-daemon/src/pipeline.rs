@@ -1,0 +1,165 @@
+//! The daemon's main loop: drains the ring buffer into the connection table, and writes every
+//! finished exchange, redacted, to the sink. One task does all of it, so the per-event path
+//! takes no locks and crosses no channels.
+
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tracing::{error, info, warn};
+
+use crate::{
+    clock::WallClock,
+    config::Config,
+    conn::{ConnTable, TableLimits},
+    ebpf::Capture,
+    exchange::Exchange,
+    har, intake,
+    metrics::Metrics,
+    procnet,
+    redact::RedactionPolicy,
+    sink::JsonlSink,
+};
+
+/// How often holes, idle connections and kernel counters are looked at.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct Pipeline {
+    table: ConnTable,
+    redaction: RedactionPolicy,
+    sink: JsonlSink,
+    clock: WallClock,
+    metrics: Arc<Metrics>,
+    headers_only: bool,
+    done: Vec<Exchange>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &Config, sink: JsonlSink, metrics: Arc<Metrics>) -> Self {
+        let limits = TableLimits {
+            max_connections: cfg.max_connections,
+            max_conn_buffer_bytes: cfg.max_conn_buffer_bytes,
+            idle_timeout_ns: u64::try_from(cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            http1: cfg.http1.clone(),
+        };
+        let node = cfg.node_name.clone().or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        });
+        let table = ConnTable::new(
+            limits,
+            Arc::clone(&metrics),
+            node,
+            Box::new(procnet::classify),
+            Box::new(|tgid| std::path::Path::new(&format!("/proc/{tgid}")).exists()),
+        );
+        Self {
+            table,
+            redaction: RedactionPolicy::new(&cfg.redact_headers, &cfg.redact_query),
+            sink,
+            clock: WallClock::now(),
+            metrics,
+            headers_only: cfg.headers_only,
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then drains what the kernel already sent and flushes
+    /// every connection within `deadline`.
+    pub async fn run(
+        mut self,
+        capture: &mut Capture,
+        shutdown: impl std::future::Future<Output = ()>,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        let ring = capture.take_events()?;
+        let mut ring = crate::ebpf::register(ring)?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    self.apply_mutes(capture);
+                    self.write_done();
+                }
+                _ = tick.tick() => {
+                    self.table.tick(monotonic_ns(), &mut self.done);
+                    self.apply_mutes(capture);
+                    self.write_done();
+                    self.metrics.set_kernel(capture.counters());
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        info!("shutting down: flushing in-flight exchanges");
+        let flush = async {
+            // Events the kernel handed over before we stopped reading.
+            self.drain(ring.get_mut());
+            self.table.flush_all(&mut self.done);
+            self.write_done();
+            self.metrics.set_kernel(capture.counters());
+        };
+        if tokio::time::timeout(deadline, flush).await.is_err() {
+            warn!(
+                ?deadline,
+                "shutdown deadline passed before every exchange was flushed"
+            );
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(record) = ring.next() {
+            match intake::parse(&record) {
+                Ok(event) => self.table.on_event(event, &mut self.done),
+                Err(e) => {
+                    Metrics::add(&self.metrics.malformed_events, 1);
+                    warn!(error = %e, "malformed ring buffer record");
+                }
+            }
+        }
+    }
+
+    fn apply_mutes(&mut self, capture: &mut Capture) {
+        for key in self.table.take_mutes() {
+            capture.mute(key);
+        }
+    }
+
+    fn write_done(&mut self) {
+        for mut ex in self.done.drain(..) {
+            self.redaction.apply(&mut ex);
+            if self.headers_only {
+                strip_bodies(&mut ex);
+            }
+            let line = har::entry_json_line(&ex, &self.clock);
+            if let Err(e) = self.sink.write_line(&line) {
+                Metrics::add(&self.metrics.output_errors, 1);
+                error!(error = %e, "writing an exchange failed");
+            }
+        }
+    }
+}
+
+/// `--headers-only`: bodies go, their sizes and truncation flags stay.
+fn strip_bodies(ex: &mut Exchange) {
+    ex.request.body.data = Vec::new();
+    if let Some(r) = &mut ex.response {
+        r.body.data = Vec::new();
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64)
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,151 @@
+//! Prerequisites, installed when missing with one line each, or a stop with the exact command
+//! when this machine cannot install them (not root, not Debian).
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// LLVM for bpf-linker: its major version must match nightly rustc's LLVM.
+const LLVM: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Debian packages the build needs (bpf-linker links against LLVM).
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// Debian packages the demo, the e2e tests and the benchmarks run.
+const TEST_PACKAGES: &[&str] = &["curl", "nginx-light", "wrk", "python3", "nghttp2-client"];
+
+/// nightly + rust-src, LLVM, bpf-linker.
+pub fn toolchain() -> anyhow::Result<()> {
+    if !output_ok("rustup", &["run", "nightly", "rustc", "--version"]) {
+        bail!("the nightly toolchain is missing; run: rustup toolchain install nightly");
+    }
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("installing rust-src for nightly (the eBPF build compiles core from source)");
+        crate::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    apt_install(BUILD_PACKAGES, "bpf-linker links against LLVM 22")?;
+    let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        println!(
+            "installing bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM} (about 2 minutes)"
+        );
+        let prefix = format!("/usr/lib/llvm-{LLVM}");
+        crate::run(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{LLVM}"),
+                ])
+                .env("LLVM_PREFIX", &prefix)
+                .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &prefix),
+        )
+        .context("installing bpf-linker")?;
+    }
+    Ok(())
+}
+
+/// What the demo, tests and benchmarks drive: curl, nginx, wrk, python3, h2load.
+pub fn test_tools() -> anyhow::Result<()> {
+    apt_install(TEST_PACKAGES, "the demo, tests and benchmarks run them")?;
+    // nginx-light's package may start a system nginx on port 80; ours run on their own ports.
+    Ok(())
+}
+
+/// cargo-fuzz, for the fuzz step of the test suite.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if output_ok("cargo", &["fuzz", "--version"]) {
+        return Ok(());
+    }
+    println!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (the test suite fuzzes the decoders)");
+    crate::run(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
+}
+
+fn apt_install(packages: &[&str], why: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !is_root || !output_ok("apt-get", &["--version"]) {
+        bail!("missing packages ({why}); run as root: {command}");
+    }
+    println!("installing {} ({why})", missing.join(" "));
+    crate::run(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null()),
+    )?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("installing {}; try: {command}", missing.join(" ")))
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn output_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
