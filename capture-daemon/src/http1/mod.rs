@@ -511,6 +511,9 @@ impl Http1Conn {
         }
         self.req.phase = Phase::Stopped;
         self.resp.phase = Phase::Stopped;
+        // A partial head at close is a message that never came.
+        self.req.head.clear();
+        self.resp.head.clear();
         self.drain_all(
             Incomplete::ConnectionClosed,
             Incomplete::ConnectionClosed,
