@@ -113,7 +113,7 @@ pub fn run(root: &Path) -> Result<()> {
             har::i64_at(entry, "/response/status").unwrap_or_default(),
             har::redacted(entry).join(", ")
         );
-        println!("{}", serde_json::to_string_pretty(&shorten_bodies(entry))?);
+        println!("{}", pretty_in_har_order(&shorten_bodies(entry), 0));
     }
     println!();
 
@@ -197,4 +197,96 @@ fn shorten_bodies(entry: &Value) -> Value {
         }
     }
     entry
+}
+
+/// HAR's own field order; `serde_json::Value` sorts keys, which reads badly (`_capture` first).
+const HAR_ORDER: &[&str] = &[
+    "startedDateTime",
+    "time",
+    "request",
+    "response",
+    "method",
+    "url",
+    "status",
+    "statusText",
+    "httpVersion",
+    "cookies",
+    "headers",
+    "name",
+    "value",
+    "queryString",
+    "postData",
+    "content",
+    "size",
+    "mimeType",
+    "text",
+    "encoding",
+    "_encoding",
+    "redirectURL",
+    "headersSize",
+    "bodySize",
+    "cache",
+    "timings",
+    "serverIPAddress",
+    "connection",
+    "_capture",
+    "workload",
+    "conn",
+    "src",
+    "dst",
+    "role",
+    "pid",
+    "protocol",
+    "redacted",
+    "truncated",
+    "original_size",
+    "incomplete",
+    "_trailers",
+];
+
+/// Pretty JSON with object keys in [`HAR_ORDER`] (unknown keys after, alphabetically).
+fn pretty_in_har_order(value: &Value, indent: usize) -> String {
+    let pad = |n: usize| "  ".repeat(n);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| {
+                (
+                    HAR_ORDER.iter().position(|o| o == k).unwrap_or(usize::MAX),
+                    k.as_str(),
+                )
+            });
+            // Small flat objects such as `{"name": .., "value": ..}` fit on one line.
+            if map.len() <= 3 && map.values().all(|v| !v.is_object() && !v.is_array()) {
+                let inline: Vec<String> = keys
+                    .iter()
+                    .map(|k| format!("{}: {}", Value::String((*k).clone()), map[*k]))
+                    .collect();
+                let inline = format!("{{ {} }}", inline.join(", "));
+                if inline.len() <= 100 {
+                    return inline;
+                }
+            }
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}{}: {}",
+                        pad(indent + 1),
+                        Value::String((*k).clone()),
+                        pretty_in_har_order(&map[*k], indent + 1)
+                    )
+                })
+                .collect();
+            format!("{{\n{}\n{}}}", fields.join(",\n"), pad(indent))
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|v| format!("{}{}", pad(indent + 1), pretty_in_har_order(v, indent + 1)))
+                .collect();
+            format!("[\n{}\n{}]", items.join(",\n"), pad(indent))
+        }
+        other => other.to_string(),
+    }
 }
