@@ -2,7 +2,7 @@
 //! cgroups, the muted connections and the per-CPU counters. Dropping [`Capture`] detaches
 //! every program; nothing is pinned, so nothing outlives the daemon.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -86,8 +86,31 @@ pub struct Capture {
     ebpf: Ebpf,
     targets: HashMap<MapData, u64, u8>,
     muted: HashMap<MapData, MutedKey, u8>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: Arc<KernelCounterReader>,
     target_set: BTreeSet<u64>,
+}
+
+/// Reads the kernel's per-CPU counters; shared with the metrics endpoint so a scrape sees
+/// the kernel's numbers as they are, not as of the last tick.
+pub struct KernelCounterReader(PerCpuArray<MapData, u64>);
+
+impl KernelCounterReader {
+    pub fn read(&self) -> KernelCounters {
+        let sum = |index: u32| -> u64 {
+            self.0
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            events: sum(counter::EVENTS),
+            events_lost: sum(counter::EVENTS_LOST),
+            bytes_lost: sum(counter::BYTES_LOST),
+            truncations: sum(counter::TRUNCATIONS),
+            args_missing: sum(counter::ARGS_MISSING),
+            conn_table_full: sum(counter::CONN_TABLE_FULL),
+        }
+    }
 }
 
 impl Capture {
@@ -131,11 +154,12 @@ impl Capture {
         }
         let targets = take_hash(&mut ebpf, "TARGET_CGROUPS")?;
         let muted = take_hash(&mut ebpf, "MUTED")?;
-        let counters = ebpf
-            .take_map("COUNTERS")
-            .ok_or_else(|| EbpfError::Load("map COUNTERS missing".into()))?
-            .try_into()
-            .map_err(|e| EbpfError::Load(format!("COUNTERS: {e}")))?;
+        let counters = Arc::new(KernelCounterReader(
+            ebpf.take_map("COUNTERS")
+                .ok_or_else(|| EbpfError::Load("map COUNTERS missing".into()))?
+                .try_into()
+                .map_err(|e| EbpfError::Load(format!("COUNTERS: {e}")))?,
+        ));
         Ok(Self {
             ebpf,
             targets,
@@ -178,20 +202,11 @@ impl Capture {
     }
 
     pub fn counters(&self) -> KernelCounters {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
-        KernelCounters {
-            events: sum(counter::EVENTS),
-            events_lost: sum(counter::EVENTS_LOST),
-            bytes_lost: sum(counter::BYTES_LOST),
-            truncations: sum(counter::TRUNCATIONS),
-            args_missing: sum(counter::ARGS_MISSING),
-            conn_table_full: sum(counter::CONN_TABLE_FULL),
-        }
+        self.counters.read()
+    }
+
+    pub fn counter_reader(&self) -> Arc<KernelCounterReader> {
+        Arc::clone(&self.counters)
     }
 }
 
@@ -423,6 +438,12 @@ mod tests {
         assert_eq!(egress, b"hello-a-bc");
         assert_eq!(ingress, b"pong");
         assert!(closed, "no CLOSE event");
-        assert_eq!(capture.counters().events_lost, 0);
+        let counters = capture.counters();
+        assert_eq!(counters.events_lost, 0);
+        assert!(
+            counters.events >= events.len() as u64,
+            "{counters:?} for {} events",
+            events.len()
+        );
     }
 }

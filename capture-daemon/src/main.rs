@@ -76,6 +76,7 @@ async fn run(
             .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     }
     let mut capture = Capture::load(cfg.ring_buffer_bytes)?;
+    metrics.set_kernel(capture.counter_reader());
     let ids = targets.iter().map(|t| t.id).collect();
     capture.set_targets(&ids)?;
     for t in &targets {

@@ -16,7 +16,10 @@ use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info};
 
-use crate::{ebpf::KernelCounters, http1::ParseErrorReason};
+use crate::{
+    ebpf::{KernelCounterReader, KernelCounters},
+    http1::ParseErrorReason,
+};
 
 /// Ways a connection stops being tracked before it closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,12 +49,7 @@ pub struct Metrics {
     pub output_errors: AtomicU64,
     pub malformed_events: AtomicU64,
     parse_errors: [AtomicU64; 32],
-    kernel_events: AtomicU64,
-    kernel_events_lost: AtomicU64,
-    kernel_bytes_lost: AtomicU64,
-    kernel_truncations: AtomicU64,
-    kernel_args_missing: AtomicU64,
-    kernel_conn_table_full: AtomicU64,
+    kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
     ready: AtomicBool,
 }
 
@@ -86,15 +84,13 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Copies the kernel's counters (they are sums the kernel keeps; we mirror them).
-    pub fn set_kernel(&self, k: KernelCounters) {
-        self.kernel_events.store(k.events, Relaxed);
-        self.kernel_events_lost.store(k.events_lost, Relaxed);
-        self.kernel_bytes_lost.store(k.bytes_lost, Relaxed);
-        self.kernel_truncations.store(k.truncations, Relaxed);
-        self.kernel_args_missing.store(k.args_missing, Relaxed);
-        self.kernel_conn_table_full
-            .store(k.conn_table_full, Relaxed);
+    /// Where the kernel's own counters are read at scrape time.
+    pub fn set_kernel(&self, reader: Arc<KernelCounterReader>) {
+        let _ = self.kernel.set(reader);
+    }
+
+    pub fn kernel(&self) -> KernelCounters {
+        self.kernel.get().map(|k| k.read()).unwrap_or_default()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -115,41 +111,42 @@ impl Metrics {
             );
         };
         let g = |c: &AtomicU64| c.load(Relaxed);
+        let k = self.kernel();
         one(
             "capture_kernel_events_total",
             "counter",
             "Events the kernel programs handed to the ring buffer.",
-            g(&self.kernel_events),
+            k.events,
         );
         one(
             "capture_kernel_events_lost_total",
             "counter",
             "Events the kernel could not hand over (ring buffer full).",
-            g(&self.kernel_events_lost),
+            k.events_lost,
         );
         one(
             "capture_kernel_bytes_lost_total",
             "counter",
             "Payload bytes of the events lost in the kernel.",
-            g(&self.kernel_bytes_lost),
+            k.bytes_lost,
         );
         one(
             "capture_kernel_truncations_total",
             "counter",
             "Transfers the kernel copied only in part (iovec or chunk limits); the rest is a gap.",
-            g(&self.kernel_truncations),
+            k.truncations,
         );
         one(
             "capture_kernel_args_missing_total",
             "counter",
             "Syscall exits whose arguments were not stashed (stash map full).",
-            g(&self.kernel_args_missing),
+            k.args_missing,
         );
         one(
             "capture_kernel_conn_table_full_total",
             "counter",
             "Connections the kernel could not track (connection map full).",
-            g(&self.kernel_conn_table_full),
+            k.conn_table_full,
         );
         one(
             "capture_events_total",

@@ -90,7 +90,6 @@ impl Pipeline {
                     self.table.tick(monotonic_ns(), &mut self.done);
                     self.apply_mutes(capture);
                     self.write_done();
-                    self.metrics.set_kernel(capture.counters());
                 }
                 () = &mut shutdown => break,
             }
@@ -101,7 +100,6 @@ impl Pipeline {
             self.drain(ring.get_mut());
             self.table.flush_all(&mut self.done);
             self.write_done();
-            self.metrics.set_kernel(capture.counters());
         };
         if tokio::time::timeout(deadline, flush).await.is_err() {
             warn!(
