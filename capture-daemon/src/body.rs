@@ -15,8 +15,8 @@ use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, Sta
 use flate2::{Crc, Decompress, FlushDecompress, Status};
 use std::io::Read as _;
 
-/// The result of [`decode_content`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The result of [`decode_content`]. Its `Debug` shows the size of `data`, not the bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct DecodedBody {
     /// Decoded content; the encoded bytes as captured when `decode_error` is set. Never longer
     /// than the `max` given to [`decode_content`].
@@ -30,6 +30,17 @@ pub struct DecodedBody {
     /// Why the content could not be decoded (unknown coding, corrupt stream). Short and fixed:
     /// never contains body bytes or header values.
     pub decode_error: Option<String>,
+}
+
+impl std::fmt::Debug for DecodedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedBody")
+            .field("captured", &self.data.len())
+            .field("truncated", &self.truncated)
+            .field("decoded_from", &self.decoded_from)
+            .field("decode_error", &self.decode_error)
+            .finish()
+    }
 }
 
 /// Content codings stacked deeper than this are refused: each layer may cost up to `max`
@@ -660,6 +671,14 @@ mod tests {
         let d = decode_content(None, b"plain", false, 100);
         assert_eq!(d.data, b"plain");
         assert!(d.truncated);
+    }
+
+    #[test]
+    fn debug_shows_sizes_not_bytes() {
+        let d = decode_content(None, b"secret-token", true, MIB);
+        let debug = format!("{d:?}");
+        assert!(debug.contains("captured: 12"), "{debug}");
+        assert!(!debug.contains("secret"), "{debug}");
     }
 
     #[test]

@@ -232,9 +232,13 @@ pub(super) struct ResponseHead {
     pub(super) size: u64,
 }
 
-/// Header slots tried first; a head with more is parsed again with room for as many header
-/// lines as its size allows (each takes at least 3 bytes, `a:\n`).
+/// Header slots tried first, on the stack.
 const INLINE_HEADERS: usize = 64;
+
+/// Most field lines kept per head or trailer section. Each costs far more memory as a
+/// [`Header`] than its few bytes on the wire, so a head of thousands of tiny lines is refused
+/// (as too large) rather than multiplied.
+pub(super) const MAX_HEADERS: usize = 512;
 
 fn to_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
     parsed
@@ -258,78 +262,72 @@ fn len_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Parses a complete request head (as collected by [`HeadBuf`]).
-pub(super) fn parse_request(buf: &[u8]) -> Option<RequestHead> {
-    let config = request_config();
-    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
-    let mut req = httparse::Request::new(&mut inline);
-    match config.parse_request(&mut req, buf) {
-        Ok(httparse::Status::Complete(n)) => request_head(&req, n),
+/// Runs `parse` with 64 header slots, then, if that is not enough, with [`MAX_HEADERS`].
+fn with_header_slots<'b, T>(
+    invalid: ParseErrorReason,
+    mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
+) -> Result<T, ParseErrorReason> {
+    let mut inline: [httparse::Header<'b>; INLINE_HEADERS] =
+        [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let result = match parse(&mut inline) {
         Err(httparse::Error::TooManyHeaders) => {
-            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
-            let mut req = httparse::Request::new(&mut many);
-            match config.parse_request(&mut req, buf) {
-                Ok(httparse::Status::Complete(n)) => request_head(&req, n),
-                _ => None,
+            let mut many: Vec<httparse::Header<'b>> = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse(&mut many) {
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(ParseErrorReason::HeaderTooLarge);
+                }
+                other => other,
             }
         }
-        _ => None,
-    }
+        other => other,
+    };
+    result.ok().flatten().ok_or(invalid)
 }
 
-fn request_head(req: &httparse::Request<'_, '_>, size: usize) -> Option<RequestHead> {
-    Some(RequestHead {
-        method: req.method?.to_owned(),
-        target: req.path?.to_owned(),
-        version: version(req.version),
-        headers: to_headers(req.headers),
-        size: len_u64(size),
+/// Parses a complete request head (as collected by [`HeadBuf`]).
+pub(super) fn parse_request(buf: &[u8]) -> Result<RequestHead, ParseErrorReason> {
+    let config = request_config();
+    with_header_slots(ParseErrorReason::InvalidRequestHead, |slots| {
+        let mut req = httparse::Request::new(slots);
+        Ok(match config.parse_request(&mut req, buf)? {
+            httparse::Status::Complete(size) => Some(RequestHead {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                version: version(req.version),
+                headers: to_headers(req.headers),
+                size: len_u64(size),
+            }),
+            httparse::Status::Partial => None,
+        })
     })
 }
 
 /// Parses a complete response head.
-pub(super) fn parse_response(buf: &[u8]) -> Option<ResponseHead> {
+pub(super) fn parse_response(buf: &[u8]) -> Result<ResponseHead, ParseErrorReason> {
     let config = response_config();
-    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
-    let mut resp = httparse::Response::new(&mut inline);
-    match config.parse_response(&mut resp, buf) {
-        Ok(httparse::Status::Complete(n)) => response_head(&resp, n),
-        Err(httparse::Error::TooManyHeaders) => {
-            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
-            let mut resp = httparse::Response::new(&mut many);
-            match config.parse_response(&mut resp, buf) {
-                Ok(httparse::Status::Complete(n)) => response_head(&resp, n),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-fn response_head(resp: &httparse::Response<'_, '_>, size: usize) -> Option<ResponseHead> {
-    Some(ResponseHead {
-        status: resp.code?,
-        reason: resp.reason.unwrap_or_default().to_owned(),
-        version: version(resp.version),
-        headers: to_headers(resp.headers),
-        size: len_u64(size),
+    with_header_slots(ParseErrorReason::InvalidResponseHead, |slots| {
+        let mut resp = httparse::Response::new(slots);
+        Ok(match config.parse_response(&mut resp, buf)? {
+            httparse::Status::Complete(size) => resp.code.map(|status| ResponseHead {
+                status,
+                reason: resp.reason.unwrap_or_default().to_owned(),
+                version: version(resp.version),
+                headers: to_headers(resp.headers),
+                size: len_u64(size),
+            }),
+            httparse::Status::Partial => None,
+        })
     })
 }
 
 /// Parses a trailer section (field lines and the final empty line, RFC 9112 §7.1.2).
-pub(super) fn parse_trailers(buf: &[u8]) -> Option<Vec<Header>> {
-    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
-    match httparse::parse_headers(buf, &mut inline) {
-        Ok(httparse::Status::Complete((_, h))) => Some(to_headers(h)),
-        Err(httparse::Error::TooManyHeaders) => {
-            let mut many = vec![httparse::EMPTY_HEADER; buf.len() / 3 + 1];
-            match httparse::parse_headers(buf, &mut many) {
-                Ok(httparse::Status::Complete((_, h))) => Some(to_headers(h)),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+pub(super) fn parse_trailers(buf: &[u8]) -> Result<Vec<Header>, ParseErrorReason> {
+    with_header_slots(ParseErrorReason::InvalidTrailers, |slots| {
+        Ok(match httparse::parse_headers(buf, slots)? {
+            httparse::Status::Complete((_, h)) => Some(to_headers(h)),
+            httparse::Status::Partial => None,
+        })
+    })
 }
 
 /// How a message body is delimited (RFC 9112 §6.3).

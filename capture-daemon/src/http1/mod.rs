@@ -275,13 +275,10 @@ impl BodyReader {
                 if len > *remaining {
                     return None;
                 }
-                // The chunk's CRLF is still to come, so the body goes on.
+                // The chunk's CRLF is still to come (an emptied chunk moves on to it with the
+                // next byte), so the body goes on.
                 *remaining -= len;
                 body.lose(len);
-                if *remaining == 0 {
-                    // Let the decoder move on to the CRLF with an empty feed of data.
-                    let _ = dec.feed(&[], body, 0, 0);
-                }
                 Some(false)
             }
             Self::UntilClose => {
@@ -410,7 +407,8 @@ struct ResponseSide {
 }
 
 /// The HTTP/1.x decoder of one connection. See the module docs.
-#[derive(Debug)]
+///
+/// Its `Debug` shows state and sizes only: the buffers hold captured headers and bodies.
 pub struct Http1Conn {
     limits: Http1Limits,
     queue: VecDeque<Pending>,
@@ -421,6 +419,26 @@ pub struct Http1Conn {
     closed: bool,
     /// Bytes that followed the protocol switch, per side (request, response).
     leftover: [Vec<u8>; 2],
+}
+
+impl std::fmt::Debug for Http1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = |p: &Phase| match p {
+            Phase::Head => "head",
+            Phase::Body(_) => "body",
+            Phase::Resync(_) => "resync",
+            Phase::Stopped => "stopped",
+        };
+        f.debug_struct("Http1Conn")
+            .field("limits", &self.limits)
+            .field("queued", &self.queue.len())
+            .field("request_phase", &phase(&self.req.phase))
+            .field("response_phase", &phase(&self.resp.phase))
+            .field("upgraded", &self.upgraded)
+            .field("closed", &self.closed)
+            .field("buffered_bytes", &self.buffered_bytes())
+            .finish()
+    }
 }
 
 impl Http1Conn {
@@ -704,10 +722,13 @@ impl Http1Conn {
         let parsed = head::parse_request(&self.req.head.buf);
         let start_ns = self.req.head.start_ns;
         self.req.head.clear();
-        let Some(parsed) = parsed else {
-            out.push(Http1Output::Error(ParseErrorReason::InvalidRequestHead));
-            self.req.phase = Phase::Resync(Resync::new(Side::Request, true));
-            return;
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(reason) => {
+                out.push(Http1Output::Error(reason));
+                self.req.phase = Phase::Resync(Resync::new(Side::Request, true));
+                return;
+            }
         };
         let framing = match head::request_framing(&parsed.headers) {
             Ok(f) => f,
@@ -925,11 +946,14 @@ impl Http1Conn {
         let parsed = head::parse_response(&self.resp.head.buf);
         let start_ns = self.resp.head.start_ns;
         self.resp.head.clear();
-        let Some(parsed) = parsed else {
-            out.push(Http1Output::Error(ParseErrorReason::InvalidResponseHead));
-            self.lose_next_response(Incomplete::ParseError, out);
-            self.resp.phase = Phase::Resync(Resync::new(Side::Response, true));
-            return;
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(reason) => {
+                out.push(Http1Output::Error(reason));
+                self.lose_next_response(Incomplete::ParseError, out);
+                self.resp.phase = Phase::Resync(Resync::new(Side::Response, true));
+                return;
+            }
         };
         let status = parsed.status;
         let waiting = self.next_waiting().map(|p| (p.id, p.method));
@@ -1158,8 +1182,8 @@ fn trailer_fields(section: Option<Vec<u8>>, out: &mut Vec<Http1Output>) -> Vec<H
     if section.is_empty() || section == b"\r\n" || section == b"\n" {
         return Vec::new();
     }
-    head::parse_trailers(&section).unwrap_or_else(|| {
-        out.push(Http1Output::Error(ParseErrorReason::InvalidTrailers));
+    head::parse_trailers(&section).unwrap_or_else(|reason| {
+        out.push(Http1Output::Error(reason));
         Vec::new()
     })
 }

@@ -1359,3 +1359,43 @@ fn errors_never_carry_header_values() {
         }
     }
 }
+
+#[test]
+fn too_many_header_lines_are_refused() {
+    let many: String = (0..600).map(|i| format!("x{i}: v\r\n")).collect();
+    let ok: String = (0..300).map(|i| format!("x{i}: v\r\n")).collect();
+    let out = run_with(
+        &Http1Limits::default(),
+        &[
+            req(
+                format!("GET /many HTTP/1.1\r\n{many}\r\nGET /ok HTTP/1.1\r\n{ok}\r\n"),
+                1,
+            ),
+            resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2),
+        ],
+    );
+    assert_eq!(errors(&out), vec![ParseErrorReason::HeaderTooLarge]);
+    let ex = exchanges(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].request.target, "/ok");
+    assert_eq!(ex[0].request.headers.len(), 300);
+}
+
+#[test]
+fn debug_output_holds_no_captured_bytes() {
+    let mut conn = Http1Conn::new(Http1Limits::default());
+    let mut out = Vec::new();
+    conn.on_data(Side::Request, b"POST / HTTP/1.1\r\nAuthorization: Bearer sk-live-1\r\nContent-Length: 20\r\n\r\nsecret-body", 1, &mut out);
+    conn.on_data(
+        Side::Response,
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: sk-live-2",
+        2,
+        &mut out,
+    );
+    let debug = format!("{conn:?}");
+    assert!(debug.contains("queued: 1"), "{debug}");
+    assert!(
+        !debug.contains("sk-live") && !debug.contains("secret"),
+        "{debug}"
+    );
+}
