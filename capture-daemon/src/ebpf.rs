@@ -227,6 +227,19 @@ fn ensure_tracefs() -> Result<(), EbpfError> {
     {
         return Ok(());
     }
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("tracefs "))
+        })
+    });
+    if mounted {
+        // Mounted but its events are not readable to us: a privilege problem, not a mount one.
+        return Err(EbpfError::Permission(format!(
+            "cannot read {TRACEFS}/events"
+        )));
+    }
     nix::mount::mount(
         Some("nodev"),
         TRACEFS,

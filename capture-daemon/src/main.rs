@@ -54,11 +54,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json_logs = cfg.log_format == LogFormat::Json;
     match runtime.block_on(run(cfg, targets, sink)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("capture-daemon: {e:#}");
+            // One line: in the log stream when it is JSON (collected), else plainly on stderr.
+            if json_logs {
+                error!("{e:#}");
+            } else {
+                eprintln!("capture-daemon: {e:#}");
+            }
             ExitCode::from(1)
         }
     }
