@@ -903,6 +903,92 @@ fn process_outside_the_cgroup_is_not_captured() -> Result<()> {
     done.assert_clean()
 }
 
+/// Short connections are the common case for CLI clients, health checks and `Connection: close`
+/// traffic: each must be captured even when it is over (and its process gone) before the daemon
+/// has looked at it.
+#[test]
+fn short_connections_server_in_cgroup_are_all_captured() -> Result<()> {
+    require_capture_environment!();
+    const N: usize = 30;
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(Some(&cgroup))?;
+    let daemon = Daemon::start(&cgroup)?;
+
+    for i in 0..N {
+        run(
+            curl(None).arg(format!("{}/short/{i}", server.base_url())),
+            RUN_TIMEOUT,
+        )?;
+    }
+    let waited = daemon.wait_for_exchanges(N, WRITE_TIMEOUT);
+    let done = daemon.finish()?;
+    let got: Vec<&str> = done.exchanges.iter().map(path).collect::<Result<_>>()?;
+    let want: Vec<String> = (0..N).map(|i| format!("/short/{i}")).collect();
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(&w.as_str())).collect();
+    assert!(
+        missing.is_empty() && waited.is_ok(),
+        "{} of {N} one-request connections not captured: {missing:?}\nmetrics: {}",
+        missing.len(),
+        done.metrics.summary()
+    );
+    assert_eq!(got, want, "order");
+    for entry in &done.exchanges {
+        assert_capture_meta(
+            entry,
+            &Seen {
+                role: "server",
+                pid: server.pid(),
+                server_port: server.port(),
+            },
+        )?;
+    }
+    done.assert_clean()
+}
+
+#[test]
+fn short_lived_client_processes_are_all_captured() -> Result<()> {
+    require_capture_environment!();
+    const N: usize = 20;
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(None)?;
+    let daemon = Daemon::start(&cgroup)?;
+
+    // One curl process per request: process and connection are gone milliseconds later.
+    for i in 0..N {
+        run(
+            curl(Some(&cgroup)).arg(format!("{}/client/{i}", server.base_url())),
+            RUN_TIMEOUT,
+        )?;
+    }
+    let waited = daemon.wait_for_exchanges(N, WRITE_TIMEOUT);
+    let done = daemon.finish()?;
+    let got: Vec<&str> = done.exchanges.iter().map(path).collect::<Result<_>>()?;
+    let want: Vec<String> = (0..N).map(|i| format!("/client/{i}")).collect();
+    let missing: Vec<&String> = want.iter().filter(|w| !got.contains(&w.as_str())).collect();
+    assert!(
+        missing.is_empty() && waited.is_ok(),
+        "{} of {N} short-lived curl processes not captured: {missing:?}\nmetrics: {}",
+        missing.len(),
+        done.metrics.summary()
+    );
+    assert_eq!(got, want, "order");
+    for entry in &done.exchanges {
+        assert_eq!(
+            str_at(entry, "/_capture/conn/role")?,
+            "client",
+            "{}",
+            brief(entry)
+        );
+        assert_eq!(
+            str_at(entry, "/_capture/conn/dst")?,
+            server.addr().to_string(),
+            "{}",
+            brief(entry)
+        );
+    }
+    done.assert_clean()
+}
+
 // Usage errors need neither root nor BPF: they must fail before anything is loaded.
 
 fn daemon_usage_error(args: &[&str]) -> Result<String> {
