@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
-            cargo(&root, &["test", "--workspace", "--no-fail-fast"])?;
+            cargo(&root, &["test", "--no-fail-fast"])?;
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;
                 fuzz(&root, "http1", fuzz_seconds)?;
