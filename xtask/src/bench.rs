@@ -2,9 +2,11 @@
 //! baseline in the same run, plus the HTTP/1 decoder's own throughput.
 //!
 //! Workload: nginx (`return 200` with a 1 KiB body, keep-alive, `sendfile off`) in a fresh
-//! cgroup, driven by `wrk -t1 -c16 --latency` from outside the cgroup. Runs alternate A
-//! (no daemon) and B (daemon targeting nginx's cgroup, JSONL output to a file on disk):
-//! A B A B, or A B with `--quick`, so a slow drift of the machine hits both sides alike.
+//! cgroup, driven by `wrk -t1 -c16 --latency` from outside the cgroup. Each round runs
+//! A (no daemon), B (daemon targeting nginx's cgroup, JSONL output to a file on disk) and
+//! C (daemon running, targeting an empty cgroup: what workloads that are *not* captured pay for
+//! the attached programs); two rounds, one with `--quick`, so a slow drift of the machine hits
+//! every side alike.
 //!
 //! CPUs: on two or more cores nginx is pinned to CPU 0 and wrk to CPU 1; the daemon is not
 //! pinned. The eBPF programs run in nginx's syscalls (on CPU 0), and the daemon's user space
@@ -47,20 +49,26 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
     let cgroup = TestCgroup::new()?;
     let nginx = Nginx::start_with(Some(&cgroup), if pinned { &[0] } else { &[] })?;
-    let url = format!("{}/", nginx.base_url());
+    let load = Load {
+        url: format!("{}/", nginx.base_url()),
+        server_pid: nginx.pid(),
+        pinned,
+    };
     println!(
         "bench: nginx pid {} in {}, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s, {rounds} x (A: no capture, B: capture)",
         nginx.pid(),
         cgroup.path().display()
     );
     println!("warm-up");
-    wrk(&url, 1, pinned)?;
+    load.wrk(1)?;
 
     let mut baseline = Vec::new();
     let mut captured = Vec::new();
+    let mut untargeted = Vec::new();
+    let empty_cgroup = TestCgroup::new()?;
     for round in 1..=rounds {
         println!("round {round}/{rounds} A: no capture");
-        let a = wrk(&url, seconds, pinned)?;
+        let a = load.wrk(seconds)?;
         println!(
             "  {:.0} req/s, p50 {:.0} us, p99 {:.0} us",
             a.requests_per_s, a.p50_us, a.p99_us
@@ -68,7 +76,13 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         baseline.push(a);
 
         println!("round {round}/{rounds} B: capture");
-        let b = captured_run(&binary, &cgroup, &out_dir, &url, seconds, pinned, round)?;
+        let b = captured_run(
+            &binary,
+            &cgroup,
+            &load,
+            seconds,
+            &out_dir.join(format!("capture-run-{round}")),
+        )?;
         println!(
             "  {:.0} req/s, p50 {:.0} us, p99 {:.0} us; {} exchanges for {} requests, daemon {:.2} CPU s, VmHWM {:.1} MiB, lost events {}, gap bytes {}",
             b.wrk.requests_per_s,
@@ -82,7 +96,22 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             b.gap_bytes
         );
         captured.push(b);
+
+        println!("round {round}/{rounds} C: daemon running, nginx not targeted");
+        let c = captured_run(
+            &binary,
+            &empty_cgroup,
+            &load,
+            seconds,
+            &out_dir.join(format!("idle-run-{round}")),
+        )?;
+        println!(
+            "  {:.0} req/s, p50 {:.0} us, p99 {:.0} us; daemon {:.2} CPU s",
+            c.wrk.requests_per_s, c.wrk.p50_us, c.wrk.p99_us, c.cpu_seconds
+        );
+        untargeted.push(c);
     }
+    drop(empty_cgroup);
     drop(nginx);
     drop(cgroup);
 
@@ -101,6 +130,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         pinned,
         baseline: &baseline,
         captured: &captured,
+        untargeted: &untargeted,
         decoder: &decoder,
     });
     let latest = out_dir.join("latest.md");
@@ -118,6 +148,20 @@ struct Wrk {
     p50_us: f64,
     p99_us: f64,
     errors: String,
+    /// CPU time nginx used during the run (user + system). The capture programs run inside its
+    /// syscalls, so their cost shows up here as system time.
+    server_cpu_seconds: f64,
+}
+
+impl Wrk {
+    /// nginx CPU time per request served, in microseconds.
+    fn server_cpu_us_per_request(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.server_cpu_seconds * 1e6 / self.requests as f64
+        }
+    }
 }
 
 /// One B run: wrk plus what the daemon cost and captured.
@@ -135,25 +179,23 @@ struct Captured {
     drain: Duration,
 }
 
+/// A B run: the daemon writes into `run_dir`, which is removed afterwards.
 fn captured_run(
     binary: &Path,
     cgroup: &TestCgroup,
-    out_dir: &Path,
-    url: &str,
+    load: &Load,
     seconds: u32,
-    pinned: bool,
-    round: u32,
+    run_dir: &Path,
 ) -> Result<Captured> {
-    let run_dir = out_dir.join(format!("capture-run-{round}"));
-    let _ = fs::remove_dir_all(&run_dir);
-    fs::create_dir_all(&run_dir)?;
+    let _ = fs::remove_dir_all(run_dir);
+    fs::create_dir_all(run_dir)?;
     let mut daemon = Daemon::builder()
         .binary(binary)
         .target_cgroup(cgroup)
-        .output_dir(&run_dir)
+        .output_dir(run_dir)
         .start()?;
     let cpu_before = cpu_seconds(daemon.pid())?;
-    let wrk = wrk(url, seconds, pinned)?;
+    let wrk = load.wrk(seconds)?;
 
     // Let the daemon work through what is still queued; what it spends doing so counts.
     let drain_start = Instant::now();
@@ -189,7 +231,7 @@ fn captured_run(
         .map(|m| m.len())
         .unwrap_or(0);
     drop(daemon);
-    fs::remove_dir_all(&run_dir)?;
+    fs::remove_dir_all(run_dir)?;
     let exchanges = metrics.sum("capture_exchanges_total") as u64;
     Ok(Captured {
         wrk,
@@ -205,7 +247,21 @@ fn captured_run(
     })
 }
 
-fn wrk(url: &str, seconds: u32, pinned: bool) -> Result<Wrk> {
+/// The load generator and what it drives.
+struct Load {
+    url: String,
+    server_pid: u32,
+    /// wrk on CPU 1 (nginx is on CPU 0).
+    pinned: bool,
+}
+
+impl Load {
+    fn wrk(&self, seconds: u32) -> Result<Wrk> {
+        wrk(&self.url, seconds, self.pinned, self.server_pid)
+    }
+}
+
+fn wrk(url: &str, seconds: u32, pinned: bool, server_pid: u32) -> Result<Wrk> {
     let mut cmd = if pinned {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "1", "wrk"]);
@@ -218,8 +274,11 @@ fn wrk(url: &str, seconds: u32, pinned: bool) -> Result<Wrk> {
         .arg(format!("-d{seconds}s"))
         .arg("--latency")
         .arg(url);
+    let server_cpu_before = cpu_seconds(server_pid)?;
     let out = run_cmd(&mut cmd, Duration::from_secs(u64::from(seconds) + 30))?;
-    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    let mut wrk = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    wrk.server_cpu_seconds = cpu_seconds(server_pid)? - server_cpu_before;
+    Ok(wrk)
 }
 
 /// Reads wrk 4's text report (`--latency`).
@@ -249,6 +308,7 @@ fn parse_wrk(text: &str) -> Result<Wrk> {
         p50_us: p50_us.with_context(missing)?,
         p99_us: p99_us.with_context(missing)?,
         errors: errors.join("; "),
+        server_cpu_seconds: 0.0,
     })
 }
 
@@ -384,6 +444,7 @@ struct Report<'a> {
     pinned: bool,
     baseline: &'a [Wrk],
     captured: &'a [Captured],
+    untargeted: &'a [Captured],
     decoder: &'a Result<Vec<String>, String>,
 }
 
@@ -430,7 +491,7 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(
         s,
         "Workload: nginx `return 200` 1 KiB body, keep-alive, in a test cgroup; `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{}s --latency` from outside it; {}. \
-         A = no daemon, B = daemon targeting nginx's cgroup, JSONL to a file on disk; runs alternate A/B, figures are means over {} rounds. \
+         A = no daemon, B = daemon targeting nginx's cgroup (JSONL to a file on disk), C = daemon targeting an empty cgroup; runs go A B C per round, figures are means over {} rounds. \
          Daemon: `{}`.\n",
         r.seconds,
         if r.pinned {
@@ -464,6 +525,29 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(
         s,
         "| daemon CPU per 10k exchanges (s) | | {cpu_per_10k:.3} | | |"
+    );
+    let a_srv = mean(r.baseline.iter().map(Wrk::server_cpu_us_per_request));
+    let b_srv = mean(r.captured.iter().map(|c| c.wrk.server_cpu_us_per_request()));
+    let _ = writeln!(
+        s,
+        "| nginx CPU per request (µs; includes the capture programs) | {a_srv:.1} | {b_srv:.1} | {:+.1} µs | |",
+        b_srv - a_srv
+    );
+    let c_rps = mean(r.untargeted.iter().map(|c| c.wrk.requests_per_s));
+    let c_srv = mean(
+        r.untargeted
+            .iter()
+            .map(|c| c.wrk.server_cpu_us_per_request()),
+    );
+    let _ = writeln!(
+        s,
+        "| C: daemon running, nginx *not* targeted: requests/s | {a_rps:.0} | {c_rps:.0} | ratio {:.3} | |",
+        if a_rps > 0.0 { c_rps / a_rps } else { 0.0 }
+    );
+    let _ = writeln!(
+        s,
+        "| C: nginx CPU per request (µs) | {a_srv:.1} | {c_srv:.1} | {:+.1} µs | |",
+        c_srv - a_srv
     );
     let _ = writeln!(
         s,
@@ -500,28 +584,53 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(s, "\nRuns, in order:\n");
     let _ = writeln!(
         s,
-        "| run | requests | requests/s | p50 (µs) | p99 (µs) | exchanges | daemon CPU (s) | VmHWM (MiB) | drain after load | wrk errors |"
+        "| run | requests | requests/s | p50 (µs) | p99 (µs) | nginx CPU/request (µs) | exchanges | daemon CPU (s) | VmHWM (MiB) | drain after load | wrk errors |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for (i, (a, b)) in r.baseline.iter().zip(r.captured).enumerate() {
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (i, ((a, b), c)) in r
+        .baseline
+        .iter()
+        .zip(r.captured)
+        .zip(r.untargeted)
+        .enumerate()
+    {
         let n = i + 1;
         let _ = writeln!(
             s,
-            "| A{n} | {} | {:.0} | {:.0} | {:.0} | | | | | {} |",
-            a.requests, a.requests_per_s, a.p50_us, a.p99_us, a.errors
+            "| A{n} | {} | {:.0} | {:.0} | {:.0} | {:.1} | | | | | {} |",
+            a.requests,
+            a.requests_per_s,
+            a.p50_us,
+            a.p99_us,
+            a.server_cpu_us_per_request(),
+            a.errors
         );
         let _ = writeln!(
             s,
-            "| B{n} | {} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.1} | {:.1} s | {} |",
+            "| B{n} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {:.2} | {:.1} | {:.1} s | {} |",
             b.wrk.requests,
             b.wrk.requests_per_s,
             b.wrk.p50_us,
             b.wrk.p99_us,
+            b.wrk.server_cpu_us_per_request(),
             b.exchanges,
             b.cpu_seconds,
             b.hwm_mib,
             b.drain.as_secs_f64(),
             b.wrk.errors
+        );
+        let _ = writeln!(
+            s,
+            "| C{n} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} | {:.2} | {:.1} | | {} |",
+            c.wrk.requests,
+            c.wrk.requests_per_s,
+            c.wrk.p50_us,
+            c.wrk.p99_us,
+            c.wrk.server_cpu_us_per_request(),
+            c.exchanges,
+            c.cpu_seconds,
+            c.hwm_mib,
+            c.wrk.errors
         );
     }
 
