@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes.
-pub const EVENT_ABI: u32 = 1;
+pub const EVENT_ABI: u32 = 2;
 
 /// Largest payload copied into one data event. A transfer larger than this is split into
 /// several chunk events, each with its own byte position.
@@ -78,6 +78,9 @@ pub struct EventHeader {
 
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
+/// `SockAddr::listen_fd` when there is none.
+pub const NO_FD: u32 = u32::MAX;
+
 /// Address carried by an OPEN event: the peer passed to `connect` or returned by `accept`.
 /// `family` is `AF_INET` (2) or `AF_INET6` (10); zero when the process gave no address buffer.
 #[repr(C)]
@@ -86,7 +89,9 @@ pub struct SockAddr {
     pub family: u16,
     /// Network byte order, as in `sockaddr_in`.
     pub port_be: u16,
-    pub _pad: u32,
+    /// accept: the listening fd the connection came from (its address is the local one);
+    /// `NO_FD` otherwise.
+    pub listen_fd: u32,
     /// IPv4 in the first 4 bytes, or IPv6.
     pub addr: [u8; 16],
 }

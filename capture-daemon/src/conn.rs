@@ -130,13 +130,14 @@ impl ConnTable {
                 conn,
                 role,
                 peer,
+                listen_fd,
                 ts_ns,
             } => {
                 // A new generation of this fd: any previous state of the same id is stale.
                 if let Some(old) = self.conns.remove(&conn) {
                     self.finish(conn, old, ts_ns, out);
                 }
-                self.track(conn, role, peer, ts_ns);
+                self.track(conn, role, peer, listen_fd, ts_ns);
             }
             Event::Data {
                 conn,
@@ -149,7 +150,7 @@ impl ConnTable {
             } => {
                 Metrics::add(&self.metrics.events, 1);
                 Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
-                if !self.conns.contains_key(&conn) && !self.track(conn, None, None, ts_ns) {
+                if !self.conns.contains_key(&conn) && !self.track(conn, None, None, None, ts_ns) {
                     return;
                 }
                 let _ = uncopyable; // counted as a gap like any other uncaptured bytes
@@ -173,6 +174,7 @@ impl ConnTable {
         id: ConnId,
         role: Option<Role>,
         peer: Option<SocketAddr>,
+        listen_fd: Option<u32>,
         ts_ns: u64,
     ) -> bool {
         if self.conns.len() >= self.limits.max_connections {
@@ -187,34 +189,51 @@ impl ConnTable {
             ..ConnMeta::default()
         };
         let mut proto = Proto::Unknown;
-        match (self.classify)(id.tgid, id.fd) {
-            FdKind::Tcp {
-                local,
-                remote,
-                role: proc_role,
-            } => {
-                // accept/connect say for sure; /proc infers from listening ports.
-                let role = role.unwrap_or(proc_role);
-                meta.role = Some(role);
-                let (src, dst) = match role {
-                    Role::Server => (remote, local),
-                    Role::Client => (local, remote),
-                };
-                meta.src = Some(src);
-                meta.dst = Some(dst);
+        // accept/connect with an IP address: the kernel saw a TCP/IP socket being opened. /proc
+        // is read later, when a short-lived connection may be closed and its fd number reused
+        // by a file or another socket, so it may only add the local address, never overrule.
+        let opened = match (role, peer) {
+            (Some(role), Some(peer)) => Some((role, peer)),
+            _ => None,
+        };
+        match ((self.classify)(id.tgid, id.fd), opened) {
+            (FdKind::Tcp { local, remote, .. }, Some((role, peer))) if remote == peer => {
+                meta.set_endpoints(role, local, remote);
             }
-            FdKind::NotTcp => {
+            (_, Some((role, peer))) => {
+                meta.role = Some(role);
+                match role {
+                    Role::Client => meta.dst = Some(peer),
+                    Role::Server => {
+                        meta.src = Some(peer);
+                        // The listening socket outlives the connection: its address is ours.
+                        if let Some(FdKind::Listener { local }) =
+                            listen_fd.map(|lfd| (self.classify)(id.tgid, lfd))
+                        {
+                            meta.dst = Some(bound_address(local, peer));
+                        }
+                    }
+                }
+            }
+            (
+                FdKind::Tcp {
+                    local,
+                    remote,
+                    role: proc_role,
+                },
+                None,
+            ) => {
+                // First seen mid-stream (opened before capture) or accept without an address.
+                meta.set_endpoints(role.unwrap_or(proc_role), local, remote);
+            }
+            (FdKind::NotTcp | FdKind::Listener { .. }, None) => {
                 Metrics::add(&self.metrics.connections_muted, 1);
                 self.mute(id);
                 proto = Proto::Off;
             }
-            FdKind::Gone => {
-                // Closed before we looked: keep what accept/connect told us and decode anyway.
-                match role {
-                    Some(Role::Client) => meta.dst = peer,
-                    Some(Role::Server) => meta.src = peer,
-                    None => {}
-                }
+            (FdKind::Gone, None) => {
+                // Closed before we looked and never announced: decode what arrives anyway;
+                // the sniffer switches it off if it is not HTTP.
             }
         }
         self.conns.insert(
@@ -577,6 +596,29 @@ impl ConnTable {
     }
 }
 
+/// A listener bound to the wildcard address accepted on some local address; for a loopback
+/// peer that is the loopback address, otherwise it stays unspecified (the port is still right).
+fn bound_address(listen: SocketAddr, peer: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() && peer.ip().is_loopback() {
+        SocketAddr::new(peer.ip(), listen.port())
+    } else {
+        listen
+    }
+}
+
+impl ConnMeta {
+    /// `src` is always the client's endpoint, `dst` the server's.
+    fn set_endpoints(&mut self, role: Role, local: SocketAddr, remote: SocketAddr) {
+        self.role = Some(role);
+        let (src, dst) = match role {
+            Role::Server => (remote, local),
+            Role::Client => (local, remote),
+        };
+        self.src = Some(src);
+        self.dst = Some(dst);
+    }
+}
+
 enum Sniff {
     Request,
     Response,
@@ -758,6 +800,95 @@ mod tests {
             out[0].incomplete.is_some(),
             "an exchange with lost bytes is marked"
         );
+    }
+
+    /// A short-lived client closed its socket and reused the fd number for a file before the
+    /// daemon looked at /proc: what accept/connect said wins, nothing is muted.
+    #[test]
+    fn kernel_open_wins_over_a_reused_fd_in_proc() {
+        let (mut t, m) = table_with(FdKind::NotTcp, limits(), true);
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: Some(Role::Client),
+                peer: Some(SERVER),
+                listen_fd: None,
+                ts_ns: 0,
+            },
+            &mut out,
+        );
+        t.on_event(data(Direction::Egress, 0, REQ, 1), &mut out);
+        t.on_event(data(Direction::Ingress, 0, RESP, 2), &mut out);
+        t.on_event(Event::Close { conn: ID, ts_ns: 3 }, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].conn.role, Some(Role::Client));
+        assert_eq!(out[0].conn.dst, Some(SERVER));
+        assert!(t.take_mutes().is_empty());
+        assert_eq!(m.connections_muted.load(Relaxed), 0);
+
+        // /proc names another TCP connection on the reused fd: not ours either.
+        let other = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9999);
+        let (mut t, _) = table_with(
+            FdKind::Tcp {
+                local: CLIENT,
+                remote: other,
+                role: Role::Client,
+            },
+            limits(),
+            true,
+        );
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: Some(Role::Client),
+                peer: Some(SERVER),
+                listen_fd: None,
+                ts_ns: 0,
+            },
+            &mut out,
+        );
+        t.on_event(data(Direction::Egress, 0, REQ, 1), &mut out);
+        t.on_event(data(Direction::Ingress, 0, RESP, 2), &mut out);
+        assert_eq!(out[0].conn.dst, Some(SERVER));
+        assert_eq!(out[0].conn.src, None);
+    }
+
+    /// The accepted fd is already gone from /proc; the listening fd names the local address.
+    #[test]
+    fn accepted_connection_takes_its_address_from_the_listener() {
+        let metrics = Metrics::new();
+        let wildcard = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8080);
+        let mut t = ConnTable::new(
+            limits(),
+            metrics,
+            None,
+            Box::new(move |_, fd| {
+                if fd == 3 {
+                    FdKind::Listener { local: wildcard }
+                } else {
+                    FdKind::Gone
+                }
+            }),
+            Box::new(|_| true),
+        );
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: Some(Role::Server),
+                peer: Some(CLIENT),
+                listen_fd: Some(3),
+                ts_ns: 0,
+            },
+            &mut out,
+        );
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        t.on_event(data(Direction::Egress, 0, RESP, 2), &mut out);
+        assert_eq!(out[0].conn.src, Some(CLIENT));
+        // Bound to 0.0.0.0, reached over loopback: the loopback address.
+        assert_eq!(out[0].conn.dst, Some(SERVER));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Event<'a> {
         conn: ConnId,
         role: Option<Role>,
         peer: Option<SocketAddr>,
+        /// accept: the listening fd, whose address is this connection's local one.
+        listen_fd: Option<u32>,
         ts_ns: u64,
     },
     Close {
@@ -130,10 +132,14 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
             } else {
                 None
             };
+            let listen_fd = (payload.len() >= 8)
+                .then(|| u32_at(payload, 4))
+                .filter(|&fd| fd != capture_common::NO_FD);
             Ok(Event::Open {
                 conn,
                 role,
                 peer: sockaddr(payload),
+                listen_fd,
                 ts_ns,
             })
         }
@@ -251,6 +257,7 @@ pub(crate) mod tests {
                 },
                 role: Some(Role::Client),
                 peer: Some("127.0.0.1:8080".parse().unwrap()),
+                listen_fd: Some(0),
                 ts_ns: 0
             }
         );

@@ -20,6 +20,8 @@ pub enum FdKind {
         remote: SocketAddr,
         role: Role,
     },
+    /// A listening TCP socket: nothing flows on it, but accepted connections share its address.
+    Listener { local: SocketAddr },
     /// A file, pipe, unix socket, UDP socket...: nothing to capture.
     NotTcp,
     /// The process or fd is already gone; nothing could be learnt.
@@ -51,7 +53,9 @@ pub fn classify(tgid: u32, fd: u32) -> FdKind {
 fn find_in_table(entries: &[TcpNetEntry], inode: u64) -> Option<FdKind> {
     let entry = entries.iter().find(|e| e.inode == inode)?;
     if entry.state == TcpState::Listen {
-        return Some(FdKind::NotTcp);
+        return Some(FdKind::Listener {
+            local: unmap(entry.local_address),
+        });
     }
     let local = unmap(entry.local_address);
     // A connection whose local port is a listening port of this namespace was accepted.
@@ -139,7 +143,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         assert_eq!(
             classify(std::process::id(), l.as_raw_fd() as u32),
-            FdKind::NotTcp
+            FdKind::Listener {
+                local: l.local_addr().unwrap()
+            }
         );
     }
 }

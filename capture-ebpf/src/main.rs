@@ -21,7 +21,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use capture_common::{
     ConnKey, ConnState, EVENT_HEADER_LEN, EventHeader, MAX_CHUNK, MAX_CHUNKS_PER_CALL, MAX_IOVECS,
-    MutedKey, SockAddr, counter, direction, flags, kind,
+    MutedKey, NO_FD, SockAddr, counter, direction, flags, kind,
 };
 
 /// cgroup v2 ids (directory inode numbers) to capture; user space keeps it equal to the
@@ -533,7 +533,7 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     if r != 0 && r != -EINPROGRESS {
         return 0;
     }
-    on_open(&ctx, args.fd, args.buf, flags::ROLE_CLIENT);
+    on_open(&ctx, args.fd, args.buf, flags::ROLE_CLIENT, NO_FD);
     0
 }
 
@@ -551,14 +551,17 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     if r < 0 {
         return 0;
     }
-    on_open(&ctx, r as u32, args.buf, flags::ROLE_SERVER);
+    on_open(&ctx, r as u32, args.buf, flags::ROLE_SERVER, args.fd);
     0
 }
 
-fn on_open(ctx: &TracePointContext, fd: u32, sockaddr: u64, role: u16) {
+fn on_open(ctx: &TracePointContext, fd: u32, sockaddr: u64, role: u16, listen_fd: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
-    let mut addr = SockAddr::default();
+    let mut addr = SockAddr {
+        listen_fd,
+        ..SockAddr::default()
+    };
     if sockaddr != 0 {
         // SAFETY: user memory via bpf_probe_read_user. `sockaddr_in{,6}`: family u16, port u16,
         // then the IPv4 address at 4 or (after flowinfo) the IPv6 address at 8.
