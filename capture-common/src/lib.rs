@@ -134,8 +134,6 @@ pub mod counter {
     pub const BYTES_LOST: u32 = 1;
     /// Chunks whose copy was cut short by a limit (`flags::LIMIT_HIT`).
     pub const TRUNCATIONS: u32 = 2;
-    /// A sys_exit found no stashed arguments (the stash map was full).
-    pub const ARGS_MISSING: u32 = 3;
     /// Events handed to the ring buffer.
     pub const EVENTS: u32 = 4;
     /// Connection-state map full: a transfer on an untracked fd could not be followed.

@@ -2,12 +2,12 @@
 //! cgroups, the muted connections and the per-CPU counters. Dropping [`Capture`] detaches
 //! every program; nothing is pinned, so nothing outlives the daemon.
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::RawTracePoint,
 };
 use capture_common::{MutedKey, counter};
 use tracing::{debug, warn};
@@ -15,34 +15,8 @@ use tracing::{debug, warn};
 /// The object built by build.rs from `capture-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
 
-/// (program, syscall tracepoints it attaches to).
-const PROGRAMS: &[(&str, &[&str])] = &[
-    ("enter_read", &["sys_enter_read"]),
-    ("exit_read", &["sys_exit_read"]),
-    ("enter_write", &["sys_enter_write"]),
-    ("exit_write", &["sys_exit_write"]),
-    ("enter_readv", &["sys_enter_readv"]),
-    ("exit_readv", &["sys_exit_readv"]),
-    ("enter_writev", &["sys_enter_writev"]),
-    ("exit_writev", &["sys_exit_writev"]),
-    ("enter_recvfrom", &["sys_enter_recvfrom"]),
-    ("exit_recvfrom", &["sys_exit_recvfrom"]),
-    ("enter_sendto", &["sys_enter_sendto"]),
-    ("exit_sendto", &["sys_exit_sendto"]),
-    ("enter_recvmsg", &["sys_enter_recvmsg"]),
-    ("exit_recvmsg", &["sys_exit_recvmsg"]),
-    ("enter_sendmsg", &["sys_enter_sendmsg"]),
-    ("exit_sendmsg", &["sys_exit_sendmsg"]),
-    ("enter_sendfile", &["sys_enter_sendfile64"]),
-    ("exit_sendfile", &["sys_exit_sendfile64"]),
-    ("enter_connect", &["sys_enter_connect"]),
-    ("exit_connect", &["sys_exit_connect"]),
-    ("enter_accept", &["sys_enter_accept", "sys_enter_accept4"]),
-    ("exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
-    ("enter_close", &["sys_enter_close"]),
-];
-
-const TRACEFS: &str = "/sys/kernel/tracing";
+/// The one program: a raw tracepoint on `sys_exit`.
+const PROGRAM: &str = "sys_exit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -57,13 +31,8 @@ pub enum EbpfError {
     )]
     Permission(String),
     #[error(
-        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with \
-         `mount -t tracefs nodev {TRACEFS}` or give the daemon CAP_SYS_ADMIN"
-    )]
-    Tracefs(String),
-    #[error(
-        "the kernel does not support what capture needs ({0}); it needs Linux 5.8 or newer \
-         with BPF ring buffers and syscall tracepoints"
+        "the kernel does not support what capture needs ({0}); it needs Linux 5.17 or newer \
+         with BPF ring buffers, bpf_loop and raw tracepoints"
     )]
     Unsupported(String),
     #[error("loading the eBPF programs failed: {0}")]
@@ -77,7 +46,6 @@ pub struct KernelCounters {
     pub events_lost: u64,
     pub bytes_lost: u64,
     pub truncations: u64,
-    pub args_missing: u64,
     pub conn_table_full: u64,
 }
 
@@ -107,7 +75,6 @@ impl KernelCounterReader {
             events_lost: sum(counter::EVENTS_LOST),
             bytes_lost: sum(counter::BYTES_LOST),
             truncations: sum(counter::TRUNCATIONS),
-            args_missing: sum(counter::ARGS_MISSING),
             conn_table_full: sum(counter::CONN_TABLE_FULL),
         }
     }
@@ -117,10 +84,12 @@ impl Capture {
     /// Loads the programs with a ring buffer of `ring_buffer_bytes` and attaches them all.
     /// Until targets are set nothing is captured: every program returns at its first check.
     pub fn load(ring_buffer_bytes: u32) -> Result<Self, EbpfError> {
+        // Wake the reader when an eighth of the ring is waiting; otherwise the reader's drain
+        // timer picks events up.
+        let wakeup_bytes = u64::from(ring_buffer_bytes / 8);
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
-        ensure_tracefs()?;
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
         if let Err(e) = nix::sys::resource::setrlimit(
             nix::sys::resource::Resource::RLIMIT_MEMLOCK,
@@ -130,28 +99,28 @@ impl Capture {
             debug!(error = %e, "could not raise RLIMIT_MEMLOCK");
         }
         let mut ebpf = EbpfLoader::new()
+            // The programs use no CO-RE relocations: parsing the kernel's BTF would only cost
+            // tens of MiB of peak memory.
+            .btf(None)
             .map_max_entries("EVENTS", ring_buffer_bytes)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .load(OBJECT)
             .map_err(classify_load_error)?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => spawn_kernel_log_pump(logger),
             Err(e) => warn!(error = %e, "kernel-side logs unavailable"),
         }
-        for (name, tracepoints) in PROGRAMS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e| EbpfError::Load(format!("{name}: {e}")))?;
-            program
-                .load()
-                .map_err(|e| classify_program_error(name, &e))?;
-            for tp in *tracepoints {
-                program
-                    .attach("syscalls", tp)
-                    .map_err(|e| classify_program_error(tp, &e))?;
-            }
-        }
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| EbpfError::Load(format!("program {PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| EbpfError::Load(format!("{PROGRAM}: {e}")))?;
+        program
+            .load()
+            .map_err(|e| classify_program_error(PROGRAM, &e))?;
+        program
+            .attach("sys_exit")
+            .map_err(|e| classify_program_error("raw tracepoint sys_exit", &e))?;
         let targets = take_hash(&mut ebpf, "TARGET_CGROUPS")?;
         let muted = take_hash(&mut ebpf, "MUTED")?;
         let counters = Arc::new(KernelCounterReader(
@@ -218,36 +187,6 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
         .ok_or_else(|| EbpfError::Load(format!("map {name} missing")))?
         .try_into()
         .map_err(|e| EbpfError::Load(format!("{name}: {e}")))
-}
-
-/// aya resolves tracepoint ids through tracefs; mount it when the host has not.
-fn ensure_tracefs() -> Result<(), EbpfError> {
-    if Path::new(TRACEFS).join("events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
-        return Ok(());
-    }
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-        m.lines().any(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|r| r.starts_with("tracefs "))
-        })
-    });
-    if mounted {
-        // Mounted but its events are not readable to us: a privilege problem, not a mount one.
-        return Err(EbpfError::Permission(format!(
-            "cannot read {TRACEFS}/events"
-        )));
-    }
-    nix::mount::mount(
-        Some("nodev"),
-        TRACEFS,
-        Some("tracefs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| EbpfError::Tracefs(e.to_string()))
 }
 
 fn is_permission(text: &str) -> bool {

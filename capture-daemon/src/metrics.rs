@@ -137,12 +137,6 @@ impl Metrics {
             k.truncations,
         );
         one(
-            "capture_kernel_args_missing_total",
-            "counter",
-            "Syscall exits whose arguments were not stashed (stash map full).",
-            k.args_missing,
-        );
-        one(
             "capture_kernel_conn_table_full_total",
             "counter",
             "Connections the kernel could not track (connection map full).",

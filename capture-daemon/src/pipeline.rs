@@ -20,8 +20,11 @@ use crate::{
     sink::JsonlSink,
 };
 
-/// How often holes, idle connections and kernel counters are looked at.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the ring buffer is drained without a wakeup: the kernel wakes the daemon only
+/// when an eighth of the ring is waiting, so this bounds how late an exchange is written.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// Holes, idle connections and exited processes are looked at every this many drains (100 ms).
+const MAINTAIN_EVERY_DRAINS: u32 = 10;
 
 pub struct Pipeline {
     table: ConnTable,
@@ -74,8 +77,9 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         let ring = capture.take_events()?;
         let mut ring = crate::ebpf::register(ring)?;
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drains: u32 = 0;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -83,16 +87,18 @@ impl Pipeline {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                    self.apply_mutes(capture);
-                    self.write_done();
                 }
                 _ = tick.tick() => {
-                    self.table.tick(monotonic_ns(), &mut self.done);
-                    self.apply_mutes(capture);
-                    self.write_done();
+                    self.drain(ring.get_mut());
+                    drains += 1;
+                    if drains % MAINTAIN_EVERY_DRAINS == 0 {
+                        self.table.tick(monotonic_ns(), &mut self.done);
+                    }
                 }
                 () = &mut shutdown => break,
             }
+            self.apply_mutes(capture);
+            self.write_done();
         }
         info!("shutting down: flushing in-flight exchanges");
         let flush = async {

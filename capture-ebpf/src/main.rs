@@ -1,22 +1,28 @@
-//! Syscall tracepoints that copy the socket traffic of opted-in cgroups into a ring buffer.
+//! One raw tracepoint on `sys_exit` that copies the socket traffic of opted-in cgroups into a
+//! ring buffer.
 //!
-//! Every program starts with the same filter: the current cgroup must be in `TARGET_CGROUPS`,
-//! otherwise it returns at once. `sys_enter_*` stashes the arguments by `pid_tgid`; `sys_exit_*`
-//! reads the return value (the bytes actually transferred), advances the connection's byte
-//! position and copies those bytes out in chunk events. Whatever cannot be copied (a limit, a
-//! failed read, sendfile) still produces an event with `cap_len < len`, so user space sees
-//! every byte position either as data or as a gap.
+//! At syscall exit the arguments are still in the saved user registers (`pt_regs`) and the
+//! return value says how many bytes actually moved, so no `sys_enter` program and no argument
+//! stash are needed: one program invocation per syscall, no hash update, no perf record. It
+//! filters first (syscall number, then the current cgroup in `TARGET_CGROUPS`), then advances
+//! the connection's byte position and copies the bytes out in chunk events. Whatever cannot be
+//! copied (a limit, a failed read, sendfile) still produces an event with `cap_len < len`, so
+//! user space sees every byte position either as data or as a gap.
+//!
+//! Syscall numbers and register offsets are per architecture (x86_64, aarch64). 32-bit compat
+//! syscalls share the tracepoint and cannot be told apart here without CO-RE, so 32-bit
+//! processes are not supported.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf, generated::bpf_loop,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use capture_common::{
@@ -29,16 +35,13 @@ use capture_common::{
 #[map]
 static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Arguments stashed by sys_enter, keyed by `pid_tgid`, taken back by sys_exit.
-#[map]
-static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
-
 /// Per-connection generation and byte positions. LRU so that fds of processes that died
 /// without closing them are recycled rather than filling the map.
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Connections user space found not to be TCP sockets (files, pipes, UDP, unix sockets).
+/// Connections user space found not to be TCP sockets (files, pipes, UDP, unix sockets) or not
+/// HTTP/1.
 #[map]
 static MUTED: LruHashMap<MutedKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
@@ -46,35 +49,24 @@ static MUTED: LruHashMap<MutedKey, u8> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// Events are written without waking the reader (user space drains on a short timer) until
+/// this many bytes are waiting, then with a forced wakeup. Waking the reader for every event
+/// costs the captured process a cross-CPU wakeup per syscall. Set by user space at load.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
 #[map]
 static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 
+/// The state of the copy in progress, for the `bpf_loop` callback. In a map rather than on the
+/// caller's stack so the callback starts from the same verifier state whichever syscall path
+/// called it; on the stack each path made the verifier re-walk the callback until it ran out
+/// of its instruction budget.
+#[map]
+static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-/// What a stashed syscall moves its bytes through.
-mod args_kind {
-    /// `buf`, `count`: read, write, recvfrom, sendto.
-    pub const BUF: u8 = 1;
-    /// `buf` is a `struct iovec *`, `count` the iovec count: readv, writev, recvmsg, sendmsg.
-    pub const IOV: u8 = 2;
-    /// `buf` is the peer `struct sockaddr *` given to connect.
-    pub const CONNECT: u8 = 3;
-    /// `buf` is the `struct sockaddr *` accept fills in (may be null).
-    pub const ACCEPT: u8 = 4;
-    /// sendfile: bytes move kernel-side; only their count is known.
-    pub const SENDFILE: u8 = 5;
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SyscallArgs {
-    kind: u8,
-    _pad: [u8; 3],
-    fd: u32,
-    buf: u64,
-    count: u64,
-}
 
 #[repr(C)]
 struct EventBuf {
@@ -82,27 +74,95 @@ struct EventBuf {
     data: [u8; MAX_CHUNK],
 }
 
-// syscall tracepoint layout (see /sys/kernel/tracing/events/syscalls/*/format): the common
-// header and `__syscall_nr` take 16 bytes, then six 8-byte argument slots; on exit `ret` is at 16.
-const ARG0: usize = 16;
-/// Passed to `stash` for an argument the syscall does not have.
-const NO_ARG: usize = 6;
-const RET: usize = 16;
+/// Syscall numbers and `struct pt_regs` offsets (arch/x86/include/asm/ptrace.h).
+#[cfg(bpf_target_arch = "x86_64")]
+mod arch {
+    pub const NR: usize = 120; // orig_ax
+    /// di, si, dx, r10, r8, r9: the syscall argument registers, preserved until return.
+    pub const ARGS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+    pub const NR_IS_I32: bool = false;
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const ACCEPT4: i64 = 288;
+}
+
+/// Syscall numbers (asm-generic/unistd.h) and `struct pt_regs` offsets
+/// (arch/arm64/include/asm/ptrace.h). x0 holds the return value at exit; orig_x0 keeps arg 0.
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    pub const NR: usize = 280; // syscallno (s32)
+    pub const ARGS: [usize; 6] = [272, 8, 16, 24, 32, 40];
+    pub const NR_IS_I32: bool = true;
+    pub const READ: i64 = 63;
+    pub const WRITE: i64 = 64;
+    pub const CLOSE: i64 = 57;
+    pub const READV: i64 = 65;
+    pub const WRITEV: i64 = 66;
+    pub const SENDFILE: i64 = 71;
+    pub const CONNECT: i64 = 203;
+    pub const ACCEPT: i64 = 202;
+    pub const SENDTO: i64 = 206;
+    pub const RECVFROM: i64 = 207;
+    pub const SENDMSG: i64 = 211;
+    pub const RECVMSG: i64 = 212;
+    pub const ACCEPT4: i64 = 242;
+}
+
 const EINPROGRESS: i64 = 115;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: every syscalls/sys_enter_* tracepoint has six 8-byte argument slots from ARG0 on;
-    // read_at goes through bpf_probe_read, so a bad offset yields Err, not a fault.
-    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+/// The saved user registers of the syscall that is returning.
+struct Regs(u64);
+
+impl Regs {
+    #[inline(always)]
+    fn read(&self, offset: usize) -> u64 {
+        // SAFETY: `pt_regs` of the current task, read with bpf_probe_read_kernel, which fails
+        // cleanly rather than faulting.
+        unsafe { bpf_probe_read_kernel((self.0 + offset as u64) as *const u64) }.unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn nr(&self) -> i64 {
+        let raw = self.read(arch::NR);
+        if arch::NR_IS_I32 {
+            raw as u32 as i32 as i64
+        } else {
+            raw as i64
+        }
+    }
+
+    #[inline(always)]
+    fn arg(&self, n: usize) -> u64 {
+        self.read(arch::ARGS[n])
+    }
 }
 
+/// The ring-buffer output flags for the next event (see `WAKEUP_BYTES`).
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: as in `arg`, for sys_exit_* `ret` at offset 16.
-    unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1)
+fn wakeup_flags() -> u64 {
+    // SAFETY: a read of a constant the loader may have rewritten; volatile so the compiler
+    // does not fold the default in.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 #[inline(always)]
@@ -113,84 +173,12 @@ fn bump(index: u32, by: u64) {
     }
 }
 
-/// The filter every program starts with.
+/// The cgroup filter.
 #[inline(always)]
 fn targeted() -> bool {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only tested for presence.
     unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some()
-}
-
-#[inline(always)]
-fn stash(
-    ctx: &TracePointContext,
-    kind: u8,
-    fd_arg: usize,
-    buf_arg: usize,
-    count_arg: usize,
-) -> u32 {
-    if !targeted() {
-        return 0;
-    }
-    let args = SyscallArgs {
-        kind,
-        _pad: [0; 3],
-        fd: arg(ctx, fd_arg) as u32,
-        buf: if buf_arg < NO_ARG {
-            arg(ctx, buf_arg)
-        } else {
-            0
-        },
-        count: if count_arg < NO_ARG {
-            arg(ctx, count_arg)
-        } else {
-            0
-        },
-    };
-    let _ = ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
-    0
-}
-
-/// `struct user_msghdr`: msg_iov at 16, msg_iovlen at 24.
-#[inline(always)]
-fn stash_msg(ctx: &TracePointContext) -> u32 {
-    if !targeted() {
-        return 0;
-    }
-    let msg = arg(ctx, 1);
-    // SAFETY: user memory is read with bpf_probe_read_user, which fails cleanly on bad pointers.
-    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
-    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
-    let args = SyscallArgs {
-        kind: args_kind::IOV,
-        _pad: [0; 3],
-        fd: arg(ctx, 0) as u32,
-        buf: iov,
-        count: iovlen,
-    };
-    let _ = ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
-    0
-}
-
-/// Takes back what sys_enter stashed for this thread.
-#[inline(always)]
-fn take_args() -> Option<SyscallArgs> {
-    if !targeted() {
-        return None;
-    }
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let args = unsafe { ARGS.get(&id) }.copied();
-    match args {
-        Some(a) => {
-            let _ = ARGS.remove(&id);
-            Some(a)
-        }
-        None => {
-            bump(counter::ARGS_MISSING, 1);
-            None
-        }
-    }
 }
 
 /// Starts a new generation of (tgid, fd): after accept/connect, or on the first transfer of a
@@ -287,7 +275,7 @@ fn emit_chunk(hdr: &EventHeader, pos: u64, src: u64, len: u64, copy: bool, extra
     let bytes = unsafe {
         core::slice::from_raw_parts(buf as *const EventBuf as *const u8, EVENT_HEADER_LEN + n)
     };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         bump(counter::EVENTS_LOST, 1);
         bump(counter::BYTES_LOST, len);
     } else {
@@ -312,27 +300,16 @@ struct CopyState {
     rem: u64,
 }
 
-/// One chunk of a plain buffer per iteration; returns 1 to stop.
-extern "C" fn copy_buf_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer given to it: a CopyState on the caller's stack.
-    let st = unsafe { &mut *(ctx as *mut CopyState) };
-    if st.done >= st.total {
+/// One step per iteration: for an iovec array, load the next iovec when the current one is
+/// used up; then copy one chunk. Returns 1 to stop. One callback for both shapes keeps a single
+/// `bpf_loop` call site, which the verifier checks once.
+extern "C" fn copy_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(st) = COPY.get_ptr_mut(0) else {
         return 1;
-    }
-    let mut n = st.total - st.done;
-    if n > MAX_CHUNK as u64 {
-        n = MAX_CHUNK as u64;
-    }
-    emit_chunk(&st.hdr, st.pos + st.done, st.src + st.done, n, true, 0);
-    st.done += n;
-    0
-}
-
-/// One step over an iovec array per iteration: load the next iovec, or copy one chunk of the
-/// current one; returns 1 to stop.
-extern "C" fn copy_iov_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: as in copy_buf_step.
-    let st = unsafe { &mut *(ctx as *mut CopyState) };
+    };
+    // SAFETY: per-CPU map value; the program runs with migration disabled and the copy in
+    // progress is the only user.
+    let st = unsafe { &mut *st };
     if st.done >= st.total {
         return 1;
     }
@@ -364,61 +341,97 @@ extern "C" fn copy_iov_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Copies `total` bytes from a buffer (`iovcnt == None`) or an iovec array, in chunk events,
-/// then reports whatever a limit left uncopied as one gap event.
+/// Copies `total` bytes from `src` (a plain buffer when `iovcnt == 0`, else an iovec array),
+/// in chunk events, then reports whatever a limit left uncopied as one gap event.
 #[inline(always)]
-fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: Option<u64>, total: u64) {
-    let mut st = CopyState {
+fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64) {
+    let plain = iovcnt == 0;
+    let Some(st) = COPY.get_ptr_mut(0) else {
+        return;
+    };
+    let state = CopyState {
         hdr: *hdr,
         pos,
         total,
         done: 0,
-        src: if iovcnt.is_none() { src } else { 0 },
+        // A plain buffer is one iovec that is already loaded.
+        src: if plain { src } else { 0 },
         iov: src,
-        iovcnt: iovcnt.unwrap_or(0),
+        iovcnt,
         idx: 0,
-        rem: 0,
+        rem: if plain { total } else { 0 },
     };
-    let (step, loops): (extern "C" fn(u32, *mut core::ffi::c_void) -> i64, u32) = match iovcnt {
-        None => (copy_buf_step, MAX_CHUNKS_PER_CALL),
-        Some(_) => (copy_iov_step, MAX_CHUNKS_PER_CALL + MAX_IOVECS),
-    };
-    // SAFETY: bpf_loop calls `step` at most `loops` times with a pointer to `st`, which lives
-    // on this stack frame for the whole call.
+    // SAFETY: per-CPU map value, see copy_step. Written through the raw pointer and read back
+    // volatile below: the callback changes it behind any reference we could hold.
+    unsafe { st.write(state) };
+    // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its state
+    // from COPY, not from the context pointer.
     unsafe {
         bpf_loop(
-            loops,
-            step as *mut core::ffi::c_void,
-            &mut st as *mut CopyState as *mut core::ffi::c_void,
+            MAX_CHUNKS_PER_CALL + MAX_IOVECS,
+            copy_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
             0,
         );
     }
-    if st.done < total {
-        emit_chunk(
-            hdr,
-            pos + st.done,
-            0,
-            total - st.done,
-            false,
-            flags::LIMIT_HIT,
-        );
+    // SAFETY: as above; the callback has finished with it.
+    let done = unsafe { core::ptr::read_volatile(&raw const (*st).done) };
+    if done < total {
+        emit_chunk(hdr, pos + done, 0, total - done, false, flags::LIMIT_HIT);
     }
 }
 
-#[inline(always)]
-fn on_transfer_exit(ctx: &TracePointContext, dir: u8) -> u32 {
-    let Some(args) = take_args() else {
-        return 0;
+/// How a syscall moves its bytes.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `(fd, buf, count)`: read, write, recvfrom, sendto.
+    Buf,
+    /// `(fd, iov, iovcnt)`: readv, writev.
+    Iov,
+    /// `(fd, msghdr)`: recvmsg, sendmsg; the iovecs are in the msghdr.
+    Msg,
+    /// sendfile: bytes move kernel-side; only their count is known.
+    Kernel,
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let regs = Regs(ctx.arg::<u64>(0));
+    let ret = ctx.arg::<i64>(1);
+    let nr = regs.nr();
+    let (dir, via) = match nr {
+        arch::READ | arch::RECVFROM => (direction::INGRESS, Via::Buf),
+        arch::WRITE | arch::SENDTO => (direction::EGRESS, Via::Buf),
+        arch::READV => (direction::INGRESS, Via::Iov),
+        arch::WRITEV => (direction::EGRESS, Via::Iov),
+        arch::RECVMSG => (direction::INGRESS, Via::Msg),
+        arch::SENDMSG => (direction::EGRESS, Via::Msg),
+        arch::SENDFILE => (direction::EGRESS, Via::Kernel),
+        arch::CONNECT | arch::ACCEPT | arch::ACCEPT4 | arch::CLOSE => {
+            if targeted() {
+                on_lifecycle(&ctx, &regs, nr, ret);
+            }
+            return 0;
+        }
+        _ => return 0,
     };
-    let n = ret(ctx);
-    if n <= 0 {
+    if ret <= 0 || !targeted() {
         return 0;
     }
-    let n = n as u64;
+    on_transfer(&regs, dir, via, ret as u64);
+    0
+}
+
+#[inline(always)]
+fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { tgid, fd: args.fd };
+    let key = ConnKey {
+        tgid,
+        fd: regs.arg(0) as u32,
+    };
     let Some(state) = conn_for_transfer(&key) else {
-        return 0;
+        return;
     };
     // SAFETY: map value pointer valid for the program's duration. Two threads transferring on
     // one fd at the same instant could race here; user space's reordering absorbs that.
@@ -428,134 +441,61 @@ fn on_transfer_exit(ctx: &TracePointContext, dir: u8) -> u32 {
         ((*state).generation, pos)
     };
     let hdr = header(&key, generation, dir, kind::DATA);
-    match args.kind {
-        args_kind::BUF => emit_transfer(&hdr, pos, args.buf, None, n),
-        args_kind::IOV => emit_transfer(&hdr, pos, args.buf, Some(args.count), n),
-        _ => emit_chunk(&hdr, pos, 0, n, false, flags::UNCOPYABLE),
-    }
-    0
-}
-
-// read(fd, buf, count) / write(fd, buf, count)
-#[tracepoint]
-pub fn enter_read(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::BUF, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_read(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::INGRESS)
-}
-#[tracepoint]
-pub fn enter_write(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::BUF, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_write(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::EGRESS)
-}
-
-// readv(fd, iov, iovcnt) / writev(fd, iov, iovcnt)
-#[tracepoint]
-pub fn enter_readv(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::IOV, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_readv(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::INGRESS)
-}
-#[tracepoint]
-pub fn enter_writev(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::IOV, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_writev(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::EGRESS)
-}
-
-// recvfrom(fd, buf, len, flags, addr, addrlen) / sendto(fd, buf, len, flags, addr, addrlen)
-#[tracepoint]
-pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::BUF, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_recvfrom(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::INGRESS)
-}
-#[tracepoint]
-pub fn enter_sendto(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::BUF, 0, 1, 2)
-}
-#[tracepoint]
-pub fn exit_sendto(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::EGRESS)
-}
-
-// recvmsg(fd, msg, flags) / sendmsg(fd, msg, flags)
-#[tracepoint]
-pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
-    stash_msg(&ctx)
-}
-#[tracepoint]
-pub fn exit_recvmsg(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::INGRESS)
-}
-#[tracepoint]
-pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
-    stash_msg(&ctx)
-}
-#[tracepoint]
-pub fn exit_sendmsg(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::EGRESS)
-}
-
-// sendfile64(out_fd, in_fd, offset, count): the payload never passes through user memory, so
-// it is reported as a gap of the right length on out_fd.
-#[tracepoint]
-pub fn enter_sendfile(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::SENDFILE, 0, NO_ARG, NO_ARG)
-}
-#[tracepoint]
-pub fn exit_sendfile(ctx: TracePointContext) -> u32 {
-    on_transfer_exit(&ctx, direction::EGRESS)
-}
-
-// connect(fd, addr, addrlen)
-#[tracepoint]
-pub fn enter_connect(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::CONNECT, 0, 1, NO_ARG)
-}
-#[tracepoint]
-pub fn exit_connect(ctx: TracePointContext) -> u32 {
-    let Some(args) = take_args() else {
-        return 0;
+    // (buffer or iovec array, iovec count; 0 for a plain buffer)
+    let (src, iovcnt) = match via {
+        Via::Buf => (regs.arg(1), 0),
+        Via::Iov => (regs.arg(1), regs.arg(2)),
+        Via::Msg => {
+            // `struct user_msghdr`: msg_iov at 16, msg_iovlen at 24.
+            let msg = regs.arg(1);
+            // SAFETY: user memory via bpf_probe_read_user, which fails cleanly.
+            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            (iov, iovlen)
+        }
+        Via::Kernel => {
+            emit_chunk(&hdr, pos, 0, n, false, flags::UNCOPYABLE);
+            return;
+        }
     };
-    let r = ret(&ctx);
-    if r != 0 && r != -EINPROGRESS {
-        return 0;
+    // An iovec array with no entries moved nothing; (0, 0) would read as a plain buffer.
+    if iovcnt == 0 && !matches!(via, Via::Buf) {
+        emit_chunk(&hdr, pos, 0, n, false, flags::LIMIT_HIT);
+        return;
     }
-    on_open(&ctx, args.fd, args.buf, flags::ROLE_CLIENT, NO_FD);
-    0
+    emit_transfer(&hdr, pos, src, iovcnt, n);
 }
 
-// accept(fd, upeer_sockaddr, upeer_addrlen) / accept4(..., flags): the new fd is the return value.
-#[tracepoint]
-pub fn enter_accept(ctx: TracePointContext) -> u32 {
-    stash(&ctx, args_kind::ACCEPT, 0, 1, NO_ARG)
-}
-#[tracepoint]
-pub fn exit_accept(ctx: TracePointContext) -> u32 {
-    let Some(args) = take_args() else {
-        return 0;
-    };
-    let r = ret(&ctx);
-    if r < 0 {
-        return 0;
+/// connect, accept/accept4 (a connection opens) and close (it ends).
+#[inline(always)]
+fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64) {
+    match nr {
+        // connect(fd, addr, addrlen): 0, or EINPROGRESS for a non-blocking socket.
+        arch::CONNECT if ret == 0 || ret == -EINPROGRESS => {
+            on_open(
+                ctx,
+                regs.arg(0) as u32,
+                regs.arg(1),
+                flags::ROLE_CLIENT,
+                NO_FD,
+            );
+        }
+        // accept(fd, upeer_sockaddr, upeer_addrlen[, flags]): the new fd; the address is filled.
+        arch::ACCEPT | arch::ACCEPT4 if ret >= 0 => {
+            on_open(
+                ctx,
+                ret as u32,
+                regs.arg(1),
+                flags::ROLE_SERVER,
+                regs.arg(0) as u32,
+            );
+        }
+        arch::CLOSE if ret == 0 => on_close(regs.arg(0) as u32),
+        _ => {}
     }
-    on_open(&ctx, r as u32, args.buf, flags::ROLE_SERVER, args.fd);
-    0
 }
 
-fn on_open(ctx: &TracePointContext, fd: u32, sockaddr: u64, role: u16, listen_fd: u32) {
+fn on_open(ctx: &RawTracePointContext, fd: u32, sockaddr: u64, role: u16, listen_fd: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
     let mut addr = SockAddr {
@@ -606,53 +546,45 @@ fn on_open(ctx: &TracePointContext, fd: u32, sockaddr: u64, role: u16, listen_fd
     };
     buf.data[..size_of::<SockAddr>()].copy_from_slice(raw);
     buf.header.cap_len = size_of::<SockAddr>() as u32;
+    // SAFETY: see emit_chunk.
     let bytes = unsafe {
         core::slice::from_raw_parts(
             buf as *const EventBuf as *const u8,
             EVENT_HEADER_LEN + size_of::<SockAddr>(),
         )
     };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         bump(counter::EVENTS_LOST, 1);
     } else {
         bump(counter::EVENTS, 1);
     }
 }
 
-// close(fd): the connection ends; a reused fd number starts a new generation.
-#[tracepoint]
-pub fn enter_close(ctx: TracePointContext) -> u32 {
-    if !targeted() {
-        return 0;
-    }
+/// close(fd) succeeded: the connection ends; a reused fd number starts a new generation.
+#[inline(always)]
+fn on_close(fd: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey {
-        tgid,
-        fd: arg(&ctx, 0) as u32,
-    };
+    let key = ConnKey { tgid, fd };
     let Some(state) = CONNS.get_ptr_mut(&key) else {
-        return 0;
+        return;
     };
     // SAFETY: map value pointer valid for the program's duration.
     let (generation, muted) = unsafe { ((*state).generation, (*state).muted) };
     let _ = CONNS.remove(&key);
-    let muted_key = MutedKey {
+    let _ = MUTED.remove(&MutedKey {
         tgid,
-        fd: key.fd,
+        fd,
         generation,
-    };
-    let _ = MUTED.remove(&muted_key);
+    });
     if muted != 0 {
-        return 0;
+        return;
     }
-    let mut hdr = header(&key, generation, 0, kind::CLOSE);
-    hdr.cap_len = 0;
-    if EVENTS.output::<EventHeader>(&hdr, 0).is_err() {
+    let hdr = header(&key, generation, 0, kind::CLOSE);
+    if EVENTS.output::<EventHeader>(&hdr, wakeup_flags()).is_err() {
         bump(counter::EVENTS_LOST, 1);
     } else {
         bump(counter::EVENTS, 1);
     }
-    0
 }
 
 #[cfg(not(test))]
