@@ -12,11 +12,13 @@ pub const EVENT_ABI: u32 = 2;
 /// Largest payload copied into one data event. A transfer larger than this is split into
 /// several chunk events, each with its own byte position.
 pub const MAX_CHUNK: usize = 16 * 1024;
-/// Bound on chunk events one syscall may produce (the verifier needs a constant bound).
-/// Bytes beyond `MAX_CHUNK * MAX_CHUNKS_PER_CALL` are reported as a gap, never dropped silently.
+/// Default bound on chunk events one syscall may produce (4 MiB); the daemon sets the real one
+/// at load. Bytes beyond it are reported as a gap, never dropped silently.
 pub const MAX_CHUNKS_PER_CALL: u32 = 256;
-/// Bound on iovecs walked for readv/writev/recvmsg/sendmsg; the rest is reported as a gap.
+/// Default bound on iovecs walked for readv/writev/recvmsg/sendmsg; the rest is a gap.
 pub const MAX_IOVECS: u32 = 64;
+/// Upper bound on chunks + iovecs per syscall: `bpf_loop` accepts at most 1 << 23 iterations.
+pub const MAX_LOOP_STEPS: u32 = 1 << 23;
 
 /// Event kinds, in `EventHeader::kind`.
 pub mod kind {

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::http1::Http1Limits;
+use crate::{ebpf::KernelLimits, http1::Http1Limits};
 
 /// Flags and file keys. Every field is optional here so file values and defaults can be
 /// layered; [`Config`] is the validated result.
@@ -60,6 +60,12 @@ pub struct Flags {
     /// Size of the kernel-to-daemon ring buffer; a power of two (default 16 MiB).
     #[arg(long = "ring-buffer-bytes", value_name = "N")]
     pub ring_buffer_bytes: Option<u32>,
+    /// Bytes of one read/write copied at most; the rest is reported as a gap (default 4 MiB).
+    #[arg(long = "max-capture-bytes-per-syscall", value_name = "N")]
+    pub max_capture_bytes_per_syscall: Option<u32>,
+    /// iovecs walked per readv/writev/recvmsg/sendmsg; the rest is a gap (default 64).
+    #[arg(long = "max-iovecs", value_name = "N")]
+    pub max_iovecs: Option<u32>,
     /// Most connections tracked at once; new ones past it are not captured (default 16384).
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -101,7 +107,7 @@ pub struct Config {
     pub redact_query: Vec<String>,
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
-    pub ring_buffer_bytes: u32,
+    pub kernel: KernelLimits,
     pub max_connections: usize,
     pub max_conn_buffer_bytes: usize,
     pub http1: Http1Limits,
@@ -153,6 +159,8 @@ impl Flags {
             metrics_addr,
             log_format,
             ring_buffer_bytes,
+            max_capture_bytes_per_syscall,
+            max_iovecs,
             max_connections,
             max_conn_buffer_bytes,
             max_header_bytes,
@@ -242,6 +250,37 @@ impl Config {
                 "must be a power of two of at least 65536",
             ));
         }
+        let kernel_defaults = KernelLimits::default();
+        let max_capture_bytes_per_syscall = f
+            .max_capture_bytes_per_syscall
+            .unwrap_or(kernel_defaults.max_capture_bytes_per_syscall);
+        let max_iovecs = f.max_iovecs.unwrap_or(kernel_defaults.max_iovecs);
+        if max_capture_bytes_per_syscall == 0 {
+            return Err(invalid(
+                "--max-capture-bytes-per-syscall",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if max_iovecs == 0 || max_iovecs > 1024 {
+            return Err(invalid(
+                "--max-iovecs",
+                max_iovecs,
+                "must be between 1 and 1024 (IOV_MAX)",
+            ));
+        }
+        let kernel = KernelLimits {
+            ring_buffer_bytes,
+            max_capture_bytes_per_syscall,
+            max_iovecs,
+        };
+        if kernel.max_chunks() + max_iovecs > capture_common::MAX_LOOP_STEPS {
+            return Err(invalid(
+                "--max-capture-bytes-per-syscall",
+                max_capture_bytes_per_syscall,
+                "too large for one bpf_loop (at most 8 million 16 KiB chunks)",
+            ));
+        }
         let max_connections = f.max_connections.unwrap_or(16384);
         if max_connections == 0 {
             return Err(invalid("--max-connections", 0, "must be at least 1"));
@@ -300,7 +339,7 @@ impl Config {
             redact_query: f.redact_query,
             metrics_addr,
             log_format,
-            ring_buffer_bytes,
+            kernel,
             max_connections,
             max_conn_buffer_bytes,
             http1: Http1Limits {
@@ -354,6 +393,16 @@ mod tests {
         assert!(e.contains("--log-format") && e.contains("xml"), "{e}");
         let e = parse(&["--target-pid", "1", "--ring-buffer-bytes", "1000"]).unwrap_err();
         assert!(e.to_string().contains("--ring-buffer-bytes"), "{e}");
+        let e = parse(&["--target-pid", "1", "--max-iovecs", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--max-iovecs"), "{e}");
+        let c = parse(&[
+            "--target-pid",
+            "1",
+            "--max-capture-bytes-per-syscall",
+            "20000",
+        ])
+        .unwrap();
+        assert_eq!(c.kernel.max_chunks(), 2);
         let e = parse(&["--target-pid", "1", "--idle-timeout", "soon"]).unwrap_err();
         assert!(e.to_string().contains("--idle-timeout"), "{e}");
         let e = parse(&["--target-pid", "1", "--redact-header", "bad name"]).unwrap_err();

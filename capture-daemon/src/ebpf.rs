@@ -39,6 +39,34 @@ pub enum EbpfError {
     Load(String),
 }
 
+/// Limits the kernel programs enforce, set at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLimits {
+    pub ring_buffer_bytes: u32,
+    /// Bytes of one syscall copied at most; the rest is reported as a gap.
+    pub max_capture_bytes_per_syscall: u32,
+    pub max_iovecs: u32,
+}
+
+impl Default for KernelLimits {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 16 * 1024 * 1024,
+            max_capture_bytes_per_syscall: capture_common::MAX_CHUNKS_PER_CALL
+                * capture_common::MAX_CHUNK as u32,
+            max_iovecs: capture_common::MAX_IOVECS,
+        }
+    }
+}
+
+impl KernelLimits {
+    /// Chunk events per syscall: the byte limit in 16 KiB chunks, rounded up.
+    pub fn max_chunks(&self) -> u32 {
+        self.max_capture_bytes_per_syscall
+            .div_ceil(capture_common::MAX_CHUNK as u32)
+    }
+}
+
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -83,7 +111,8 @@ impl KernelCounterReader {
 impl Capture {
     /// Loads the programs with a ring buffer of `ring_buffer_bytes` and attaches them all.
     /// Until targets are set nothing is captured: every program returns at its first check.
-    pub fn load(ring_buffer_bytes: u32) -> Result<Self, EbpfError> {
+    pub fn load(limits: &KernelLimits) -> Result<Self, EbpfError> {
+        let ring_buffer_bytes = limits.ring_buffer_bytes;
         // Wake the reader when an eighth of the ring is waiting; otherwise the reader's drain
         // timer picks events up.
         let wakeup_bytes = u64::from(ring_buffer_bytes / 8);
@@ -104,6 +133,8 @@ impl Capture {
             .btf(None)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("MAX_CHUNKS", &limits.max_chunks(), true)
+            .override_global("MAX_IOVS", &limits.max_iovecs, true)
             .load(OBJECT)
             .map_err(classify_load_error)?;
         match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -256,7 +287,11 @@ mod tests {
     /// kernel. Needs root (CI runs as root); fails rather than skips without it.
     #[tokio::test]
     async fn programs_load_and_attach() {
-        let mut capture = Capture::load(1 << 20).expect("eBPF programs must load (run as root)");
+        let mut capture = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 20,
+            ..KernelLimits::default()
+        })
+        .expect("eBPF programs must load (run as root)");
         let ids = BTreeSet::from([1u64, 2, 3]);
         capture.set_targets(&ids).unwrap();
         capture.set_targets(&BTreeSet::from([3u64])).unwrap();
@@ -314,7 +349,11 @@ mod tests {
 
         use crate::intake::{self, Direction, Event};
 
-        let mut capture = Capture::load(1 << 22).unwrap();
+        let mut capture = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 22,
+            ..KernelLimits::default()
+        })
+        .unwrap();
         let cg = TestCgroup::new("ebpf");
         capture
             .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
@@ -397,5 +436,66 @@ mod tests {
             "{counters:?} for {} events",
             events.len()
         );
+    }
+
+    /// A transfer larger than `--max-capture-bytes-per-syscall` is copied up to the limit and
+    /// the rest arrives as a gap event of the right length, counted as a truncation.
+    #[tokio::test]
+    async fn per_syscall_limit_reports_the_rest_as_a_gap() {
+        use std::io::{Read as _, Write as _};
+
+        use crate::intake::{self, Direction, Event};
+
+        let limits = KernelLimits {
+            ring_buffer_bytes: 1 << 22,
+            max_capture_bytes_per_syscall: 16 * 1024,
+            ..KernelLimits::default()
+        };
+        let mut capture = Capture::load(&limits).unwrap();
+        let cg = TestCgroup::new("limit");
+        capture
+            .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
+            .unwrap();
+        let mut ring = capture.take_events().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let big = "y".repeat(40_000);
+        let mut client = python_client(Some(&cg), port, &big);
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 40_005];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(b"pong").unwrap();
+        let pid = client.id();
+        assert!(client.wait().unwrap().success());
+
+        let records: Vec<Vec<u8>> =
+            std::iter::from_fn(|| ring.next().map(|r| r.to_vec())).collect();
+        let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
+        let socket = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Open { conn, .. } if conn.tgid == pid => Some(*conn),
+                _ => None,
+            })
+            .expect("OPEN event");
+        let egress: Vec<(u64, u64, usize)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Data {
+                    conn,
+                    direction: Direction::Egress,
+                    pos,
+                    len,
+                    payload,
+                    ..
+                } if *conn == socket => Some((*pos, *len, payload.len())),
+                _ => None,
+            })
+            .collect();
+        // One 16 KiB chunk, then the rest of the 40000-byte send as a gap; then writev's bytes.
+        assert_eq!(egress[0], (0, 16_384, 16_384), "{egress:?}");
+        assert_eq!(egress[1], (16_384, 40_000 - 16_384, 0), "{egress:?}");
+        assert_eq!(egress[2].0, 40_000, "{egress:?}");
+        assert!(capture.counters().truncations >= 1);
     }
 }

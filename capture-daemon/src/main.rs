@@ -80,7 +80,7 @@ async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     }
-    let mut capture = Capture::load(cfg.ring_buffer_bytes)?;
+    let mut capture = Capture::load(&cfg.kernel)?;
     metrics.set_kernel(capture.counter_reader());
     let ids = targets.iter().map(|t| t.id).collect();
     capture.set_targets(&ids)?;

@@ -55,6 +55,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
 
+/// Chunk events one syscall may produce (`--max-capture-bytes-per-syscall` / 16 KiB); bytes past
+/// them are reported as a gap. Set by user space at load.
+#[unsafe(no_mangle)]
+static MAX_CHUNKS: u32 = MAX_CHUNKS_PER_CALL;
+
+/// iovecs walked per readv/writev/recvmsg/sendmsg (`--max-iovecs`); the rest is a gap.
+#[unsafe(no_mangle)]
+static MAX_IOVS: u32 = MAX_IOVECS;
+
 #[map]
 static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
 
@@ -298,6 +307,8 @@ struct CopyState {
     iovcnt: u64,
     idx: u64,
     rem: u64,
+    /// Chunk events emitted so far, against `MAX_CHUNKS`.
+    chunks: u64,
 }
 
 /// One step per iteration: for an iovec array, load the next iovec when the current one is
@@ -314,7 +325,9 @@ extern "C" fn copy_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     if st.rem == 0 {
-        if st.idx >= st.iovcnt || st.idx >= MAX_IOVECS as u64 {
+        // SAFETY: a constant the loader may have rewritten; volatile so it is not folded.
+        let max_iovs = unsafe { core::ptr::read_volatile(&MAX_IOVS) };
+        if st.idx >= st.iovcnt || st.idx >= u64::from(max_iovs) {
             return 1;
         }
         // SAFETY: `struct iovec { void *iov_base; size_t iov_len; }`, read from user memory.
@@ -330,11 +343,16 @@ extern "C" fn copy_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
         }
         return 0;
     }
+    // SAFETY: a constant the loader may have rewritten; volatile so it is not folded.
+    if st.chunks >= u64::from(unsafe { core::ptr::read_volatile(&MAX_CHUNKS) }) {
+        return 1;
+    }
     let mut n = st.rem;
     if n > MAX_CHUNK as u64 {
         n = MAX_CHUNK as u64;
     }
     emit_chunk(&st.hdr, st.pos + st.done, st.src, n, true, 0);
+    st.chunks += 1;
     st.src += n;
     st.rem -= n;
     st.done += n;
@@ -360,15 +378,19 @@ fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64)
         iovcnt,
         idx: 0,
         rem: if plain { total } else { 0 },
+        chunks: 0,
     };
     // SAFETY: per-CPU map value, see copy_step. Written through the raw pointer and read back
     // volatile below: the callback changes it behind any reference we could hold.
     unsafe { st.write(state) };
     // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its state
     // from COPY, not from the context pointer.
+    // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
+    let steps =
+        unsafe { core::ptr::read_volatile(&MAX_CHUNKS) + core::ptr::read_volatile(&MAX_IOVS) };
     unsafe {
         bpf_loop(
-            MAX_CHUNKS_PER_CALL + MAX_IOVECS,
+            steps,
             copy_step as *mut core::ffi::c_void,
             core::ptr::null_mut(),
             0,
