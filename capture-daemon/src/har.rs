@@ -1,9 +1,13 @@
 //! HAR 1.2 `entry` objects: the output schema of DESIGN.md §5 (user docs:
 //! docs/output-schema.md).
 //!
-//! [`entry_json_line`] turns one (already redacted) [`Exchange`] into one line of JSON, with
-//! the fields in HAR order; [`entry`] gives the same object as a [`serde_json::Value`]. Choices
-//! the HAR spec leaves open, and kept the same everywhere:
+//! [`write_entry`] appends one (already redacted) [`Exchange`] as one line of JSON to a byte
+//! buffer, with the fields in HAR order; [`entry_json_line`] returns that line as a `String`
+//! and [`entry`] gives the same object as a [`serde_json::Value`]. The entry is a tree of
+//! `Serialize` structs that borrow from the exchange and is written straight into the buffer:
+//! the only text built on the way is the URL and the query parameters that need
+//! percent-decoding (base64 bodies, dates and addresses are formatted as they are written).
+//! Choices the HAR spec leaves open, and kept the same everywhere:
 //! - optional HAR fields (`postData`, `serverIPAddress`, `connection`, `content.encoding`) are
 //!   absent when they do not apply; HAR fields that must be present but are unknown take the
 //!   HAR convention (`-1` for sizes and timings, `""` for strings, `0` for a missing status);
@@ -11,10 +15,14 @@
 //!   `content_decoding`) and `_trailers` are absent when they do not apply; the other
 //!   `_capture` fields are always present, with `null` for a value that is not known.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
-use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use serde::Serialize;
+use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
+use serde::{Serialize, Serializer};
 
 use crate::{
     clock::WallClock,
@@ -29,18 +37,33 @@ use crate::{
               can fail to serialise (serde_json only fails on non-string map keys)"
 )]
 pub fn entry(ex: &Exchange, clock: &WallClock) -> serde_json::Value {
-    serde_json::to_value(HarEntry::new(ex, clock)).expect("HAR entry serialises")
+    let url = request_url(&ex.request, &ex.conn);
+    serde_json::to_value(HarEntry::new(ex, clock, &url)).expect("HAR entry serialises")
 }
 
-/// The HAR entry of `ex` as one line of JSON, without a trailing newline. JSON strings escape
-/// control characters, so the line never contains a newline.
+/// Appends the HAR entry of `ex` to `out` as one line of JSON, without a trailing newline.
+/// JSON strings escape control characters, so the line never contains a line break.
+///
+/// Nothing is allocated on the way but the URL and percent-decoded query parameters (and
+/// `out` growing): reuse `out` across entries.
 #[expect(
     clippy::expect_used,
-    reason = "the entry is plain structs of strings, numbers, bools and lists: nothing in it \
-              can fail to serialise (serde_json only fails on non-string map keys)"
+    reason = "the entry is plain structs of strings, numbers, bools and lists, written to a \
+              Vec: nothing in it can fail to serialise (serde_json only fails on non-string \
+              map keys and on I/O errors, which a Vec has none of)"
 )]
+pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
+    let url = request_url(&ex.request, &ex.conn);
+    serde_json::to_writer(out, &HarEntry::new(ex, clock, &url)).expect("HAR entry serialises");
+}
+
+/// The HAR entry of `ex` as one line of JSON, without a trailing newline (see
+/// [`write_entry`], which writes it into a reused buffer instead).
 pub fn entry_json_line(ex: &Exchange, clock: &WallClock) -> String {
-    serde_json::to_string(&HarEntry::new(ex, clock)).expect("HAR entry serialises")
+    let mut out = Vec::new();
+    write_entry(ex, clock, &mut out);
+    // serde_json writes UTF-8 only; the lossy branch is never taken.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The absolute URL of a request, as HAR `request.url` wants it (RFC 9112 §3.3 reconstructs
@@ -79,7 +102,25 @@ fn is_absolute_form(target: &str) -> bool {
     scheme_end(target).is_some_and(|colon| target[colon..].starts_with("://"))
 }
 
-fn request_authority(request: &Request, conn: &ConnMeta) -> String {
+/// The authority of a request that is not in absolute form: a header's value, or the server
+/// address of the connection.
+enum Authority<'a> {
+    Header(&'a str),
+    Addr(SocketAddr),
+    Unknown,
+}
+
+impl fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Header(authority) => f.write_str(authority),
+            Self::Addr(addr) => addr.fmt(f),
+            Self::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+fn request_authority<'a>(request: &'a Request, conn: &ConnMeta) -> Authority<'a> {
     // RFC 9113 §8.3.1: HTTP/2 carries the authority in `:authority`, or in Host.
     let from_header = (request.version == HttpVersion::Http2)
         .then(|| header_value(&request.headers, ":authority"))
@@ -87,55 +128,48 @@ fn request_authority(request: &Request, conn: &ConnMeta) -> String {
         .filter(|authority| !authority.is_empty())
         .or_else(|| header_value(&request.headers, "host").filter(|host| !host.is_empty()));
     match (from_header, conn.dst) {
-        (Some(authority), _) => authority.to_owned(),
-        (None, Some(dst)) => dst.to_string(),
-        (None, None) => "unknown".to_owned(),
+        (Some(authority), _) => Authority::Header(authority),
+        (None, Some(dst)) => Authority::Addr(dst),
+        (None, None) => Authority::Unknown,
     }
 }
 
-/// The decoded `name=value` pairs of the URL's query (application/x-www-form-urlencoded).
-fn query_string(url: &str) -> Vec<NameValue<'static>> {
-    let Some((_, rest)) = url.split_once('?') else {
-        return Vec::new();
-    };
-    let query = rest.split_once('#').map_or(rest, |(query, _)| query);
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(name, value)| NameValue {
-            name: Cow::Owned(name.into_owned()),
-            value: Cow::Owned(value.into_owned()),
-        })
-        .collect()
+/// Serialises a `Display` value as a JSON string, written piece by piece (no `String`).
+fn display<T: fmt::Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct HarEntry<'a> {
-    started_date_time: String,
+    #[serde(serialize_with = "display")]
+    started_date_time: humantime::Rfc3339Timestamp,
     time: f64,
     request: HarRequest<'a>,
     response: HarResponse<'a>,
     cache: Empty,
     timings: Timings,
     #[serde(rename = "serverIPAddress", skip_serializing_if = "Option::is_none")]
-    server_ip_address: Option<String>,
+    server_ip_address: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     connection: Option<&'a str>,
     #[serde(rename = "_capture")]
     capture: Capture<'a>,
-    #[serde(rename = "_trailers", skip_serializing_if = "Vec::is_empty")]
-    trailers: Vec<NameValue<'a>>,
+    #[serde(rename = "_trailers", skip_serializing_if = "NameValues::is_empty")]
+    trailers: NameValues<'a>,
 }
 
 impl<'a> HarEntry<'a> {
-    fn new(ex: &'a Exchange, clock: &WallClock) -> Self {
+    /// `url` is [`request_url`] of the exchange.
+    fn new(ex: &'a Exchange, clock: &WallClock, url: &'a str) -> Self {
         let timing = Edges::new(ex);
         let started = clock.to_system_time(ex.timing.request_start_ns);
         Self {
             // WallClock clamps to years 1970..=9999, which humantime always formats; the
             // format is UTC with a `Z`, whatever the local time zone.
-            started_date_time: humantime::format_rfc3339_millis(started).to_string(),
+            started_date_time: humantime::format_rfc3339_millis(started),
             time: ms(timing.total_ns()),
-            request: HarRequest::new(&ex.request, &ex.conn),
+            request: HarRequest::new(&ex.request, url),
             response: ex
                 .response
                 .as_ref()
@@ -150,14 +184,10 @@ impl<'a> HarEntry<'a> {
                 receive: ms(timing.receive_ns()),
                 ssl: -1,
             },
-            server_ip_address: ex.conn.dst.map(|dst| dst.ip().to_string()),
+            server_ip_address: ex.conn.dst.map(|dst| dst.ip()),
             connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
             capture: Capture::new(ex),
-            trailers: ex
-                .response
-                .as_ref()
-                .map(|r| name_values(&r.trailers))
-                .unwrap_or_default(),
+            trailers: NameValues(ex.response.as_ref().map_or(&[], |r| &r.trailers)),
         }
     }
 }
@@ -228,14 +258,37 @@ struct NameValue<'a> {
     value: Cow<'a, str>,
 }
 
-fn name_values(headers: &[Header]) -> Vec<NameValue<'_>> {
-    headers
-        .iter()
-        .map(|h| NameValue {
+/// Header (or trailer) fields as a HAR list of `{"name", "value"}` objects.
+struct NameValues<'a>(&'a [Header]);
+
+impl NameValues<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for NameValues<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|h| NameValue {
             name: Cow::Borrowed(&h.name),
             value: Cow::Borrowed(&h.value),
-        })
-        .collect()
+        }))
+    }
+}
+
+/// The decoded `name=value` pairs of a URL's query (application/x-www-form-urlencoded), as a
+/// HAR list. Names and values are borrowed from the URL unless they need decoding.
+struct QueryString<'a>(&'a str);
+
+impl Serialize for QueryString<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let query = self.0.split_once('?').map_or("", |(_, rest)| {
+            rest.split_once('#').map_or(rest, |(query, _)| query)
+        });
+        serializer.collect_seq(
+            form_urlencoded::parse(query.as_bytes()).map(|(name, value)| NameValue { name, value }),
+        )
+    }
 }
 
 /// `{}` (HAR `cache`: nothing is known about caches).
@@ -246,44 +299,43 @@ struct Empty {}
 #[serde(rename_all = "camelCase")]
 struct HarRequest<'a> {
     method: &'a str,
-    url: String,
+    url: &'a str,
     http_version: &'static str,
     /// Always empty: `Cookie` is always redacted.
-    cookies: Vec<NameValue<'a>>,
-    headers: Vec<NameValue<'a>>,
-    query_string: Vec<NameValue<'static>>,
+    cookies: &'static [NameValue<'static>],
+    headers: NameValues<'a>,
+    query_string: QueryString<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     post_data: Option<PostData<'a>>,
     headers_size: i64,
     body_size: i64,
-    #[serde(rename = "_trailers", skip_serializing_if = "Vec::is_empty")]
-    trailers: Vec<NameValue<'a>>,
+    #[serde(rename = "_trailers", skip_serializing_if = "NameValues::is_empty")]
+    trailers: NameValues<'a>,
 }
 
 impl<'a> HarRequest<'a> {
-    fn new(request: &'a Request, conn: &ConnMeta) -> Self {
-        let url = request_url(request, conn);
+    fn new(request: &'a Request, url: &'a str) -> Self {
         let body = &request.body;
         // A request has a body when it sent body bytes (RFC 9112 §6.3); GET/HEAD usually don't.
         let post_data = (body.wire_size > 0 || !body.data.is_empty()).then(|| {
-            let (text, encoding) = body_text(body);
+            let text = body_text(body);
             PostData {
                 mime_type: content_type(&request.headers),
+                encoding: text.encoding(),
                 text,
-                encoding,
             }
         });
         Self {
             method: &request.method,
-            query_string: query_string(&url),
             url,
             http_version: request.version.as_str(),
-            cookies: Vec::new(),
-            headers: name_values(&request.headers),
+            cookies: &[],
+            headers: NameValues(&request.headers),
+            query_string: QueryString(url),
             post_data,
             headers_size: size(request.headers_size),
             body_size: size(body.wire_size),
-            trailers: name_values(&request.trailers),
+            trailers: NameValues(&request.trailers),
         }
     }
 }
@@ -292,7 +344,7 @@ impl<'a> HarRequest<'a> {
 #[serde(rename_all = "camelCase")]
 struct PostData<'a> {
     mime_type: &'a str,
-    text: String,
+    text: BodyText<'a>,
     #[serde(rename = "_encoding", skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
 }
@@ -304,8 +356,8 @@ struct HarResponse<'a> {
     status_text: &'a str,
     http_version: &'static str,
     /// Always empty: `Set-Cookie` is always redacted.
-    cookies: Vec<NameValue<'a>>,
-    headers: Vec<NameValue<'a>>,
+    cookies: &'static [NameValue<'static>],
+    headers: NameValues<'a>,
     content: Content<'a>,
     #[serde(rename = "redirectURL")]
     redirect_url: &'a str,
@@ -315,18 +367,18 @@ struct HarResponse<'a> {
 
 impl<'a> HarResponse<'a> {
     fn new(response: &'a Response) -> Self {
-        let (text, encoding) = body_text(&response.body);
+        let text = body_text(&response.body);
         Self {
             status: response.status,
             status_text: &response.reason,
             http_version: response.version.as_str(),
-            cookies: Vec::new(),
-            headers: name_values(&response.headers),
+            cookies: &[],
+            headers: NameValues(&response.headers),
             content: Content {
                 size: len_size(response.body.data.len()),
                 mime_type: content_type(&response.headers),
+                encoding: text.encoding(),
                 text,
-                encoding,
             },
             redirect_url: header_value(&response.headers, "location").unwrap_or(""),
             headers_size: size(response.headers_size),
@@ -340,12 +392,12 @@ impl<'a> HarResponse<'a> {
             status: 0,
             status_text: "",
             http_version: "",
-            cookies: Vec::new(),
-            headers: Vec::new(),
+            cookies: &[],
+            headers: NameValues(&[]),
             content: Content {
                 size: 0,
                 mime_type: "",
-                text: String::new(),
+                text: BodyText::Text(""),
                 encoding: None,
             },
             redirect_url: "",
@@ -360,7 +412,7 @@ impl<'a> HarResponse<'a> {
 struct Content<'a> {
     size: i64,
     mime_type: &'a str,
-    text: String,
+    text: BodyText<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
 }
@@ -369,9 +421,33 @@ fn content_type(headers: &[Header]) -> &str {
     header_value(headers, "content-type").unwrap_or("")
 }
 
-/// The body as HAR text: the text itself when it is UTF-8 and looks like text, else base64
-/// (then the encoding is `Some("base64")`).
-fn body_text(body: &Body) -> (String, Option<&'static str>) {
+/// A body as HAR text: the text itself, or the bytes in base64 (encoded as they are written).
+enum BodyText<'a> {
+    Text(&'a str),
+    Base64(&'a [u8]),
+}
+
+impl BodyText<'_> {
+    /// The HAR `encoding` of the text.
+    fn encoding(&self) -> Option<&'static str> {
+        match self {
+            Self::Text(_) => None,
+            Self::Base64(_) => Some("base64"),
+        }
+    }
+}
+
+impl Serialize for BodyText<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(text) => serializer.serialize_str(text),
+            Self::Base64(data) => serializer.collect_str(&Base64Display::new(data, &BASE64)),
+        }
+    }
+}
+
+/// The body as HAR text: the text itself when it is UTF-8 and looks like text, else base64.
+fn body_text(body: &Body) -> BodyText<'_> {
     let data = body.data.as_slice();
     let text = match std::str::from_utf8(data) {
         Ok(text) => Some(text),
@@ -383,26 +459,46 @@ fn body_text(body: &Body) -> (String, Option<&'static str>) {
         Err(_) => None,
     };
     match text {
-        Some(text) if looks_textual(text) => (text.to_owned(), None),
-        _ => (BASE64.encode(data), Some("base64")),
+        Some(text) if looks_textual(text) => BodyText::Text(text),
+        _ => BodyText::Base64(data),
     }
 }
 
-/// Text has no NUL and at most one control character in 32 (tab, newlines, form feed and
-/// the escape of terminal colours are not counted).
+/// Text has no NUL and at most one control character (Unicode `Cc`: U+0000..=U+001F and
+/// U+007F..=U+009F) in 32 characters; tab, newlines, form feed and the escape of terminal
+/// colours are not counted.
+///
+/// Counted on the UTF-8 bytes, without decoding characters, so the loop vectorises: a
+/// character starts at every byte that is not a continuation byte (`0b10xx_xxxx`), and the
+/// C1 controls U+0080..=U+009F are the two bytes `C2 80..=9F`.
 fn looks_textual(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut nul = false;
     let mut chars = 0_usize;
     let mut controls = 0_usize;
-    for c in text.chars() {
-        if c == '\0' {
-            return false;
+    // Byte-wide counters, so the loop runs on whole vectors of bytes: a chunk of 255 bytes
+    // cannot overflow them.
+    for chunk in bytes.chunks(255) {
+        let mut chunk_nul = 0_u8;
+        let mut chunk_chars = 0_u8;
+        let mut chunk_controls = 0_u8;
+        for &b in chunk {
+            chunk_nul |= u8::from(b == 0);
+            chunk_chars += u8::from(b & 0xc0 != 0x80);
+            let c0 = b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0c | b'\r' | 0x1b);
+            chunk_controls += u8::from(c0 | (b == 0x7f));
         }
-        chars += 1;
-        if c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b') {
-            controls += 1;
-        }
+        nul |= chunk_nul != 0;
+        chars += usize::from(chunk_chars);
+        controls += usize::from(chunk_controls);
     }
-    controls * 32 <= chars
+    if !text.is_ascii() {
+        controls += bytes
+            .windows(2)
+            .filter(|pair| pair[0] == 0xc2 && pair[1] & 0xe0 == 0x80)
+            .count();
+    }
+    !nul && controls * 32 <= chars
 }
 
 #[derive(Serialize)]
@@ -432,7 +528,6 @@ struct Capture<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     content_decoding: Option<ContentDecoding<'a>>,
 }
-
 impl<'a> Capture<'a> {
     fn new(ex: &'a Exchange) -> Self {
         let w = &ex.workload;
@@ -451,8 +546,8 @@ impl<'a> Capture<'a> {
                 node: w.node.as_deref(),
             },
             conn: ConnOut {
-                src: ex.conn.src.map(|a| a.to_string()),
-                dst: ex.conn.dst.map(|a| a.to_string()),
+                src: ex.conn.src,
+                dst: ex.conn.dst,
                 role: ex.conn.role.map(|r| r.as_str()),
             },
             pid: ex.pid,
@@ -485,9 +580,10 @@ struct WorkloadOut<'a> {
 }
 
 #[derive(Serialize)]
+/// Addresses serialise as their `Display` text (`10.0.0.1:80`, `[fd00::1]:443`).
 struct ConnOut {
-    src: Option<String>,
-    dst: Option<String>,
+    src: Option<SocketAddr>,
+    dst: Option<SocketAddr>,
     role: Option<&'static str>,
 }
 
@@ -534,6 +630,7 @@ impl<'a> Decoding<'a> {
 mod tests {
     use std::net::SocketAddr;
 
+    use base64::Engine as _;
     use serde_json::{Value, json};
 
     use super::*;
@@ -730,12 +827,12 @@ mod tests {
             (b"\x01\x02", false),
         ];
         for (data, textual) in cases {
-            let (text, encoding) = body_text(&body(data));
-            assert_eq!(encoding.is_none(), *textual, "{data:?}");
-            if *textual {
-                assert_eq!(text.as_bytes(), *data);
-            } else {
-                assert_eq!(BASE64.decode(text).unwrap(), *data);
+            let body = body(data);
+            let text = body_text(&body);
+            assert_eq!(text.encoding().is_none(), *textual, "{data:?}");
+            match text {
+                BodyText::Text(text) => assert_eq!(text.as_bytes(), *data),
+                BodyText::Base64(bytes) => assert_eq!(bytes, *data),
             }
         }
     }
@@ -1127,6 +1224,121 @@ mod tests {
         assert_eq!(v["response"]["statusText"], "");
         assert_eq!(v["response"]["content"]["mimeType"], "text/plain");
         assert_eq!(v["response"]["redirectURL"], "");
+    }
+
+    /// Exchanges that between them take every branch of the entry.
+    fn variants() -> Vec<Exchange> {
+        let mut all = vec![representative()];
+        let mut ex = representative();
+        RedactionPolicy::default().apply(&mut ex);
+        all.push(ex);
+
+        let mut ex = representative();
+        ex.request.body = body(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+        if let Some(response) = &mut ex.response {
+            response.body = body(b"\x01\x02\x03\x04hello\xc2\x85");
+            response.body.decode_error = Some("unknown coding".into());
+            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")];
+        }
+        ex.request.trailers = vec![h("x-sum", "abc")];
+        ex.protocol = Protocol::Grpc;
+        all.push(ex);
+
+        let mut ex = representative();
+        ex.response = None;
+        ex.incomplete = Some(Incomplete::NoResponse);
+        ex.timing.response_start_ns = None;
+        ex.timing.response_end_ns = None;
+        ex.conn = ConnMeta::default();
+        ex.workload = Workload::default();
+        all.push(ex);
+
+        let mut ex = representative();
+        ex.conn.src = Some(addr("[fe80::1%3]:50000"));
+        ex.conn.dst = Some(addr("[fd00::5]:443"));
+        ex.conn.role = Some(Role::Server);
+        ex.routing_key = Some("canary \"blue\"".into());
+        ex.request.target = "/s?q=a+b&x=%2F%3D&flag&caf%C3%A9=%E2%82%AC&bad=%ZZ&empty=#frag".into();
+        ex.request.headers.retain(|h| h.name != "Host");
+        ex.request
+            .headers
+            .push(h("X-Odd", "line1\nline2\r\n\u{1}\u{7f}\"\\ \u{2028}"));
+        ex.redacted = vec!["authorization".into(), "token".into()];
+        all.push(ex);
+
+        let mut ex = representative();
+        ex.request.method = "CONNECT".into();
+        ex.request.target = "db.example:5432".into();
+        ex.request.body = Body::default();
+        if let Some(response) = &mut ex.response {
+            let mut data = "x".repeat(9).into_bytes();
+            data.extend_from_slice(&"€".as_bytes()[..2]);
+            response.body = Body {
+                data,
+                wire_size: 5_000_000,
+                truncated: true,
+                decoded_from: None,
+                decode_error: None,
+            };
+        }
+        all.push(ex);
+
+        let mut ex = representative();
+        ex.request.target = "https://other.example/abs?x=1".into();
+        ex.request.version = HttpVersion::Http2;
+        if let Some(response) = &mut ex.response {
+            response.version = HttpVersion::Http2;
+            response.body = body("plain text ünïcödé\tand a tab\n".as_bytes());
+        }
+        ex.conn.id = String::new();
+        all.push(ex);
+        all
+    }
+
+    #[test]
+    fn write_entry_appends_the_line_and_agrees_with_entry() {
+        for ex in variants() {
+            let mut out = b"earlier line\n".to_vec();
+            write_entry(&ex, &CLOCK, &mut out);
+            let line = line(&ex);
+            assert_eq!(out.strip_prefix(b"earlier line\n"), Some(line.as_bytes()));
+            let parsed: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(parsed, value(&ex), "{line}");
+            assert_har_entry(&parsed);
+        }
+    }
+
+    /// `looks_textual` as the definition says it, character by character.
+    fn looks_textual_by_chars(text: &str) -> bool {
+        let mut chars = 0_usize;
+        let mut controls = 0_usize;
+        for c in text.chars() {
+            if c == '\0' {
+                return false;
+            }
+            chars += 1;
+            if c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b') {
+                controls += 1;
+            }
+        }
+        controls * 32 <= chars
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn looks_textual_counts_characters(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::char::range('\0', '\u{a0}'),
+                    proptest::char::any(),
+                    proptest::strategy::Just('a'),
+                ],
+                0..80,
+            )
+        ) {
+            let text: String = pieces.into_iter().collect();
+            proptest::prop_assert_eq!(looks_textual(&text), looks_textual_by_chars(&text));
+        }
     }
 
     #[test]
