@@ -5,6 +5,10 @@
 //! format: [`JsonlSink`] writes one HAR entry per line (DESIGN.md §5). A gRPC exporter will be
 //! another implementation.
 //!
+//! Sinks may hold delivered exchanges back to send them in batches: [`Sink::flush`] sends what
+//! is held. The caller flushes after every batch of exchanges, at least every 100 ms, and at
+//! shutdown.
+//!
 //! Errors name where the data was going and the OS error, never what was being written.
 
 pub mod jsonl;
@@ -18,7 +22,11 @@ use crate::{clock::WallClock, exchange::Exchange};
 /// Something that delivers redacted exchanges.
 pub trait Sink {
     /// Delivers one exchange. `ex` must already be redacted; `clock` dates its timestamps.
+    /// The exchange may be held back until [`Sink::flush`].
     fn deliver(&mut self, ex: &Exchange, clock: &WallClock) -> Result<(), SinkError>;
+
+    /// Sends every exchange held back. An error means they are lost (they are not retried).
+    fn flush(&mut self) -> Result<(), SinkError>;
 }
 
 /// Why a sink could not take an exchange. Messages name the destination and the OS error only.
@@ -31,13 +39,15 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
-    /// Writing or flushing a line failed (disk full, closed pipe, ...).
+    /// Writing buffered lines failed (disk full, closed pipe, ...).
     #[error("cannot write to {destination}: {source}")]
     Write {
         /// The file path, or `stdout`.
         destination: String,
         #[source]
         source: io::Error,
+        /// Lines lost: buffered and not written whole (they are not retried).
+        lines: usize,
     },
     /// A record contained a line break, which would split it over two lines.
     #[error("refusing to write a record containing a line break to {destination}")]
