@@ -13,11 +13,11 @@ use crate::{
     conn::{ConnTable, TableLimits},
     ebpf::Capture,
     exchange::Exchange,
-    har, intake,
+    intake,
     metrics::Metrics,
     procnet,
     redact::RedactionPolicy,
-    sink::JsonlSink,
+    sink::{JsonlSink, SinkError},
 };
 
 /// How often the ring buffer is drained without a wakeup: the kernel wakes the daemon only
@@ -91,7 +91,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     self.drain(ring.get_mut());
                     drains += 1;
-                    if drains % MAINTAIN_EVERY_DRAINS == 0 {
+                    if drains.is_multiple_of(MAINTAIN_EVERY_DRAINS) {
                         self.table.tick(monotonic_ns(), &mut self.done);
                     }
                 }
@@ -134,18 +134,33 @@ impl Pipeline {
         }
     }
 
+    /// Redacts and writes every finished exchange, then flushes the sink: one write(2) per
+    /// batch, and every line is out within a drain interval of its exchange completing.
     fn write_done(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
         for mut ex in self.done.drain(..) {
             self.redaction.apply(&mut ex);
             if self.headers_only {
                 strip_bodies(&mut ex);
             }
-            let line = har::entry_json_line(&ex, &self.clock);
-            if let Err(e) = self.sink.write_line(&line) {
-                Metrics::add(&self.metrics.output_errors, 1);
-                error!(error = %e, "writing an exchange failed");
+            if let Err(e) = self.sink.write_entry(&ex, &self.clock) {
+                Self::count_write_error(&self.metrics, &e);
             }
         }
+        if let Err(e) = self.sink.flush() {
+            Self::count_write_error(&self.metrics, &e);
+        }
+    }
+
+    fn count_write_error(metrics: &Metrics, e: &SinkError) {
+        let lost = match e {
+            SinkError::Write { lines, .. } => (*lines).max(1) as u64,
+            _ => 1,
+        };
+        Metrics::add(&metrics.output_errors, lost);
+        error!(error = %e, lines = lost, "writing exchanges failed; they are lost");
     }
 }
 
