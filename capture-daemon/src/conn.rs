@@ -62,6 +62,9 @@ struct Conn {
     proto: Proto,
     last_ts_ns: u64,
     sniffed: u64,
+    /// Not yet looked up in /proc: first seen mid-stream, with no accept/connect. Looked up
+    /// once its bytes look like HTTP, so the many files a process reads cost no /proc reads.
+    unnamed: bool,
 }
 
 #[derive(Default)]
@@ -188,7 +191,6 @@ impl ConnTable {
             id: id.to_string(),
             ..ConnMeta::default()
         };
-        let mut proto = Proto::Unknown;
         // accept/connect with an IP address: the kernel saw a TCP/IP socket being opened. /proc
         // is read later, when a short-lived connection may be closed and its fd number reused
         // by a file or another socket, so it may only add the local address, never overrule.
@@ -196,44 +198,28 @@ impl ConnTable {
             (Some(role), Some(peer)) => Some((role, peer)),
             _ => None,
         };
-        match ((self.classify)(id.tgid, id.fd), opened) {
-            (FdKind::Tcp { local, remote, .. }, Some((role, peer))) if remote == peer => {
-                meta.set_endpoints(role, local, remote);
-            }
-            (_, Some((role, peer))) => {
-                meta.role = Some(role);
-                match role {
-                    Role::Client => meta.dst = Some(peer),
-                    Role::Server => {
-                        meta.src = Some(peer);
-                        // The listening socket outlives the connection: its address is ours.
-                        if let Some(FdKind::Listener { local }) =
-                            listen_fd.map(|lfd| (self.classify)(id.tgid, lfd))
-                        {
-                            meta.dst = Some(bound_address(local, peer));
+        if let Some((role, peer)) = opened {
+            let proc_view = (self.classify)(id.tgid, id.fd);
+            tracing::debug!(conn = %id, ?role, %peer, ?proc_view, "connection opened");
+            match proc_view {
+                FdKind::Tcp { local, remote, .. } if remote == peer => {
+                    meta.set_endpoints(role, local, remote);
+                }
+                _ => {
+                    meta.role = Some(role);
+                    match role {
+                        Role::Client => meta.dst = Some(peer),
+                        Role::Server => {
+                            meta.src = Some(peer);
+                            // The listening socket outlives the connection: its address is ours.
+                            if let Some(FdKind::Listener { local }) =
+                                listen_fd.map(|lfd| (self.classify)(id.tgid, lfd))
+                            {
+                                meta.dst = Some(bound_address(local, peer));
+                            }
                         }
                     }
                 }
-            }
-            (
-                FdKind::Tcp {
-                    local,
-                    remote,
-                    role: proc_role,
-                },
-                None,
-            ) => {
-                // First seen mid-stream (opened before capture) or accept without an address.
-                meta.set_endpoints(role.unwrap_or(proc_role), local, remote);
-            }
-            (FdKind::NotTcp | FdKind::Listener { .. }, None) => {
-                Metrics::add(&self.metrics.connections_muted, 1);
-                self.mute(id);
-                proto = Proto::Off;
-            }
-            (FdKind::Gone, None) => {
-                // Closed before we looked and never announced: decode what arrives anyway;
-                // the sniffer switches it off if it is not HTTP.
             }
         }
         self.conns.insert(
@@ -241,9 +227,10 @@ impl ConnTable {
             Conn {
                 meta,
                 streams: Default::default(),
-                proto,
+                proto: Proto::Unknown,
                 last_ts_ns: ts_ns,
                 sniffed: 0,
+                unnamed: opened.is_none(),
             },
         );
         true
@@ -414,6 +401,9 @@ impl ConnTable {
                 }
             }
         }
+        if self.conns.get(&id).is_some_and(|c| c.unnamed) && !self.name(id) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -445,6 +435,35 @@ impl ConnTable {
         if upgraded {
             // What follows (WebSocket, h2c) is not HTTP/1: stop the kernel sending it.
             self.mute(id);
+        }
+    }
+
+    /// Looks a connection first seen mid-stream up in /proc, now that its bytes look like HTTP;
+    /// false (and the kernel is told to stop) when it is not a TCP connection after all.
+    fn name(&mut self, id: ConnId) -> bool {
+        let proc_view = (self.classify)(id.tgid, id.fd);
+        tracing::debug!(conn = %id, ?proc_view, "naming a connection seen mid-stream");
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        conn.unnamed = false;
+        match proc_view {
+            FdKind::Tcp {
+                local,
+                remote,
+                role,
+            } => {
+                conn.meta.set_endpoints(role, local, remote);
+                true
+            }
+            FdKind::NotTcp | FdKind::Listener { .. } => {
+                conn.proto = Proto::Off;
+                Metrics::add(&self.metrics.connections_muted, 1);
+                self.mute(id);
+                false
+            }
+            // Closed before we looked: decode anyway, without addresses.
+            FdKind::Gone => true,
         }
     }
 
@@ -888,6 +907,60 @@ mod tests {
         t.on_event(data(Direction::Egress, 0, RESP, 2), &mut out);
         assert_eq!(out[0].conn.src, Some(CLIENT));
         // Bound to 0.0.0.0, reached over loopback: the loopback address.
+        assert_eq!(out[0].conn.dst, Some(SERVER));
+    }
+
+    /// A process reading its files must not cost a /proc look-up per fd: only bytes that look
+    /// like HTTP make the daemon name the fd.
+    #[test]
+    fn only_http_looking_fds_are_looked_up() {
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&lookups);
+        let mut t = ConnTable::new(
+            limits(),
+            Metrics::new(),
+            None,
+            Box::new(move |_, _| {
+                counted.fetch_add(1, Relaxed);
+                FdKind::Tcp {
+                    local: SERVER,
+                    remote: CLIENT,
+                    role: Role::Server,
+                }
+            }),
+            Box::new(|_| true),
+        );
+        let mut out = Vec::new();
+        for fd in 10..20 {
+            let conn = ConnId {
+                tgid: 1,
+                fd,
+                generation: 1,
+            };
+            let elf = b"\x7fELF\x02\x01\x01\x00";
+            t.on_event(
+                Event::Data {
+                    conn,
+                    direction: Direction::Ingress,
+                    pos: 0,
+                    len: 8,
+                    payload: elf,
+                    ts_ns: 1,
+                    uncopyable: false,
+                },
+                &mut out,
+            );
+            t.on_event(Event::Close { conn, ts_ns: 2 }, &mut out);
+        }
+        assert_eq!(
+            lookups.load(Relaxed),
+            0,
+            "file reads were looked up in /proc"
+        );
+        t.on_event(data(Direction::Ingress, 0, REQ, 3), &mut out);
+        t.on_event(data(Direction::Egress, 0, RESP, 4), &mut out);
+        assert_eq!(lookups.load(Relaxed), 1);
+        assert_eq!(out.len(), 1);
         assert_eq!(out[0].conn.dst, Some(SERVER));
     }
 

@@ -575,7 +575,9 @@ fn on_open(ctx: &RawTracePointContext, fd: u32, sockaddr: u64, role: u16, listen
             EVENT_HEADER_LEN + size_of::<SockAddr>(),
         )
     };
-    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+    // A wakeup right away, unlike data: the daemon names the socket from /proc while it still
+    // exists (a short-lived client may be gone 10 ms later), and opens are once per connection.
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP).is_err() {
         bump(counter::EVENTS_LOST, 1);
     } else {
         bump(counter::EVENTS, 1);
