@@ -25,6 +25,10 @@ use crate::{
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Holes, idle connections and exited processes are looked at every this many drains (100 ms).
 const MAINTAIN_EVERY_DRAINS: u32 = 10;
+/// Records handled before the loop writes what they finished and looks at its timers again:
+/// under sustained overload a drain that waited for an empty ring would never end, and nothing
+/// would be written or flushed in the meantime.
+const DRAIN_BATCH: usize = 4096;
 
 pub struct Pipeline {
     table: ConnTable,
@@ -85,11 +89,14 @@ impl Pipeline {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
-                    self.drain(guard.get_inner_mut());
-                    guard.clear_ready();
+                    // Readiness stays set while records remain, so this branch runs again
+                    // right after the batch is written.
+                    if !self.drain(guard.get_inner_mut(), DRAIN_BATCH) {
+                        guard.clear_ready();
+                    }
                 }
                 _ = tick.tick() => {
-                    self.drain(ring.get_mut());
+                    self.drain(ring.get_mut(), DRAIN_BATCH);
                     drains += 1;
                     if drains.is_multiple_of(MAINTAIN_EVERY_DRAINS) {
                         self.table.tick(monotonic_ns(), &mut self.done);
@@ -103,7 +110,9 @@ impl Pipeline {
         info!("shutting down: flushing in-flight exchanges");
         let flush = async {
             // Events the kernel handed over before we stopped reading.
-            self.drain(ring.get_mut());
+            while self.drain(ring.get_mut(), DRAIN_BATCH) {
+                self.write_done();
+            }
             self.table.flush_all(&mut self.done);
             self.write_done();
         };
@@ -116,8 +125,12 @@ impl Pipeline {
         Ok(())
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(record) = ring.next() {
+    /// Handles up to `max` records; true when it stopped at `max` (more may be waiting).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(record) = ring.next() else {
+                return false;
+            };
             match intake::parse(&record) {
                 Ok(event) => self.table.on_event(event, &mut self.done),
                 Err(e) => {
@@ -126,6 +139,7 @@ impl Pipeline {
                 }
             }
         }
+        true
     }
 
     fn apply_mutes(&mut self, capture: &mut Capture) {
