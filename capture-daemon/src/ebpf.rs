@@ -341,43 +341,71 @@ mod tests {
             .unwrap()
     }
 
-    /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
-    /// positions, through write and writev), CLOSE arrive in order.
-    #[tokio::test]
-    async fn captures_target_cgroup_only() {
-        use std::io::{Read as _, Write as _};
+    /// Loaded programs targeting a fresh cgroup, with a listener for its clients to talk to.
+    struct Rig {
+        capture: Capture,
+        cg: TestCgroup,
+        ring: RingBuf<MapData>,
+        listener: std::net::TcpListener,
+        port: u16,
+    }
 
-        use crate::intake::{self, Direction, Event};
+    impl Rig {
+        fn new(tag: &str, limits: KernelLimits) -> Self {
+            let mut capture = Capture::load(&limits).unwrap();
+            let cg = TestCgroup::new(tag);
+            capture
+                .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
+                .unwrap();
+            let ring = capture.take_events().unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            Self {
+                capture,
+                cg,
+                ring,
+                listener,
+                port,
+            }
+        }
 
-        let mut capture = Capture::load(&KernelLimits {
-            ring_buffer_bytes: 1 << 22,
-            ..KernelLimits::default()
-        })
-        .unwrap();
-        let cg = TestCgroup::new("ebpf");
-        capture
-            .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
-            .unwrap();
-        let mut ring = capture.take_events().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let serve = |listener: &std::net::TcpListener, expect: usize| {
-            let (mut s, _) = listener.accept().unwrap();
+        /// Accepts one client, reads `expect` bytes, answers "pong".
+        fn serve(&self, expect: usize) -> Vec<u8> {
+            use std::io::{Read as _, Write as _};
+            let (mut s, _) = self.listener.accept().unwrap();
             let mut buf = vec![0u8; expect];
             s.read_exact(&mut buf).unwrap();
             s.write_all(b"pong").unwrap();
             buf
+        }
+
+        /// Every record the kernel has sent so far.
+        fn records(&mut self) -> Vec<Vec<u8>> {
+            std::iter::from_fn(|| self.ring.next().map(|r| r.to_vec())).collect()
+        }
+    }
+
+    /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
+    /// positions, through write and writev), CLOSE arrive in order.
+    #[tokio::test]
+    async fn captures_target_cgroup_only() {
+        use crate::intake::{self, Direction, Event};
+
+        let limits = KernelLimits {
+            ring_buffer_bytes: 1 << 22,
+            ..KernelLimits::default()
         };
+        let mut rig = Rig::new("ebpf", limits);
+        let port = rig.port;
         let mut outside = python_client(None, port, "outside-marker");
-        serve(&listener, "outside-marker-a-bc".len());
+        rig.serve("outside-marker-a-bc".len());
         assert!(outside.wait().unwrap().success());
-        let mut inside = python_client(Some(&cg), port, "hello");
-        assert_eq!(serve(&listener, 10), b"hello-a-bc");
+        let mut inside = python_client(Some(&rig.cg), port, "hello");
+        assert_eq!(rig.serve(10), b"hello-a-bc");
         let pid = inside.id();
         assert!(inside.wait().unwrap().success());
 
-        let records: Vec<Vec<u8>> =
-            std::iter::from_fn(|| ring.next().map(|r| r.to_vec())).collect();
+        let records = rig.records();
         let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
         let socket = events.iter().find_map(|e| match e {
             Event::Open {
@@ -429,7 +457,7 @@ mod tests {
         assert_eq!(egress, b"hello-a-bc");
         assert_eq!(ingress, b"pong");
         assert!(closed, "no CLOSE event");
-        let counters = capture.counters();
+        let counters = rig.capture.counters();
         assert_eq!(counters.events_lost, 0);
         assert!(
             counters.events >= events.len() as u64,
@@ -442,8 +470,6 @@ mod tests {
     /// the rest arrives as a gap event of the right length, counted as a truncation.
     #[tokio::test]
     async fn per_syscall_limit_reports_the_rest_as_a_gap() {
-        use std::io::{Read as _, Write as _};
-
         use crate::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
@@ -451,25 +477,14 @@ mod tests {
             max_capture_bytes_per_syscall: 16 * 1024,
             ..KernelLimits::default()
         };
-        let mut capture = Capture::load(&limits).unwrap();
-        let cg = TestCgroup::new("limit");
-        capture
-            .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
-            .unwrap();
-        let mut ring = capture.take_events().unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let mut rig = Rig::new("limit", limits);
         let big = "y".repeat(40_000);
-        let mut client = python_client(Some(&cg), port, &big);
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 40_005];
-        s.read_exact(&mut buf).unwrap();
-        s.write_all(b"pong").unwrap();
+        let mut client = python_client(Some(&rig.cg), rig.port, &big);
+        rig.serve(40_005);
         let pid = client.id();
         assert!(client.wait().unwrap().success());
 
-        let records: Vec<Vec<u8>> =
-            std::iter::from_fn(|| ring.next().map(|r| r.to_vec())).collect();
+        let records = rig.records();
         let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
         let socket = events
             .iter()
@@ -496,6 +511,6 @@ mod tests {
         assert_eq!(egress[0], (0, 16_384, 16_384), "{egress:?}");
         assert_eq!(egress[1], (16_384, 40_000 - 16_384, 0), "{egress:?}");
         assert_eq!(egress[2].0, 40_000, "{egress:?}");
-        assert!(capture.counters().truncations >= 1);
+        assert!(rig.capture.counters().truncations >= 1);
     }
 }
