@@ -149,14 +149,13 @@ impl ConnTable {
                 len,
                 payload,
                 ts_ns,
-                uncopyable,
+                uncopyable: _,
             } => {
                 Metrics::add(&self.metrics.events, 1);
                 Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
                 if !self.conns.contains_key(&conn) && !self.track(conn, None, None, None, ts_ns) {
                     return;
                 }
-                let _ = uncopyable; // counted as a gap like any other uncaptured bytes
                 self.on_data(conn, direction, pos, len, payload, ts_ns, out);
             }
             Event::Close { conn, ts_ns } => {

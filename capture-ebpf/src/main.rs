@@ -182,12 +182,12 @@ fn bump(index: u32, by: u64) {
     }
 }
 
-/// The cgroup filter.
+/// The cgroup filter: the current cgroup id when it is a target.
 #[inline(always)]
-fn targeted() -> bool {
+fn targeted() -> Option<u64> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only tested for presence.
-    unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some()
+    unsafe { TARGET_CGROUPS.get(&cgroup) }.map(|_| cgroup)
 }
 
 /// Starts a new generation of (tgid, fd): after accept/connect, or on the first transfer of a
@@ -233,7 +233,7 @@ fn conn_for_transfer(key: &ConnKey) -> Option<*mut ConnState> {
 }
 
 #[inline(always)]
-fn header(key: &ConnKey, generation: u64, dir: u8, ev_kind: u8) -> EventHeader {
+fn header(key: &ConnKey, generation: u64, dir: u8, ev_kind: u8, cgroup_id: u64) -> EventHeader {
     let id = bpf_get_current_pid_tgid();
     EventHeader {
         kind: ev_kind,
@@ -247,7 +247,7 @@ fn header(key: &ConnKey, generation: u64, dir: u8, ev_kind: u8) -> EventHeader {
         len: 0,
         cap_len: 0,
         ts_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
     }
 }
 
@@ -431,22 +431,25 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         arch::SENDMSG => (direction::EGRESS, Via::Msg),
         arch::SENDFILE => (direction::EGRESS, Via::Kernel),
         arch::CONNECT | arch::ACCEPT | arch::ACCEPT4 | arch::CLOSE => {
-            if targeted() {
-                on_lifecycle(&ctx, &regs, nr, ret);
+            if let Some(cgroup_id) = targeted() {
+                on_lifecycle(&ctx, &regs, nr, ret, cgroup_id);
             }
             return 0;
         }
         _ => return 0,
     };
-    if ret <= 0 || !targeted() {
+    if ret <= 0 {
         return 0;
     }
-    on_transfer(&regs, dir, via, ret as u64);
+    let Some(cgroup_id) = targeted() else {
+        return 0;
+    };
+    on_transfer(&regs, dir, via, ret as u64, cgroup_id);
     0
 }
 
 #[inline(always)]
-fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64) {
+fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
@@ -462,7 +465,7 @@ fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64) {
         (*state).pos[(dir & 1) as usize] = pos + n;
         ((*state).generation, pos)
     };
-    let hdr = header(&key, generation, dir, kind::DATA);
+    let hdr = header(&key, generation, dir, kind::DATA, cgroup_id);
     // (buffer or iovec array, iovec count; 0 for a plain buffer)
     let (src, iovcnt) = match via {
         Via::Buf => (regs.arg(1), 0),
@@ -490,7 +493,7 @@ fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64) {
 
 /// connect, accept/accept4 (a connection opens) and close (it ends).
 #[inline(always)]
-fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64) {
+fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64, cgroup_id: u64) {
     match nr {
         // connect(fd, addr, addrlen): 0, or EINPROGRESS for a non-blocking socket.
         arch::CONNECT if ret == 0 || ret == -EINPROGRESS => {
@@ -500,6 +503,7 @@ fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64) {
                 regs.arg(1),
                 flags::ROLE_CLIENT,
                 NO_FD,
+                cgroup_id,
             );
         }
         // accept(fd, upeer_sockaddr, upeer_addrlen[, flags]): the new fd; the address is filled.
@@ -510,14 +514,22 @@ fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64) {
                 regs.arg(1),
                 flags::ROLE_SERVER,
                 regs.arg(0) as u32,
+                cgroup_id,
             );
         }
-        arch::CLOSE if ret == 0 => on_close(regs.arg(0) as u32),
+        arch::CLOSE if ret == 0 => on_close(regs.arg(0) as u32, cgroup_id),
         _ => {}
     }
 }
 
-fn on_open(ctx: &RawTracePointContext, fd: u32, sockaddr: u64, role: u16, listen_fd: u32) {
+fn on_open(
+    ctx: &RawTracePointContext,
+    fd: u32,
+    sockaddr: u64,
+    role: u16,
+    listen_fd: u32,
+    cgroup_id: u64,
+) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
     let mut addr = SockAddr {
@@ -560,7 +572,7 @@ fn on_open(ctx: &RawTracePointContext, fd: u32, sockaddr: u64, role: u16, listen
     };
     // SAFETY: per-CPU scratch, see emit_chunk.
     let buf = unsafe { &mut *buf };
-    buf.header = header(&key, generation, 0, kind::OPEN);
+    buf.header = header(&key, generation, 0, kind::OPEN, cgroup_id);
     buf.header.flags = role;
     // SAFETY: SockAddr (24 bytes) fits in the data array; it is written as bytes.
     let raw = unsafe {
@@ -586,7 +598,7 @@ fn on_open(ctx: &RawTracePointContext, fd: u32, sockaddr: u64, role: u16, listen
 
 /// close(fd) succeeded: the connection ends; a reused fd number starts a new generation.
 #[inline(always)]
-fn on_close(fd: u32) {
+fn on_close(fd: u32, cgroup_id: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
     let Some(state) = CONNS.get_ptr_mut(&key) else {
@@ -603,7 +615,7 @@ fn on_close(fd: u32) {
     if muted != 0 {
         return;
     }
-    let hdr = header(&key, generation, 0, kind::CLOSE);
+    let hdr = header(&key, generation, 0, kind::CLOSE, cgroup_id);
     if EVENTS.output::<EventHeader>(&hdr, wakeup_flags()).is_err() {
         bump(counter::EVENTS_LOST, 1);
     } else {
