@@ -102,6 +102,8 @@ fn exchange() -> Exchange {
         },
         redacted: vec!["authorization".into(), "cookie".into()],
         routing_key: None,
+        grpc: None,
+        cgroup_id: 0,
     }
 }
 

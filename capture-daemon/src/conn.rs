@@ -65,6 +65,8 @@ struct Conn {
     /// Not yet looked up in /proc: first seen mid-stream, with no accept/connect. Looked up
     /// once its bytes look like HTTP, so the many files a process reads cost no /proc reads.
     unnamed: bool,
+    /// cgroup v2 id of the process, from the event that started tracking.
+    cgroup_id: u64,
 }
 
 #[derive(Default)]
@@ -135,12 +137,13 @@ impl ConnTable {
                 peer,
                 listen_fd,
                 ts_ns,
+                cgroup_id,
             } => {
                 // A new generation of this fd: any previous state of the same id is stale.
                 if let Some(old) = self.conns.remove(&conn) {
                     self.finish(conn, old, ts_ns, out);
                 }
-                self.track(conn, role, peer, listen_fd, ts_ns);
+                self.track(conn, role, peer, listen_fd, ts_ns, cgroup_id);
             }
             Event::Data {
                 conn,
@@ -150,10 +153,13 @@ impl ConnTable {
                 payload,
                 ts_ns,
                 uncopyable: _,
+                cgroup_id,
             } => {
                 Metrics::add(&self.metrics.events, 1);
                 Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
-                if !self.conns.contains_key(&conn) && !self.track(conn, None, None, None, ts_ns) {
+                if !self.conns.contains_key(&conn)
+                    && !self.track(conn, None, None, None, ts_ns, cgroup_id)
+                {
                     return;
                 }
                 self.on_data(conn, direction, pos, len, payload, ts_ns, out);
@@ -178,6 +184,7 @@ impl ConnTable {
         peer: Option<SocketAddr>,
         listen_fd: Option<u32>,
         ts_ns: u64,
+        cgroup_id: u64,
     ) -> bool {
         if self.conns.len() >= self.limits.max_connections {
             Metrics::add(&self.metrics.connections_refused, 1);
@@ -230,6 +237,7 @@ impl ConnTable {
                 last_ts_ns: ts_ns,
                 sniffed: 0,
                 unnamed: opened.is_none(),
+                cgroup_id,
             },
         );
         true
@@ -468,19 +476,23 @@ impl ConnTable {
 
     /// Turns decoder outputs into exchanges carrying this connection's metadata.
     fn emit(&self, id: ConnId, outputs: &mut Vec<Http1Output>, out: &mut Vec<Exchange>) {
-        let meta = self
+        let (meta, cgroup_id) = self
             .conns
             .get(&id)
-            .map(|c| c.meta.clone())
-            .unwrap_or_else(|| ConnMeta {
-                id: id.to_string(),
-                ..ConnMeta::default()
+            .map(|c| (c.meta.clone(), c.cgroup_id))
+            .unwrap_or_else(|| {
+                let meta = ConnMeta {
+                    id: id.to_string(),
+                    ..ConnMeta::default()
+                };
+                (meta, 0)
             });
         for o in outputs.drain(..) {
             match o {
                 Http1Output::Exchange(mut ex) => {
                     ex.conn = meta.clone();
                     ex.pid = id.tgid;
+                    ex.cgroup_id = cgroup_id;
                     ex.workload = Workload {
                         node: self.node.clone(),
                         ..Workload::default()
@@ -707,6 +719,7 @@ mod tests {
         )
     }
 
+    const CGROUP: u64 = 4026;
     const ID: ConnId = ConnId {
         tgid: 10,
         fd: 5,
@@ -721,6 +734,7 @@ mod tests {
             len: bytes.len() as u64,
             payload: bytes,
             ts_ns,
+            cgroup_id: CGROUP,
             uncopyable: false,
         }
     }
@@ -742,6 +756,10 @@ mod tests {
         assert_eq!((ex.conn.src, ex.conn.dst), (Some(CLIENT), Some(SERVER)));
         assert_eq!(ex.conn.id, "10:5:1");
         assert_eq!(ex.pid, 10);
+        assert_eq!(
+            ex.cgroup_id, CGROUP,
+            "the workload key travels with the exchange"
+        );
         assert_eq!(ex.workload.node.as_deref(), Some("node-a"));
         assert_eq!(m.exchanges_h1.load(Relaxed), 1);
         assert_eq!(m.gap_bytes.load(Relaxed), 0);
@@ -807,6 +825,7 @@ mod tests {
                 len: RESP.len() as u64,
                 payload: &RESP[..RESP.len() - 2],
                 ts_ns: 2,
+                cgroup_id: CGROUP,
                 uncopyable: false,
             },
             &mut out,
@@ -833,6 +852,7 @@ mod tests {
                 peer: Some(SERVER),
                 listen_fd: None,
                 ts_ns: 0,
+                cgroup_id: CGROUP,
             },
             &mut out,
         );
@@ -864,6 +884,7 @@ mod tests {
                 peer: Some(SERVER),
                 listen_fd: None,
                 ts_ns: 0,
+                cgroup_id: CGROUP,
             },
             &mut out,
         );
@@ -899,6 +920,7 @@ mod tests {
                 peer: Some(CLIENT),
                 listen_fd: Some(3),
                 ts_ns: 0,
+                cgroup_id: CGROUP,
             },
             &mut out,
         );
@@ -945,6 +967,7 @@ mod tests {
                     len: 8,
                     payload: elf,
                     ts_ns: 1,
+                    cgroup_id: CGROUP,
                     uncopyable: false,
                 },
                 &mut out,
@@ -1059,6 +1082,7 @@ mod tests {
                     len: REQ.len() as u64,
                     payload: REQ,
                     ts_ns: 1,
+                    cgroup_id: CGROUP,
                     uncopyable: false,
                 },
                 &mut out,

@@ -227,6 +227,23 @@ pub struct Exchange {
     pub redacted: Vec<String>,
     /// Routing key from the request, when present (filled by the Kubernetes layer).
     pub routing_key: Option<String>,
+    /// gRPC detail (`_grpc`), for `application/grpc*` exchanges.
+    pub grpc: Option<Grpc>,
+    /// The cgroup v2 id (directory inode) of the captured process, as the kernel saw it; the
+    /// key from which the Kubernetes layer fills `workload`. 0 when unknown. Not serialised.
+    pub cgroup_id: u64,
+}
+
+/// gRPC detail of an exchange (`_grpc`): the method from the `:path`, the outcome from the
+/// trailers (or the headers of a trailers-only response).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grpc {
+    pub service: String,
+    pub method: String,
+    /// `grpc-status`; `None` when no status was seen (stream reset, capture cut short).
+    pub status: Option<u32>,
+    /// `grpc-message`, percent-decoded.
+    pub message: Option<String>,
 }
 
 #[cfg(test)]

@@ -157,6 +157,28 @@ struct HarEntry<'a> {
     capture: Capture<'a>,
     #[serde(rename = "_trailers", skip_serializing_if = "NameValues::is_empty")]
     trailers: NameValues<'a>,
+    #[serde(rename = "_grpc", skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcOut<'a>>,
+}
+
+/// `_grpc`: every field present, `null` when not known (no trailers seen, no message).
+#[derive(Serialize)]
+struct GrpcOut<'a> {
+    service: &'a str,
+    method: &'a str,
+    status: Option<u32>,
+    message: Option<&'a str>,
+}
+
+impl<'a> GrpcOut<'a> {
+    fn new(g: &'a crate::exchange::Grpc) -> Self {
+        Self {
+            service: &g.service,
+            method: &g.method,
+            status: g.status,
+            message: g.message.as_deref(),
+        }
+    }
 }
 
 impl<'a> HarEntry<'a> {
@@ -188,6 +210,7 @@ impl<'a> HarEntry<'a> {
             connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
             capture: Capture::new(ex),
             trailers: NameValues(ex.response.as_ref().map_or(&[], |r| &r.trailers)),
+            grpc: ex.grpc.as_ref().map(GrpcOut::new),
         }
     }
 }
@@ -723,6 +746,8 @@ mod tests {
             },
             redacted: Vec::new(),
             routing_key: None,
+            grpc: None,
+            cgroup_id: 0,
         }
     }
 
@@ -927,6 +952,18 @@ mod tests {
             json!([{"name": "x-request-checksum", "value": "abc"}])
         );
         assert_eq!(v["_capture"]["protocol"], "grpc");
+        assert!(v.get("_grpc").is_none());
+        ex.grpc = Some(crate::exchange::Grpc {
+            service: "shop.v1.Orders".into(),
+            method: "Get".into(),
+            status: Some(5),
+            message: Some("order 7 not found".into()),
+        });
+        let v = value(&ex);
+        assert_eq!(
+            v["_grpc"],
+            json!({"service": "shop.v1.Orders", "method": "Get", "status": 5, "message": "order 7 not found"})
+        );
 
         // Absent when empty.
         let v = value(&representative());

@@ -48,6 +48,8 @@ pub enum Event<'a> {
         ts_ns: u64,
         /// sendfile: the payload never passed through user memory.
         uncopyable: bool,
+        /// cgroup v2 id of the process that made the syscall.
+        cgroup_id: u64,
     },
     Open {
         conn: ConnId,
@@ -56,6 +58,7 @@ pub enum Event<'a> {
         /// accept: the listening fd, whose address is this connection's local one.
         listen_fd: Option<u32>,
         ts_ns: u64,
+        cgroup_id: u64,
     },
     Close {
         conn: ConnId,
@@ -102,6 +105,7 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
     let len = u64::from(u32_at(record, 32));
     let cap_len = u32_at(record, 36) as usize;
     let ts_ns = u64_at(record, 40);
+    let cgroup_id = u64_at(record, 48);
     let body = &record[EVENT_HEADER_LEN..];
     if body.len() < cap_len {
         return Err(MalformedEvent::PayloadLength {
@@ -123,6 +127,7 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
             payload,
             ts_ns,
             uncopyable: ev_flags & flags::UNCOPYABLE != 0,
+            cgroup_id,
         }),
         kind::OPEN => {
             let role = if ev_flags & flags::ROLE_SERVER != 0 {
@@ -141,6 +146,7 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
                 peer: sockaddr(payload),
                 listen_fd,
                 ts_ns,
+                cgroup_id,
             })
         }
         kind::CLOSE => Ok(Event::Close { conn, ts_ns }),
@@ -205,6 +211,7 @@ pub(crate) mod tests {
             len: 10,
             cap_len: 4,
             ts_ns: 5,
+            cgroup_id: 1234,
             ..Default::default()
         };
         let r = record(&h, b"GET ");
@@ -216,6 +223,7 @@ pub(crate) mod tests {
             payload,
             ts_ns,
             uncopyable,
+            cgroup_id,
         } = parse(&r).unwrap()
         else {
             panic!("not data");
@@ -229,8 +237,8 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(
-            (direction, pos, len, payload, ts_ns, uncopyable),
-            (Direction::Egress, 1000, 10, &b"GET "[..], 5, false)
+            (direction, pos, len, payload, ts_ns, uncopyable, cgroup_id),
+            (Direction::Egress, 1000, 10, &b"GET "[..], 5, false, 1234)
         );
     }
 
@@ -258,7 +266,8 @@ pub(crate) mod tests {
                 role: Some(Role::Client),
                 peer: Some("127.0.0.1:8080".parse().unwrap()),
                 listen_fd: Some(0),
-                ts_ns: 0
+                ts_ns: 0,
+                cgroup_id: 0,
             }
         );
     }

@@ -396,6 +396,8 @@ mod tests {
             workload: Workload::default(),
             redacted: Vec::new(),
             routing_key: None,
+            grpc: None,
+            cgroup_id: 0,
         }
     }
 

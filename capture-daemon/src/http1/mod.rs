@@ -373,6 +373,8 @@ impl Pending {
             workload: Workload::default(),
             redacted: vec![],
             routing_key: None,
+            grpc: None,
+            cgroup_id: 0,
         }
     }
 }

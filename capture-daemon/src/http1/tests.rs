@@ -220,6 +220,8 @@ fn get_keep_alive_exact_exchange() {
         workload: Workload::default(),
         redacted: vec![],
         routing_key: None,
+        grpc: None,
+        cgroup_id: 0,
     };
     assert_eq!(ex[0], expected);
     assert_eq!(summary(&ex[1]), s("GET", "/b", 404, b"", b"", None));
