@@ -1,0 +1,1 @@
+//! Property tests of the HTTP/2 decoder.
