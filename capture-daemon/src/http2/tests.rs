@@ -9,7 +9,7 @@ use super::*;
 use crate::exchange::{Body, Protocol};
 
 /// Builds the two byte streams of a connection: what the client sends, what the server sends.
-pub(super) struct Wire {
+pub(crate) struct Wire {
     pub client: Vec<u8>,
     pub server: Vec<u8>,
     pub client_enc: Encoder,
@@ -68,7 +68,7 @@ impl Wire {
     }
 }
 
-pub(super) fn get(path: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn get(path: &str) -> Vec<(&'static str, String)> {
     vec![
         (":method", "GET".into()),
         (":scheme", "http".into()),
@@ -78,12 +78,12 @@ pub(super) fn get(path: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-pub(super) fn refs<'a>(f: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn refs<'a>(f: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
     f.iter().map(|(n, v)| (*n, v.as_str())).collect()
 }
 
 /// Feeds the client stream, then the server stream, then closes.
-pub(super) fn run(conn: &mut Http2Conn, w: &Wire) -> Vec<Http2Output> {
+pub(crate) fn run(conn: &mut Http2Conn, w: &Wire) -> Vec<Http2Output> {
     let mut out = Vec::new();
     conn.on_data(Side::Request, &w.client, 1, &mut out);
     conn.on_data(Side::Response, &w.server, 2, &mut out);
@@ -91,7 +91,7 @@ pub(super) fn run(conn: &mut Http2Conn, w: &Wire) -> Vec<Http2Output> {
     out
 }
 
-pub(super) fn exchanges(out: &[Http2Output]) -> Vec<&Exchange> {
+pub(crate) fn exchanges(out: &[Http2Output]) -> Vec<&Exchange> {
     out.iter()
         .filter_map(|o| match o {
             Http2Output::Exchange(e) => Some(&**e),
