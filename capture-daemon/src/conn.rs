@@ -70,6 +70,8 @@ struct Conn {
     unnamed: bool,
     /// cgroup v2 id of the process, from the event that started tracking.
     cgroup_id: u64,
+    /// accept/connect was seen: the connection's first bytes are captured.
+    seen_open: bool,
 }
 
 #[derive(Default)]
@@ -246,6 +248,7 @@ impl ConnTable {
                 sniffed: 0,
                 unnamed: opened.is_none(),
                 cgroup_id,
+                seen_open: opened.is_some(),
             },
         );
         true
@@ -446,9 +449,18 @@ impl ConnTable {
             } else {
                 Side::Response
             };
-            Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
+            let limits = self.limits.http2.clone();
+            let decoder = if conn.seen_open && side == Side::Response {
+                // A fresh connection whose server sent its SETTINGS before the client's preface
+                // was captured (servers may write first): decoded from its start.
+                Metrics::add(&self.metrics.h2_connections_preface, 1);
+                Http2Conn::new(limits)
+            } else {
+                Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
+                Http2Conn::mid_stream(limits, side)
+            };
             conn.proto = Proto::Http2 {
-                decoder: Box::new(Http2Conn::mid_stream(self.limits.http2.clone(), side)),
+                decoder: Box::new(decoder),
                 request_dir,
             };
         }
@@ -1279,6 +1291,7 @@ mod tests {
 
     // ----- HTTP/2 -----
 
+    use crate::exchange::header_value;
     use crate::http2::frame::{FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, write_frame};
     use crate::http2::tests::{Wire, get, refs};
 
@@ -1478,6 +1491,54 @@ Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkA
         assert_eq!(out[0].incomplete, Some(Incomplete::HpackStateUnknown));
         assert_eq!(out[0].request.method, "GET");
         assert_eq!(m.h2_hpack_state_unknown.load(Relaxed), 1);
+    }
+
+    /// Servers may write their SETTINGS before the client's preface is read: a connection
+    /// whose accept was seen is still decoded from its start (tables known).
+    #[test]
+    fn h2_server_settings_before_the_preface() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: Some(Role::Server),
+                peer: Some(CLIENT),
+                listen_fd: None,
+                ts_ns: 0,
+                cgroup_id: CGROUP,
+            },
+            &mut out,
+        );
+        let mut w = Wire::new();
+        // Both sides index fields; the second request refers to the first's entries.
+        w.request(1, &refs(&get("/one")), true);
+        w.request(3, &refs(&get("/one")), true);
+        w.response(1, &[(":status", "200"), ("x-a", "b")], true);
+        w.response(3, &[(":status", "200"), ("x-a", "b")], true);
+        let settings_len = 9;
+        t.on_event(
+            data(Direction::Egress, 0, &w.server[..settings_len], 1),
+            &mut out,
+        );
+        t.on_event(data(Direction::Ingress, 0, &w.client, 2), &mut out);
+        t.on_event(
+            data(
+                Direction::Egress,
+                settings_len as u64,
+                &w.server[settings_len..],
+                3,
+            ),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|e| e.incomplete.is_none()), "{out:?}");
+        assert_eq!(
+            header_value(&out[1].response.as_ref().unwrap().headers, "x-a"),
+            Some("b")
+        );
+        assert_eq!(m.h2_connections_preface.load(Relaxed), 1);
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 0);
     }
 
     #[test]
