@@ -584,6 +584,21 @@ mod tests {
     }
 
     #[test]
+    fn never_indexed_allowlist() {
+        for kept in [
+            "content-type",
+            "Content-Length",
+            "grpc-status",
+            "user-agent",
+        ] {
+            assert!(keeps_never_indexed(kept), "{kept}");
+        }
+        for dropped in ["authorization", "x-api-key", "cookie", "x-session", ""] {
+            assert!(!keeps_never_indexed(dropped), "{dropped}");
+        }
+    }
+
+    #[test]
     fn pseudo_headers_are_never_removed_even_when_named() {
         let policy = RedactionPolicy::new(&strings(&[":path", ":method"]), &[]);
         let mut ex = exchange(

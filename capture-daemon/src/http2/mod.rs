@@ -537,10 +537,7 @@ impl Http2Conn {
         let headers: usize = self
             .streams
             .values()
-            .map(|s| {
-                usize::try_from(s.request.headers_size + s.response.headers_size)
-                    .unwrap_or(usize::MAX)
-            })
+            .map(|s| s.request.header_bytes() + s.response.header_bytes())
             .fold(0, usize::saturating_add);
         halves.saturating_add(self.held).saturating_add(headers)
     }
@@ -1199,7 +1196,9 @@ impl Http2Conn {
         Self::note_block(s, &mut fields);
         let m = &mut s.request;
         if m.started || (s.headless && !opening) {
-            m.trailers.append(&mut fields.headers);
+            if !m.add_trailers(&mut fields.headers) {
+                out.push(Http2Output::Error(H2ErrorReason::InvalidHeaderBlock));
+            }
         } else {
             m.started = true;
             m.headers = fields.headers;
@@ -1235,7 +1234,9 @@ impl Http2Conn {
             .map(|f| f.value.parse::<u16>());
         let m = &mut s.response;
         if m.started || (s.headless && status.is_none()) {
-            m.trailers.append(&mut fields.headers);
+            if !m.add_trailers(&mut fields.headers) {
+                out.push(Http2Output::Error(H2ErrorReason::InvalidHeaderBlock));
+            }
         } else {
             match status {
                 // RFC 9113 §8.1: interim responses (1xx) come before the final one; 101 is

@@ -59,11 +59,33 @@ pub(super) struct Message {
     pub headers_size: u64,
     pub body: BodyBuf,
     pub trailers: Vec<Header>,
+    /// A trailer block was seen.
+    pub has_trailers: bool,
     pub start_ns: Option<u64>,
     pub end_ns: u64,
 }
 
 impl Message {
+    /// RFC 9113 §8.1: one trailer section at most, which ends the message. A further block
+    /// is dropped (false), so a peer cannot make a stream hold ever more fields.
+    pub fn add_trailers(&mut self, fields: &mut Vec<Header>) -> bool {
+        if self.has_trailers {
+            return false;
+        }
+        self.has_trailers = true;
+        self.trailers.append(fields);
+        true
+    }
+
+    /// Bytes of the header and trailer fields held.
+    pub fn header_bytes(&self) -> usize {
+        self.headers
+            .iter()
+            .chain(&self.trailers)
+            .map(|h| h.name.len() + h.value.len())
+            .sum()
+    }
+
     pub fn touch(&mut self, ts: u64) {
         self.start_ns.get_or_insert(ts);
         self.end_ns = self.end_ns.max(ts);

@@ -913,3 +913,82 @@ fn debug_shows_no_content() {
     c.on_data(Side::Response, &w.server, 2, &mut out);
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+/// What the decoder hands on goes through the same redaction as HTTP/1: split cookies,
+/// lowercase names, connection-specific fields, `:path` query parameters; never-indexed
+/// secrets are already gone. Nothing secret reaches the HAR line.
+#[test]
+fn decoded_exchanges_are_redacted_like_http1() {
+    use crate::{clock::WallClock, har, redact::RedactionPolicy};
+    let mut w = Wire::new();
+    let mut block = Vec::new();
+    let enc = &mut w.client_enc;
+    for (n, v, how) in [
+        (":method", "GET", Indexing::Incremental),
+        (":scheme", "http", Indexing::Incremental),
+        (":authority", "user:pw-secret@api:80", Indexing::Incremental),
+        (":path", "/q?token=tok-secret&keep=1", Indexing::Incremental),
+        ("cookie", "a=crumb-secret-1", Indexing::Incremental),
+        ("cookie", "b=crumb-secret-2", Indexing::Never),
+        ("authorization", "Bearer auth-secret", Indexing::Never),
+        ("x-session", "never-indexed-secret", Indexing::Never),
+        ("te", "trailers", Indexing::Without),
+        ("keep-alive", "timeout=5", Indexing::Without),
+    ] {
+        enc.field(n.as_bytes(), v.as_bytes(), how, &mut block);
+    }
+    write_frame(
+        &mut w.client,
+        HEADERS,
+        FLAG_END_HEADERS | FLAG_END_STREAM,
+        1,
+        &block,
+    );
+    w.response(
+        1,
+        &[
+            (":status", "200"),
+            ("set-cookie", "sid=set-secret"),
+            ("location", "/next?token=loc-secret"),
+        ],
+        false,
+    );
+    w.server_data(1, b"{}", false);
+    w.response(1, &[("set-cookie", "late=trailer-secret")], true);
+    let mut c = Http2Conn::new(Http2Limits::default());
+    let out = run(&mut c, &w);
+    let mut ex = exchanges(&out)[0].clone();
+    RedactionPolicy::new(&[], &["token".to_string()]).apply(&mut ex);
+    let line = har::entry_json_line(&ex, &WallClock::with_offset_ns(0));
+    for secret in [
+        "pw-secret",
+        "tok-secret",
+        "crumb-secret",
+        "auth-secret",
+        "never-indexed-secret",
+        "set-secret",
+        "loc-secret",
+        "trailer-secret",
+        "timeout=5",
+    ] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+    assert_eq!(
+        ex.redacted,
+        [
+            "authorization",
+            "cookie",
+            "keep-alive",
+            "query:token",
+            "set-cookie",
+            "te",
+            "url:userinfo",
+            "x-session"
+        ]
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["request"]["url"], "http://api:80/q?keep=1");
+    assert_eq!(v["request"]["httpVersion"], "HTTP/2");
+    assert_eq!(v["response"]["httpVersion"], "HTTP/2");
+    assert_eq!(v["_capture"]["protocol"], "h2");
+}
