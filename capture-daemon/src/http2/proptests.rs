@@ -13,7 +13,7 @@ use super::*;
 fn conversation() -> Vec<(Side, Vec<u8>)> {
     let mut w = Wire::new();
     let mut events = Vec::new();
-    let mut take = |w: &mut Wire, events: &mut Vec<(Side, Vec<u8>)>| {
+    let take = |w: &mut Wire, events: &mut Vec<(Side, Vec<u8>)>| {
         if !w.client.is_empty() {
             events.push((Side::Request, std::mem::take(&mut w.client)));
         }
