@@ -42,6 +42,7 @@ mod proptests;
 pub(crate) mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::exchange::{Exchange, Header, HttpVersion, Incomplete, Request};
 use crate::http1::Side;
@@ -177,6 +178,31 @@ impl H2Limit {
     }
 }
 
+/// Hashes stream ids (small sequential integers a peer chooses) with one multiplication:
+/// SipHash's resistance to chosen keys buys nothing here, where the number of streams is
+/// bounded by `max_streams`.
+#[derive(Default)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type StreamMap<V> = HashMap<u32, V, BuildHasherDefault<StreamIdHasher>>;
+type StreamSet = HashSet<u32, BuildHasherDefault<StreamIdHasher>>;
+
 /// Non-DATA frames longer than this are skipped rather than collected (no frame this decoder
 /// reads needs more: SETTINGS lists a handful of entries, GOAWAY's debug data is not read).
 const MAX_CONTROL_FRAME: u32 = 64 * 1024;
@@ -261,7 +287,7 @@ pub struct Http2Conn {
     limits: Http2Limits,
     /// Index 0: client-sent frames (`Side::Request`); 1: server-sent.
     halves: [Half; 2],
-    streams: HashMap<u32, Stream>,
+    streams: StreamMap<Stream>,
     /// Body bytes held by open streams.
     held: usize,
     /// Highest stream id opened (by a request block or PUSH_PROMISE) per initiator: index 0
@@ -274,9 +300,9 @@ pub struct Http2Conn {
     gap_opened: [bool; 2],
     /// Streams that began before the capture and were already emitted (late frames must not
     /// bring them back); bounded by `max_streams`.
-    finished_early: HashSet<u32>,
+    finished_early: StreamSet,
     /// Streams ignored for the stream limit; bounded by `max_streams`.
-    refused: HashSet<u32>,
+    refused: StreamSet,
     closed: bool,
 }
 
@@ -401,13 +427,13 @@ impl Http2Conn {
         Self {
             limits,
             halves,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             held: 0,
             highest_opened: [0, 0],
             pre_capture_below,
             gap_opened: [false, false],
-            finished_early: HashSet::new(),
-            refused: HashSet::new(),
+            finished_early: StreamSet::default(),
+            refused: StreamSet::default(),
             closed: false,
         }
     }

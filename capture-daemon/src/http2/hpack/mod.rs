@@ -289,7 +289,11 @@ enum NameSource {
 }
 
 fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    // `from_utf8` validates faster than the lossy conversion; most fields are ASCII.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 /// RFC 7541 §5.1: an integer with an N-bit prefix; returns it and the bytes used.
