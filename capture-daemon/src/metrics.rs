@@ -48,6 +48,8 @@ pub struct Metrics {
     pub evicted_memory: AtomicU64,
     pub output_errors: AtomicU64,
     pub malformed_events: AtomicU64,
+    /// Targets, pause, Kubernetes opt-in and configuration reloads (see `control`).
+    pub control: Arc<crate::control::ControlMetrics>,
     parse_errors: [AtomicU64; 32],
     kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
     ready: AtomicBool,
@@ -262,6 +264,7 @@ impl Metrics {
                 g(&self.parse_errors[i])
             );
         }
+        self.control.render(&mut out);
         out
     }
 }
