@@ -54,13 +54,19 @@ pub async fn watch_pods(
                 Ok(event) => event,
                 Err(e) => {
                     metrics.kubernetes_watch_errors.fetch_add(1, Relaxed);
+                    if let Some(restart) = gone(&e) {
+                        // The watch fell behind the server's history: not an outage, so no
+                        // growing backoff, just a short pause before the new list.
+                        info!("resource version gone; listing the node's pods again");
+                        tokio::time::sleep(backoff.jittered(BACKOFF_MIN)).await;
+                        if restart {
+                            break;
+                        }
+                        continue;
+                    }
                     let delay = backoff.next_delay();
                     warn!(error = %e, retry_in = ?delay, "pod watch failed; keeping the current targets");
                     tokio::time::sleep(delay).await;
-                    if is_gone(&e) {
-                        info!("resource version gone; listing the node's pods again");
-                        break;
-                    }
                     continue;
                 }
             };
@@ -88,13 +94,19 @@ fn view(pod: &Pod) -> Option<PodView> {
     v
 }
 
-/// `410 Gone` in answer to the watch request: the resource version is too old and only a new
-/// list helps (the watcher itself relists for a 410 ERROR event in the stream).
-fn is_gone(e: &watcher::Error) -> bool {
+/// `Some` for `410 Gone`: the resource version is too old and only a new list helps. The
+/// watcher relists by itself after a 410 ERROR event in the stream or a 410 list answer
+/// (`Some(false)`); a 410 answer to the watch request needs a fresh watcher (`Some(true)`).
+fn gone(e: &watcher::Error) -> Option<bool> {
     match e {
-        watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::InitialListFailed(kube::Error::Api(status)) => status.code == 410,
-        _ => false,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 410 => {
+            Some(true)
+        }
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 410 => {
+            Some(false)
+        }
+        watcher::Error::WatchError(status) if status.code == 410 => Some(false),
+        _ => None,
     }
 }
 
@@ -161,10 +173,14 @@ impl Backoff {
         self.last_error = Some(Instant::now());
         let step = self.step;
         self.step = (self.step * 2).min(BACKOFF_MAX);
+        self.jittered(step)
+    }
+
+    /// A random duration in [step / 2, step).
+    fn jittered(&mut self, step: Duration) -> Duration {
         self.draws += 1;
         let mut h = self.random.build_hasher();
         h.write_u64(self.draws);
-        // A fraction in [0.5, 1.0) of the step.
         let fraction = 0.5 + (h.finish() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
         step.mul_f64(fraction)
     }
