@@ -616,4 +616,63 @@ mod tests {
         capture.set_targets(&BTreeSet::from([3u64, 4])).unwrap();
         assert_eq!(capture.target_set, BTreeSet::from([3u64, 4]));
     }
+
+    /// Nothing outlives the daemon: no link while paused, and once `Capture` and the runtime
+    /// (whose task pumps the kernel log map) are gone, as at process exit, the kernel has no
+    /// program, link or map of it left; nothing is pinned.
+    #[test]
+    fn nothing_is_left_after_drop() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut capture = runtime
+            .block_on(async {
+                Capture::load(&KernelLimits {
+                    ring_buffer_bytes: 1 << 16,
+                    ..KernelLimits::default()
+                })
+            })
+            .unwrap();
+        let info = capture.program().unwrap().info().unwrap();
+        let prog = info.id();
+        let maps = info.map_ids().unwrap().unwrap_or_default();
+        assert!(!maps.is_empty());
+        let links_to = |prog: u32| {
+            aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .filter(|l| l.program_id() == prog)
+                .count()
+        };
+        assert_eq!(links_to(prog), 1);
+        capture.detach().unwrap();
+        assert_eq!(links_to(prog), 0, "paused: no link");
+        capture.attach().unwrap();
+        assert_eq!(links_to(prog), 1);
+        drop(capture);
+        drop(runtime);
+        // Freeing is deferred to an RCU grace period; give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let prog_left = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .any(|p| p.id() == prog);
+            let maps_left = aya::maps::loaded_maps()
+                .filter_map(Result::ok)
+                .any(|m| maps.contains(&m.id()));
+            if !prog_left && !maps_left && links_to(prog) == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left behind: program {prog_left}, maps {:?}",
+                aya::maps::loaded_maps()
+                    .filter_map(Result::ok)
+                    .filter(|m| maps.contains(&m.id()))
+                    .map(|m| m.name_as_str().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
