@@ -172,32 +172,35 @@ impl CgroupResolver {
     /// `dir` and every directory under it (bounded), with their ids; refuses a subtree that
     /// holds the daemon.
     pub fn subtree(&self, dir: &Path) -> Result<ContainerCgroups, ResolveError> {
-        let mut cgroups = Vec::new();
-        let mut queue = VecDeque::from([(dir.to_path_buf(), 0usize)]);
-        while let Some((d, depth)) = queue.pop_front() {
-            if cgroups.len() >= SUBTREE_MAX_DIRS {
-                break;
-            }
-            let meta = match std::fs::metadata(&d) {
-                Ok(m) => m,
-                // A child removed while walking is simply not there any more.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
-                Err(e) => return Err(ResolveError::Io(d, e)),
-            };
-            if holds_pid(&d, self.own_pid) {
-                return Err(ResolveError::OwnCgroup(d));
-            }
-            if depth < SUBTREE_DEPTH {
-                for child in child_dirs(&d) {
-                    queue.push_back((child, depth + 1));
-                }
-            }
-            cgroups.push((meta.ino(), d));
+        let found = walk(dir)?;
+        self.refuse_own(&found)?;
+        Ok(found)
+    }
+
+    /// Walks a resolved container's subtree again: `Some` with the new content when
+    /// directories appeared or went, `None` when nothing changed, an error when the container's
+    /// directory is gone. Cheap when nothing changed (no `cgroup.procs` read).
+    pub fn rescan(
+        &self,
+        found: &ContainerCgroups,
+    ) -> Result<Option<ContainerCgroups>, ResolveError> {
+        let now = walk(&found.dir)?;
+        if now == *found {
+            return Ok(None);
         }
-        Ok(ContainerCgroups {
-            dir: dir.to_path_buf(),
-            cgroups,
-        })
+        self.refuse_own(&now)?;
+        Ok(Some(now))
+    }
+
+    fn refuse_own(&self, found: &ContainerCgroups) -> Result<(), ResolveError> {
+        match found
+            .cgroups
+            .iter()
+            .find(|(_, d)| holds_pid(d, self.own_pid))
+        {
+            Some((_, d)) => Err(ResolveError::OwnCgroup(d.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The pod's directory, from the kubepods directories found so far; walks the tree again
@@ -230,6 +233,34 @@ impl CgroupResolver {
     pub fn kubepods_dirs(&self) -> &[PathBuf] {
         &self.kubepods
     }
+}
+
+/// `dir` and every directory under it (at most [`SUBTREE_DEPTH`] levels and
+/// [`SUBTREE_MAX_DIRS`] directories), with their ids.
+fn walk(dir: &Path) -> Result<ContainerCgroups, ResolveError> {
+    let mut cgroups = Vec::new();
+    let mut queue = VecDeque::from([(dir.to_path_buf(), 0usize)]);
+    while let Some((d, depth)) = queue.pop_front() {
+        if cgroups.len() >= SUBTREE_MAX_DIRS {
+            break;
+        }
+        let meta = match std::fs::metadata(&d) {
+            Ok(m) => m,
+            // A child removed while walking is simply not there any more.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && depth > 0 => continue,
+            Err(e) => return Err(ResolveError::Io(d, e)),
+        };
+        if depth < SUBTREE_DEPTH {
+            for child in child_dirs(&d) {
+                queue.push_back((child, depth + 1));
+            }
+        }
+        cgroups.push((meta.ino(), d));
+    }
+    Ok(ContainerCgroups {
+        dir: dir.to_path_buf(),
+        cgroups,
+    })
 }
 
 fn find_pod_dir(kubepods: &[PathBuf], uid: &str, qos: QosClass) -> Option<PathBuf> {

@@ -254,12 +254,20 @@ impl Reconciler {
                         }
                     }
                     ContainerState::Resolved(found) if rescan => {
-                        match self.resolver.subtree(&found.dir) {
-                            Ok(now) if now != *found => {
+                        match self.resolver.rescan(found) {
+                            Ok(None) => {}
+                            Ok(Some(now)) => {
                                 *found = now;
                                 changed = true;
                             }
-                            Ok(_) => {}
+                            Err(e @ ResolveError::OwnCgroup(_)) => {
+                                self.metrics
+                                    .cgroup_resolution_failures
+                                    .fetch_add(1, Relaxed);
+                                warn!(container = %c.name, error = %e, "not captured");
+                                c.state = ContainerState::Failed;
+                                changed = true;
+                            }
                             Err(e) => {
                                 debug!(container = %c.name, error = %e, "container cgroup gone");
                                 self.removal_reason
