@@ -97,6 +97,9 @@ async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     }
+    // Before loading: a kubeconfig that cannot be used is a configuration error (exit 2), and
+    // nothing is attached before the configuration is known to be good.
+    let control = control::start(&cfg, &targets, &metrics).await?;
     let mut capture = Capture::load(&cfg.kernel)?;
     metrics.set_kernel(capture.counter_reader());
     let ids = targets.iter().map(|t| t.id).collect();
@@ -108,7 +111,6 @@ async fn run(
     for t in &targets {
         audit::target_added(&node, t.id, &t.dir);
     }
-    let control = control::start(&cfg, &targets, &metrics).await?;
     let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics)).with_control(control);
     // With --kubernetes, ready once the node's pods are listed and their targets in place.
     metrics.set_ready(!cfg.kubernetes);

@@ -8,7 +8,8 @@
 //! an un-annotated pod stops being captured; pausing through the configuration file detaches
 //! the programs (not one kernel event) and resuming captures again; a container restart moves
 //! capture to the new cgroup; deleting the pods empties the target set; the audit lines are in
-//! stderr. Plus the start-up errors: no node name (exit 2), a cgroup v1 root (exit 1).
+//! stderr. Plus the start-up errors: no node name (exit 2), a cgroup v1 root (exit 1), an
+//! unusable kubeconfig (exit 2).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +19,8 @@ use anyhow::{Context, Result, bail};
 use capture_e2e::har::{brief, path, str_at};
 use capture_e2e::kube_api::{FakeKubeApi, TestPod};
 use capture_e2e::{
-    Daemon, PythonServer, TestCgroup, capture_environment_ready, curl, daemon_binary, run,
-    run_unchecked, workspace_root,
+    Daemon, PythonServer, TestCgroup, capture_environment_ready, cgroup2_root, curl, daemon_binary,
+    run, run_unchecked, workspace_root,
 };
 use serde_json::Value;
 
@@ -317,5 +318,22 @@ fn a_cgroup_v1_root_is_refused_at_start() -> Result<()> {
         .arg(missing);
     let out = run_unchecked(&mut cmd, RUN_TIMEOUT)?;
     assert_eq!(out.status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn an_unusable_kubeconfig_is_a_configuration_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "clusters: [this is not a kubeconfig\n")?;
+    let mut cmd = daemon_command()?;
+    cmd.args(["--kubernetes", "--node-name", NODE, "--cgroup-root"])
+        .arg(cgroup2_root()?)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig);
+    let out = run_unchecked(&mut cmd, RUN_TIMEOUT)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--kubeconfig"), "{stderr}");
     Ok(())
 }
