@@ -5,13 +5,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ebpf::KernelLimits, http1::Http1Limits, http2::Http2Limits};
 
 /// Flags and file keys. Every field is optional here so file values and defaults can be
 /// layered; [`Config`] is the validated result.
-#[derive(Parser, Deserialize, Debug, Default, Clone)]
+#[derive(Parser, Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[command(
     name = "capture-daemon",
     version,
@@ -27,8 +27,9 @@ pub struct Flags {
     #[arg(long = "target-pid", value_name = "PID")]
     #[serde(default)]
     pub target_pid: Vec<u32>,
-    /// Opt workloads in by Kubernetes annotation (not available in this build yet).
-    #[arg(long)]
+    /// Capture the pods of this node annotated `traffic-capture/enabled: "true"` (needs
+    /// --node-name or NODE_NAME).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub kubernetes: Option<bool>,
     /// Where exchanges go, one JSON (HAR entry) per line; `-` is stdout.
     #[arg(long, value_name = "PATH|-")]
@@ -104,6 +105,27 @@ pub struct Flags {
     /// bodies are cut (default 16 MiB).
     #[arg(long = "max-h2-conn-body-bytes", value_name = "N")]
     pub max_h2_conn_body_bytes: Option<usize>,
+    /// With --kubernetes: only capture pods of this namespace (repeatable; none = all).
+    #[arg(long = "namespace-include", value_name = "NS")]
+    #[serde(default)]
+    pub namespace_include: Vec<String>,
+    /// With --kubernetes: never capture pods of this namespace (repeatable; wins over include).
+    #[arg(long = "namespace-exclude", value_name = "NS")]
+    #[serde(default)]
+    pub namespace_exclude: Vec<String>,
+    /// With --kubernetes: the API server from this kubeconfig (default: in-cluster, then
+    /// $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the node's cgroup v2 hierarchy (default /sys/fs/cgroup).
+    #[arg(long = "cgroup-root", value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Most cgroups captured at once, the size of the kernel's target map (default 4096).
+    #[arg(long = "max-target-cgroups", value_name = "N")]
+    pub max_target_cgroups: Option<u32>,
+    /// Detach the programs: capture nothing until unpaused (re-read live from --config).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub paused: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +153,25 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     pub node_name: Option<String>,
     pub http2: Http2Limits,
+    pub kubernetes: bool,
+    pub namespace_include: Vec<String>,
+    pub namespace_exclude: Vec<String>,
+    pub kubeconfig: Option<PathBuf>,
+    pub cgroup_root: PathBuf,
+    pub paused: bool,
+    /// What this configuration was made from, to read the file again when it changes.
+    pub source: ConfigSource,
+}
+
+/// The command line and file behind a [`Config`].
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    /// The flags as given on the command line.
+    pub cli: Flags,
+    /// The `--config` file.
+    pub file: Option<PathBuf>,
+    /// The flags with the file's values filled in.
+    pub merged: Flags,
 }
 
 /// A configuration error: the flag (or file) it concerns and what is wrong with it.
@@ -188,9 +229,20 @@ impl Flags {
             max_h2_header_list_bytes,
             max_h2_streams,
             max_hpack_table_bytes,
-            max_h2_conn_body_bytes
+            max_h2_conn_body_bytes,
+            kubeconfig,
+            cgroup_root,
+            max_target_cgroups,
+            paused
         );
-        extend!(target_cgroup, target_pid, redact_header, redact_query);
+        extend!(
+            target_cgroup,
+            target_pid,
+            redact_header,
+            redact_query,
+            namespace_include,
+            namespace_exclude
+        );
         self
     }
 }
@@ -215,6 +267,13 @@ impl Config {
             let first = first.strip_prefix("error: ").unwrap_or(first);
             ConfigError::Usage(format!("{first} (see capture-daemon --help)"))
         })?;
+        Config::from_cli(flags)
+    }
+
+    /// Reads the `--config` file `cli` names (if any), fills in what the flags leave unset and
+    /// validates the result. Called again when the file changes.
+    pub fn from_cli(cli: Flags) -> Result<Config, ConfigError> {
+        let flags = cli.clone();
         let flags = match &flags.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -229,22 +288,73 @@ impl Config {
             }
             None => flags,
         };
-        Config::validate(flags)
+        let mut config = Config::validate(flags.clone())?;
+        config.source = ConfigSource {
+            file: cli.config.clone(),
+            cli,
+            merged: flags,
+        };
+        Ok(config)
     }
 
     fn validate(f: Flags) -> Result<Config, ConfigError> {
-        if f.kubernetes == Some(true) {
-            return Err(invalid(
-                "--kubernetes",
-                "true",
-                "Kubernetes opt-in is not in this build yet; use --target-cgroup or --target-pid",
-            ));
-        }
-        if f.target_cgroup.is_empty() && f.target_pid.is_empty() {
+        let kubernetes = f.kubernetes.unwrap_or(false);
+        if !kubernetes && f.target_cgroup.is_empty() && f.target_pid.is_empty() {
             return Err(ConfigError::Usage(
-                "nothing to capture: give --target-cgroup DIR or --target-pid PID \
+                "nothing to capture: give --target-cgroup DIR, --target-pid PID or --kubernetes \
                  (see capture-daemon --help)"
                     .into(),
+            ));
+        }
+        if kubernetes && f.node_name.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "--node-name",
+                "",
+                "required with --kubernetes (give --node-name or set NODE_NAME from the \
+                 downward API's spec.nodeName)",
+            ));
+        }
+        for (flag, list) in [
+            ("--namespace-include", &f.namespace_include),
+            ("--namespace-exclude", &f.namespace_exclude),
+        ] {
+            if let Some(ns) = list.iter().find(|ns| !is_namespace_name(ns)) {
+                return Err(invalid(
+                    flag,
+                    ns,
+                    "not a namespace name (lowercase letters, digits and '-', at most 63)",
+                ));
+            }
+        }
+        if let Some(path) = &f.kubeconfig
+            && !path.is_file()
+        {
+            return Err(invalid("--kubeconfig", path.display(), "no such file"));
+        }
+        let cgroup_root = f
+            .cgroup_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        if !cgroup_root.is_absolute() {
+            return Err(invalid(
+                "--cgroup-root",
+                cgroup_root.display(),
+                "must be an absolute path",
+            ));
+        }
+        let max_target_cgroups = f.max_target_cgroups.unwrap_or(4096);
+        if !(1..=MAX_TARGET_CGROUPS).contains(&max_target_cgroups) {
+            return Err(invalid(
+                "--max-target-cgroups",
+                max_target_cgroups,
+                format!("must be between 1 and {MAX_TARGET_CGROUPS}"),
+            ));
+        }
+        if f.target_cgroup.len() + f.target_pid.len() > max_target_cgroups as usize {
+            return Err(invalid(
+                "--max-target-cgroups",
+                max_target_cgroups,
+                "fewer than the --target-cgroup and --target-pid given",
             ));
         }
         let http1_defaults = Http1Limits::default();
@@ -294,6 +404,7 @@ impl Config {
             ring_buffer_bytes,
             max_capture_bytes_per_syscall,
             max_iovecs,
+            max_target_cgroups,
         };
         if kernel.max_chunks() + max_iovecs > capture_common::MAX_LOOP_STEPS {
             return Err(invalid(
@@ -373,6 +484,13 @@ impl Config {
             shutdown_deadline,
             node_name: f.node_name,
             http2,
+            kubernetes,
+            namespace_include: f.namespace_include,
+            namespace_exclude: f.namespace_exclude,
+            kubeconfig: f.kubeconfig,
+            cgroup_root,
+            paused: f.paused.unwrap_or(false),
+            source: ConfigSource::default(),
         })
     }
 }
@@ -418,6 +536,20 @@ fn http2_limits(f: &Flags, max_body_bytes: usize) -> Result<Http2Limits, ConfigE
         max_hpack_table_bytes,
         max_conn_body_bytes,
     })
+}
+
+/// Largest `--max-target-cgroups`: the kernel map is allocated at that size up front.
+pub const MAX_TARGET_CGROUPS: u32 = 1 << 20;
+
+/// RFC 1123 label, what Kubernetes allows as a namespace name.
+fn is_namespace_name(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 63
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-')
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -549,5 +681,96 @@ mod tests {
             e.contains("--config") && e.contains("max-bodyy-bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kubernetes_mode_flags() {
+        let c = parse(&[
+            "--kubernetes",
+            "--node-name",
+            "node-1",
+            "--namespace-include",
+            "shop",
+            "--namespace-exclude",
+            "kube-system",
+            "--cgroup-root",
+            "/host/sys/fs/cgroup",
+            "--max-target-cgroups",
+            "128",
+        ])
+        .unwrap();
+        assert!(c.kubernetes);
+        assert_eq!(c.node_name.as_deref(), Some("node-1"));
+        assert_eq!(c.namespace_include, vec!["shop".to_string()]);
+        assert_eq!(c.namespace_exclude, vec!["kube-system".to_string()]);
+        assert_eq!(c.cgroup_root, PathBuf::from("/host/sys/fs/cgroup"));
+        assert_eq!(c.kernel.max_target_cgroups, 128);
+        assert!(!c.paused);
+        let c = parse(&["--kubernetes=true", "--node-name", "n", "--paused"]).unwrap();
+        assert!(c.paused);
+        assert_eq!(c.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(c.kernel.max_target_cgroups, 4096);
+        // Static targets alone still need no node name.
+        assert!(!parse(&["--target-pid", "1"]).unwrap().kubernetes);
+    }
+
+    #[test]
+    fn kubernetes_mode_bad_values_name_the_flag() {
+        // Without a node name (NODE_NAME is read by clap: clear it for this process' parse).
+        let e = Config::from_cli(Flags {
+            kubernetes: Some(true),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--node-name") && e.contains("--kubernetes"),
+            "{e}"
+        );
+        let k = ["--kubernetes", "--node-name", "n"];
+        for (flag, value, want) in [
+            ("--namespace-include", "Shop", "--namespace-include"),
+            ("--namespace-exclude", "a_b", "--namespace-exclude"),
+            ("--cgroup-root", "relative/dir", "--cgroup-root"),
+            ("--max-target-cgroups", "0", "--max-target-cgroups"),
+            ("--max-target-cgroups", "99999999", "--max-target-cgroups"),
+            ("--kubeconfig", "/nonexistent/kubeconfig", "--kubeconfig"),
+            ("--paused", "maybe", "--paused"),
+        ] {
+            let mut args = k.to_vec();
+            args.extend([flag, value]);
+            let e = parse(&args).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(value), "{flag} {value}: {e}");
+        }
+        let e = parse(&[
+            "--target-pid",
+            "1",
+            "--target-pid",
+            "2",
+            "--max-target-cgroups",
+            "1",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--max-target-cgroups"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_keys_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "kubernetes: true\nnode-name: n1\nnamespace-exclude: [kube-system]\npaused: true\n\
+             cgroup-root: /host/sys/fs/cgroup\nmax-target-cgroups: 10\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert!(c.kubernetes && c.paused);
+        assert_eq!(c.namespace_exclude, vec!["kube-system".to_string()]);
+        assert_eq!(c.kernel.max_target_cgroups, 10);
+        assert_eq!(c.source.file.as_deref(), Some(path.as_path()));
+        assert_eq!(c.source.merged.paused, Some(true));
+        assert_eq!(c.source.cli.paused, None);
     }
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use capture_common::{MutedKey, counter};
 use tracing::{debug, warn};
@@ -46,6 +46,8 @@ pub struct KernelLimits {
     /// Bytes of one syscall copied at most; the rest is reported as a gap.
     pub max_capture_bytes_per_syscall: u32,
     pub max_iovecs: u32,
+    /// Entries of the target cgroup map (`--max-target-cgroups`).
+    pub max_target_cgroups: u32,
 }
 
 impl Default for KernelLimits {
@@ -55,6 +57,7 @@ impl Default for KernelLimits {
             max_capture_bytes_per_syscall: capture_common::MAX_CHUNKS_PER_CALL
                 * capture_common::MAX_CHUNK as u32,
             max_iovecs: capture_common::MAX_IOVECS,
+            max_target_cgroups: 4096,
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct Capture {
     muted: HashMap<MapData, MutedKey, u8>,
     counters: Arc<KernelCounterReader>,
     target_set: BTreeSet<u64>,
+    /// The attachment; `None` while paused (detached).
+    link: Option<RawTracePointLinkId>,
 }
 
 /// Reads the kernel's per-CPU counters; shared with the metrics endpoint so a scrape sees
@@ -132,6 +137,7 @@ impl Capture {
             // tens of MiB of peak memory.
             .btf(None)
             .map_max_entries("EVENTS", ring_buffer_bytes)
+            .map_max_entries("TARGET_CGROUPS", limits.max_target_cgroups)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("MAX_CHUNKS", &limits.max_chunks(), true)
             .override_global("MAX_IOVS", &limits.max_iovecs, true)
@@ -149,7 +155,7 @@ impl Capture {
         program
             .load()
             .map_err(|e| classify_program_error(PROGRAM, &e))?;
-        program
+        let link = program
             .attach("sys_exit")
             .map_err(|e| classify_program_error("raw tracepoint sys_exit", &e))?;
         let targets = take_hash(&mut ebpf, "TARGET_CGROUPS")?;
@@ -166,7 +172,48 @@ impl Capture {
             muted,
             counters,
             target_set: BTreeSet::new(),
+            link: Some(link),
         })
+    }
+
+    fn program(&mut self) -> Result<&mut RawTracePoint, EbpfError> {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| EbpfError::Load(format!("program {PROGRAM} missing from the object")))?
+            .try_into()
+            .map_err(|e| EbpfError::Load(format!("{PROGRAM}: {e}")))
+    }
+
+    /// Detaches the program (pause): from now on no syscall is looked at, not even filtered.
+    /// The maps stay, so [`Capture::attach`] resumes with the same targets.
+    pub fn detach(&mut self) -> Result<(), EbpfError> {
+        if let Some(link) = self.link.take() {
+            self.program()?
+                .detach(link)
+                .map_err(|e| classify_program_error("detaching sys_exit", &e))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the program again after [`Capture::detach`].
+    pub fn attach(&mut self) -> Result<(), EbpfError> {
+        if self.link.is_none() {
+            let link = self
+                .program()?
+                .attach("sys_exit")
+                .map_err(|e| classify_program_error("raw tracepoint sys_exit", &e))?;
+            self.link = Some(link);
+        }
+        Ok(())
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Cgroups in the kernel's target set now.
+    pub fn target_count(&self) -> usize {
+        self.target_set.len()
     }
 
     /// The ring buffer the programs write events into (taken once).
@@ -178,19 +225,30 @@ impl Capture {
             .map_err(|e| EbpfError::Load(format!("EVENTS: {e}")))
     }
 
-    /// Makes the kernel's target set exactly `ids`.
+    /// Makes the kernel's target set exactly `ids`: removals first (so a full map makes
+    /// room), then additions. On an error the set is left as far as it got, and the recorded
+    /// set says exactly what the kernel holds, so the next call finishes the job.
     pub fn set_targets(&mut self, ids: &BTreeSet<u64>) -> Result<(), EbpfError> {
-        for id in ids.difference(&self.target_set.clone()) {
+        let stale: Vec<u64> = self.target_set.difference(ids).copied().collect();
+        for id in stale {
+            match self.targets.remove(&id) {
+                Ok(()) => {}
+                // Already gone from the map: nothing to undo.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    warn!(cgroup_id = id, error = %e, "removing target cgroup");
+                    continue;
+                }
+            }
+            self.target_set.remove(&id);
+        }
+        let new: Vec<u64> = ids.difference(&self.target_set).copied().collect();
+        for id in new {
             self.targets
                 .insert(id, 1, 0)
                 .map_err(|e| EbpfError::Load(format!("adding target cgroup {id}: {e}")))?;
+            self.target_set.insert(id);
         }
-        for id in self.target_set.difference(ids) {
-            if let Err(e) = self.targets.remove(id) {
-                warn!(cgroup_id = id, error = %e, "removing target cgroup");
-            }
-        }
-        self.target_set = ids.clone();
         Ok(())
     }
 
@@ -512,5 +570,109 @@ mod tests {
         assert_eq!(egress[1], (16_384, 40_000 - 16_384, 0), "{egress:?}");
         assert_eq!(egress[2].0, 40_000, "{egress:?}");
         assert!(rig.capture.counters().truncations >= 1);
+    }
+
+    /// Pause detaches the program: a target cgroup's traffic produces no event at all; resume
+    /// attaches it again with the same targets.
+    #[tokio::test]
+    async fn detach_stops_everything_and_attach_resumes() {
+        let limits = KernelLimits {
+            ring_buffer_bytes: 1 << 20,
+            max_target_cgroups: 16,
+            ..KernelLimits::default()
+        };
+        let mut rig = Rig::new("pause", limits);
+        rig.capture.detach().unwrap();
+        assert!(!rig.capture.is_attached());
+        let before = rig.capture.counters().events;
+        let mut client = python_client(Some(&rig.cg), rig.port, "paused");
+        rig.serve(11);
+        assert!(client.wait().unwrap().success());
+        assert!(rig.records().is_empty());
+        assert_eq!(rig.capture.counters().events, before);
+
+        rig.capture.attach().unwrap();
+        rig.capture.attach().unwrap(); // idempotent
+        let mut client = python_client(Some(&rig.cg), rig.port, "resumed");
+        rig.serve(12);
+        assert!(client.wait().unwrap().success());
+        assert!(!rig.records().is_empty());
+        assert_eq!(rig.capture.target_count(), 1);
+    }
+
+    /// The target map is as large as --max-target-cgroups says: one more does not fit.
+    #[tokio::test]
+    async fn target_map_size_follows_the_limit() {
+        let mut capture = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 16,
+            max_target_cgroups: 2,
+            ..KernelLimits::default()
+        })
+        .unwrap();
+        capture.set_targets(&BTreeSet::from([1u64, 2])).unwrap();
+        assert!(capture.set_targets(&BTreeSet::from([1u64, 2, 3])).is_err());
+        assert_eq!(capture.target_count(), 2);
+        // Removals come first, so swapping within the limit works.
+        capture.set_targets(&BTreeSet::from([3u64, 4])).unwrap();
+        assert_eq!(capture.target_set, BTreeSet::from([3u64, 4]));
+    }
+
+    /// Nothing outlives the daemon: no link while paused, and once `Capture` and the runtime
+    /// (whose task pumps the kernel log map) are gone, as at process exit, the kernel has no
+    /// program, link or map of it left; nothing is pinned.
+    #[test]
+    fn nothing_is_left_after_drop() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut capture = runtime
+            .block_on(async {
+                Capture::load(&KernelLimits {
+                    ring_buffer_bytes: 1 << 16,
+                    ..KernelLimits::default()
+                })
+            })
+            .unwrap();
+        let info = capture.program().unwrap().info().unwrap();
+        let prog = info.id();
+        let maps = info.map_ids().unwrap().unwrap_or_default();
+        assert!(!maps.is_empty());
+        let links_to = |prog: u32| {
+            aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .filter(|l| l.program_id() == prog)
+                .count()
+        };
+        assert_eq!(links_to(prog), 1);
+        capture.detach().unwrap();
+        assert_eq!(links_to(prog), 0, "paused: no link");
+        capture.attach().unwrap();
+        assert_eq!(links_to(prog), 1);
+        drop(capture);
+        drop(runtime);
+        // Freeing is deferred to an RCU grace period; give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let prog_left = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .any(|p| p.id() == prog);
+            let maps_left = aya::maps::loaded_maps()
+                .filter_map(Result::ok)
+                .any(|m| maps.contains(&m.id()));
+            if !prog_left && !maps_left && links_to(prog) == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left behind: program {prog_left}, maps {:?}",
+                aya::maps::loaded_maps()
+                    .filter_map(Result::ok)
+                    .filter(|m| maps.contains(&m.id()))
+                    .map(|m| m.name_as_str().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }

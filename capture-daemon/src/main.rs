@@ -8,8 +8,12 @@
 use std::{process::ExitCode, sync::Arc};
 
 use capture_daemon::{
+    audit,
     config::{Config, ConfigError, LogFormat},
+    control,
     ebpf::Capture,
+    exchange::Workload,
+    kubernetes,
     metrics::{self, Metrics},
     pipeline::Pipeline,
     sink::JsonlSink,
@@ -37,6 +41,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.kubernetes
+        && let Err(e) = kubernetes::cgroups::check_root(&cfg.cgroup_root)
+    {
+        eprintln!("capture-daemon: {e}");
+        return ExitCode::from(e.exit_code());
+    }
     let sink = match JsonlSink::open(&cfg.output) {
         Ok(s) => s,
         Err(e) => {
@@ -57,6 +67,13 @@ fn main() -> ExitCode {
     let json_logs = cfg.log_format == LogFormat::Json;
     match runtime.block_on(run(cfg, targets, sink)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<control::StartError>().is_some() => {
+            let code = e
+                .downcast_ref::<control::StartError>()
+                .map_or(1, control::StartError::exit_code);
+            eprintln!("capture-daemon: {e:#}");
+            ExitCode::from(code)
+        }
         Err(e) => {
             // One line: in the log stream when it is JSON (collected), else plainly on stderr.
             if json_logs {
@@ -80,15 +97,23 @@ async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
     }
+    // Before loading: a kubeconfig that cannot be used is a configuration error (exit 2), and
+    // nothing is attached before the configuration is known to be good.
+    let control = control::start(&cfg, &targets, &metrics).await?;
     let mut capture = Capture::load(&cfg.kernel)?;
     metrics.set_kernel(capture.counter_reader());
     let ids = targets.iter().map(|t| t.id).collect();
     capture.set_targets(&ids)?;
+    let node = Workload {
+        node: cfg.node_name.clone(),
+        ..Workload::default()
+    };
     for t in &targets {
-        info!(audit = true, cgroup = %t.dir.display(), cgroup_id = t.id, "capture target added");
+        audit::target_added(&node, t.id, &t.dir);
     }
-    let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics));
-    metrics.set_ready(true);
+    let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics)).with_control(control);
+    // With --kubernetes, ready once the node's pods are listed and their targets in place.
+    metrics.set_ready(!cfg.kubernetes);
     info!(targets = targets.len(), output = %cfg.output, "capture started");
     pipeline
         .run(&mut capture, shutdown_signal(), cfg.shutdown_deadline)
@@ -115,13 +140,6 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Audit lines are JSON whatever the format (see `audit`).
+    audit::init_logging(format);
 }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub evicted_memory: AtomicU64,
     pub output_errors: AtomicU64,
     pub malformed_events: AtomicU64,
+    /// Targets, pause, Kubernetes opt-in and configuration reloads (see `control`).
+    pub control: Arc<crate::control::ControlMetrics>,
     parse_errors: [AtomicU64; 32],
     pub exchanges_h2: AtomicU64,
     pub exchanges_grpc: AtomicU64,
@@ -346,6 +348,7 @@ impl Metrics {
             "# HELP capture_h2_hpack_state_unknown_total HTTP/2 exchanges whose header fields could not all be decoded (connection older than the capture, or bytes lost).\n# TYPE capture_h2_hpack_state_unknown_total counter\ncapture_h2_hpack_state_unknown_total {}",
             g(&self.h2_hpack_state_unknown)
         );
+        self.control.render(&mut out);
         out
     }
 }

@@ -11,6 +11,7 @@ use crate::{
     clock::WallClock,
     config::Config,
     conn::{ConnTable, TableLimits},
+    control::{Applied, Control},
     ebpf::Capture,
     exchange::Exchange,
     intake,
@@ -38,6 +39,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     headers_only: bool,
     done: Vec<Exchange>,
+    /// Live target set, workloads and pause switch; `None` when nothing changes at run time.
+    control: Option<Control>,
 }
 
 impl Pipeline {
@@ -69,7 +72,15 @@ impl Pipeline {
             metrics,
             headers_only: cfg.headers_only,
             done: Vec::new(),
+            control: None,
         }
+    }
+
+    /// Applies live changes (targets, workloads, pause) from `control` while running.
+    #[must_use]
+    pub fn with_control(mut self, control: Control) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Runs until `shutdown` resolves, then drains what the kernel already sent and flushes
@@ -86,6 +97,7 @@ impl Pipeline {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drains: u32 = 0;
         tokio::pin!(shutdown);
+        self.apply_control(capture, ring.get_mut());
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -103,6 +115,7 @@ impl Pipeline {
                         self.table.tick(monotonic_ns(), &mut self.done);
                     }
                 }
+                () = changed(&mut self.control) => self.apply_control(capture, ring.get_mut()),
                 () = &mut shutdown => break,
             }
             self.apply_mutes(capture);
@@ -143,6 +156,22 @@ impl Pipeline {
         true
     }
 
+    /// Brings the programs in line with `control`; on pause, writes out what the kernel had
+    /// already sent and flushes every exchange in flight.
+    fn apply_control(&mut self, capture: &mut Capture, ring: &mut RingBuf<MapData>) {
+        let Some(mut control) = self.control.take() else {
+            return;
+        };
+        if control.apply(capture, &self.metrics) == Applied::Paused {
+            while self.drain(ring, DRAIN_BATCH) {
+                self.write_done();
+            }
+            self.table.flush_all(&mut self.done);
+        }
+        self.control = Some(control);
+        self.write_done();
+    }
+
     fn apply_mutes(&mut self, capture: &mut Capture) {
         for key in self.table.take_mutes() {
             capture.mute(key);
@@ -156,6 +185,12 @@ impl Pipeline {
             return;
         }
         for mut ex in self.done.drain(..) {
+            if let Some(control) = &self.control {
+                control.fill(&mut ex);
+            }
+            if ex.routing_key.is_none() {
+                ex.routing_key = crate::routing::routing_key(&ex.request.headers);
+            }
             self.redaction.apply(&mut ex);
             if self.headers_only {
                 strip_bodies(&mut ex);
@@ -176,6 +211,14 @@ impl Pipeline {
         };
         Metrics::add(&metrics.output_errors, lost);
         error!(error = %e, lines = lost, "writing exchanges failed; they are lost");
+    }
+}
+
+/// Resolves when `control` has something new; never without one.
+async fn changed(control: &mut Option<Control>) {
+    match control {
+        Some(c) => c.changed().await,
+        None => std::future::pending().await,
     }
 }
 

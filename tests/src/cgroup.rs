@@ -38,6 +38,15 @@ impl TestCgroup {
         &self.path
     }
 
+    /// A cgroup nested under this one at `relative` (intermediate directories are created
+    /// too), e.g. a kubepods-like tree. It is removed when dropped; whatever is left under this
+    /// cgroup is removed with it.
+    pub fn child(&self, relative: impl AsRef<Path>) -> Result<Self> {
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Self { path })
+    }
+
     /// The cgroup id as `bpf_get_current_cgroup_id()` reports it: the directory's inode.
     pub fn id(&self) -> Result<u64> {
         Ok(fs::metadata(&self.path)
@@ -110,6 +119,14 @@ fn kill_all(dir: &Path) {
 
 fn remove(dir: &Path) -> Result<()> {
     kill_all(dir);
+    // Nested cgroups first: a cgroup with children cannot be removed.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove(&entry.path())?;
+            }
+        }
+    }
     // rmdir fails with EBUSY until the last task has fully left (exiting tasks can linger
     // briefly), so retry for a while.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -6,6 +6,7 @@
 //!   output and stops it with SIGTERM ([`Finished::assert_clean`] holds the end-of-test checks).
 //! - [`PythonServer`] and [`Nginx`] are the servers; [`curl`] is the usual client and
 //!   [`HttpConnection`] the raw one (pipelining, connections older than the daemon).
+//! - [`kube_api`] is a fake Kubernetes API server (pods list and watch) for `--kubernetes`.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
 //!
@@ -15,6 +16,7 @@ mod cgroup;
 mod daemon;
 mod env;
 pub mod har;
+pub mod kube_api;
 mod net;
 mod process;
 mod servers;
