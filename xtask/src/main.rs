@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { fuzz_seconds } => {
             setup::toolchain()?;
             setup::test_tools()?;
+            setup::helm_sdk(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;

@@ -1,6 +1,7 @@
 //! Prerequisites, installed when missing with one line each, or a stop with the exact command
 //! when this machine cannot install them (not root, not Debian).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
@@ -19,6 +20,9 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the demo, the e2e tests and the benchmarks run.
 const TEST_PACKAGES: &[&str] = &["curl", "nginx-light", "wrk", "python3", "nghttp2-client"];
+/// Debian packages for the chart tests and the kind flow: a Python venv for the Helm SDK,
+/// setpriv (util-linux) for the capability test, openssl to verify the kind TLS material.
+const CHART_TEST_PACKAGES: &[&str] = &["python3-venv", "util-linux", "openssl"];
 
 /// nightly + rust-src, LLVM, bpf-linker.
 pub fn toolchain() -> anyhow::Result<()> {
@@ -71,6 +75,40 @@ pub fn test_tools() -> anyhow::Result<()> {
     apt_install(TEST_PACKAGES, "the demo, tests and benchmarks run them")?;
     // nginx-light's package may start a system nginx on port 80; ours run on their own ports.
     Ok(())
+}
+
+/// Helm's engine without a helm binary: helm-python-sdk (pinned) in a venv under `target/`,
+/// which the chart tests and `cargo xtask kind` drive. Debian's Python is externally managed,
+/// so the SDK never goes into the system site-packages.
+pub fn helm_sdk(root: &Path) -> anyhow::Result<()> {
+    use capture_e2e::helm::{HELM_SDK_PACKAGE, HELM_SDK_VERSION, HelmSdk, sdk_venv};
+    apt_install(
+        CHART_TEST_PACKAGES,
+        "the chart tests and the kind flow use them",
+    )?;
+    if HelmSdk::find(root).is_ok() {
+        return Ok(());
+    }
+    let venv = sdk_venv(root);
+    println!(
+        "installing {HELM_SDK_PACKAGE}=={HELM_SDK_VERSION} into {} (Helm's engine for the chart tests)",
+        venv.display()
+    );
+    crate::run(
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg("--clear")
+            .arg(&venv),
+    )
+    .context("creating the Helm SDK venv (Debian needs python3-venv)")?;
+    crate::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("{HELM_SDK_PACKAGE}=={HELM_SDK_VERSION}")),
+    )
+    .with_context(|| format!("installing {HELM_SDK_PACKAGE}=={HELM_SDK_VERSION}"))?;
+    HelmSdk::find(root).map(|_| ())
 }
 
 /// cargo-fuzz, for the fuzz step of the test suite.
