@@ -1,6 +1,6 @@
 //! Helm's own engine without a helm binary: `fixtures/helm_chart.py` driven through the
 //! helm-python-sdk (Helm's Go SDK behind a C library) in a virtual environment that
-//! `cargo xtask test` creates under `target/`. Renders, lints, installs and uninstalls charts,
+//! `cargo xtask test` creates under `target/`. Renders, lints and installs charts,
 //! and splits rendered templates into YAML documents.
 
 use std::collections::BTreeMap;
@@ -173,21 +173,24 @@ impl HelmSdk {
         self.json(&args, INSTALL_TIMEOUT)
     }
 
-    /// `helm uninstall --wait` (a release that does not exist is not an error).
-    pub fn uninstall(&self, name: &str, namespace: &str, kube_context: &str) -> Result<Value> {
-        let mut args = vec!["uninstall".to_owned()];
-        args.extend(self::release_args(name, namespace, kube_context));
-        self.json(&args, INSTALL_TIMEOUT)
-    }
-
-    /// The command line that runs the driver with `args` (for dry runs and messages).
-    pub fn command_line(&self, args: &[&str]) -> Vec<String> {
-        let mut line = vec![
-            self.python.display().to_string(),
-            self.script.display().to_string(),
-        ];
-        line.extend(args.iter().map(|a| (*a).to_owned()));
-        line
+    /// `helm install --dry-run=client`: everything an install checks, without a cluster.
+    pub fn install_dry_run(
+        &self,
+        chart: &Path,
+        values: Option<&Path>,
+        name: &str,
+        namespace: &str,
+    ) -> Result<Value> {
+        let mut args = vec!["install".to_owned(), path_arg(chart)?];
+        push_values(&mut args, values)?;
+        args.extend([
+            "--name".into(),
+            name.into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--dry-run".into(),
+        ]);
+        self.json(&args, RENDER_TIMEOUT)
     }
 
     fn run(&self, args: &[String], timeout: Duration) -> Result<Output> {

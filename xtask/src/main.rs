@@ -4,6 +4,8 @@
 
 mod bench;
 mod demo;
+mod image;
+mod kind;
 mod setup;
 
 use std::{
@@ -41,6 +43,15 @@ enum Cmd {
         /// A shorter run, for a quick look.
         #[arg(long)]
         quick: bool,
+    },
+    /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
+    /// (annotated app, traffic, captured exchanges), `down`.
+    Kind {
+        #[command(subcommand)]
+        action: kind::Action,
+        /// Print the commands instead of running them (nothing is checked or written).
+        #[arg(long, global = true)]
+        dry_run: bool,
     },
 }
 
@@ -86,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             set_daemon_bin(&root, "release");
             bench::run(&root, quick)?;
         }
+        Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }
     Ok(())
 }

@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 /// LLVM for bpf-linker: its major version must match nightly rustc's LLVM.
-const LLVM: &str = "22";
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const LLVM: &str = "22";
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the build needs (bpf-linker links against LLVM).
-const BUILD_PACKAGES: &[&str] = &[
+pub(crate) const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -50,24 +50,32 @@ pub fn toolchain() -> anyhow::Result<()> {
         println!(
             "installing bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM} (about 2 minutes)"
         );
-        let prefix = format!("/usr/lib/llvm-{LLVM}");
-        crate::run(
-            Command::new("cargo")
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--no-default-features",
-                    "--features",
-                    &format!("llvm-{LLVM}"),
-                ])
-                .env("LLVM_PREFIX", &prefix)
-                .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &prefix),
-        )
-        .context("installing bpf-linker")?;
+        let (args, envs) = bpf_linker_install();
+        crate::run(Command::new("cargo").args(args).envs(envs)).context("installing bpf-linker")?;
     }
     Ok(())
+}
+
+/// `cargo` arguments and environment that install bpf-linker against LLVM (the Dockerfile
+/// does the same; xtask/src/image.rs checks it).
+pub(crate) fn bpf_linker_install() -> (Vec<String>, Vec<(String, String)>) {
+    let prefix = format!("/usr/lib/llvm-{LLVM}");
+    let args = [
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{LLVM}"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let envs = vec![
+        ("LLVM_PREFIX".to_owned(), prefix.clone()),
+        (format!("LLVM_SYS_{LLVM}1_PREFIX"), prefix),
+    ];
+    (args, envs)
 }
 
 /// What the demo, tests and benchmarks drive: curl, nginx, wrk, python3, h2load.
