@@ -790,3 +790,36 @@ fn every_flag_and_config_key_the_chart_uses_is_the_daemons() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_readme_documents_every_value() -> Result<()> {
+    let chart = chart_dir(&workspace_root());
+    let values = yaml_documents(&std::fs::read_to_string(chart.join("values.yaml"))?)?;
+    let readme = std::fs::read_to_string(chart.join("README.md"))?;
+    let table = readme
+        .split("## Values")
+        .nth(1)
+        .context("README.md has no Values section")?;
+    let Some(Value::Object(top)) = values.first() else {
+        bail!("values.yaml is not a mapping");
+    };
+    for (key, value) in top {
+        let mut names = vec![key.clone()];
+        if let Value::Object(inner) = value
+            && !inner.is_empty()
+            && !matches!(
+                key.as_str(),
+                "resources" | "updateStrategy" | "nodeSelector"
+            )
+        {
+            names = inner.keys().map(|k| format!("{key}.{k}")).collect();
+        }
+        for name in names {
+            assert!(
+                table.contains(&format!("`{name}")),
+                "README.md does not document `{name}`"
+            );
+        }
+    }
+    Ok(())
+}

@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { fuzz_seconds } => {
             setup::toolchain()?;
             setup::test_tools()?;
-            setup::helm_sdk(&root)?;
+            setup::chart_test_tools(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;

@@ -85,17 +85,23 @@ pub fn test_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the chart tests need: setpriv, openssl, and the Helm SDK.
+pub fn chart_test_tools(root: &Path) -> anyhow::Result<()> {
+    apt_install(CHART_TEST_PACKAGES, "the chart tests use them")?;
+    helm_sdk(root)
+}
+
 /// Helm's engine without a helm binary: helm-python-sdk (pinned) in a venv under `target/`,
 /// which the chart tests and `cargo xtask kind` drive. Debian's Python is externally managed,
 /// so the SDK never goes into the system site-packages.
 pub fn helm_sdk(root: &Path) -> anyhow::Result<()> {
     use capture_e2e::helm::{HELM_SDK_PACKAGE, HELM_SDK_VERSION, HelmSdk, sdk_venv};
-    apt_install(
-        CHART_TEST_PACKAGES,
-        "the chart tests and the kind flow use them",
-    )?;
     if HelmSdk::find(root).is_ok() {
         return Ok(());
+    }
+    // Debian splits venv out of python3; elsewhere (`kind up` on a laptop) python3 has it.
+    if output_ok("dpkg-query", &["--version"]) {
+        apt_install(&["python3-venv"], "the Helm SDK lives in a Python venv")?;
     }
     let venv = sdk_venv(root);
     println!(
