@@ -26,8 +26,8 @@ pub enum EbpfError {
     )]
     NoObject,
     #[error(
-        "not allowed to load eBPF programs ({0}); run as root or with CAP_BPF, CAP_PERFMON \
-         and CAP_SYS_RESOURCE"
+        "not allowed to load eBPF programs ({0}); run as root or with CAP_BPF and CAP_PERFMON \
+         (plus CAP_SYS_RESOURCE on kernels that charge BPF memory to RLIMIT_MEMLOCK)"
     )]
     Permission(String),
     #[error(
@@ -283,7 +283,16 @@ fn is_permission(text: &str) -> bool {
 }
 
 fn classify_load_error(e: aya::EbpfError) -> EbpfError {
-    let text = format!("{e:#}");
+    // The OS error (EPERM without CAP_BPF) is in the source chain, not in the top message.
+    let mut text = format!("{e:#}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str(&format!(": {line}"));
+        }
+        source = s.source();
+    }
     if is_permission(&text) {
         EbpfError::Permission(text)
     } else if text.contains("ringbuf") || text.contains("Invalid argument") {

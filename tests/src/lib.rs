@@ -9,14 +9,20 @@
 //! - [`kube_api`] is a fake Kubernetes API server (pods list and watch) for `--kubernetes`.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
+//! - [`helm`] drives Helm's own engine (helm-python-sdk) to render, lint and install charts;
+//!   [`k8s`] types rendered objects strictly with k8s-openapi; [`chart`] reads the
+//!   capture-daemon chart's DaemonSet, RBAC and ConfigMap.
 //!
 //! The tests themselves are in `e2e/`; `cargo xtask demo` and `cargo xtask bench` reuse this.
 
 mod cgroup;
+pub mod chart;
 mod daemon;
 mod env;
 pub mod har;
 pub mod kube_api;
+pub mod helm;
+pub mod k8s;
 mod net;
 mod process;
 mod servers;

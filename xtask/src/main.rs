@@ -4,6 +4,8 @@
 
 mod bench;
 mod demo;
+mod image;
+mod kind;
 mod setup;
 
 use std::{
@@ -42,6 +44,15 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
+    /// (annotated app, traffic, captured exchanges), `down`.
+    Kind {
+        #[command(subcommand)]
+        action: kind::Action,
+        /// Print the commands instead of running them (nothing is checked or written).
+        #[arg(long, global = true)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { fuzz_seconds } => {
             setup::toolchain()?;
             setup::test_tools()?;
+            setup::chart_test_tools(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
@@ -86,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             set_daemon_bin(&root, "release");
             bench::run(&root, quick)?;
         }
+        Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }
     Ok(())
 }

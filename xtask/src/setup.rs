@@ -1,17 +1,18 @@
 //! Prerequisites, installed when missing with one line each, or a stop with the exact command
 //! when this machine cannot install them (not root, not Debian).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
 /// LLVM for bpf-linker: its major version must match nightly rustc's LLVM.
-const LLVM: &str = "22";
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub(crate) const LLVM: &str = "22";
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the build needs (bpf-linker links against LLVM).
-const BUILD_PACKAGES: &[&str] = &[
+pub(crate) const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -19,6 +20,9 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the demo, the e2e tests and the benchmarks run.
 const TEST_PACKAGES: &[&str] = &["curl", "nginx-light", "wrk", "python3", "nghttp2-client"];
+/// Debian packages for the chart tests and the kind flow: a Python venv for the Helm SDK,
+/// setpriv (util-linux) for the capability test, openssl to verify the kind TLS material.
+const CHART_TEST_PACKAGES: &[&str] = &["python3-venv", "util-linux", "openssl"];
 
 /// nightly + rust-src, LLVM, bpf-linker.
 pub fn toolchain() -> anyhow::Result<()> {
@@ -46,24 +50,32 @@ pub fn toolchain() -> anyhow::Result<()> {
         println!(
             "installing bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM} (about 2 minutes)"
         );
-        let prefix = format!("/usr/lib/llvm-{LLVM}");
-        crate::run(
-            Command::new("cargo")
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--no-default-features",
-                    "--features",
-                    &format!("llvm-{LLVM}"),
-                ])
-                .env("LLVM_PREFIX", &prefix)
-                .env(format!("LLVM_SYS_{LLVM}1_PREFIX"), &prefix),
-        )
-        .context("installing bpf-linker")?;
+        let (args, envs) = bpf_linker_install();
+        crate::run(Command::new("cargo").args(args).envs(envs)).context("installing bpf-linker")?;
     }
     Ok(())
+}
+
+/// `cargo` arguments and environment that install bpf-linker against LLVM (the Dockerfile
+/// does the same; xtask/src/image.rs checks it).
+pub(crate) fn bpf_linker_install() -> (Vec<String>, Vec<(String, String)>) {
+    let prefix = format!("/usr/lib/llvm-{LLVM}");
+    let args = [
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{LLVM}"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let envs = vec![
+        ("LLVM_PREFIX".to_owned(), prefix.clone()),
+        (format!("LLVM_SYS_{LLVM}1_PREFIX"), prefix),
+    ];
+    (args, envs)
 }
 
 /// What the demo, tests and benchmarks drive: curl, nginx, wrk, python3, h2load.
@@ -71,6 +83,46 @@ pub fn test_tools() -> anyhow::Result<()> {
     apt_install(TEST_PACKAGES, "the demo, tests and benchmarks run them")?;
     // nginx-light's package may start a system nginx on port 80; ours run on their own ports.
     Ok(())
+}
+
+/// What the chart tests need: setpriv, openssl, and the Helm SDK.
+pub fn chart_test_tools(root: &Path) -> anyhow::Result<()> {
+    apt_install(CHART_TEST_PACKAGES, "the chart tests use them")?;
+    helm_sdk(root)
+}
+
+/// Helm's engine without a helm binary: helm-python-sdk (pinned) in a venv under `target/`,
+/// which the chart tests and `cargo xtask kind` drive. Debian's Python is externally managed,
+/// so the SDK never goes into the system site-packages.
+pub fn helm_sdk(root: &Path) -> anyhow::Result<()> {
+    use capture_e2e::helm::{HELM_SDK_PACKAGE, HELM_SDK_VERSION, HelmSdk, sdk_venv};
+    if HelmSdk::find(root).is_ok() {
+        return Ok(());
+    }
+    // Debian splits venv out of python3; elsewhere (`kind up` on a laptop) python3 has it.
+    if output_ok("dpkg-query", &["--version"]) {
+        apt_install(&["python3-venv"], "the Helm SDK lives in a Python venv")?;
+    }
+    let venv = sdk_venv(root);
+    println!(
+        "installing {HELM_SDK_PACKAGE}=={HELM_SDK_VERSION} into {} (Helm's engine for the chart tests)",
+        venv.display()
+    );
+    crate::run(
+        Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg("--clear")
+            .arg(&venv),
+    )
+    .context("creating the Helm SDK venv (Debian needs python3-venv)")?;
+    crate::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("{HELM_SDK_PACKAGE}=={HELM_SDK_VERSION}")),
+    )
+    .with_context(|| format!("installing {HELM_SDK_PACKAGE}=={HELM_SDK_VERSION}"))?;
+    HelmSdk::find(root).map(|_| ())
 }
 
 /// cargo-fuzz, for the fuzz step of the test suite.
