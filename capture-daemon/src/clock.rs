@@ -57,11 +57,18 @@ impl WallClock {
     /// The result is clamped to the Unix epoch .. the end of year 9999, so it can always be
     /// written as an RFC 3339 date; only a nonsensical offset gets near either end.
     pub fn to_system_time(&self, mono_ns: u64) -> SystemTime {
+        let wall_ns = self.to_unix_ns(mono_ns);
+        // nanos < 10^9 always fits.
+        let nanos = u32::try_from(wall_ns % 1_000_000_000).unwrap_or(0);
+        UNIX_EPOCH + Duration::new(wall_ns / 1_000_000_000, nanos)
+    }
+
+    /// The wall-clock time of a `CLOCK_MONOTONIC` timestamp in nanoseconds since the Unix
+    /// epoch, clamped like [`Self::to_system_time`] (so it always fits: the end of year 9999 is
+    /// below 2^58 ns).
+    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
         let wall_ns = (i128::from(mono_ns) + self.offset_ns).clamp(0, MAX_WALL_NS);
-        // Both conversions hold after the clamp: secs < 2^38, nanos < 10^9.
-        let secs = u64::try_from(wall_ns / NANOS_PER_SEC).unwrap_or(0);
-        let nanos = u32::try_from(wall_ns % NANOS_PER_SEC).unwrap_or(0);
-        UNIX_EPOCH + Duration::new(secs, nanos)
+        u64::try_from(wall_ns).unwrap_or(0)
     }
 }
 

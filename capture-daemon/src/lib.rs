@@ -22,3 +22,4 @@ pub mod procnet;
 pub mod redact;
 pub mod sink;
 pub mod targets;
+pub mod wire;
