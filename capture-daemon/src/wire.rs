@@ -95,32 +95,17 @@ pub fn to_proto(ex: &Exchange, clock: &WallClock) -> pb::Exchange {
 /// The model of a wire exchange. Its timing fields hold Unix nanoseconds: render it with
 /// `WallClock::with_offset_ns(0)` (see the module documentation).
 pub fn from_proto(pb: pb::Exchange) -> Result<Exchange, WireError> {
-    let protocol = match enum_value::<pb::Protocol>(pb.protocol, "protocol")? {
-        pb::Protocol::H1 => Protocol::H1,
-        pb::Protocol::H2 => Protocol::H2,
-        pb::Protocol::Grpc => Protocol::Grpc,
-        pb::Protocol::Unspecified => {
-            return Err(WireError::UnknownEnum {
-                field: "protocol",
-                value: pb.protocol,
-            });
-        }
-    };
+    let protocol = protocol_from_proto(pb.protocol)?;
     let request = request_from_proto(pb.request.ok_or(WireError::Missing("request"))?)?;
     let response = pb.response.map(response_from_proto).transpose()?;
     let timing = pb.timing.ok_or(WireError::Missing("timing"))?;
     let incomplete = pb
         .incomplete
-        .map(|text| {
-            Incomplete::parse(&text).ok_or_else(|| WireError::UnknownIncomplete(quote(&text)))
-        })
+        .as_deref()
+        .map(incomplete_from_proto)
         .transpose()?;
     let connection = pb.connection.unwrap_or_default();
-    let role = match enum_value::<pb::Role>(connection.role, "connection.role")? {
-        pb::Role::Unspecified => None,
-        pb::Role::Client => Some(Role::Client),
-        pb::Role::Server => Some(Role::Server),
-    };
+    let role = role_from_proto(connection.role)?;
     let workload = pb.workload.unwrap_or_default();
     Ok(Exchange {
         protocol,
@@ -134,8 +119,8 @@ pub fn from_proto(pb: pb::Exchange) -> Result<Exchange, WireError> {
         },
         incomplete,
         conn: ConnMeta {
-            src: address(connection.src, "connection.src")?,
-            dst: address(connection.dst, "connection.dst")?,
+            src: address(connection.src.as_deref(), "connection.src")?,
+            dst: address(connection.dst.as_deref(), "connection.dst")?,
             role,
             id: connection.id,
         },
@@ -158,6 +143,57 @@ pub fn from_proto(pb: pb::Exchange) -> Result<Exchange, WireError> {
         }),
         cgroup_id: pb.cgroup_id,
     })
+}
+
+/// Whether [`from_proto`] would accept `pb`, without building anything: the first error it
+/// would return, or `Ok`. The collector checks every exchange of a batch this way before it
+/// stores the batch.
+pub fn check(pb: &pb::Exchange) -> Result<(), WireError> {
+    protocol_from_proto(pb.protocol)?;
+    let request = pb.request.as_ref().ok_or(WireError::Missing("request"))?;
+    version_from_proto(request.version, "request.version")?;
+    if let Some(response) = &pb.response {
+        status_from_proto(response.status)?;
+        version_from_proto(response.version, "response.version")?;
+    }
+    pb.timing.as_ref().ok_or(WireError::Missing("timing"))?;
+    pb.incomplete
+        .as_deref()
+        .map(incomplete_from_proto)
+        .transpose()?;
+    let connection = pb.connection.as_ref();
+    role_from_proto(connection.map_or(0, |c| c.role))?;
+    address(connection.and_then(|c| c.src.as_deref()), "connection.src")?;
+    address(connection.and_then(|c| c.dst.as_deref()), "connection.dst")?;
+    Ok(())
+}
+
+fn protocol_from_proto(value: i32) -> Result<Protocol, WireError> {
+    match enum_value::<pb::Protocol>(value, "protocol")? {
+        pb::Protocol::H1 => Ok(Protocol::H1),
+        pb::Protocol::H2 => Ok(Protocol::H2),
+        pb::Protocol::Grpc => Ok(Protocol::Grpc),
+        pb::Protocol::Unspecified => Err(WireError::UnknownEnum {
+            field: "protocol",
+            value,
+        }),
+    }
+}
+
+fn role_from_proto(value: i32) -> Result<Option<Role>, WireError> {
+    Ok(match enum_value::<pb::Role>(value, "connection.role")? {
+        pb::Role::Unspecified => None,
+        pb::Role::Client => Some(Role::Client),
+        pb::Role::Server => Some(Role::Server),
+    })
+}
+
+fn incomplete_from_proto(text: &str) -> Result<Incomplete, WireError> {
+    Incomplete::parse(text).ok_or_else(|| WireError::UnknownIncomplete(quote(text)))
+}
+
+fn status_from_proto(status: u32) -> Result<u16, WireError> {
+    u16::try_from(status).map_err(|_| WireError::StatusOutOfRange(status))
 }
 
 fn protocol_to_proto(protocol: Protocol) -> pb::Protocol {
@@ -269,8 +305,7 @@ fn response_to_proto(response: &Response) -> pb::Response {
 
 fn response_from_proto(response: pb::Response) -> Result<Response, WireError> {
     Ok(Response {
-        status: u16::try_from(response.status)
-            .map_err(|_| WireError::StatusOutOfRange(response.status))?,
+        status: status_from_proto(response.status)?,
         version: version_from_proto(response.version, "response.version")?,
         reason: response.reason,
         headers: headers_from_proto(response.headers),
@@ -280,11 +315,11 @@ fn response_from_proto(response: pb::Response) -> Result<Response, WireError> {
     })
 }
 
-fn address(text: Option<String>, field: &'static str) -> Result<Option<SocketAddr>, WireError> {
+fn address(text: Option<&str>, field: &'static str) -> Result<Option<SocketAddr>, WireError> {
     text.map(|text| {
         text.parse().map_err(|_| WireError::BadAddress {
             field,
-            value: quote(&text),
+            value: quote(text),
         })
     })
     .transpose()
@@ -522,6 +557,7 @@ mod tests {
         #[test]
         fn wire_round_trip_renders_the_same_entry(ex in exchange()) {
             let wire = to_proto(&ex, &CLOCK);
+            prop_assert_eq!(check(&wire), Ok(()));
             let back = from_proto(wire.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(
                 har::entry_json_line(&back, &UNIX),
@@ -545,6 +581,14 @@ mod tests {
         }
     }
 
+    /// `from_proto`, asserting `check` agrees with it.
+    fn read(pb: pb::Exchange) -> Result<Exchange, WireError> {
+        let checked = check(&pb);
+        let read = from_proto(pb);
+        assert_eq!(checked.clone().err(), read.clone().err());
+        read
+    }
+
     fn sample() -> pb::Exchange {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let ex = exchange()
@@ -559,7 +603,7 @@ mod tests {
         let mut pb = sample();
         pb.protocol = 99;
         assert_eq!(
-            from_proto(pb).unwrap_err(),
+            read(pb).unwrap_err(),
             WireError::UnknownEnum {
                 field: "protocol",
                 value: 99
@@ -568,7 +612,7 @@ mod tests {
         let mut pb = sample();
         pb.protocol = pb::Protocol::Unspecified as i32;
         assert!(matches!(
-            from_proto(pb),
+            read(pb),
             Err(WireError::UnknownEnum {
                 field: "protocol",
                 ..
@@ -579,7 +623,7 @@ mod tests {
             request.version = pb::HttpVersion::Unspecified as i32;
         }
         assert!(matches!(
-            from_proto(pb),
+            read(pb),
             Err(WireError::UnknownEnum {
                 field: "request.version",
                 ..
@@ -591,7 +635,7 @@ mod tests {
             ..pb::Response::default()
         });
         assert!(matches!(
-            from_proto(pb),
+            read(pb),
             Err(WireError::UnknownEnum {
                 field: "response.version",
                 value: -3
@@ -602,7 +646,7 @@ mod tests {
             connection.role = 7;
         }
         assert!(matches!(
-            from_proto(pb),
+            read(pb),
             Err(WireError::UnknownEnum {
                 field: "connection.role",
                 value: 7
@@ -626,7 +670,7 @@ mod tests {
             }
             assert!(
                 matches!(
-                    from_proto(pb),
+                    read(pb),
                     Err(WireError::BadAddress {
                         field: "connection.dst",
                         ..
@@ -638,7 +682,7 @@ mod tests {
         let mut pb = sample();
         pb.incomplete = Some("Gap".into());
         assert_eq!(
-            from_proto(pb).unwrap_err(),
+            read(pb).unwrap_err(),
             WireError::UnknownIncomplete("Gap".into())
         );
         let mut pb = sample();
@@ -647,23 +691,20 @@ mod tests {
             version: pb::HttpVersion::HttpVersion11 as i32,
             ..pb::Response::default()
         });
-        assert_eq!(
-            from_proto(pb).unwrap_err(),
-            WireError::StatusOutOfRange(70_000)
-        );
+        assert_eq!(read(pb).unwrap_err(), WireError::StatusOutOfRange(70_000));
         let mut pb = sample();
         pb.request = None;
-        assert_eq!(from_proto(pb).unwrap_err(), WireError::Missing("request"));
+        assert_eq!(read(pb).unwrap_err(), WireError::Missing("request"));
         let mut pb = sample();
         pb.timing = None;
-        assert_eq!(from_proto(pb).unwrap_err(), WireError::Missing("timing"));
+        assert_eq!(read(pb).unwrap_err(), WireError::Missing("timing"));
     }
 
     #[test]
     fn errors_quote_little_of_a_bad_value() {
         let mut pb = sample();
         pb.incomplete = Some("é".repeat(1000));
-        let message = from_proto(pb).unwrap_err().to_string();
+        let message = read(pb).unwrap_err().to_string();
         assert!(message.len() < 200, "{message}");
     }
 
@@ -680,7 +721,7 @@ mod tests {
             timing: Some(pb::Timing::default()),
             ..pb::Exchange::default()
         };
-        let ex = from_proto(pb).unwrap();
+        let ex = read(pb).unwrap();
         assert_eq!(ex.conn, ConnMeta::default());
         assert_eq!(ex.workload, Workload::default());
         assert_eq!(ex.request.body, Body::default());
