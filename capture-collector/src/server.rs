@@ -687,16 +687,18 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
         .map_err(ServeError::Tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)));
     let mut stop = shutdown_rx;
-    let task = tokio::spawn(server.serve_with_incoming_shutdown(
-        dispatch,
-        // Nagle's algorithm with delayed ACKs holds each ack back ~40 ms.
-        TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60))),
-        async move {
-            let _ = stop.changed().await;
-        },
-    ));
+    let task = tokio::spawn(
+        server.serve_with_incoming_shutdown(
+            dispatch,
+            // Nagle's algorithm with delayed ACKs holds each ack back ~40 ms.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ),
+    );
     info!(%addr, "collector listening (TLS)");
     Ok(Running {
         addr,
