@@ -904,3 +904,42 @@ fn usage_errors_exit_2_and_name_the_flag() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_watch_streams_and_exits_cleanly() {
+    let (_tmp, data, tls) = dirs();
+    let token = token(&data, "acme");
+    let mut collector = Collector::start(&data, &tls, &[]);
+    let channel = collector.channel().await;
+    let mut stream = watch(&channel, &token)
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    ingest(&channel, &token)
+        .push(batch("node-a", "run-1", 1, 0..1))
+        .await
+        .unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+    let status = Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the watch stream ends on shutdown");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = collector.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector did not exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "{}", collector.logs());
+}
