@@ -921,11 +921,8 @@ async fn sigterm_ends_watch_streams_and_exits_cleanly() {
         .await
         .unwrap();
     assert!(stream.message().await.unwrap().is_some());
-    let status = Command::new("kill")
-        .args(["-TERM", &collector.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(collector.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await
         .expect("the watch stream ends on shutdown");
