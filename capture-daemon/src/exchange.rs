@@ -171,6 +171,22 @@ impl Incomplete {
             Self::Reset => "reset",
         }
     }
+
+    /// Every reason, for exhaustive tests and for parsing.
+    pub const ALL: [Self; 7] = [
+        Self::ConnectionClosed,
+        Self::Gap,
+        Self::Flushed,
+        Self::NoResponse,
+        Self::ParseError,
+        Self::HpackStateUnknown,
+        Self::Reset,
+    ];
+
+    /// The reason named by its `_capture.incomplete` string ([`Self::as_str`]).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == text)
+    }
 }
 
 /// Which side of the connection the captured process is.

@@ -31,3 +31,4 @@ pub mod reload;
 pub mod routing;
 pub mod sink;
 pub mod targets;
+pub mod wire;
