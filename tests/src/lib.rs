@@ -14,6 +14,8 @@
 mod cgroup;
 mod daemon;
 mod env;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod har;
 mod net;
 mod process;
