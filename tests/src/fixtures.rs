@@ -83,7 +83,9 @@ pub fn h2_path(index: u32) -> String {
 pub fn h2_small_body(index: u32, direction: BodyDirection) -> Vec<u8> {
     match direction {
         BodyDirection::Request => Vec::new(),
-        BodyDirection::Response => format!("stored {H2_BIG_BODY} bytes for stream {index}\n").into_bytes(),
+        BodyDirection::Response => {
+            format!("stored {H2_BIG_BODY} bytes for stream {index}\n").into_bytes()
+        }
     }
 }
 
@@ -95,7 +97,10 @@ pub fn h2_body(index: u32, direction: BodyDirection) -> Vec<u8> {
         BodyDirection::Response => !h2_uploads(index),
     };
     if big {
-        pseudo_random(u64::from(index) * 2 + u64::from(direction == BodyDirection::Response), H2_BIG_BODY)
+        pseudo_random(
+            u64::from(index) * 2 + u64::from(direction == BodyDirection::Response),
+            H2_BIG_BODY,
+        )
     } else {
         h2_small_body(index, direction)
     }

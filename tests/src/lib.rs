@@ -32,8 +32,8 @@ pub use env::{
 pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
 pub use process::{ChildProcess, run, run_unchecked};
 pub use servers::{
-    BIG_LEN, COOKIE_BODY, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer, big_body, gzip_plain,
-    nginx_body,
+    BIG_LEN, COOKIE_BODY, H2cUpgradeServer, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer,
+    big_body, gzip_plain, nginx_body,
 };
 
 /// `curl -sS` (quiet, errors shown, no retries or proxies), inside `cgroup` when given.

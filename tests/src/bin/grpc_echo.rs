@@ -127,7 +127,10 @@ async fn client(port: u16) -> Result<()> {
         }))
         .await?
         .into_inner();
-    ensure!(reply.text == say_reply(grpc_script::SAY_TEXT), "Say: {reply:?}");
+    ensure!(
+        reply.text == say_reply(grpc_script::SAY_TEXT),
+        "Say: {reply:?}"
+    );
 
     let mut stream = echo
         .count(credentials.request(EchoRequest {

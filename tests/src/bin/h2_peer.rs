@@ -79,7 +79,11 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             Ok(body) => body.to_bytes(),
             Err(err) => {
                 let message = format!("reading the body failed: {err}\n");
-                return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", message.into_bytes()));
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    message.into_bytes(),
+                ));
             }
         };
         if body != h2_body(index, BodyDirection::Request) {
@@ -154,7 +158,10 @@ async fn load(port: u16, streams: u32) -> Result<()> {
                 builder
                     .method(Method::POST)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
-                    .body(Full::new(Bytes::from(h2_body(index, BodyDirection::Request))))?
+                    .body(Full::new(Bytes::from(h2_body(
+                        index,
+                        BodyDirection::Request,
+                    ))))?
             } else {
                 builder.method(Method::GET).body(Full::new(Bytes::new()))?
             };
@@ -214,7 +221,10 @@ async fn late(port: u16, count: u32) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let number = |s: &String| s.parse::<u32>().with_context(|| format!("bad number {s:?}"));
+    let number = |s: &String| {
+        s.parse::<u32>()
+            .with_context(|| format!("bad number {s:?}"))
+    };
     let port = |s: &String| s.parse::<u16>().with_context(|| format!("bad port {s:?}"));
     match args.as_slice() {
         [mode, p] if mode == "server" => serve(port(p)?).await,
