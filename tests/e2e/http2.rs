@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail, ensure};
 use capture_e2e::fixtures::echo::{EchoReply, EchoRequest};
 use capture_e2e::fixtures::{
     BodyDirection, ECHO_SERVICE, collect_reply, count_replies, echo_path_body, fail_message,
-    grpc_script, h2_body, h2_path, h2_uploads, late_path, say_reply,
+    grpc_script, gzip_text, h2_body, h2_path, h2_uploads, late_path, say_reply,
 };
 use capture_e2e::har::{
     brief, header, headers, i64_at, path, redacted, request_body, response_body, str_at,
@@ -242,12 +242,12 @@ fn reply_frame(text: &str, index: u32) -> Vec<u8> {
     )
 }
 
-/// One expected gRPC call: method, request and response bodies on the wire (`None`: not checked
-/// byte for byte, e.g. gzip-compressed), grpc-status and grpc-message.
+/// One expected gRPC call: method, request and response bodies as stored (length-prefixed
+/// messages, decompressed), grpc-status and grpc-message.
 struct GrpcCall {
     method: &'static str,
-    request: Option<Vec<u8>>,
-    response: Option<Vec<u8>>,
+    request: Vec<u8>,
+    response: Vec<u8>,
     status: i64,
     message: Option<String>,
 }
@@ -257,48 +257,45 @@ fn grpc_calls() -> Vec<GrpcCall> {
     vec![
         GrpcCall {
             method: "Say",
-            request: Some(request_frame(grpc_script::SAY_TEXT, 0)),
-            response: Some(reply_frame(&say_reply(grpc_script::SAY_TEXT), 0)),
+            request: request_frame(grpc_script::SAY_TEXT, 0),
+            response: reply_frame(&say_reply(grpc_script::SAY_TEXT), 0),
             status: 0,
             message: None,
         },
         GrpcCall {
             method: "Count",
-            request: Some(request_frame(grpc_script::COUNT_TEXT, grpc_script::COUNT)),
-            response: Some(
-                count_replies(grpc_script::COUNT_TEXT, grpc_script::COUNT)
-                    .iter()
-                    .zip(0..)
-                    .flat_map(|(text, i)| reply_frame(text, i))
-                    .collect(),
-            ),
+            request: request_frame(grpc_script::COUNT_TEXT, grpc_script::COUNT),
+            response: count_replies(grpc_script::COUNT_TEXT, grpc_script::COUNT)
+                .iter()
+                .zip(0..)
+                .flat_map(|(text, i)| reply_frame(text, i))
+                .collect(),
             status: 0,
             message: None,
         },
         GrpcCall {
             method: "Collect",
-            request: Some(
-                collect_texts
-                    .iter()
-                    .flat_map(|text| request_frame(text, 0))
-                    .collect(),
-            ),
-            response: Some(reply_frame(&collect_reply(&collect_texts), 3)),
+            request: collect_texts
+                .iter()
+                .flat_map(|text| request_frame(text, 0))
+                .collect(),
+            response: reply_frame(&collect_reply(&collect_texts), 3),
             status: 0,
             message: None,
         },
         GrpcCall {
             method: "Fail",
-            request: Some(request_frame(grpc_script::FAIL_TEXT, 0)),
-            response: Some(Vec::new()),
+            request: request_frame(grpc_script::FAIL_TEXT, 0),
+            response: Vec::new(),
             status: 5,
             message: Some(fail_message(grpc_script::FAIL_TEXT)),
         },
-        // Compressed both ways (grpc-encoding: gzip): bytes depend on the gzip implementation.
+        // Compressed both ways (grpc-encoding: gzip): the daemon stores each message
+        // decompressed, re-framed with flag 0 and its decompressed length.
         GrpcCall {
             method: "Say",
-            request: None,
-            response: None,
+            request: request_frame(&gzip_text(), 0),
+            response: reply_frame(&say_reply(&gzip_text()), 0),
             status: 0,
             message: None,
         },
@@ -359,12 +356,8 @@ fn assert_grpc_exchange(
             "{b}"
         );
     }
-    if let Some(want) = &call.request {
-        assert_eq!(&request_body(entry)?, want, "request body of {b}");
-    }
-    if let Some(want) = &call.response {
-        assert_eq!(&response_body(entry)?, want, "response body of {b}");
-    }
+    assert_eq!(request_body(entry)?, call.request, "request body of {b}");
+    assert_eq!(response_body(entry)?, call.response, "response body of {b}");
     if compressed {
         assert_eq!(
             header(entry, "request", "grpc-encoding"),
