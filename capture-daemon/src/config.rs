@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::{ebpf::KernelLimits, http1::Http1Limits};
+use crate::{ebpf::KernelLimits, http1::Http1Limits, http2::Http2Limits};
 
 /// Flags and file keys. Every field is optional here so file values and defaults can be
 /// layered; [`Config`] is the validated result.
@@ -88,6 +88,22 @@ pub struct Flags {
     /// Node name reported in `_capture.workload.node` (default: the host name).
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// HTTP/2: largest header list kept per header block (RFC 9113 §6.5.2 size: name + value
+    /// + 32 per field); fields past it are dropped (default 65536).
+    #[arg(long = "max-h2-header-list-bytes", value_name = "N")]
+    pub max_h2_header_list_bytes: Option<usize>,
+    /// HTTP/2: streams tracked at once per connection; more are counted and ignored
+    /// (default 1000).
+    #[arg(long = "max-h2-streams", value_name = "N")]
+    pub max_h2_streams: Option<usize>,
+    /// HTTP/2: largest HPACK dynamic table kept per direction; a peer announcing more leaves
+    /// the table partly unknown (default 65536).
+    #[arg(long = "max-hpack-table-bytes", value_name = "N")]
+    pub max_hpack_table_bytes: Option<usize>,
+    /// HTTP/2: body bytes held for all open streams of one connection together; past it
+    /// bodies are cut (default 16 MiB).
+    #[arg(long = "max-h2-conn-body-bytes", value_name = "N")]
+    pub max_h2_conn_body_bytes: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +130,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub shutdown_deadline: Duration,
     pub node_name: Option<String>,
+    pub http2: Http2Limits,
 }
 
 /// A configuration error: the flag (or file) it concerns and what is wrong with it.
@@ -167,7 +184,11 @@ impl Flags {
             max_pipelined,
             idle_timeout,
             shutdown_deadline,
-            node_name
+            node_name,
+            max_h2_header_list_bytes,
+            max_h2_streams,
+            max_hpack_table_bytes,
+            max_h2_conn_body_bytes
         );
         extend!(target_cgroup, target_pid, redact_header, redact_query);
         self
@@ -320,6 +341,7 @@ impl Config {
             f.shutdown_deadline.as_deref(),
             Duration::from_secs(5),
         )?;
+        let http2 = http2_limits(&f, max_body_bytes)?;
         for name in &f.redact_header {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(invalid("--redact-header", name, "not a valid header name"));
@@ -350,8 +372,52 @@ impl Config {
             idle_timeout,
             shutdown_deadline,
             node_name: f.node_name,
+            http2,
         })
     }
+}
+
+/// The HTTP/2 limits of `f`, validated.
+fn http2_limits(f: &Flags, max_body_bytes: usize) -> Result<Http2Limits, ConfigError> {
+    let defaults = Http2Limits::default();
+    let max_header_list_bytes = f
+        .max_h2_header_list_bytes
+        .unwrap_or(defaults.max_header_list_bytes);
+    if max_header_list_bytes < 256 {
+        return Err(invalid(
+            "--max-h2-header-list-bytes",
+            max_header_list_bytes,
+            "must be at least 256",
+        ));
+    }
+    let max_streams = f.max_h2_streams.unwrap_or(defaults.max_streams);
+    if max_streams == 0 {
+        return Err(invalid("--max-h2-streams", 0, "must be at least 1"));
+    }
+    let max_hpack_table_bytes = f
+        .max_hpack_table_bytes
+        .unwrap_or(defaults.max_hpack_table_bytes);
+    // RFC 9113 §6.5.2: the table size setting is a 32-bit value.
+    if max_hpack_table_bytes > u32::MAX as usize {
+        return Err(invalid(
+            "--max-hpack-table-bytes",
+            max_hpack_table_bytes,
+            "must be at most 4294967295",
+        ));
+    }
+    let max_conn_body_bytes = f
+        .max_h2_conn_body_bytes
+        .unwrap_or(defaults.max_conn_body_bytes);
+    if max_conn_body_bytes == 0 {
+        return Err(invalid("--max-h2-conn-body-bytes", 0, "must be at least 1"));
+    }
+    Ok(Http2Limits {
+        max_body_bytes,
+        max_header_list_bytes,
+        max_streams,
+        max_hpack_table_bytes,
+        max_conn_body_bytes,
+    })
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -374,6 +440,51 @@ mod tests {
         assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn http2_limits_from_flags_and_file() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert_eq!(c.http2, Http2Limits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "target-pid: [7]\nmax-h2-streams: 5\nmax-hpack-table-bytes: 8192\n\
+             max-h2-header-list-bytes: 4096\nmax-h2-conn-body-bytes: 100\n",
+        )
+        .unwrap();
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-h2-streams",
+            "9",
+            "--max-body-bytes",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.http2,
+            Http2Limits {
+                max_body_bytes: 50,
+                max_header_list_bytes: 4096,
+                max_streams: 9,
+                max_hpack_table_bytes: 8192,
+                max_conn_body_bytes: 100,
+            }
+        );
+        for (flag, value) in [
+            ("--max-h2-streams", "0"),
+            ("--max-h2-header-list-bytes", "100"),
+            ("--max-h2-conn-body-bytes", "0"),
+            ("--max-hpack-table-bytes", "99999999999"),
+        ] {
+            let e = parse(&["--target-pid", "1", flag, value]).unwrap_err();
+            assert!(
+                e.to_string().contains(flag) && e.to_string().contains(value),
+                "{e}"
+            );
+        }
     }
 
     #[test]

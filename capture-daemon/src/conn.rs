@@ -14,8 +14,9 @@ use std::{
 use capture_common::MutedKey;
 
 use crate::{
-    exchange::{ConnMeta, Exchange, Role, Workload},
+    exchange::{ConnMeta, Exchange, Incomplete, Protocol, Role, Workload},
     http1::{self, Http1Conn, Http1Limits, Http1Output, Side},
+    http2::{self, Http2Conn, Http2Limits, Http2Output},
     intake::{ConnId, Direction, Event},
     metrics::{Eviction, Metrics},
     procnet::FdKind,
@@ -37,6 +38,7 @@ pub struct TableLimits {
     pub max_conn_buffer_bytes: usize,
     pub idle_timeout_ns: u64,
     pub http1: Http1Limits,
+    pub http2: Http2Limits,
 }
 
 /// Looks an fd up in `/proc` (injected for tests).
@@ -54,6 +56,7 @@ pub struct ConnTable {
     /// Connections the kernel should stop sending; drained by the caller.
     mutes: Vec<MutedKey>,
     scratch: Vec<Http1Output>,
+    scratch_h2: Vec<Http2Output>,
 }
 
 struct Conn {
@@ -67,6 +70,8 @@ struct Conn {
     unnamed: bool,
     /// cgroup v2 id of the process, from the event that started tracking.
     cgroup_id: u64,
+    /// accept/connect was seen: the connection's first bytes are captured.
+    seen_open: bool,
 }
 
 #[derive(Default)]
@@ -91,6 +96,10 @@ enum Proto {
         decoder: Box<Http1Conn>,
         request_dir: Direction,
     },
+    Http2 {
+        decoder: Box<Http2Conn>,
+        request_dir: Direction,
+    },
     /// Not something we decode (or no longer: upgraded, not TCP, over a limit); events ignored.
     Off,
 }
@@ -112,6 +121,7 @@ impl ConnTable {
             alive,
             mutes: Vec::new(),
             scratch: Vec::new(),
+            scratch_h2: Vec::new(),
         }
     }
 
@@ -238,6 +248,7 @@ impl ConnTable {
                 sniffed: 0,
                 unnamed: opened.is_none(),
                 cgroup_id,
+                seen_open: opened.is_some(),
             },
         );
         true
@@ -371,6 +382,8 @@ impl ConnTable {
         if missing > 0 {
             Metrics::add(&self.metrics.gap_bytes, missing);
         }
+        // Mid-stream HTTP/2: which side is the client is only known once the fd is named.
+        let mut h2_mid_stream = false;
         if let Proto::Unknown = conn.proto {
             if payload.is_empty() {
                 return;
@@ -391,6 +404,15 @@ impl ConnTable {
                         },
                     }
                 }
+                Sniff::H2Preface => {
+                    // RFC 9113 §3.4: the client sends the preface.
+                    Metrics::add(&self.metrics.h2_connections_preface, 1);
+                    conn.proto = Proto::Http2 {
+                        decoder: Box::new(Http2Conn::new(self.limits.http2.clone())),
+                        request_dir: dir,
+                    }
+                }
+                Sniff::H2Frames => h2_mid_stream = true,
                 Sniff::NotHttp => {
                     conn.proto = Proto::Off;
                     Metrics::add(&self.metrics.connections_not_http, 1);
@@ -414,35 +436,138 @@ impl ConnTable {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let Proto::Http1 {
-            decoder,
-            request_dir,
-        } = &mut conn.proto
-        else {
+        if h2_mid_stream {
+            // The server's traffic comes in on a server's socket; with the role unknown (the fd
+            // was gone before it could be named) the captured process is taken to be the
+            // server, which is what opted-in workloads mostly are.
+            let request_dir = match conn.meta.role {
+                Some(Role::Client) => Direction::Egress,
+                Some(Role::Server) | None => Direction::Ingress,
+            };
+            let side = if dir == request_dir {
+                Side::Request
+            } else {
+                Side::Response
+            };
+            let limits = self.limits.http2.clone();
+            let decoder = if conn.seen_open && side == Side::Response {
+                // A fresh connection whose server sent its SETTINGS before the client's preface
+                // was captured (servers may write first): decoded from its start.
+                Metrics::add(&self.metrics.h2_connections_preface, 1);
+                Http2Conn::new(limits)
+            } else {
+                Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
+                Http2Conn::mid_stream(limits, side)
+            };
+            conn.proto = Proto::Http2 {
+                decoder: Box::new(decoder),
+                request_dir,
+            };
+        }
+        match &mut conn.proto {
+            Proto::Http1 {
+                decoder,
+                request_dir,
+            } => {
+                let side = if dir == *request_dir {
+                    Side::Request
+                } else {
+                    Side::Response
+                };
+                let request_dir = *request_dir;
+                let mut outputs = std::mem::take(&mut self.scratch);
+                if !payload.is_empty() {
+                    decoder.on_data(side, payload, ts_ns, &mut outputs);
+                }
+                if missing > 0 {
+                    decoder.on_gap(side, missing, ts_ns, &mut outputs);
+                }
+                let upgraded = decoder.is_upgraded();
+                let h2c = if upgraded {
+                    take_h2c_upgrade(&mut outputs)
+                } else {
+                    None
+                };
+                if upgraded
+                    && h2c.is_none()
+                    && let Some(conn) = self.conns.get_mut(&id)
+                {
+                    conn.proto = Proto::Off;
+                }
+                self.emit(id, &mut outputs, out);
+                self.scratch = outputs;
+                match h2c {
+                    Some(ex) => self.switch_to_h2c(id, request_dir, *ex, ts_ns, out),
+                    None if upgraded => {
+                        // What follows (WebSocket, CONNECT tunnels) is not HTTP: stop the
+                        // kernel sending it.
+                        self.mute(id);
+                    }
+                    None => {}
+                }
+            }
+            Proto::Http2 {
+                decoder,
+                request_dir,
+            } => {
+                let side = if dir == *request_dir {
+                    Side::Request
+                } else {
+                    Side::Response
+                };
+                let mut outputs = std::mem::take(&mut self.scratch_h2);
+                if !payload.is_empty() {
+                    decoder.on_data(side, payload, ts_ns, &mut outputs);
+                }
+                if missing > 0 {
+                    decoder.on_gap(side, missing, ts_ns, &mut outputs);
+                }
+                self.emit_h2(id, &mut outputs, out);
+                self.scratch_h2 = outputs;
+            }
+            Proto::Unknown | Proto::Off => {}
+        }
+    }
+
+    /// After an accepted `Upgrade: h2c` (RFC 7540 §3.2) the connection goes on as HTTP/2,
+    /// with the upgrade request as stream 1, fed the bytes that followed the switch.
+    fn switch_to_h2c(
+        &mut self,
+        id: ConnId,
+        request_dir: Direction,
+        upgrade: Exchange,
+        ts_ns: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let side = if dir == *request_dir {
-            Side::Request
-        } else {
-            Side::Response
+        let Proto::Http1 { decoder, .. } = &mut conn.proto else {
+            return;
         };
-        let mut outputs = std::mem::take(&mut self.scratch);
-        if !payload.is_empty() {
-            decoder.on_data(side, payload, ts_ns, &mut outputs);
-        }
-        if missing > 0 {
-            decoder.on_gap(side, missing, ts_ns, &mut outputs);
-        }
-        let upgraded = decoder.is_upgraded();
-        if upgraded {
-            conn.proto = Proto::Off;
-        }
-        self.emit(id, &mut outputs, out);
-        self.scratch = outputs;
-        if upgraded {
-            // What follows (WebSocket, h2c) is not HTTP/1: stop the kernel sending it.
-            self.mute(id);
-        }
+        let leftover = [
+            decoder.take_upgrade_leftover(Side::Request),
+            decoder.take_upgrade_leftover(Side::Response),
+        ];
+        let settings = http2::upgrade_settings(&upgrade.request);
+        let mut h2 = Http2Conn::upgraded(
+            self.limits.http2.clone(),
+            upgrade.request,
+            upgrade.timing.request_start_ns,
+            upgrade.timing.request_end_ns,
+            settings.as_deref(),
+        );
+        let mut h2_out = std::mem::take(&mut self.scratch_h2);
+        // The server's frames follow its 101 at once; the client's preface comes after it.
+        h2.on_data(Side::Response, &leftover[1], ts_ns, &mut h2_out);
+        h2.on_data(Side::Request, &leftover[0], ts_ns, &mut h2_out);
+        conn.proto = Proto::Http2 {
+            decoder: Box::new(h2),
+            request_dir,
+        };
+        Metrics::add(&self.metrics.h2_connections_upgrade, 1);
+        self.emit_h2(id, &mut h2_out, out);
+        self.scratch_h2 = h2_out;
     }
 
     /// Looks a connection first seen mid-stream up in /proc, now that its bytes look like HTTP;
@@ -476,6 +601,28 @@ impl ConnTable {
 
     /// Turns decoder outputs into exchanges carrying this connection's metadata.
     fn emit(&self, id: ConnId, outputs: &mut Vec<Http1Output>, out: &mut Vec<Exchange>) {
+        for o in outputs.drain(..) {
+            match o {
+                Http1Output::Exchange(ex) => self.deliver_exchange(id, *ex, out),
+                Http1Output::Error(reason) => self.metrics.parse_error(reason),
+                Http1Output::Upgraded { .. } => {}
+            }
+        }
+    }
+
+    /// [`emit`](Self::emit) for the HTTP/2 decoder.
+    fn emit_h2(&self, id: ConnId, outputs: &mut Vec<Http2Output>, out: &mut Vec<Exchange>) {
+        for o in outputs.drain(..) {
+            match o {
+                Http2Output::Exchange(ex) => self.deliver_exchange(id, *ex, out),
+                Http2Output::Error(reason) => self.metrics.h2_parse_error(reason),
+                Http2Output::Limit(limit) => self.metrics.h2_limit(limit),
+            }
+        }
+    }
+
+    /// Stamps an exchange with this connection's metadata, counts it, and hands it on.
+    fn deliver_exchange(&self, id: ConnId, mut ex: Exchange, out: &mut Vec<Exchange>) {
         let (meta, cgroup_id) = self
             .conns
             .get(&id)
@@ -487,29 +634,31 @@ impl ConnTable {
                 };
                 (meta, 0)
             });
-        for o in outputs.drain(..) {
-            match o {
-                Http1Output::Exchange(mut ex) => {
-                    ex.conn = meta.clone();
-                    ex.pid = id.tgid;
-                    ex.cgroup_id = cgroup_id;
-                    ex.workload = Workload {
-                        node: self.node.clone(),
-                        ..Workload::default()
-                    };
-                    self.count_exchange(&ex);
-                    out.push(*ex);
-                }
-                Http1Output::Error(reason) => self.metrics.parse_error(reason),
-                Http1Output::Upgraded { .. } => {}
-            }
-        }
+        ex.conn = meta;
+        ex.pid = id.tgid;
+        ex.cgroup_id = cgroup_id;
+        ex.workload = Workload {
+            node: self.node.clone(),
+            ..Workload::default()
+        };
+        self.count_exchange(&ex);
+        out.push(ex);
     }
 
     fn count_exchange(&self, ex: &Exchange) {
-        Metrics::add(&self.metrics.exchanges_h1, 1);
+        Metrics::add(
+            match ex.protocol {
+                Protocol::H1 => &self.metrics.exchanges_h1,
+                Protocol::H2 => &self.metrics.exchanges_h2,
+                Protocol::Grpc => &self.metrics.exchanges_grpc,
+            },
+            1,
+        );
         if ex.incomplete.is_some() {
             Metrics::add(&self.metrics.incomplete_exchanges, 1);
+        }
+        if ex.incomplete == Some(Incomplete::HpackStateUnknown) {
+            Metrics::add(&self.metrics.h2_hpack_state_unknown, 1);
         }
         let truncated = |b: &crate::exchange::Body| {
             b.truncated && b.wire_size > self.limits.http1.max_body_bytes as u64
@@ -544,13 +693,22 @@ impl ConnTable {
             };
             conn = c;
         }
-        if let Proto::Http1 { mut decoder, .. } = conn.proto {
-            let mut outputs = Vec::new();
-            decoder.on_close(ts_ns, &mut outputs);
-            conn.proto = Proto::Off;
-            self.conns.insert(id, conn);
-            self.emit(id, &mut outputs, out);
-            self.conns.remove(&id);
+        match std::mem::replace(&mut conn.proto, Proto::Off) {
+            Proto::Http1 { mut decoder, .. } => {
+                let mut outputs = Vec::new();
+                decoder.on_close(ts_ns, &mut outputs);
+                self.conns.insert(id, conn);
+                self.emit(id, &mut outputs, out);
+                self.conns.remove(&id);
+            }
+            Proto::Http2 { mut decoder, .. } => {
+                let mut outputs = Vec::new();
+                decoder.on_close(ts_ns, &mut outputs);
+                self.conns.insert(id, conn);
+                self.emit_h2(id, &mut outputs, out);
+                self.conns.remove(&id);
+            }
+            Proto::Unknown | Proto::Off => {}
         }
     }
 
@@ -615,13 +773,22 @@ impl ConnTable {
     }
 
     fn flush_conn(&mut self, id: ConnId, mut conn: Conn, out: &mut Vec<Exchange>) {
-        if let Proto::Http1 { decoder, .. } = &mut conn.proto {
-            let mut outputs = Vec::new();
-            decoder.flush(&mut outputs);
-            conn.proto = Proto::Off;
-            self.conns.insert(id, conn);
-            self.emit(id, &mut outputs, out);
-            self.conns.remove(&id);
+        match std::mem::replace(&mut conn.proto, Proto::Off) {
+            Proto::Http1 { mut decoder, .. } => {
+                let mut outputs = Vec::new();
+                decoder.flush(&mut outputs);
+                self.conns.insert(id, conn);
+                self.emit(id, &mut outputs, out);
+                self.conns.remove(&id);
+            }
+            Proto::Http2 { mut decoder, .. } => {
+                let mut outputs = Vec::new();
+                decoder.flush(&mut outputs);
+                self.conns.insert(id, conn);
+                self.emit_h2(id, &mut outputs, out);
+                self.conns.remove(&id);
+            }
+            Proto::Unknown | Proto::Off => {}
         }
     }
 }
@@ -652,25 +819,53 @@ impl ConnMeta {
 enum Sniff {
     Request,
     Response,
+    /// The HTTP/2 client preface (prior knowledge).
+    H2Preface,
+    /// HTTP/2 frames: a connection whose start was not seen.
+    H2Frames,
     NotHttp,
     Unknown,
 }
 
 /// Decides the protocol from the first bytes of a transfer.
 fn sniff(payload: &[u8]) -> Sniff {
-    // RFC 9113 §3.4 connection preface, and a TLS handshake record (RFC 8446 §5.1): neither is
-    // HTTP/1 and neither turns into it later.
-    if payload.starts_with(b"PRI * HTTP/2.0")
-        || (payload.len() >= 3 && payload[0] == 0x16 && payload[1] == 0x03)
-    {
+    // RFC 9113 §3.4 connection preface (whole, or the start of it in a short first write).
+    let n = payload.len().min(http2::frame::PREFACE.len());
+    if n >= 3 && payload[..n] == http2::frame::PREFACE[..n] {
+        return Sniff::H2Preface;
+    }
+    // A TLS handshake record (RFC 8446 §5.1) is not HTTP and never turns into it.
+    if payload.len() >= 3 && payload[0] == 0x16 && payload[1] == 0x03 {
         return Sniff::NotHttp;
     }
     if http1::looks_like_request(payload) {
         Sniff::Request
     } else if http1::looks_like_response(payload) {
         Sniff::Response
+    } else if http2::frame::looks_like_frames(payload) {
+        Sniff::H2Frames
     } else {
         Sniff::Unknown
+    }
+}
+
+/// Takes the exchange of an accepted `Upgrade: h2c` out of an HTTP/1 decoder's outputs: the
+/// exchange just before `Upgraded`. Its request becomes HTTP/2 stream 1, whose response comes
+/// in HTTP/2, so the 101 is not written as an exchange of its own.
+fn take_h2c_upgrade(outputs: &mut Vec<Http1Output>) -> Option<Box<Exchange>> {
+    let at = outputs
+        .iter()
+        .position(|o| matches!(o, Http1Output::Upgraded { .. }))?;
+    let ex_at = outputs[..at]
+        .iter()
+        .rposition(|o| matches!(o, Http1Output::Exchange(_)))?;
+    match &outputs[ex_at] {
+        Http1Output::Exchange(ex) if http2::is_h2c_upgrade(ex) => {}
+        _ => return None,
+    }
+    match outputs.remove(ex_at) {
+        Http1Output::Exchange(ex) => Some(ex),
+        _ => None,
     }
 }
 
@@ -692,6 +887,7 @@ mod tests {
             max_conn_buffer_bytes: 1024,
             idle_timeout_ns: 10_000_000_000,
             http1: Http1Limits::default(),
+            http2: Http2Limits::default(),
         }
     }
 
@@ -1091,6 +1287,285 @@ mod tests {
         assert_eq!(t.len(), 4);
         assert_eq!(m.connections_refused.load(Relaxed), 2);
         assert_eq!(t.take_mutes().len(), 2);
+    }
+
+    // ----- HTTP/2 -----
+
+    use crate::exchange::header_value;
+    use crate::http2::frame::{FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, write_frame};
+    use crate::http2::tests::{Wire, get, refs};
+
+    fn h2_simple() -> Wire {
+        let mut w = Wire::new();
+        w.request(1, &refs(&get("/h2")), true);
+        w.response(
+            1,
+            &[(":status", "200"), ("content-type", "text/plain")],
+            false,
+        );
+        w.server_data(1, b"hello h2", true);
+        w
+    }
+
+    #[test]
+    fn h2_prior_knowledge_preface_is_decoded() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        let w = h2_simple();
+        // The preface arrives in its own short write, then the rest.
+        t.on_event(data(Direction::Ingress, 0, &w.client[..5], 1), &mut out);
+        t.on_event(data(Direction::Ingress, 5, &w.client[5..], 2), &mut out);
+        t.on_event(data(Direction::Egress, 0, &w.server, 3), &mut out);
+        assert_eq!(out.len(), 1);
+        let ex = &out[0];
+        assert_eq!(ex.protocol, Protocol::H2);
+        assert_eq!(ex.request.target, "/h2");
+        assert_eq!(ex.response.as_ref().unwrap().body.data, b"hello h2");
+        assert_eq!(ex.conn.role, Some(Role::Server));
+        assert_eq!(ex.pid, 10);
+        assert!(t.take_mutes().is_empty());
+        assert_eq!(m.exchanges_h2.load(Relaxed), 1);
+        assert_eq!(m.exchanges_h1.load(Relaxed), 0);
+        assert_eq!(m.h2_connections_preface.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn h2_client_role_maps_egress_to_requests() {
+        let (mut t, m) = table_with(
+            FdKind::Tcp {
+                local: CLIENT,
+                remote: SERVER,
+                role: Role::Client,
+            },
+            limits(),
+            true,
+        );
+        let mut out = Vec::new();
+        let w = h2_simple();
+        t.on_event(data(Direction::Egress, 0, &w.client, 1), &mut out);
+        t.on_event(data(Direction::Ingress, 0, &w.server, 2), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].conn.role, Some(Role::Client));
+        assert_eq!(out[0].response.as_ref().unwrap().status, 200);
+        assert_eq!(m.exchanges_h2.load(Relaxed), 1);
+    }
+
+    const UPGRADE_REQ: &[u8] = b"GET /up?x=1 HTTP/1.1\r\nHost: svc:8080\r\n\
+Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    const SWITCHING: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+
+    /// The server side after its 101: SETTINGS, then the response to the upgrade request on
+    /// stream 1, then a second stream's response. The client side: preface, SETTINGS, a
+    /// second request on stream 3.
+    fn upgraded_wire() -> (Wire, usize) {
+        let mut w = Wire::new();
+        w.response(1, &[(":status", "200")], false);
+        w.server_data(1, b"upgraded!", true);
+        let first = w.server.len();
+        w.request(3, &refs(&get("/second")), true);
+        w.response(3, &[(":status", "204")], true);
+        (w, first)
+    }
+
+    #[test]
+    fn h2c_upgrade_switches_to_http2_with_the_request_as_stream_1() {
+        for split in [false, true] {
+            let (mut t, m) = server_table();
+            let mut out = Vec::new();
+            let (w, first) = upgraded_wire();
+            t.on_event(data(Direction::Ingress, 0, UPGRADE_REQ, 1), &mut out);
+            let mut server = SWITCHING.to_vec();
+            let at_101 = server.len();
+            server.extend_from_slice(&w.server[..first]);
+            if split {
+                t.on_event(data(Direction::Egress, 0, &server[..at_101], 2), &mut out);
+                t.on_event(
+                    data(Direction::Egress, at_101 as u64, &server[at_101..], 3),
+                    &mut out,
+                );
+            } else {
+                // The 101 and the first frames in one write.
+                t.on_event(data(Direction::Egress, 0, &server, 2), &mut out);
+            }
+            t.on_event(
+                data(Direction::Ingress, UPGRADE_REQ.len() as u64, &w.client, 4),
+                &mut out,
+            );
+            t.on_event(
+                data(
+                    Direction::Egress,
+                    server.len() as u64,
+                    &w.server[first..],
+                    5,
+                ),
+                &mut out,
+            );
+            t.on_event(Event::Close { conn: ID, ts_ns: 6 }, &mut out);
+            assert!(t.take_mutes().is_empty(), "h2c is decoded, not muted");
+            let got: Vec<(&str, &str, u16, &[u8])> = out
+                .iter()
+                .map(|e| {
+                    let r = e.response.as_ref().unwrap();
+                    (
+                        e.request.target.as_str(),
+                        e.request.version.as_str(),
+                        r.status,
+                        r.body.data.as_slice(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("/up?x=1", "HTTP/1.1", 200, &b"upgraded!"[..]),
+                    ("/second", "HTTP/2", 204, b""),
+                ],
+                "split {split}"
+            );
+            assert!(out.iter().all(|e| e.incomplete.is_none()), "{out:?}");
+            assert!(out.iter().all(|e| e.protocol == Protocol::H2));
+            assert_eq!(m.h2_connections_upgrade.load(Relaxed), 1);
+            assert_eq!(m.exchanges_h2.load(Relaxed), 2);
+            assert_eq!(m.exchanges_h1.load(Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn websocket_upgrade_is_still_muted() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(
+            data(
+                Direction::Ingress,
+                0,
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                1,
+            ),
+            &mut out,
+        );
+        t.on_event(
+            data(
+                Direction::Egress,
+                0,
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                2,
+            ),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].response.as_ref().unwrap().status, 101);
+        assert_eq!(t.take_mutes().len(), 1);
+        assert_eq!(m.h2_connections_upgrade.load(Relaxed), 0);
+    }
+
+    /// A connection opened before the capture: no preface, frames from the middle.
+    #[test]
+    fn h2_mid_stream_frames_are_detected() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        let mut w = Wire::bare();
+        w.request(5, &refs(&get("/later")), true);
+        w.response(5, &[(":status", "200")], false);
+        w.server_data(5, b"ok", true);
+        t.on_event(data(Direction::Ingress, 1000, &w.client, 1), &mut out);
+        t.on_event(data(Direction::Egress, 5000, &w.server, 2), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].request.target, "/later");
+        assert_eq!(out[0].response.as_ref().unwrap().body.data, b"ok");
+        assert!(t.take_mutes().is_empty());
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 1);
+
+        // Stream 7 reuses fields the encoder indexed before the capture: unknown entries.
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        let mut before = Wire::bare();
+        before.request(1, &refs(&get("/old")), true);
+        let mut w = Wire::bare();
+        w.client_enc = std::mem::take(&mut before.client_enc);
+        w.request(7, &refs(&get("/old")), true);
+        w.response(7, &[(":status", "200")], true);
+        t.on_event(data(Direction::Ingress, 1000, &w.client, 1), &mut out);
+        t.on_event(data(Direction::Egress, 5000, &w.server, 2), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].incomplete, Some(Incomplete::HpackStateUnknown));
+        assert_eq!(out[0].request.method, "GET");
+        assert_eq!(m.h2_hpack_state_unknown.load(Relaxed), 1);
+    }
+
+    /// Servers may write their SETTINGS before the client's preface is read: a connection
+    /// whose accept was seen is still decoded from its start (tables known).
+    #[test]
+    fn h2_server_settings_before_the_preface() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: Some(Role::Server),
+                peer: Some(CLIENT),
+                listen_fd: None,
+                ts_ns: 0,
+                cgroup_id: CGROUP,
+            },
+            &mut out,
+        );
+        let mut w = Wire::new();
+        // Both sides index fields; the second request refers to the first's entries.
+        w.request(1, &refs(&get("/one")), true);
+        w.request(3, &refs(&get("/one")), true);
+        w.response(1, &[(":status", "200"), ("x-a", "b")], true);
+        w.response(3, &[(":status", "200"), ("x-a", "b")], true);
+        let settings_len = 9;
+        t.on_event(
+            data(Direction::Egress, 0, &w.server[..settings_len], 1),
+            &mut out,
+        );
+        t.on_event(data(Direction::Ingress, 0, &w.client, 2), &mut out);
+        t.on_event(
+            data(
+                Direction::Egress,
+                settings_len as u64,
+                &w.server[settings_len..],
+                3,
+            ),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|e| e.incomplete.is_none()), "{out:?}");
+        assert_eq!(
+            header_value(&out[1].response.as_ref().unwrap().headers, "x-a"),
+            Some("b")
+        );
+        assert_eq!(m.h2_connections_preface.load(Relaxed), 1);
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn binary_that_is_not_h2_is_still_muted() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        // One frame-like header whose length does not match: not claimed.
+        let mut fake = Vec::new();
+        write_frame(
+            &mut fake,
+            HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            1,
+            &[0x82; 40],
+        );
+        fake.truncate(30);
+        t.on_event(data(Direction::Ingress, 0, &fake, 1), &mut out);
+        let mut pos = fake.len() as u64;
+        let noise: Vec<u8> = (0..16_384u32).map(|i| (i * 7919 % 251) as u8 | 1).collect();
+        while pos < SNIFF_LIMIT + 20_000 {
+            t.on_event(data(Direction::Ingress, pos, &noise, 2), &mut out);
+            pos += noise.len() as u64;
+        }
+        assert!(out.is_empty());
+        assert_eq!(t.take_mutes().len(), 1);
+        assert_eq!(m.connections_not_http.load(Relaxed), 1);
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod ebpf;
 pub mod exchange;
 pub mod har;
 pub mod http1;
+pub mod http2;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;

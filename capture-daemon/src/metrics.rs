@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use crate::{
     ebpf::{KernelCounterReader, KernelCounters},
     http1::ParseErrorReason,
+    http2::{H2ErrorReason, H2Limit},
 };
 
 /// Ways a connection stops being tracked before it closes.
@@ -49,6 +50,16 @@ pub struct Metrics {
     pub output_errors: AtomicU64,
     pub malformed_events: AtomicU64,
     parse_errors: [AtomicU64; 32],
+    pub exchanges_h2: AtomicU64,
+    pub exchanges_grpc: AtomicU64,
+    /// HTTP/2 exchanges written with `incomplete: hpack_state_unknown`.
+    pub h2_hpack_state_unknown: AtomicU64,
+    /// HTTP/2 connections by how they were recognised.
+    pub h2_connections_preface: AtomicU64,
+    pub h2_connections_upgrade: AtomicU64,
+    pub h2_connections_mid_stream: AtomicU64,
+    h2_parse_errors: [AtomicU64; 16],
+    h2_limits: [AtomicU64; 8],
     kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
     ready: AtomicBool,
 }
@@ -73,6 +84,32 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.parse_errors[i.min(31)].load(Relaxed))
+    }
+
+    pub fn h2_parse_error(&self, reason: H2ErrorReason) {
+        if let Some(i) = H2ErrorReason::ALL.iter().position(|r| *r == reason) {
+            self.h2_parse_errors[i.min(15)].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn h2_parse_errors(&self, reason: H2ErrorReason) -> u64 {
+        H2ErrorReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.h2_parse_errors[i.min(15)].load(Relaxed))
+    }
+
+    pub fn h2_limit(&self, limit: H2Limit) {
+        if let Some(i) = H2Limit::ALL.iter().position(|l| *l == limit) {
+            self.h2_limits[i.min(7)].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn h2_limits(&self, limit: H2Limit) -> u64 {
+        H2Limit::ALL
+            .iter()
+            .position(|l| *l == limit)
+            .map_or(0, |i| self.h2_limits[i.min(7)].load(Relaxed))
     }
 
     pub fn evicted(&self, why: Eviction) {
@@ -187,6 +224,13 @@ impl Metrics {
             "capture_exchanges_total{{protocol=\"h1\"}} {}",
             g(&self.exchanges_h1)
         );
+        for (protocol, c) in [("h2", &self.exchanges_h2), ("grpc", &self.exchanges_grpc)] {
+            let _ = writeln!(
+                out,
+                "capture_exchanges_total{{protocol=\"{protocol}\"}} {}",
+                g(c)
+            );
+        }
         let mut one = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -262,6 +306,46 @@ impl Metrics {
                 g(&self.parse_errors[i])
             );
         }
+        for (i, reason) in H2ErrorReason::ALL.iter().enumerate().take(16) {
+            let _ = writeln!(
+                out,
+                "capture_parse_errors_total{{protocol=\"h2\",reason=\"{}\"}} {}",
+                reason.as_str(),
+                g(&self.h2_parse_errors[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP capture_h2_limit_hits_total HTTP/2 limits hit (--max-h2-header-list-bytes, --max-h2-streams, --max-hpack-table-bytes, --max-h2-conn-body-bytes).\n# TYPE capture_h2_limit_hits_total counter"
+        );
+        for (i, limit) in H2Limit::ALL.iter().enumerate().take(8) {
+            let _ = writeln!(
+                out,
+                "capture_h2_limit_hits_total{{limit=\"{}\"}} {}",
+                limit.as_str(),
+                g(&self.h2_limits[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP capture_h2_connections_total HTTP/2 connections recognised, by how.\n# TYPE capture_h2_connections_total counter"
+        );
+        for (how, c) in [
+            ("preface", &self.h2_connections_preface),
+            ("upgrade", &self.h2_connections_upgrade),
+            ("mid_stream", &self.h2_connections_mid_stream),
+        ] {
+            let _ = writeln!(
+                out,
+                "capture_h2_connections_total{{detected=\"{how}\"}} {}",
+                g(c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP capture_h2_hpack_state_unknown_total HTTP/2 exchanges whose header fields could not all be decoded (connection older than the capture, or bytes lost).\n# TYPE capture_h2_hpack_state_unknown_total counter\ncapture_h2_hpack_state_unknown_total {}",
+            g(&self.h2_hpack_state_unknown)
+        );
         out
     }
 }

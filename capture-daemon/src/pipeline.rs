@@ -47,6 +47,7 @@ impl Pipeline {
             max_conn_buffer_bytes: cfg.max_conn_buffer_bytes,
             idle_timeout_ns: u64::try_from(cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             http1: cfg.http1.clone(),
+            http2: cfg.http2.clone(),
         };
         let node = cfg.node_name.clone().or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")

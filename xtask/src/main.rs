@@ -32,7 +32,7 @@ enum Cmd {
     Demo,
     /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
     Test {
-        /// Seconds the fuzz target runs (0 skips fuzzing).
+        /// Seconds each fuzz target runs (0 skips fuzzing).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u32,
     },
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;
                 fuzz(&root, "http1", fuzz_seconds)?;
+                fuzz(&root, "http2", fuzz_seconds)?;
             }
             println!("xtask test: all steps passed");
         }

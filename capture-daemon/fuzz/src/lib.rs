@@ -1,6 +1,7 @@
 //! The decoder modules of capture-daemon, compiled from their own source files so the fuzz
 //! targets exercise exactly the shipped code without building the daemon (and its eBPF
-//! programs). The modules only use `crate::exchange` and `crate::body`, which are here too.
+//! programs). The modules only use `crate::exchange`, `crate::body` and (HTTP/2, for the
+//! never-indexed allowlist) `crate::redact`, which are here too.
 #![forbid(unsafe_code)]
 
 #[path = "../../src/body.rs"]
@@ -9,3 +10,7 @@ pub mod body;
 pub mod exchange;
 #[path = "../../src/http1/mod.rs"]
 pub mod http1;
+#[path = "../../src/http2/mod.rs"]
+pub mod http2;
+#[path = "../../src/redact.rs"]
+pub mod redact;
