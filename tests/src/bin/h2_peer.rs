@@ -9,8 +9,9 @@
 //! h2-peer load PORT N        N concurrent streams on one connection (fixtures::h2_path(i)),
 //!                            every answer checked byte for byte; exit 0 when all were right
 //! h2-peer late PORT N        one connection: GET /early, print "early done", wait for a line on
-//!                            stdin, then N GETs of fixtures::late_path(i) one after the other;
-//!                            every request carries `x-session-marker: $H2_PEER_MARKER`
+//!                            stdin, then N GETs of fixtures::late_path(i) one after the other,
+//!                            print "late done", wait for another line (or the end of stdin) and
+//!                            exit; every request carries `x-session-marker: $H2_PEER_MARKER`
 //! ```
 
 use std::convert::Infallible;
@@ -215,6 +216,11 @@ async fn late(port: u16, count: u32) -> Result<()> {
         );
     }
     println!("late done");
+    std::io::stdout().flush()?;
+    // Keep the connection open until told (or stdin closes), so the test decides whether the
+    // daemon sees it open or already closed.
+    tokio::task::spawn_blocking(|| std::io::stdin().lock().read_line(&mut String::new())).await??;
+    drop(sender);
     Ok(())
 }
 
