@@ -115,6 +115,68 @@ fn run_client(cmd: &mut Command, name: &str) -> Result<u32> {
     Ok(pid)
 }
 
+/// A client that has done its work (its last line on stdout says so) and keeps its connection
+/// open until [`HeldClient::release`]: the daemon meets the connection while /proc still knows
+/// both of its ends, so `_capture.conn` can be asserted in full.
+struct HeldClient {
+    process: ChildProcess,
+    stdin: Option<ChildStdin>,
+    stderr: tempfile::NamedTempFile,
+    name: String,
+}
+
+impl HeldClient {
+    fn start(cmd: &mut Command, name: &str) -> Result<Self> {
+        let stderr = tempfile::NamedTempFile::new()?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen()?);
+        let mut process = ChildProcess::spawn(cmd, name)?;
+        let lines = StdoutLines::new(&mut process)?;
+        let stdin = process.child_mut().stdin.take();
+        let mut client = Self {
+            process,
+            stdin,
+            stderr,
+            name: name.to_owned(),
+        };
+        match lines.next() {
+            Some(line) if line.ends_with("as expected") => Ok(client),
+            other => {
+                let status = client.process.wait_timeout(Duration::from_secs(5))?;
+                bail!(
+                    "{name} did not finish its work ({other:?}, exit {status:?}):\n{}",
+                    client.stderr_text()
+                )
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    fn stderr_text(&self) -> String {
+        fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Closes its stdin: the client closes its connection and exits, successfully.
+    fn release(mut self) -> Result<()> {
+        self.stdin = None;
+        let status = self
+            .process
+            .wait_timeout(RUN_TIMEOUT)?
+            .with_context(|| format!("{} did not exit", self.name))?;
+        ensure!(
+            status.success(),
+            "{} failed with {status}:\n{}",
+            self.name,
+            self.stderr_text()
+        );
+        Ok(())
+    }
+}
+
 /// The exchanges captured as `role` ("client" or "server").
 fn by_role<'a>(exchanges: &'a [Value], role: &str) -> Vec<&'a Value> {
     exchanges
@@ -400,7 +462,7 @@ fn grpc_unary_streaming_and_error_calls_on_both_sides() -> Result<()> {
     let server = RustServer::start(GRPC_ECHO, Some(&cgroup))?;
     let token = unique_marker("grpc-bearer-secret");
     let cookie = unique_marker("grpc-cookie-secret");
-    let client_pid = run_client(
+    let client = HeldClient::start(
         cgroup
             .command(GRPC_ECHO)
             .args(["client", &server.port.to_string()])
@@ -408,8 +470,10 @@ fn grpc_unary_streaming_and_error_calls_on_both_sides() -> Result<()> {
             .env("GRPC_ECHO_COOKIE", &cookie),
         "grpc-echo client",
     )?;
+    let client_pid = client.pid();
     let calls = grpc_calls();
     daemon.wait_for_exchanges(2 * calls.len(), WRITE_TIMEOUT)?;
+    client.release()?;
 
     let done = daemon.finish()?;
     assert_eq!(
@@ -459,14 +523,16 @@ fn h2_128_concurrent_streams_of_a_mebibyte_on_both_sides() -> Result<()> {
         .args(["--max-h2-conn-body-bytes", &(160u64 << 20).to_string()])
         .start()?;
     let server = RustServer::start(H2_PEER, Some(&cgroup))?;
-    let client_pid = run_client(
+    let client = HeldClient::start(
         cgroup
             .command(H2_PEER)
             .args(["load", &server.port.to_string(), &H2_STREAMS.to_string()]),
         "h2-peer load",
     )?;
+    let client_pid = client.pid();
     let streams = usize::try_from(H2_STREAMS)?;
     daemon.wait_for_exchanges(2 * streams, Duration::from_secs(120))?;
+    client.release()?;
 
     let done = daemon.finish()?;
     assert_eq!(done.exchanges.len(), 2 * streams);
@@ -823,6 +889,11 @@ impl StdoutLines {
             }
         });
         Ok(Self { lines })
+    }
+
+    /// The next line, or `None` when stdout closed or nothing came within [`RUN_TIMEOUT`].
+    fn next(&self) -> Option<String> {
+        self.lines.recv_timeout(RUN_TIMEOUT).ok()
     }
 
     fn expect(&self, want: &str) -> Result<()> {

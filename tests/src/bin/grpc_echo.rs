@@ -4,11 +4,13 @@
 //! ```text
 //! grpc-echo server PORT          serve Echo on 127.0.0.1:PORT until killed
 //! grpc-echo client PORT          make the scripted calls (fixtures::grpc_script) on one
-//!                                connection, check every answer, exit 0 when all were right
+//!                                connection, check every answer, print a line when all were
+//!                                right, keep the connection until stdin ends, exit 0
 //! ```
 //! The client sends `authorization: Bearer $GRPC_ECHO_TOKEN` and `cookie: session=$GRPC_ECHO_COOKIE`
 //! with every call, so the tests can check that the daemon redacts them.
 
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 
@@ -184,7 +186,7 @@ async fn client(port: u16) -> Result<()> {
         .into_inner();
     ensure!(reply.text == say_reply(&text), "gzip Say: {reply:?}");
     println!("grpc-echo client: 5 calls answered as expected");
-    Ok(())
+    hold_until_stdin_ends().await
 }
 
 #[tokio::main]
@@ -196,4 +198,16 @@ async fn main() -> Result<()> {
         [mode, p] if mode == "client" => client(port(p)?).await,
         _ => bail!("usage: grpc-echo server PORT | grpc-echo client PORT"),
     }
+}
+
+/// Keeps the process (and its connection) alive until stdin reaches its end, so a test can let
+/// the daemon look the connection up in /proc before it closes; with stdin at /dev/null the
+/// process exits at once.
+async fn hold_until_stdin_ends() -> Result<()> {
+    std::io::stdout().flush()?;
+    tokio::task::spawn_blocking(|| {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+    })
+    .await??;
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //!                              GET  /download/<i> answers 200 with the big body of stream i
 //!                              GET  anything else answers 200 "path=<path?query>\n"
 //! h2-peer load PORT N        N concurrent streams on one connection (fixtures::h2_path(i)),
-//!                            every answer checked byte for byte; exit 0 when all were right
+//!                            every answer checked byte for byte; when all were right, print a
+//!                            line, keep the connection until stdin ends, exit 0
 //! h2-peer late PORT N        one connection: GET /early, print "early done", wait for a line on
 //!                            stdin, then N GETs of fixtures::late_path(i) one after the other,
 //!                            print "late done", wait for another line (or the end of stdin) and
@@ -184,7 +185,7 @@ async fn load(port: u16, streams: u32) -> Result<()> {
         task.await??;
     }
     println!("h2-peer load: {streams} streams answered as expected");
-    Ok(())
+    hold_until_stdin_ends().await
 }
 
 async fn late(port: u16, count: u32) -> Result<()> {
@@ -238,4 +239,16 @@ async fn main() -> Result<()> {
         [mode, p, n] if mode == "late" => late(port(p)?, number(n)?).await,
         _ => bail!("usage: h2-peer server PORT | h2-peer load PORT STREAMS | h2-peer late PORT N"),
     }
+}
+
+/// Keeps the process (and its connection) alive until stdin reaches its end, so a test can let
+/// the daemon look the connection up in /proc before it closes; with stdin at /dev/null the
+/// process exits at once.
+async fn hold_until_stdin_ends() -> Result<()> {
+    std::io::stdout().flush()?;
+    tokio::task::spawn_blocking(|| {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+    })
+    .await??;
+    Ok(())
 }
