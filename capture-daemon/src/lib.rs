@@ -2,9 +2,9 @@
 //!
 //! Data flows through the modules in this order:
 //! `ebpf` (load, attach, target cgroups) -> `intake` (ring buffer events) -> `conn` (connection
-//! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` (decoding,
-//! with `body` for content codings) -> `exchange` (the decoded value) -> `redact` -> `har` ->
-//! `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
+//! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` or `http2`
+//! (decoding, with `body` for content codings) -> `exchange` (the decoded value) -> `redact` ->
+//! `har` -> `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
 #![deny(unsafe_code)]
 
 pub mod body;

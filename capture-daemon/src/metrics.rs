@@ -264,7 +264,7 @@ impl Metrics {
         one(
             "capture_connections_not_http_total",
             "counter",
-            "TCP connections whose traffic was not HTTP/1 and was switched off.",
+            "TCP connections whose traffic was not HTTP (HTTP/1 or HTTP/2) and was switched off.",
             g(&self.connections_not_http),
         );
         one(
