@@ -215,7 +215,8 @@ impl Nginx {
     }
 
     /// nginx speaking HTTP/2 in cleartext with prior knowledge (h2c) instead of HTTP/1.x, same
-    /// routes plus `/cookie?v=S` (`Set-Cookie: session=S`); pinned to `cpus` when not empty.
+    /// routes plus `/cookie?v=S` (`Set-Cookie: session=S`) and `/echo` (answers with the request
+    /// body, read in full first); pinned to `cpus` when not empty.
     pub fn start_h2c(cgroup: Option<&TestCgroup>, cpus: &[usize]) -> Result<Self> {
         Self::launch(cgroup, cpus, NGINX_H2C_TEMPLATE)
     }
