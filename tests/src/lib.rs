@@ -19,6 +19,8 @@ mod cgroup;
 pub mod chart;
 mod daemon;
 mod env;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 pub mod har;
 pub mod kube_api;
 pub mod helm;
@@ -38,8 +40,8 @@ pub use env::{
 pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
 pub use process::{ChildProcess, run, run_unchecked};
 pub use servers::{
-    BIG_LEN, COOKIE_BODY, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer, big_body, gzip_plain,
-    nginx_body,
+    BIG_LEN, COOKIE_BODY, H2cUpgradeServer, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer,
+    big_body, gzip_plain, nginx_body,
 };
 
 /// `curl -sS` (quiet, errors shown, no retries or proxies), inside `cgroup` when given.

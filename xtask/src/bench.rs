@@ -12,6 +12,10 @@
 //! pinned. The eBPF programs run in nginx's syscalls (on CPU 0), and the daemon's user space
 //! has to find time on one of the two busy cores: that is the node-is-saturated worst case,
 //! and it is what the throughput ratio measures.
+//!
+//! HTTP/2 (`h2load`): the same measurement with h2load against nginx speaking h2c, see `h2load`.
+
+mod h2load;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -34,9 +38,11 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             "the bench loads eBPF programs and creates a cgroup: {reason} (try `sudo -E cargo xtask bench`)"
         );
     }
-    for tool in ["wrk", "nginx", "taskset"] {
+    for tool in ["wrk", "nginx", "taskset", "h2load"] {
         if !on_path(tool) {
-            bail!("{tool} is not installed (apt-get install wrk nginx-light util-linux)");
+            bail!(
+                "{tool} is not installed (apt-get install wrk nginx-light util-linux nghttp2-client)"
+            );
         }
     }
     let binary = daemon_binary(root)?;
@@ -115,6 +121,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     drop(nginx);
     drop(cgroup);
 
+    let h2 = h2load::run(&binary, seconds, rounds, pinned, &out_dir)?;
+
     println!("decoder: cargo bench -p capture-daemon --bench decoder");
     let decoder = decoder_bench(root);
 
@@ -131,6 +139,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         baseline: &baseline,
         captured: &captured,
         untargeted: &untargeted,
+        h2: &h2,
         decoder: &decoder,
     });
     let latest = out_dir.join("latest.md");
@@ -187,6 +196,51 @@ fn captured_run(
     seconds: u32,
     run_dir: &Path,
 ) -> Result<Captured> {
+    let (wrk, cost) = with_daemon(
+        binary,
+        cgroup,
+        run_dir,
+        || load.wrk(seconds),
+        |wrk| wrk.requests,
+    )?;
+    Ok(Captured {
+        wrk,
+        exchanges: cost.exchanges,
+        cpu_seconds: cost.cpu_seconds,
+        hwm_mib: cost.hwm_mib,
+        events_lost: cost.events_lost,
+        kernel_bytes_lost: cost.kernel_bytes_lost,
+        gap_bytes: cost.gap_bytes,
+        parse_errors: cost.parse_errors,
+        output_bytes: cost.output_bytes,
+        drain: cost.drain,
+    })
+}
+
+/// What the daemon cost and captured during one load run.
+#[derive(Debug)]
+struct DaemonCost {
+    exchanges: u64,
+    cpu_seconds: f64,
+    hwm_mib: f64,
+    events_lost: f64,
+    kernel_bytes_lost: f64,
+    gap_bytes: f64,
+    parse_errors: f64,
+    output_bytes: u64,
+    drain: Duration,
+}
+
+/// Starts the daemon on `cgroup` (output into `run_dir`, removed afterwards), runs `drive`, lets
+/// the daemon catch up with its backlog (until `requests(&load)` exchanges or 2 s without a new
+/// one), stops it and returns the load's result with the daemon's cost.
+fn with_daemon<L>(
+    binary: &Path,
+    cgroup: &TestCgroup,
+    run_dir: &Path,
+    drive: impl FnOnce() -> Result<L>,
+    requests: impl Fn(&L) -> u64,
+) -> Result<(L, DaemonCost)> {
     let _ = fs::remove_dir_all(run_dir);
     fs::create_dir_all(run_dir)?;
     let mut daemon = Daemon::builder()
@@ -195,7 +249,7 @@ fn captured_run(
         .output_dir(run_dir)
         .start()?;
     let cpu_before = cpu_seconds(daemon.pid())?;
-    let wrk = load.wrk(seconds)?;
+    let load = drive()?;
 
     // Let the daemon work through what is still queued; what it spends doing so counts.
     let drain_start = Instant::now();
@@ -208,7 +262,7 @@ fn captured_run(
             last = exchanges;
             stable_since = Instant::now();
         }
-        let all_in = exchanges >= wrk.requests as f64;
+        let all_in = exchanges >= requests(&load) as f64;
         if (all_in && stable_since.elapsed() >= Duration::from_millis(300))
             || stable_since.elapsed() >= Duration::from_secs(2)
             || drain_start.elapsed() >= DRAIN_TIMEOUT
@@ -233,18 +287,20 @@ fn captured_run(
     drop(daemon);
     fs::remove_dir_all(run_dir)?;
     let exchanges = metrics.sum("capture_exchanges_total") as u64;
-    Ok(Captured {
-        wrk,
-        exchanges,
-        cpu_seconds,
-        hwm_mib,
-        events_lost: metrics.sum("capture_kernel_events_lost_total"),
-        kernel_bytes_lost: metrics.sum("capture_kernel_bytes_lost_total"),
-        gap_bytes: metrics.sum("capture_gap_bytes_total"),
-        parse_errors: metrics.sum("capture_parse_errors_total"),
-        output_bytes,
-        drain,
-    })
+    Ok((
+        load,
+        DaemonCost {
+            exchanges,
+            cpu_seconds,
+            hwm_mib,
+            events_lost: metrics.sum("capture_kernel_events_lost_total"),
+            kernel_bytes_lost: metrics.sum("capture_kernel_bytes_lost_total"),
+            gap_bytes: metrics.sum("capture_gap_bytes_total"),
+            parse_errors: metrics.sum("capture_parse_errors_total"),
+            output_bytes,
+            drain,
+        },
+    ))
 }
 
 /// The load generator and what it drives.
@@ -445,6 +501,7 @@ struct Report<'a> {
     baseline: &'a [Wrk],
     captured: &'a [Captured],
     untargeted: &'a [Captured],
+    h2: &'a h2load::Results,
     decoder: &'a Result<Vec<String>, String>,
 }
 
@@ -633,6 +690,8 @@ fn report(r: &Report<'_>) -> String {
             c.wrk.errors
         );
     }
+
+    s.push_str(&h2load::section(r.h2));
 
     let _ = writeln!(
         s,

@@ -18,8 +18,17 @@ pub(crate) const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Debian packages the demo, the e2e tests and the benchmarks run.
-const TEST_PACKAGES: &[&str] = &["curl", "nginx-light", "wrk", "python3", "nghttp2-client"];
+/// Debian packages the demo, the e2e tests and the benchmarks run. python3-h2: the HTTP/2
+/// server the `Upgrade: h2c` test talks to (nginx and nghttpd only do prior knowledge);
+/// nghttp2-client: h2load, the HTTP/2 benchmark's load generator.
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "nginx-light",
+    "wrk",
+    "python3",
+    "nghttp2-client",
+    "python3-h2",
+];
 /// Debian packages for the chart tests and the kind flow: a Python venv for the Helm SDK,
 /// setpriv (util-linux) for the capability test, openssl to verify the kind TLS material.
 const CHART_TEST_PACKAGES: &[&str] = &["python3-venv", "util-linux", "openssl"];
