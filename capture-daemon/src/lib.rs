@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod ebpf;
 pub mod exchange;
+pub mod export;
 pub mod har;
 pub mod http1;
 pub mod intake;

@@ -10,6 +10,7 @@ use std::{process::ExitCode, sync::Arc};
 use capture_daemon::{
     config::{Config, ConfigError, LogFormat},
     ebpf::Capture,
+    export::Exporter,
     metrics::{self, Metrics},
     pipeline::Pipeline,
     sink::JsonlSink,
@@ -37,10 +38,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let sink = match JsonlSink::open(&cfg.output) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("capture-daemon: --output {}: {e}", cfg.output);
+    let sink = match cfg.output.as_deref().map(JsonlSink::open) {
+        None => JsonlSink::discard(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!(
+                "capture-daemon: --output {}: {e}",
+                cfg.output.as_deref().unwrap_or_default()
+            );
             return ExitCode::from(2);
         }
     };
@@ -55,7 +60,20 @@ fn main() -> ExitCode {
         }
     };
     let json_logs = cfg.log_format == LogFormat::Json;
-    match runtime.block_on(run(cfg, targets, sink)) {
+    let metrics = Metrics::new();
+    // Before anything is attached: a spool in use or an unusable token file is a
+    // configuration error.
+    let exporter = match &cfg.export {
+        None => None,
+        Some(settings) => match Exporter::start(settings, Arc::clone(&metrics)) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                eprintln!("capture-daemon: {e}");
+                return ExitCode::from(if e.is_config() { 2 } else { 1 });
+            }
+        },
+    };
+    match runtime.block_on(run(cfg, targets, sink, metrics, exporter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: in the log stream when it is JSON (collected), else plainly on stderr.
@@ -73,8 +91,9 @@ async fn run(
     cfg: Config,
     targets: std::collections::BTreeSet<targets::TargetCgroup>,
     sink: JsonlSink,
+    metrics: Arc<Metrics>,
+    exporter: Option<(Exporter, capture_daemon::export::ExportHandle)>,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
     if let Some(addr) = cfg.metrics_addr {
         metrics::serve(addr, Arc::clone(&metrics))
             .await
@@ -87,12 +106,38 @@ async fn run(
     for t in &targets {
         info!(audit = true, cgroup = %t.dir.display(), cgroup_id = t.id, "capture target added");
     }
-    let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics));
+    let mut pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics));
+    let (exporter, export_shutdown) = match exporter {
+        Some((exporter, handle)) => {
+            pipeline = pipeline.with_exporter(handle);
+            let signal = exporter.shutdown_signal();
+            (Some(exporter), Some(signal))
+        }
+        None => (None, None),
+    };
     metrics.set_ready(true);
-    info!(targets = targets.len(), output = %cfg.output, "capture started");
-    pipeline
-        .run(&mut capture, shutdown_signal(), cfg.shutdown_deadline)
-        .await?;
+    info!(
+        targets = targets.len(),
+        output = cfg.output.as_deref().unwrap_or("none"),
+        collector = cfg.export.as_ref().map_or("none", |e| e.url.as_str()),
+        "capture started"
+    );
+    let deadline = cfg.shutdown_deadline;
+    let shutdown = async move {
+        shutdown_signal().await;
+        // The exporter delivers what it holds while the pipeline flushes, in the same time.
+        if let Some(signal) = export_shutdown {
+            signal.begin(deadline);
+        }
+    };
+    let result = pipeline.run(&mut capture, shutdown, deadline).await;
+    // The pipeline dropped its handle: the exporter takes the last exchanges and stops.
+    if let Some(exporter) = exporter {
+        exporter
+            .finish(deadline, deadline + std::time::Duration::from_secs(5))
+            .await;
+    }
+    result?;
     metrics.set_ready(false);
     drop(capture);
     info!("programs detached; exiting");

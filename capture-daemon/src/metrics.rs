@@ -51,6 +51,8 @@ pub struct Metrics {
     parse_errors: [AtomicU64; 32],
     kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
     ready: AtomicBool,
+    /// The gRPC exporter's counters (`capture_export_*`), served when `--collector` is set.
+    pub export: crate::export::metrics::ExportMetrics,
 }
 
 impl Metrics {
@@ -262,6 +264,7 @@ impl Metrics {
                 g(&self.parse_errors[i])
             );
         }
+        self.export.render(&mut out);
         out
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     conn::{ConnTable, TableLimits},
     ebpf::Capture,
     exchange::Exchange,
+    export::ExportHandle,
     intake,
     metrics::Metrics,
     procnet,
@@ -38,6 +39,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     headers_only: bool,
     done: Vec<Exchange>,
+    /// The gRPC exporter's queue, when `--collector` is set.
+    exporter: Option<ExportHandle>,
 }
 
 impl Pipeline {
@@ -68,7 +71,15 @@ impl Pipeline {
             metrics,
             headers_only: cfg.headers_only,
             done: Vec::new(),
+            exporter: None,
         }
+    }
+
+    /// Also hands every redacted exchange to the exporter (after the JSONL sink).
+    #[must_use]
+    pub fn with_exporter(mut self, exporter: ExportHandle) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// Runs until `shutdown` resolves, then drains what the kernel already sent and flushes
@@ -161,6 +172,9 @@ impl Pipeline {
             }
             if let Err(e) = self.sink.write_entry(&ex, &self.clock) {
                 Self::count_write_error(&self.metrics, &e);
+            }
+            if let Some(exporter) = &mut self.exporter {
+                exporter.offer(ex, &self.clock);
             }
         }
         if let Err(e) = self.sink.flush() {
