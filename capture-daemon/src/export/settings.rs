@@ -399,3 +399,281 @@ fn tls_config(f: &Flags) -> Result<ClientTlsConfig, ConfigError> {
     }
     Ok(tls)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(
+            [
+                "capture-daemon",
+                "--target-pid",
+                "1",
+                "--node-name",
+                "node-a",
+            ]
+            .iter()
+            .chain(args)
+            .copied(),
+        )
+    }
+
+    fn error(args: &[&str]) -> String {
+        parse(args).unwrap_err().to_string()
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+            std::fs::write(dir.path().join("key.pem"), ca.signing_key.serialize_pem()).unwrap();
+            std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+            std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+            std::fs::write(dir.path().join("blank-token"), "\n").unwrap();
+            Self { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+    }
+
+    #[test]
+    fn defaults_and_no_stdout_with_a_collector() {
+        let c = parse(&["--collector", "https://collector.example:4317"]).unwrap();
+        let e = c.export.unwrap();
+        assert_eq!(e.daemon_id, "node-a");
+        assert_eq!(e.batch, super::BatchLimits::default());
+        assert_eq!(e.queue_max_bytes, super::DEFAULT_QUEUE_MAX_BYTES);
+        assert!(e.gzip && !e.insecure && e.spool.is_none());
+        // Exchanges go to the collector only, unless --output says otherwise.
+        assert_eq!(c.output, None);
+        let c = parse(&["--collector", "https://c:1", "--output", "-"]).unwrap();
+        assert_eq!(c.output.as_deref(), Some("-"));
+    }
+
+    #[test]
+    fn plaintext_needs_the_explicit_flag() {
+        let e = error(&["--collector", "http://collector:4317"]);
+        assert!(
+            e.contains("--collector") && e.contains("--collector-insecure"),
+            "{e}"
+        );
+        let c = parse(&[
+            "--collector",
+            "http://collector:4317",
+            "--collector-insecure",
+        ])
+        .unwrap();
+        assert!(c.export.unwrap().insecure);
+        let e = error(&["--collector", "https://c:1", "--collector-insecure"]);
+        assert!(e.starts_with("--collector-insecure"), "{e}");
+        let e = error(&["--collector", "ftp://c:1"]);
+        assert!(e.starts_with("--collector"), "{e}");
+        let e = error(&["--collector", "https://c:1/v1/push"]);
+        assert!(e.contains("without a path"), "{e}");
+    }
+
+    #[test]
+    fn files_are_checked_at_start_up() {
+        let f = Files::new();
+        let ok = parse(&[
+            "--collector",
+            "https://localhost:1",
+            "--collector-ca",
+            &f.path("ca.pem"),
+            "--collector-cert",
+            &f.path("ca.pem"),
+            "--collector-key",
+            &f.path("key.pem"),
+            "--token-file",
+            &f.path("token"),
+        ]);
+        assert!(ok.is_ok(), "{:?}", ok.err());
+
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--collector-ca",
+            &f.path("missing"),
+        ]);
+        assert!(
+            e.starts_with("--collector-ca") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--collector-ca",
+            &f.path("empty.pem"),
+        ]);
+        assert!(
+            e.starts_with("--collector-ca") && e.contains("no PEM"),
+            "{e}"
+        );
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--collector-cert",
+            &f.path("ca.pem"),
+        ]);
+        assert!(e.contains("--collector-cert needs --collector-key"), "{e}");
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--collector-key",
+            &f.path("key.pem"),
+        ]);
+        assert!(e.contains("--collector-key needs --collector-cert"), "{e}");
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--collector-cert",
+            &f.path("ca.pem"),
+            "--collector-key",
+            &f.path("ca.pem"),
+        ]);
+        assert!(
+            e.starts_with("--collector-key") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--token-file",
+            &f.path("nope"),
+        ]);
+        assert!(
+            e.starts_with("--token-file") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = error(&[
+            "--collector",
+            "https://c:1",
+            "--token-file",
+            &f.path("blank-token"),
+        ]);
+        assert!(e.starts_with("--token-file") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_errors() {
+        let f = Files::new();
+        let c = parse(&[
+            "--collector",
+            "https://localhost:1",
+            "--collector-cert",
+            &f.path("ca.pem"),
+            "--collector-key",
+            &f.path("key.pem"),
+            "--token-file",
+            &f.path("token"),
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+        let key = std::fs::read_to_string(f.path("key.pem")).unwrap();
+        let body = key.lines().nth(1).unwrap();
+        assert!(!debug.contains(body));
+    }
+
+    #[test]
+    fn limits_are_checked_and_name_their_flag() {
+        for (args, flag) in [
+            (
+                &["--export-batch-max-exchanges", "0"][..],
+                "--export-batch-max-exchanges",
+            ),
+            (
+                &["--export-batch-max-bytes", "100"],
+                "--export-batch-max-bytes",
+            ),
+            (
+                &["--export-batch-max-bytes", "8000000"],
+                "--export-batch-max-bytes",
+            ),
+            (
+                &["--export-batch-max-delay", "0s"],
+                "--export-batch-max-delay",
+            ),
+            (
+                &["--export-queue-max-bytes", "1000"],
+                "--export-queue-max-bytes",
+            ),
+            (&["--export-compression", "zstd"], "--export-compression"),
+            (&["--export-timeout", "soon"], "--export-timeout"),
+            (
+                &[
+                    "--export-backoff-initial",
+                    "10s",
+                    "--export-backoff-max",
+                    "1s",
+                ],
+                "--export-backoff-max",
+            ),
+            (
+                &["--spool-dir", "/tmp/s", "--spool-max-bytes", "10"],
+                "--spool-max-bytes",
+            ),
+            (&["--daemon-id", "has space"], "--daemon-id"),
+        ] {
+            let mut all = vec!["--collector", "https://c:1"];
+            all.extend_from_slice(args);
+            let e = error(&all);
+            assert!(e.starts_with(flag), "{args:?}: {e}");
+        }
+        let e = error(&["--collector", "https://c:1", "--spool-max-bytes", "100000"]);
+        assert!(e.contains("--spool-max-bytes needs --spool-dir"), "{e}");
+        // Exporter flags without a collector.
+        let e = error(&["--token-file", "/x"]);
+        assert!(e.contains("--token-file needs --collector"), "{e}");
+        let c = parse(&[
+            "--collector",
+            "https://c:1",
+            "--spool-dir",
+            "/tmp/spool",
+            "--daemon-id",
+            "edge-7",
+            "--export-batch-max-delay",
+            "250ms",
+        ])
+        .unwrap();
+        let e = c.export.unwrap();
+        assert_eq!(e.daemon_id, "edge-7");
+        assert_eq!(e.batch.max_delay, std::time::Duration::from_millis(250));
+        assert_eq!(e.spool.unwrap().max_bytes, super::DEFAULT_SPOOL_MAX_BYTES);
+    }
+
+    #[test]
+    fn yaml_keys_match_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "target-pid: [7]\ncollector: http://c:1\ncollector-insecure: true\n\
+             spool-dir: /tmp/spool\nspool-max-bytes: 100000000\ndaemon-id: from-file\n\
+             export-batch-max-exchanges: 64\nexport-compression: none\n",
+        )
+        .unwrap();
+        let c = Config::from_args([
+            "capture-daemon",
+            "--config",
+            path.to_str().unwrap(),
+            "--daemon-id",
+            "from-flag",
+        ])
+        .unwrap();
+        let e = c.export.unwrap();
+        assert_eq!(e.daemon_id, "from-flag");
+        assert!(e.insecure && !e.gzip);
+        assert_eq!(e.batch.max_exchanges, 64);
+        assert_eq!(e.spool.unwrap().max_bytes, 100_000_000);
+    }
+}
