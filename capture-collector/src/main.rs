@@ -1,0 +1,513 @@
+//! `capture-collector`: serve the ingest endpoint, manage tokens, export and watch.
+//!
+//! ```text
+//! capture-collector serve  --listen ADDR --data DIR (--tls-cert FILE --tls-key FILE | --dev-tls DIR)
+//!                          [--encryption-key FILE]
+//! capture-collector token  create|list|revoke --data DIR --org NAME [TOKEN-PREFIX]
+//! capture-collector export --data DIR --org NAME --har FILE [--encryption-key FILE]
+//! capture-collector watch  --collector https://HOST:PORT --token-file FILE [--ca FILE]
+//!                          [--namespace NS] [--workload NAME] [--routing-key KEY] [--headers-only]
+//! ```
+//!
+//! Exit codes: 0 success, 2 usage or configuration error (the message names the flag and the
+//! value), 1 runtime failure.
+#![forbid(unsafe_code)]
+
+use std::{
+    fs::OpenOptions,
+    io::Write as _,
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use capture_collector::{
+    export,
+    org::OrgName,
+    seal::{self, KeyError, SealKey},
+    server::{self, Limits, ServerConfig},
+    store::{self, StoreConfig},
+    tls,
+    tokens::{self, Revoked, TokenError, TokenStore},
+    watch_client::{self, WatchArgs, WatchError},
+};
+use capture_proto::v1::WatchRequest;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::fcntl::{Flock, FlockArg};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "capture-collector",
+    version,
+    about = "Reference control-plane ingest for capture daemons: gRPC over TLS, tokens per \
+             organisation, durable storage, live watch, HAR export."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Ingest and Watch over TLS.
+    Serve(ServeArgs),
+    /// Issue, list and revoke tokens (local administration of the data directory).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write an organisation's stored exchanges as a HAR 1.2 file.
+    Export(ExportArgs),
+    /// Follow an organisation's exchanges live, one line each.
+    Watch(WatchCliArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("tls").required(true).args(["tls_cert", "dev_tls"]))]
+struct ServeArgs {
+    /// Address to listen on (`0.0.0.0:4317`, `[::]:4317`; port 0 picks one and prints it).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Data directory: tokens, storage segments, the key check.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Server certificate chain (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "dev_tls"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Generate (once) a development CA and a certificate for localhost, 127.0.0.1 and ::1
+    /// in DIR, and print the CA's path.
+    #[arg(long, value_name = "DIR")]
+    dev_tls: Option<PathBuf>,
+    /// Seal every stored record with this 32-byte key (raw or hex; the file must be 0600).
+    #[arg(long, value_name = "FILE")]
+    encryption_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on /metrics at this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Largest encoded batch accepted, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 30)))]
+    max_batch_bytes: u64,
+    /// Most exchanges in one batch.
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_batch_exchanges: u64,
+    /// A storage segment is closed once the next record would take it past this size, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 40)))]
+    segment_bytes: u64,
+    /// Exchanges each organisation's live stream keeps for slow watchers; a watcher further
+    /// behind skips exchanges and is told how many.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    watch_buffer: u64,
+    /// Watch streams open at once, over all organisations.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_watchers: u64,
+    /// Log format on standard error (audit lines are always JSON).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token for an organisation; it is printed once, on standard output.
+    Create(TokenArgs),
+    /// List an organisation's tokens, masked.
+    List(TokenArgs),
+    /// Revoke the token given whole, masked, or by a prefix of its masked form.
+    Revoke {
+        #[command(flatten)]
+        args: TokenArgs,
+        #[arg(value_name = "TOKEN-PREFIX")]
+        prefix: String,
+    },
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    org: OrgName,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    org: OrgName,
+    /// Output file (`-` for standard output); written whole or not at all.
+    #[arg(long, value_name = "FILE")]
+    har: PathBuf,
+    /// The key the data was stored with.
+    #[arg(long, value_name = "FILE")]
+    encryption_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WatchCliArgs {
+    /// The collector, `https://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    collector: String,
+    /// File holding the token.
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// CA certificate to trust (PEM); the system roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Owner (Deployment, ...) or pod name.
+    #[arg(long, value_name = "NAME")]
+    workload: Option<String>,
+    #[arg(long, value_name = "KEY")]
+    routing_key: Option<String>,
+    /// Leave bodies out (their sizes stay).
+    #[arg(long)]
+    headers_only: bool,
+    /// Print each exchange's HAR entry (one JSON object a line) instead of a summary line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a command failed: the exit code follows.
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0, errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(command) => {
+            init_logging(LogFormat::Text, "info");
+            token(command)
+        }
+        Command::Export(args) => {
+            init_logging(LogFormat::Text, "info");
+            export(&args)
+        }
+        Command::Watch(args) => {
+            init_logging(LogFormat::Text, "warn");
+            watch(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("capture-collector: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("capture-collector: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_key(path: Option<&Path>) -> Result<Option<Arc<SealKey>>, Failure> {
+    path.map(|path| {
+        SealKey::load(path)
+            .map(Arc::new)
+            .map_err(|e| Failure::Usage(format!("--encryption-key {}: {e}", path.display())))
+    })
+    .transpose()
+}
+
+/// Checks `key` against the data directory (see `seal::check_data_dir`).
+fn check_key(
+    data: &Path,
+    key: Option<&SealKey>,
+    key_path: Option<&Path>,
+    writable: bool,
+) -> Result<(), Failure> {
+    let has_data = store::has_data(data).map_err(|e| Failure::Runtime(e.to_string()))?;
+    seal::check_data_dir(data, key, has_data, writable).map_err(|e| match e {
+        KeyError::KeyRequired => Failure::Usage(format!("--data {}: {e}", data.display())),
+        KeyError::WriteCheck(..) | KeyError::Read(_) => Failure::Runtime(e.to_string()),
+        _ => Failure::Usage(format!(
+            "--encryption-key {}: {e}",
+            key_path.map_or_else(String::new, |p| p.display().to_string())
+        )),
+    })
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let key = load_key(args.encryption_key.as_deref())?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.data)
+        .map_err(|e| Failure::Usage(format!("--data {}: {e}", args.data.display())))?;
+    // One server per data directory: two writers would interleave records.
+    let lock_path = args.data.join("lock");
+    let lock_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Failure::Usage(format!("--data {}: {e}", args.data.display())))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Failure::Runtime(format!(
+            "--data {}: another collector is serving this directory",
+            args.data.display()
+        ))
+    })?;
+    check_key(
+        &args.data,
+        key.as_deref(),
+        args.encryption_key.as_deref(),
+        true,
+    )?;
+    let (identity, dev_ca) = match (&args.tls_cert, &args.tls_key, &args.dev_tls) {
+        (Some(cert), Some(key), _) => (
+            tls::load(cert, key)
+                .map_err(|e| Failure::Usage(format!("--tls-cert/--tls-key: {e}")))?,
+            None,
+        ),
+        (_, _, Some(dir)) => {
+            let (identity, ca) = tls::dev_identity(dir)
+                .map_err(|e| Failure::Usage(format!("--dev-tls {}: {e}", dir.display())))?;
+            (identity, Some(ca))
+        }
+        _ => {
+            return Err(Failure::Usage(
+                "give --tls-cert and --tls-key, or --dev-tls".into(),
+            ));
+        }
+    };
+    init_logging(args.log_format, "info");
+    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let config = ServerConfig {
+        listen: args.listen,
+        identity,
+        store: StoreConfig {
+            data_dir: args.data.clone(),
+            segment_bytes: args.segment_bytes,
+        },
+        key,
+        limits: Limits {
+            max_batch_bytes: usize_of(args.max_batch_bytes),
+            max_batch_exchanges: usize_of(args.max_batch_exchanges),
+            watch_buffer: usize_of(args.watch_buffer),
+            max_watchers: usize_of(args.max_watchers),
+        },
+        metrics_addr: args.metrics_addr,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let tokens = Arc::new(TokenStore::new(&args.data));
+        let running = server::start(config, tokens).await.map_err(|e| match e {
+            server::ServeError::Listen(..) | server::ServeError::Metrics(..) => {
+                Failure::Usage(e.to_string())
+            }
+            e => Failure::Runtime(e.to_string()),
+        })?;
+        // Plain lines on stdout for scripts (and tests) to read.
+        let mut stdout = std::io::stdout().lock();
+        if let Some(ca) = &dev_ca {
+            let _ = writeln!(stdout, "dev TLS CA certificate: {}", ca.display());
+        }
+        if let Some(addr) = running.metrics_addr {
+            let _ = writeln!(stdout, "metrics on http://{addr}/metrics");
+        }
+        let _ = writeln!(stdout, "listening on {}", running.addr);
+        let _ = stdout.flush();
+        drop(stdout);
+        shutdown_signal().await;
+        info!("shutting down: finishing pushes in flight");
+        running.stop().await.map_err(|e| {
+            error!(error = %e, "shutdown");
+            Failure::Runtime(e.to_string())
+        })
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop the collector with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}
+
+fn token_failure(e: TokenError) -> Failure {
+    match e {
+        TokenError::NoMatch { .. } | TokenError::Ambiguous { .. } => {
+            Failure::Usage(format!("TOKEN-PREFIX: {e}"))
+        }
+        e => Failure::Runtime(e.to_string()),
+    }
+}
+
+fn token(command: TokenCommand) -> Result<(), Failure> {
+    match command {
+        TokenCommand::Create(args) => {
+            let (token, record) = tokens::create(&args.data, &args.org).map_err(token_failure)?;
+            info!(target: "audit", event = "token_create", org = %args.org, token = %record.masked, "token issued");
+            println!("{token}");
+            eprintln!(
+                "token {} issued for organisation {}; it is shown only this once",
+                record.masked, args.org
+            );
+            Ok(())
+        }
+        TokenCommand::List(args) => {
+            let listed = tokens::list(&args.data, &args.org).map_err(token_failure)?;
+            println!("{:<16}  {:<20}  STATUS", "TOKEN", "CREATED");
+            for t in listed {
+                let status = t
+                    .revoked
+                    .as_ref()
+                    .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
+                println!("{:<16}  {:<20}  {status}", t.masked, t.created);
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { args, prefix } => {
+            match tokens::revoke(&args.data, &args.org, &prefix).map_err(token_failure)? {
+                Revoked::Now(t) => {
+                    info!(target: "audit", event = "token_revoke", org = %args.org, token = %t.masked, "token revoked");
+                    println!("revoked {}", t.masked);
+                }
+                Revoked::Already(t) => println!("{} was already revoked", t.masked),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn export(args: &ExportArgs) -> Result<(), Failure> {
+    if !args.data.is_dir() {
+        return Err(Failure::Usage(format!(
+            "--data {}: not a directory",
+            args.data.display()
+        )));
+    }
+    let key = load_key(args.encryption_key.as_deref())?;
+    check_key(
+        &args.data,
+        key.as_deref(),
+        args.encryption_key.as_deref(),
+        false,
+    )?;
+    let has_store = store::orgs_dir(&args.data).join(args.org.as_str()).is_dir();
+    let has_tokens = !tokens::list(&args.data, &args.org)
+        .map_err(token_failure)?
+        .is_empty();
+    if !has_store && !has_tokens {
+        return Err(Failure::Usage(format!(
+            "--org {}: no such organisation in {}",
+            args.org,
+            args.data.display()
+        )));
+    }
+    let summary = export::export_to(&args.data, &args.org, key.as_deref(), &args.har)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    eprintln!(
+        "exported {} exchanges ({} batches) of organisation {} to {}",
+        summary.exchanges,
+        summary.batches,
+        args.org,
+        args.har.display()
+    );
+    if summary.unreadable > 0 {
+        eprintln!(
+            "{} stored exchanges could not be read and were left out",
+            summary.unreadable
+        );
+    }
+    Ok(())
+}
+
+fn watch(args: WatchCliArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))?;
+    let args = WatchArgs {
+        collector: args.collector,
+        token_file: args.token_file,
+        ca: args.ca,
+        filter: WatchRequest {
+            namespace: args.namespace.unwrap_or_default(),
+            workload: args.workload.unwrap_or_default(),
+            routing_key: args.routing_key.unwrap_or_default(),
+            headers_only: args.headers_only,
+        },
+        json: args.json,
+    };
+    runtime
+        .block_on(watch_client::run(args))
+        .map_err(|e| match e {
+            WatchError::Usage(m) => Failure::Usage(m),
+            WatchError::Runtime(m) => Failure::Runtime(m),
+        })
+}
+
+/// Logs on standard error; audit lines (target `audit`) always as JSON objects.
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::{
+        Layer as _, filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let plain = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter_fn(|meta| meta.target() != "audit"));
+    let audit = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|meta| meta.target() == "audit"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(plain)
+        .with(audit)
+        .try_init();
+}

@@ -1,0 +1,277 @@
+//! Counters of what the collector stores, refuses and streams, served in the Prometheus text
+//! format on `--metrics-addr` (with `/healthz`). No label or value carries an organisation, a
+//! token or captured content: the endpoint is usually reachable by more people than the data.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, info};
+
+/// Why a pushed batch was refused (`capture_collector_batches_rejected_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Larger than `--max-batch-bytes` (refused by the gRPC decoder, `OUT_OF_RANGE`).
+    BatchTooLarge,
+    /// More exchanges than `--max-batch-exchanges`.
+    TooManyExchanges,
+    /// A batch or exchange the wire contract does not allow.
+    Malformed,
+    /// The store could not write it (the client retries).
+    Storage,
+}
+
+impl Rejection {
+    pub const ALL: [Self; 4] = [
+        Self::BatchTooLarge,
+        Self::TooManyExchanges,
+        Self::Malformed,
+        Self::Storage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BatchTooLarge => "batch_too_large",
+            Self::TooManyExchanges => "too_many_exchanges",
+            Self::Malformed => "malformed",
+            Self::Storage => "storage_error",
+        }
+    }
+}
+
+/// Why a call was refused as unauthenticated (`capture_collector_auth_rejected_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization: Bearer` metadata.
+    Missing,
+    /// Not a token of ours by its form.
+    Malformed,
+    /// Well-formed, but not issued here.
+    Unknown,
+    Revoked,
+    /// The token file could not be read; every call is refused until it can.
+    StoreUnreadable,
+}
+
+impl AuthFailure {
+    pub const ALL: [Self; 5] = [
+        Self::Missing,
+        Self::Malformed,
+        Self::Unknown,
+        Self::Revoked,
+        Self::StoreUnreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+            Self::Revoked => "revoked",
+            Self::StoreUnreadable => "token_store_unreadable",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub batches_stored: AtomicU64,
+    pub batches_duplicate: AtomicU64,
+    pub exchanges_stored: AtomicU64,
+    /// Bytes appended to segments (records with their framing, sealed size when encrypted).
+    pub bytes_stored: AtomicU64,
+    rejected: [AtomicU64; 4],
+    auth_rejected: [AtomicU64; 5],
+    /// Watch streams open now.
+    pub watchers: AtomicU64,
+    /// Watch streams refused by `--max-watchers`.
+    pub watchers_refused: AtomicU64,
+    pub watch_sent: AtomicU64,
+    /// Exchanges watchers missed because they read too slowly (`--watch-buffer`).
+    pub watch_lagged: AtomicU64,
+    /// Torn records cut off the end of a segment at start-up.
+    pub torn_records: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == why) {
+            self.rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn rejections(&self, why: Rejection) -> u64 {
+        Rejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            .map_or(0, |i| self.rejected[i].load(Relaxed))
+    }
+
+    pub fn auth_rejected(&self, why: AuthFailure) {
+        if let Some(i) = AuthFailure::ALL.iter().position(|r| *r == why) {
+            self.auth_rejected[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "capture_collector_batches_stored_total",
+            "Batches stored durably and acknowledged.",
+            g(&self.batches_stored),
+        );
+        counter(
+            "capture_collector_batches_duplicate_total",
+            "Batches acknowledged as already stored; nothing stored again.",
+            g(&self.batches_duplicate),
+        );
+        counter(
+            "capture_collector_exchanges_stored_total",
+            "Exchanges stored.",
+            g(&self.exchanges_stored),
+        );
+        counter(
+            "capture_collector_bytes_stored_total",
+            "Bytes appended to storage segments.",
+            g(&self.bytes_stored),
+        );
+        counter(
+            "capture_collector_watchers_refused_total",
+            "Watch streams refused by --max-watchers.",
+            g(&self.watchers_refused),
+        );
+        counter(
+            "capture_collector_watch_sent_total",
+            "Exchanges sent to watchers.",
+            g(&self.watch_sent),
+        );
+        counter(
+            "capture_collector_watch_lagged_total",
+            "Exchanges watchers missed because they read too slowly.",
+            g(&self.watch_lagged),
+        );
+        counter(
+            "capture_collector_torn_records_total",
+            "Torn records cut off the end of a segment at start-up.",
+            g(&self.torn_records),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_collector_watchers Watch streams open.\n\
+             # TYPE capture_collector_watchers gauge\n\
+             capture_collector_watchers {}",
+            g(&self.watchers)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_collector_batches_rejected_total Batches refused, by reason.\n\
+             # TYPE capture_collector_batches_rejected_total counter"
+        );
+        for (i, why) in Rejection::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "capture_collector_batches_rejected_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                g(&self.rejected[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP capture_collector_auth_rejected_total Calls refused as unauthenticated, by reason.\n\
+             # TYPE capture_collector_auth_rejected_total counter"
+        );
+        for (i, why) in AuthFailure::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "capture_collector_auth_rejected_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                g(&self.auth_rejected[i])
+            );
+        }
+        out
+    }
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` on a task of its own.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move { Ok::<_, std::convert::Infallible>(route(&req, &metrics)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    debug!(error = %e, "metrics connection");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn route(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, metrics.render()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_reason() {
+        let m = Metrics::default();
+        m.rejected(Rejection::TooManyExchanges);
+        m.auth_rejected(AuthFailure::Revoked);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "capture_collector_batches_rejected_total{reason=\"too_many_exchanges\"} 1"
+            )
+        );
+        assert!(text.contains("capture_collector_auth_rejected_total{reason=\"revoked\"} 1"));
+        assert!(text.contains("capture_collector_batches_rejected_total{reason=\"malformed\"} 0"));
+        assert_eq!(m.rejections(Rejection::TooManyExchanges), 1);
+    }
+}

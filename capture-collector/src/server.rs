@@ -1,0 +1,703 @@
+//! The gRPC server: `Ingest.Push` stores batches, `Watch.Watch` streams them live, both over
+//! rustls TLS and both behind the bearer token check.
+//!
+//! Every call passes the token interceptor first, before its message is decoded: a call
+//! without a valid, unrevoked token is `UNAUTHENTICATED`, logged as an audit line (without the
+//! token) and counted, and reaches no handler. The organisation comes from the token only, so
+//! a caller reads and writes its own organisation's store and live stream and nothing else.
+//!
+//! A push is acknowledged after its batch is fsynced (see `store`); a batch stored before is
+//! acknowledged with `duplicate` and stores nothing. Stored exchanges then go to the
+//! organisation's watchers through a bounded broadcast: a watcher that reads too slowly misses
+//! exchanges (it is told how many in `skipped`) and never holds back ingest or memory.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use capture_proto::v1::{
+    self as pb, ExchangeBatch, PushAck, WatchRequest, WatchResponse,
+    ingest_server::{Ingest, IngestServer},
+    watch_server::{Watch, WatchServer},
+};
+use prost::Message as _;
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{
+    Request, Response, Status,
+    body::Body,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Identity, Server, ServerTlsConfig},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    metrics::{self, AuthFailure, Metrics, Rejection},
+    org::OrgName,
+    seal::SealKey,
+    store::{Appended, BatchId, Store, StoreConfig, StoreError},
+    tls::ServerIdentity,
+    tokens::{Caller, TokenStore},
+};
+
+/// Longest `daemon_id` accepted (a DNS name: node names are).
+const MAX_DAEMON_ID: usize = 253;
+const MAX_INSTANCE_ID: usize = 128;
+/// Longest value of a watch filter field.
+const MAX_FILTER: usize = 253;
+/// How often a watch stream re-checks that its token is still valid.
+const TOKEN_RECHECK: Duration = Duration::from_secs(1);
+/// Responses queued per watcher between its task and its connection.
+const WATCHER_QUEUE: usize = 16;
+
+/// Limits of the server; each is a flag of `serve`.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest encoded batch accepted (`--max-batch-bytes`).
+    pub max_batch_bytes: usize,
+    /// Most exchanges in one batch (`--max-batch-exchanges`).
+    pub max_batch_exchanges: usize,
+    /// Exchanges an organisation's live stream holds for slow watchers (`--watch-buffer`).
+    pub watch_buffer: usize,
+    /// Watch streams open at once, over all organisations (`--max-watchers`).
+    pub max_watchers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 16 << 20,
+            max_batch_exchanges: 4096,
+            watch_buffer: 1024,
+            max_watchers: 256,
+        }
+    }
+}
+
+/// Everything `serve` needs.
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub identity: ServerIdentity,
+    pub store: StoreConfig,
+    pub key: Option<Arc<SealKey>>,
+    pub limits: Limits,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("--listen {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("--metrics-addr {0}: {1}")]
+    Metrics(SocketAddr, std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("server: {0}")]
+    Transport(tonic::transport::Error),
+    #[error("server task: {0}")]
+    Join(String),
+}
+
+/// The bearer token of the call, kept for the watch stream's re-checks. Never printed.
+#[derive(Clone)]
+struct BearerToken(String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+struct Auth {
+    tokens: Arc<TokenStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let peer = request.remote_addr();
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .map(str::to_owned);
+        let outcome = match token {
+            None => Err(AuthFailure::Missing),
+            Some(token) => self.tokens.authenticate(&token).map(|c| (c, token)),
+        };
+        match outcome {
+            Ok((caller, token)) => {
+                request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(BearerToken(token));
+                Ok(request)
+            }
+            Err(why) => {
+                self.metrics.auth_rejected(why);
+                warn!(
+                    target: "audit",
+                    event = "auth_rejected",
+                    reason = why.as_str(),
+                    peer = ?peer,
+                    "call refused: unauthenticated"
+                );
+                Err(Status::unauthenticated("missing, unknown or revoked token"))
+            }
+        }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing token"))
+}
+
+/// One stored exchange on its way to watchers.
+struct Published {
+    daemon_id: Arc<str>,
+    exchange: pb::Exchange,
+}
+
+/// The live stream of each organisation.
+struct Hub {
+    capacity: usize,
+    orgs: Mutex<std::collections::HashMap<OrgName, broadcast::Sender<Arc<Published>>>>,
+}
+
+impl Hub {
+    fn sender(&self, org: &OrgName) -> broadcast::Sender<Arc<Published>> {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        orgs.entry(org.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .clone()
+    }
+
+    fn subscribe(&self, org: &OrgName) -> broadcast::Receiver<Arc<Published>> {
+        self.sender(org).subscribe()
+    }
+
+    fn publish(&self, org: &OrgName, daemon_id: &str, exchanges: Vec<pb::Exchange>) {
+        let sender = self.sender(org);
+        if sender.receiver_count() == 0 {
+            return;
+        }
+        let daemon_id: Arc<str> = Arc::from(daemon_id);
+        for exchange in exchanges {
+            let _ = sender.send(Arc::new(Published {
+                daemon_id: Arc::clone(&daemon_id),
+                exchange,
+            }));
+        }
+    }
+}
+
+struct IngestService {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    max_exchanges: usize,
+}
+
+impl IngestService {
+    fn reject(&self, why: Rejection, status: Status) -> Status {
+        self.metrics.rejected(why);
+        status
+    }
+
+    fn validate(&self, batch: &ExchangeBatch) -> Result<(), Status> {
+        let malformed =
+            |message: String| self.reject(Rejection::Malformed, Status::invalid_argument(message));
+        if batch.daemon_id.is_empty() || batch.daemon_id.len() > MAX_DAEMON_ID {
+            return Err(malformed(format!(
+                "daemon_id must be 1 to {MAX_DAEMON_ID} bytes"
+            )));
+        }
+        if batch.instance_id.is_empty() || batch.instance_id.len() > MAX_INSTANCE_ID {
+            return Err(malformed(format!(
+                "instance_id must be 1 to {MAX_INSTANCE_ID} bytes"
+            )));
+        }
+        if batch.sequence == 0 {
+            return Err(malformed("sequence starts at 1".into()));
+        }
+        if batch.exchanges.len() > self.max_exchanges {
+            return Err(self.reject(
+                Rejection::TooManyExchanges,
+                Status::invalid_argument(format!(
+                    "{} exchanges in one batch; this collector takes at most {} \
+                     (--max-batch-exchanges)",
+                    batch.exchanges.len(),
+                    self.max_exchanges
+                )),
+            ));
+        }
+        for (i, exchange) in batch.exchanges.iter().enumerate() {
+            capture_daemon::wire::check(exchange)
+                .map_err(|e| malformed(format!("exchange {i}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn push(&self, request: Request<ExchangeBatch>) -> Result<Response<PushAck>, Status> {
+        let caller = caller(&request)?;
+        let batch = request.into_inner();
+        self.validate(&batch)?;
+        let id = BatchId {
+            daemon_id: batch.daemon_id.clone(),
+            instance_id: batch.instance_id.clone(),
+            sequence: batch.sequence,
+        };
+        let encoded = batch.encode_to_vec();
+        let sequence = batch.sequence;
+        match self.store.append(&caller.org, id, encoded).await {
+            Ok(Appended::Stored { .. }) => {
+                let stored = batch.exchanges.len();
+                Metrics::add(&self.metrics.batches_stored, 1);
+                Metrics::add(&self.metrics.exchanges_stored, stored as u64);
+                self.hub
+                    .publish(&caller.org, &batch.daemon_id, batch.exchanges);
+                Ok(Response::new(PushAck {
+                    sequence,
+                    duplicate: false,
+                    stored: u32::try_from(stored).unwrap_or(u32::MAX),
+                }))
+            }
+            Ok(Appended::Duplicate) => {
+                Metrics::add(&self.metrics.batches_duplicate, 1);
+                Ok(Response::new(PushAck {
+                    sequence,
+                    duplicate: true,
+                    stored: 0,
+                }))
+            }
+            Err(e) => {
+                error!(org = %caller.org, error = %e, "storing a batch failed");
+                Err(self.reject(
+                    Rejection::Storage,
+                    Status::unavailable("the collector could not store the batch; retry later"),
+                ))
+            }
+        }
+    }
+}
+
+/// What a watcher asked for.
+struct Filter {
+    namespace: Option<String>,
+    workload: Option<String>,
+    routing_key: Option<String>,
+    headers_only: bool,
+}
+
+impl Filter {
+    fn new(request: WatchRequest) -> Result<Self, Status> {
+        let field = |value: String, name: &str| {
+            if value.len() > MAX_FILTER {
+                Err(Status::invalid_argument(format!(
+                    "{name} is longer than {MAX_FILTER} bytes"
+                )))
+            } else {
+                Ok(Some(value).filter(|v| !v.is_empty()))
+            }
+        };
+        Ok(Self {
+            namespace: field(request.namespace, "namespace")?,
+            workload: field(request.workload, "workload")?,
+            routing_key: field(request.routing_key, "routing_key")?,
+            headers_only: request.headers_only,
+        })
+    }
+
+    fn matches(&self, exchange: &pb::Exchange) -> bool {
+        let workload = exchange.workload.as_ref();
+        let is = |want: &Option<String>, have: Option<&String>| {
+            want.as_ref().is_none_or(|want| have == Some(want))
+        };
+        is(&self.namespace, workload.and_then(|w| w.namespace.as_ref()))
+            && self.workload.as_ref().is_none_or(|want| {
+                workload.is_some_and(|w| {
+                    w.owner_name.as_ref() == Some(want) || w.pod.as_ref() == Some(want)
+                })
+            })
+            && is(&self.routing_key, exchange.routing_key.as_ref())
+    }
+
+    /// The exchange as this watcher gets it: bodies left out (sizes kept) if it asked.
+    fn shape(&self, exchange: &pb::Exchange) -> pb::Exchange {
+        if !self.headers_only {
+            return exchange.clone();
+        }
+        let no_data = |body: &Option<pb::Body>| {
+            body.as_ref().map(|b| pb::Body {
+                data: Vec::new(),
+                wire_size: b.wire_size,
+                truncated: b.truncated,
+                decoded_from: b.decoded_from.clone(),
+                decode_error: b.decode_error.clone(),
+            })
+        };
+        pb::Exchange {
+            request: exchange.request.as_ref().map(|r| pb::Request {
+                method: r.method.clone(),
+                target: r.target.clone(),
+                version: r.version,
+                headers: r.headers.clone(),
+                headers_size: r.headers_size,
+                body: no_data(&r.body),
+                trailers: r.trailers.clone(),
+            }),
+            response: exchange.response.as_ref().map(|r| pb::Response {
+                status: r.status,
+                reason: r.reason.clone(),
+                version: r.version,
+                headers: r.headers.clone(),
+                headers_size: r.headers_size,
+                body: no_data(&r.body),
+                trailers: r.trailers.clone(),
+            }),
+            protocol: exchange.protocol,
+            timing: exchange.timing,
+            incomplete: exchange.incomplete.clone(),
+            connection: exchange.connection.clone(),
+            pid: exchange.pid,
+            workload: exchange.workload.clone(),
+            redacted: exchange.redacted.clone(),
+            routing_key: exchange.routing_key.clone(),
+            grpc: exchange.grpc.clone(),
+            cgroup_id: exchange.cgroup_id,
+        }
+    }
+}
+
+struct WatchService {
+    hub: Arc<Hub>,
+    tokens: Arc<TokenStore>,
+    metrics: Arc<Metrics>,
+    watchers: Arc<AtomicUsize>,
+    max_watchers: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A place among `--max-watchers`, given back when the stream ends.
+struct WatcherSlot {
+    watchers: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .watchers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = caller(&request)?;
+        let token = request
+            .extensions()
+            .get::<BearerToken>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("missing token"))?;
+        let peer = request.remote_addr();
+        let filter = Filter::new(request.into_inner())?;
+        if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
+            self.watchers.fetch_sub(1, Ordering::Relaxed);
+            Metrics::add(&self.metrics.watchers_refused, 1);
+            warn!(org = %caller.org, max = self.max_watchers, "watch refused: --max-watchers reached");
+            return Err(Status::resource_exhausted(
+                "too many watchers on this collector (--max-watchers)",
+            ));
+        }
+        Metrics::add(&self.metrics.watchers, 1);
+        let slot = WatcherSlot {
+            watchers: Arc::clone(&self.watchers),
+            metrics: Arc::clone(&self.metrics),
+        };
+        info!(target: "audit", event = "watch_start", org = %caller.org, token = %caller.token, peer = ?peer, "watch stream opened");
+        // Subscribed before the call returns: nothing stored after it is missed.
+        let live = self.hub.subscribe(&caller.org);
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let watcher = Watcher {
+            caller,
+            token,
+            filter,
+            live,
+            tx,
+            tokens: Arc::clone(&self.tokens),
+            metrics: Arc::clone(&self.metrics),
+            shutdown: self.shutdown.clone(),
+            _slot: slot,
+        };
+        tokio::spawn(watcher.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Watcher {
+    caller: Caller,
+    token: BearerToken,
+    filter: Filter,
+    live: broadcast::Receiver<Arc<Published>>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    tokens: Arc<TokenStore>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    _slot: WatcherSlot,
+}
+
+impl Watcher {
+    async fn run(mut self) {
+        let mut recheck = tokio::time::interval(TOKEN_RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let response = tokio::select! {
+                () = self.tx.closed() => break,
+                _ = self.shutdown.changed() => break,
+                _ = recheck.tick() => {
+                    if self.tokens.authenticate(&self.token.0).is_err() {
+                        info!(target: "audit", event = "watch_end", org = %self.caller.org, token = %self.caller.token, reason = "token no longer valid", "watch stream closed");
+                        let _ = self.tx.send(Err(Status::unauthenticated("token revoked"))).await;
+                        return;
+                    }
+                    continue;
+                }
+                item = self.live.recv() => match item {
+                    Ok(item) => {
+                        if !self.filter.matches(&item.exchange) {
+                            continue;
+                        }
+                        WatchResponse {
+                            daemon_id: item.daemon_id.to_string(),
+                            exchange: Some(self.filter.shape(&item.exchange)),
+                            skipped: 0,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        Metrics::add(&self.metrics.watch_lagged, skipped);
+                        warn!(org = %self.caller.org, skipped, "a watcher fell behind; exchanges skipped (--watch-buffer)");
+                        WatchResponse {
+                            daemon_id: String::new(),
+                            exchange: None,
+                            skipped,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            };
+            let sent = response.exchange.is_some();
+            tokio::select! {
+                result = self.tx.send(Ok(response)) => if result.is_err() { break },
+                _ = self.shutdown.changed() => break,
+            }
+            if sent {
+                Metrics::add(&self.metrics.watch_sent, 1);
+            }
+        }
+        info!(target: "audit", event = "watch_end", org = %self.caller.org, token = %self.caller.token, "watch stream closed");
+    }
+}
+
+type IngestSvc = InterceptedService<IngestServer<IngestService>, Auth>;
+type WatchSvc = InterceptedService<WatchServer<WatchService>, Auth>;
+type BoxFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
+
+/// Routes calls to the two services by path, and counts the batches the gRPC decoder refused
+/// for `--max-batch-bytes`: tonic answers those with `OUT_OF_RANGE` before any handler runs,
+/// and no handler of ours uses that code.
+#[derive(Clone)]
+struct Dispatch {
+    ingest: IngestSvc,
+    watch: WatchSvc,
+    metrics: Arc<Metrics>,
+}
+
+impl tower::Service<http::Request<Body>> for Dispatch {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both generated services are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        if path.starts_with("/capture.v1.Ingest/") {
+            let future = self.ingest.call(request);
+            let metrics = Arc::clone(&self.metrics);
+            Box::pin(async move {
+                let response = future.await?;
+                let out_of_range = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|v| v.as_bytes() == b"11");
+                if out_of_range {
+                    metrics.rejected(Rejection::BatchTooLarge);
+                    warn!("batch refused: larger than --max-batch-bytes");
+                }
+                Ok(response.map(Body::new))
+            })
+        } else if path.starts_with("/capture.v1.Watch/") {
+            let future = self.watch.call(request);
+            Box::pin(async move { Ok(future.await?.map(Body::new)) })
+        } else {
+            Box::pin(std::future::ready(Ok(Status::unimplemented(
+                "no such service",
+            )
+            .into_http())))
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on (the port chosen when `--listen` gave port 0).
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    store: Arc<Store>,
+}
+
+impl Running {
+    /// Stops accepting, ends watch streams, lets pushes in flight finish, closes the store.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        let served = self.task.await;
+        let store = self.store;
+        tokio::task::spawn_blocking(move || {
+            if let Ok(store) = Arc::try_unwrap(store) {
+                store.close();
+            }
+        })
+        .await
+        .ok();
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Transport(e)),
+            Err(e) => Err(ServeError::Join(e.to_string())),
+        }
+    }
+}
+
+/// Opens the store, binds, and serves on a task.
+pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Running, ServeError> {
+    let metrics = Metrics::new();
+    let store_config = config.store.clone();
+    let key = config.key.clone();
+    let store_metrics = Arc::clone(&metrics);
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config, key, store_metrics))
+        .await
+        .map_err(|e| ServeError::Store(StoreError::Poisoned(e.to_string())))??;
+    let store = Arc::new(store);
+    let metrics_addr = match config.metrics_addr {
+        Some(addr) => Some(
+            metrics::serve(addr, Arc::clone(&metrics))
+                .await
+                .map_err(|e| ServeError::Metrics(addr, e))?,
+        ),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Listen(config.listen, e))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let hub = Arc::new(Hub {
+        capacity: config.limits.watch_buffer.max(1),
+        orgs: Mutex::new(std::collections::HashMap::new()),
+    });
+    let auth = Auth {
+        tokens: Arc::clone(&tokens),
+        metrics: Arc::clone(&metrics),
+    };
+    let ingest = IngestServer::new(IngestService {
+        store: Arc::clone(&store),
+        hub: Arc::clone(&hub),
+        metrics: Arc::clone(&metrics),
+        max_exchanges: config.limits.max_batch_exchanges,
+    })
+    .max_decoding_message_size(config.limits.max_batch_bytes);
+    let watch = WatchServer::new(WatchService {
+        hub,
+        tokens,
+        metrics: Arc::clone(&metrics),
+        watchers: Arc::new(AtomicUsize::new(0)),
+        max_watchers: config.limits.max_watchers,
+        shutdown: shutdown_rx.clone(),
+    });
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &config.identity.cert_pem,
+            &config.identity.key_pem,
+        ))
+        .timeout(Duration::from_secs(10));
+    let dispatch = Dispatch {
+        ingest: InterceptedService::new(ingest, auth.clone()),
+        watch: InterceptedService::new(watch, auth),
+        metrics: Arc::clone(&metrics),
+    };
+    let server = Server::builder()
+        .tls_config(tls)
+        .map_err(ServeError::Tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let mut stop = shutdown_rx;
+    let task = tokio::spawn(server.serve_with_incoming_shutdown(
+        dispatch,
+        TcpListenerStream::new(listener),
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    info!(%addr, "collector listening (TLS)");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        metrics,
+        shutdown,
+        task,
+        store,
+    })
+}

@@ -1,0 +1,417 @@
+//! Bearer tokens: each names one organisation. Only a salted HMAC-SHA256 of a token and a
+//! masked form (`cap_Ab12…xY9z`) are stored, in `DIR/tokens.json` (mode 0600, rewritten
+//! atomically under a lock), so the file gives nobody a token.
+//!
+//! A token is `cap_` and 32 random bytes in unpadded base64url: 256 bits, so a plain salted
+//! hash is as strong as a slow one (nothing to guess). The masked form shows 8 of its 43
+//! random characters, enough to tell tokens apart and to find the candidate record without
+//! hashing every entry; the HMAC is then verified in constant time.
+//!
+//! The server re-reads the file whenever it changes (checked with one `stat` per call), so
+//! `token revoke` takes effect on the next call without a restart, and a watch stream is cut
+//! within a second.
+
+use std::{
+    fs::{self, OpenOptions},
+    io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use nix::fcntl::{Flock, FlockArg};
+use ring::{
+    hmac,
+    rand::{SecureRandom as _, SystemRandom},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{metrics::AuthFailure, org::OrgName, seal::write_atomically};
+
+pub const PREFIX: &str = "cap_";
+const RANDOM_BYTES: usize = 32;
+/// `cap_` and 43 base64url characters.
+const TOKEN_LEN: usize = PREFIX.len() + 43;
+const SALT_BYTES: usize = 16;
+const FILE: &str = "tokens.json";
+const LOCK: &str = "tokens.lock";
+
+/// One issued token, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub org: String,
+    /// The first 8 and last 4 characters of the token.
+    pub masked: String,
+    salt: String,
+    hmac: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339 time of revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+impl TokenRecord {
+    fn verifies(&self, token: &str) -> bool {
+        let (Ok(salt), Ok(tag)) = (
+            URL_SAFE_NO_PAD.decode(&self.salt),
+            URL_SAFE_NO_PAD.decode(&self.hmac),
+        ) else {
+            return false;
+        };
+        hmac::verify(
+            &hmac::Key::new(hmac::HMAC_SHA256, &salt),
+            token.as_bytes(),
+            &tag,
+        )
+        .is_ok()
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct TokenFile {
+    version: u32,
+    tokens: Vec<TokenRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{}: {}", .0.display(), .1)]
+    Io(PathBuf, io::Error),
+    #[error("{}: not a token file: {}", .0.display(), .1)]
+    Parse(PathBuf, serde_json::Error),
+    #[error("no token of organisation {org} matches {prefix:?}")]
+    NoMatch { org: String, prefix: String },
+    #[error("{count} tokens of organisation {org} match {prefix:?}: give more of it")]
+    Ambiguous {
+        org: String,
+        prefix: String,
+        count: usize,
+    },
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// The masked form of a token.
+pub fn mask(token: &str) -> String {
+    match (token.get(..8), token.get(token.len().saturating_sub(4)..)) {
+        (Some(head), Some(tail)) if token.len() >= 12 => format!("{head}…{tail}"),
+        _ => "cap_…".to_owned(),
+    }
+}
+
+/// Whether `token` has the form of one of ours (checked before any hashing).
+fn well_formed(token: &str) -> bool {
+    token.len() == TOKEN_LEN
+        && token.starts_with(PREFIX)
+        && token[PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+fn read_file(path: &Path) -> Result<TokenFile, TokenError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| TokenError::Parse(path.to_owned(), e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TokenFile {
+            version: 1,
+            tokens: Vec::new(),
+        }),
+        Err(e) => Err(TokenError::Io(path.to_owned(), e)),
+    }
+}
+
+/// Runs `change` on the token file under an exclusive lock and writes the result atomically.
+fn update<T>(
+    data_dir: &Path,
+    change: impl FnOnce(&mut TokenFile) -> Result<T, TokenError>,
+) -> Result<T, TokenError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|e| TokenError::Io(data_dir.to_owned(), e))?;
+    let lock_path = data_dir.join(LOCK);
+    let lock_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| TokenError::Io(lock_path.clone(), e))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| TokenError::Io(lock_path, e.into()))?;
+    let path = token_path(data_dir);
+    let mut file = read_file(&path)?;
+    let result = change(&mut file)?;
+    file.version = 1;
+    let mut bytes =
+        serde_json::to_vec_pretty(&file).map_err(|e| TokenError::Parse(path.clone(), e))?;
+    bytes.push(b'\n');
+    write_atomically(&path, &bytes, 0o600).map_err(|e| TokenError::Io(path, e))?;
+    Ok(result)
+}
+
+/// Issues a token for `org`: returns the token (shown once, never stored) and its record.
+pub fn create(data_dir: &Path, org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
+    let rng = SystemRandom::new();
+    let mut random = [0_u8; RANDOM_BYTES];
+    let mut salt = [0_u8; SALT_BYTES];
+    rng.fill(&mut random).map_err(|_| TokenError::Random)?;
+    rng.fill(&mut salt).map_err(|_| TokenError::Random)?;
+    let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(random));
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &salt), token.as_bytes());
+    let record = TokenRecord {
+        org: org.as_str().to_owned(),
+        masked: mask(&token),
+        salt: URL_SAFE_NO_PAD.encode(salt),
+        hmac: URL_SAFE_NO_PAD.encode(tag.as_ref()),
+        created: now_rfc3339(),
+        revoked: None,
+    };
+    let stored = record.clone();
+    update(data_dir, move |file| {
+        file.tokens.push(stored);
+        Ok(())
+    })?;
+    Ok((token, record))
+}
+
+/// The tokens of `org`, oldest first.
+pub fn list(data_dir: &Path, org: &OrgName) -> Result<Vec<TokenRecord>, TokenError> {
+    Ok(read_file(&token_path(data_dir))?
+        .tokens
+        .into_iter()
+        .filter(|t| t.org == org.as_str())
+        .collect())
+}
+
+/// What [`revoke`] did.
+#[derive(Debug)]
+pub enum Revoked {
+    Now(TokenRecord),
+    Already(TokenRecord),
+}
+
+/// Revokes the one token of `org` that `given` designates: the whole token, its masked form
+/// (`…` or `...`), or a prefix of the masked form. Several active matches are an error.
+pub fn revoke(data_dir: &Path, org: &OrgName, given: &str) -> Result<Revoked, TokenError> {
+    let given = given.trim().replace("...", "…");
+    update(data_dir, |file| {
+        let matches = |t: &TokenRecord| {
+            t.org == org.as_str()
+                && if well_formed(&given) {
+                    t.verifies(&given)
+                } else if given.contains('…') {
+                    t.masked == given
+                } else {
+                    !given.is_empty() && t.masked.starts_with(&given)
+                }
+        };
+        let active: Vec<usize> = (0..file.tokens.len())
+            .filter(|&i| matches(&file.tokens[i]) && file.tokens[i].revoked.is_none())
+            .collect();
+        match active.as_slice() {
+            [i] => {
+                let t = &mut file.tokens[*i];
+                t.revoked = Some(now_rfc3339());
+                Ok(Revoked::Now(t.clone()))
+            }
+            [] => file
+                .tokens
+                .iter()
+                .find(|t| matches(t))
+                .map(|t| Revoked::Already(t.clone()))
+                .ok_or_else(|| TokenError::NoMatch {
+                    org: org.to_string(),
+                    prefix: given.clone(),
+                }),
+            many => Err(TokenError::Ambiguous {
+                org: org.to_string(),
+                prefix: given.clone(),
+                count: many.len(),
+            }),
+        }
+    })
+}
+
+/// Who a valid token speaks for.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub org: OrgName,
+    /// The masked token, for audit lines.
+    pub token: String,
+}
+
+/// Identity of the token file's contents: a rename (every write) or an edit changes it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+struct Cached {
+    stamp: Option<Stamp>,
+    tokens: Arc<Vec<TokenRecord>>,
+}
+
+/// The server's view of the token file, re-read when it changes.
+pub struct TokenStore {
+    path: PathBuf,
+    cache: Mutex<Option<Cached>>,
+}
+
+impl TokenStore {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            path: token_path(data_dir),
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn tokens(&self) -> Result<Arc<Vec<TokenRecord>>, TokenError> {
+        let stamp = match fs::metadata(&self.path) {
+            Ok(m) => Some(Stamp {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(TokenError::Io(self.path.clone(), e)),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = cache.as_ref().filter(|c| c.stamp == stamp) {
+            return Ok(Arc::clone(&cached.tokens));
+        }
+        let tokens = Arc::new(read_file(&self.path)?.tokens);
+        *cache = Some(Cached {
+            stamp,
+            tokens: Arc::clone(&tokens),
+        });
+        Ok(tokens)
+    }
+
+    /// The caller a token speaks for, or why it speaks for nobody.
+    pub fn authenticate(&self, token: &str) -> Result<Caller, AuthFailure> {
+        if !well_formed(token) {
+            return Err(AuthFailure::Malformed);
+        }
+        let tokens = self.tokens().map_err(|e| {
+            tracing::error!(error = %e, "token file unreadable; refusing every call");
+            AuthFailure::StoreUnreadable
+        })?;
+        let masked = mask(token);
+        let record = tokens
+            .iter()
+            .filter(|t| t.masked == masked)
+            .find(|t| t.verifies(token))
+            .ok_or(AuthFailure::Unknown)?;
+        if record.revoked.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        let org = OrgName::parse(&record.org).map_err(|_| AuthFailure::StoreUnreadable)?;
+        Ok(Caller { org, token: masked })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(name: &str) -> OrgName {
+        OrgName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn create_verify_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = TokenStore::new(d);
+        let (a1, rec) = create(d, &org("a")).unwrap();
+        assert!(well_formed(&a1), "{a1}");
+        assert_eq!(rec.masked, mask(&a1));
+        let (a2, _) = create(d, &org("a")).unwrap();
+        let (b1, _) = create(d, &org("b")).unwrap();
+        assert_eq!(store.authenticate(&a1).unwrap().org, org("a"));
+        assert_eq!(store.authenticate(&b1).unwrap().org, org("b"));
+
+        // The file holds no token.
+        let text = fs::read_to_string(d.join(FILE)).unwrap();
+        for t in [&a1, &a2, &b1] {
+            assert!(!text.contains(&t[4..]), "{text}");
+        }
+        let mode = fs::metadata(d.join(FILE)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // A token of another organisation cannot be revoked through this one.
+        assert!(matches!(
+            revoke(d, &org("a"), &b1),
+            Err(TokenError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            revoke(d, &org("a"), "cap_"),
+            Err(TokenError::Ambiguous { count: 2, .. })
+        ));
+        let masked_ascii = mask(&a1).replace('…', "...");
+        assert!(matches!(
+            revoke(d, &org("a"), &masked_ascii).unwrap(),
+            Revoked::Now(_)
+        ));
+        assert!(matches!(
+            revoke(d, &org("a"), &a1).unwrap(),
+            Revoked::Already(_)
+        ));
+        // Takes effect for the running server without a restart.
+        assert!(matches!(store.authenticate(&a1), Err(AuthFailure::Revoked)));
+        assert!(store.authenticate(&a2).is_ok());
+        assert!(revoke(d, &org("a"), &a2[..7]).is_ok());
+        assert!(matches!(store.authenticate(&a2), Err(AuthFailure::Revoked)));
+
+        let listed = list(d, &org("a")).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|t| t.revoked.is_some()));
+    }
+
+    #[test]
+    fn unknown_and_malformed_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::new(dir.path());
+        let (token, _) = create(dir.path(), &org("a")).unwrap();
+        // Same masked form, different middle: found by mask, refused by the HMAC.
+        let mut forged = token.clone().into_bytes();
+        forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(mask(&forged), mask(&token));
+        assert!(matches!(
+            store.authenticate(&forged),
+            Err(AuthFailure::Unknown)
+        ));
+        for bad in ["", "cap_", "Bearer x", &token[..46], &format!("{token}x")] {
+            assert!(
+                matches!(store.authenticate(bad), Err(AuthFailure::Malformed)),
+                "{bad}"
+            );
+        }
+        fs::write(dir.path().join(FILE), "not json").unwrap();
+        assert!(matches!(
+            store.authenticate(&token),
+            Err(AuthFailure::StoreUnreadable)
+        ));
+    }
+}
