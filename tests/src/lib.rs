@@ -6,12 +6,15 @@
 //!   output and stops it with SIGTERM ([`Finished::assert_clean`] holds the end-of-test checks).
 //! - [`PythonServer`] and [`Nginx`] are the servers; [`curl`] is the usual client and
 //!   [`HttpConnection`] the raw one (pipelining, connections older than the daemon).
+//! - [`Collector`] runs the real `capture-collector` over TLS ([`TestPki`] makes its
+//!   certificates) for the delivery tests.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
 //!
 //! The tests themselves are in `e2e/`; `cargo xtask demo` and `cargo xtask bench` reuse this.
 
 mod cgroup;
+mod collector;
 mod daemon;
 mod env;
 pub mod har;
@@ -22,6 +25,7 @@ mod servers;
 use std::process::Command;
 
 pub use cgroup::TestCgroup;
+pub use collector::{Collector, TestPki, collector_binary, har_entry_texts};
 pub use daemon::{Daemon, DaemonBuilder, Finished, Metrics, parse_exchanges};
 pub use env::{
     capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, running_in_ci,
