@@ -35,7 +35,7 @@ use tokio::{
     sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status,
     body::Body,
@@ -689,7 +689,9 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
     let mut stop = shutdown_rx;
     let task = tokio::spawn(server.serve_with_incoming_shutdown(
         dispatch,
-        TcpListenerStream::new(listener),
+        // Acks are small writes after the request's last bytes: without TCP_NODELAY, Nagle's
+        // algorithm holds them until the client's delayed ACK (~40 ms per push).
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         async move {
             let _ = stop.changed().await;
         },
