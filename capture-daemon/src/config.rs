@@ -141,6 +141,10 @@ pub struct Flags {
     /// Longest wait between retries (default 30s).
     #[arg(long = "export-backoff-max", value_name = "DURATION")]
     pub export_backoff_max: Option<String>,
+    /// Pushes sent before the first is acknowledged (default 4; 1 keeps the collector's
+    /// storage order equal to the capture order).
+    #[arg(long = "export-max-in-flight", value_name = "N")]
+    pub export_max_in_flight: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +244,8 @@ impl Flags {
             export_compression,
             export_timeout,
             export_backoff_initial,
-            export_backoff_max
+            export_backoff_max,
+            export_max_in_flight
         );
         extend!(target_cgroup, target_pid, redact_header, redact_query);
         self

@@ -71,6 +71,12 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
+            // The delivery tests (tests/e2e/export.rs) run the real collector.
+            cargo(&root, &["build", "-p", "capture-collector"])?;
+            set_env(
+                "CAPTURE_COLLECTOR_BIN",
+                &root.join("target/debug/capture-collector"),
+            );
             cargo(&root, &["test", "--no-fail-fast"])?;
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;

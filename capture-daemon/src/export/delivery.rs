@@ -1,5 +1,7 @@
-//! The exporter's loop: takes exchanges from the pipeline, forms batches, pushes them one at a
-//! time, oldest first, and keeps each until the collector acknowledged it.
+//! The exporter's loop: takes exchanges from the pipeline, forms batches, pushes them oldest
+//! first with up to `--export-max-in-flight` pushes at a time, and keeps each batch until the
+//! collector acknowledged it. With more than one push in flight the collector may store
+//! batches out of order (each exactly once); `--export-max-in-flight 1` keeps the order.
 //!
 //! Where a batch lives until then: in memory; moved to the spool (when there is one) once the
 //! batches in memory pass half of `--export-queue-max-bytes`, oldest first, so the spool always
@@ -21,11 +23,16 @@
 //! dropped (`shutdown`). A push cut short may have been stored: its batch is spooled all the
 //! same and the collector acknowledges it as a duplicate later.
 
-use std::{collections::VecDeque, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use capture_proto::v1;
 use tokio::{
     sync::{mpsc, watch},
+    task::JoinSet,
     time::{Instant, MissedTickBehavior},
 };
 use tracing::{debug, error, info, warn};
@@ -58,12 +65,11 @@ pub fn spool_reserve(within: Duration) -> Duration {
     (within / 4).min(Duration::from_secs(1))
 }
 
-type PushFuture = Pin<Box<dyn Future<Output = Result<v1::PushAck, tonic::Status>> + Send>>;
-
-struct InFlight {
+/// A push on its way: which batch, and how many exchanges it carries.
+#[derive(Clone, Debug)]
+struct Pushing {
     id: BatchId,
     exchanges: u32,
-    call: PushFuture,
 }
 
 /// What the exporter needs besides its inputs.
@@ -76,6 +82,8 @@ pub struct DeliveryParts {
     pub batcher: Batcher,
     pub backoff: Backoff,
     pub queue_max_bytes: u64,
+    /// `--export-max-in-flight`.
+    pub max_in_flight: usize,
 }
 
 /// The exporter's state; [`Delivery::run`] is its loop.
@@ -90,9 +98,8 @@ pub struct Delivery {
     memory: VecDeque<EncodedBatch>,
     memory_bytes: u64,
     spool: Option<Spool>,
-    /// The spool's oldest batch, read back for sending (kept across retries).
-    spool_head: Option<EncodedBatch>,
     spill_at: u64,
+    max_in_flight: usize,
     spool_retry_at: Option<Instant>,
     backoff: Backoff,
     connected: Option<bool>,
@@ -102,7 +109,9 @@ pub struct Delivery {
 
 /// The loop's own variables, apart from the state it works on.
 struct Progress {
-    inflight: Option<InFlight>,
+    /// Pushes in flight, each a task (dropping the set cancels them).
+    inflight: JoinSet<Result<v1::PushAck, tonic::Status>>,
+    pushing: HashMap<tokio::task::Id, Pushing>,
     retry_at: Option<Instant>,
     /// Pushes wait for the token file to change.
     auth_blocked: bool,
@@ -118,10 +127,9 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-async fn call(inflight: &mut Option<InFlight>) -> Result<v1::PushAck, tonic::Status> {
-    match inflight {
-        Some(f) => f.call.as_mut().await,
-        None => std::future::pending().await,
+impl Progress {
+    fn in_flight(&self, id: &BatchId) -> bool {
+        self.pushing.values().any(|p| p.id == *id)
     }
 }
 
@@ -148,8 +156,8 @@ impl Delivery {
             memory: VecDeque::new(),
             memory_bytes: 0,
             spool: parts.spool,
-            spool_head: None,
             spill_at: parts.queue_max_bytes / 2,
+            max_in_flight: parts.max_in_flight.max(1),
             spool_retry_at: None,
             backoff: parts.backoff,
             connected: None,
@@ -173,7 +181,8 @@ impl Delivery {
             );
         }
         let mut p = Progress {
-            inflight: None,
+            inflight: JoinSet::new(),
+            pushing: HashMap::new(),
             retry_at: None,
             auth_blocked: false,
             input_open: true,
@@ -183,9 +192,11 @@ impl Delivery {
         token_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         token_tick.reset();
         loop {
-            if p.inflight.is_none() && p.retry_at.is_none() && !p.auth_blocked {
-                p.inflight = self.start_push(p.shutdown.is_some());
-            }
+            while p.inflight.len() < self.max_in_flight
+                && p.retry_at.is_none()
+                && !p.auth_blocked
+                && self.start_push(&mut p)
+            {}
             if !p.input_open && self.batcher.pending_exchanges() == 0 && self.done_early(&p) {
                 break;
             }
@@ -208,8 +219,13 @@ impl Delivery {
                     );
                 }
                 () = sleep_until(p.shutdown.map(|s| s.0)) => break,
-                result = call(&mut p.inflight) => {
-                    if let Some(done) = p.inflight.take() {
+                Some(joined) = p.inflight.join_next_with_id(), if !p.inflight.is_empty() => {
+                    let (task, result) = match joined {
+                        Ok((task, result)) => (task, result),
+                        // Only a panic in the push (never expected) gets here: retry it.
+                        Err(e) => (e.id(), Err(tonic::Status::internal(format!("push task: {e}")))),
+                    };
+                    if let Some(done) = p.pushing.remove(&task) {
                         self.on_result(done.id, done.exchanges, result, &mut p);
                     }
                 }
@@ -233,7 +249,7 @@ impl Delivery {
                 () = sleep_until(self.spool_retry_at) => self.spool_retry_at = None,
                 _ = token_tick.tick(), if self.token.is_some() => self.poll_token(&mut p),
             }
-            self.spill(p.inflight.as_ref().map(|f| &f.id));
+            self.spill(&p);
             self.update_gauges();
         }
         let grace = p.shutdown.map(|s| s.1);
@@ -243,13 +259,13 @@ impl Delivery {
     /// Whether the loop may stop with the pipeline's side closed: everything in memory is
     /// acknowledged, or (during shutdown) there is no point waiting for the collector.
     fn done_early(&self, p: &Progress) -> bool {
-        if self.memory.is_empty() && p.inflight.is_none() {
+        if self.memory.is_empty() && p.inflight.is_empty() {
             return true;
         }
         let Some((stop, _)) = p.shutdown else {
             return false;
         };
-        p.inflight.is_none() && (p.auth_blocked || p.retry_at.is_some_and(|r| r >= stop))
+        p.inflight.is_empty() && (p.auth_blocked || p.retry_at.is_some_and(|r| r >= stop))
     }
 
     /// Converts one exchange from the pipeline and adds it to the open batch.
@@ -275,29 +291,25 @@ impl Delivery {
         }
     }
 
-    /// The next batch to push: the spool's oldest, then memory's; during shutdown memory's
-    /// first (the spool keeps without help).
-    fn next_batch(&mut self, shutting_down: bool) -> Option<EncodedBatch> {
-        if shutting_down && let Some(b) = self.memory.front() {
-            return Some(b.clone());
+    /// The next batch to push that is not in flight: the spool's oldest, then memory's; during
+    /// shutdown memory's first (the spool keeps without help).
+    fn next_batch(&mut self, p: &Progress) -> Option<EncodedBatch> {
+        let from_memory =
+            |memory: &VecDeque<EncodedBatch>| memory.iter().find(|b| !p.in_flight(&b.id)).cloned();
+        if p.shutdown.is_some()
+            && let Some(b) = from_memory(&self.memory)
+        {
+            return Some(b);
         }
-        self.spool_front().or_else(|| self.memory.front().cloned())
+        self.next_spooled(p).or_else(|| from_memory(&self.memory))
     }
 
-    fn spool_front(&mut self) -> Option<EncodedBatch> {
+    fn next_spooled(&mut self, p: &Progress) -> Option<EncodedBatch> {
         let spool = self.spool.as_mut()?;
         loop {
-            let front = spool.front()?.clone();
-            if let Some(head) = &self.spool_head
-                && head.id == front
-            {
-                return Some(head.clone());
-            }
-            match spool.read_front()? {
-                Ok(batch) => {
-                    self.spool_head = Some(batch.clone());
-                    return Some(batch);
-                }
+            let id = spool.ids().find(|id| !p.in_flight(id))?.clone();
+            match spool.read(&id)? {
+                Ok(batch) => return Some(batch),
                 Err(corrupt) => {
                     error!(error = %corrupt, "dropping an unreadable spooled batch");
                     self.metrics
@@ -308,15 +320,24 @@ impl Delivery {
         }
     }
 
-    fn start_push(&mut self, shutting_down: bool) -> Option<InFlight> {
-        let batch = self.next_batch(shutting_down)?;
+    /// Starts pushing the next batch; false when there is none to push.
+    fn start_push(&mut self, p: &mut Progress) -> bool {
+        let Some(batch) = self.next_batch(p) else {
+            return false;
+        };
         let authorization = self.token.as_ref().and_then(|t| t.value().cloned());
         debug!(batch = %batch.id, exchanges = batch.exchanges, bytes = batch.len(), "pushing");
-        Some(InFlight {
-            id: batch.id,
-            exchanges: batch.exchanges,
-            call: Box::pin(self.collector.push(batch.bytes, authorization)),
-        })
+        let task = p
+            .inflight
+            .spawn(self.collector.push(batch.bytes, authorization));
+        p.pushing.insert(
+            task.id(),
+            Pushing {
+                id: batch.id,
+                exchanges: batch.exchanges,
+            },
+        );
+        true
     }
 
     /// Forgets an acknowledged or rejected batch, wherever it is now.
@@ -327,9 +348,6 @@ impl Delivery {
             }
         } else if let Some(spool) = &mut self.spool {
             spool.remove(id);
-        }
-        if self.spool_head.as_ref().is_some_and(|h| h.id == *id) {
-            self.spool_head = None;
         }
     }
 
@@ -347,6 +365,7 @@ impl Delivery {
                 if ack.sequence != id.sequence {
                     warn!(batch = %id, acked = ack.sequence, "the collector acknowledged another sequence number");
                 }
+                debug!(batch = %id, "acked");
                 self.remove(&id);
                 m.batches_acked.fetch_add(1, RELAXED);
                 m.exchanges_acked.fetch_add(u64::from(exchanges), RELAXED);
@@ -403,7 +422,11 @@ impl Delivery {
             }
             v @ (Verdict::Transient | Verdict::Unexpected) => {
                 m.retries.fetch_add(1, RELAXED);
-                let delay = self.backoff.next_delay();
+                // Pushes in flight together fail together: one backoff step for all of them.
+                let delay = match p.retry_at {
+                    Some(at) => at.saturating_duration_since(Instant::now()),
+                    None => self.backoff.next_delay(),
+                };
                 p.retry_at = Some(Instant::now() + delay);
                 if is_disconnect(code) {
                     self.set_connected(false, &message);
@@ -464,8 +487,8 @@ impl Delivery {
     }
 
     /// Moves the oldest batches from memory to the spool while memory holds more than half the
-    /// queue bound (never the batch in flight).
-    fn spill(&mut self, inflight: Option<&BatchId>) {
+    /// queue bound (never a batch in flight).
+    fn spill(&mut self, p: &Progress) {
         let Some(spool) = &mut self.spool else {
             return;
         };
@@ -473,10 +496,10 @@ impl Delivery {
             return;
         }
         while self.memory_bytes > self.spill_at {
-            let at = usize::from(self.memory.front().map(|b| &b.id) == inflight);
-            let Some(batch) = self.memory.get(at) else {
+            let Some(at) = self.memory.iter().position(|b| !p.in_flight(&b.id)) else {
                 break;
             };
+            let batch = &self.memory[at];
             match spool.push(batch) {
                 Ok(()) => {
                     self.metrics.export.batches_spooled.fetch_add(1, RELAXED);
@@ -511,11 +534,11 @@ impl Delivery {
     /// The end: what the collector has not acknowledged goes to the spool, or is dropped.
     async fn finish(
         mut self,
-        inflight: Option<InFlight>,
+        inflight: JoinSet<Result<v1::PushAck, tonic::Status>>,
         input_open: bool,
         grace: Option<Instant>,
     ) {
-        // A push cut short keeps its batch (in memory or in the spool).
+        // Pushes cut short keep their batches (in memory or in the spool).
         drop(inflight);
         if input_open {
             // The pipeline is still flushing its last exchanges: take them, within the grace.

@@ -234,6 +234,7 @@ pub fn build(
         ),
         backoff: Backoff::new(settings.backoff_initial, settings.backoff_max, seed),
         queue_max_bytes: settings.queue_max_bytes,
+        max_in_flight: settings.max_in_flight,
     };
     Parts {
         handle: ExportHandle {

@@ -20,6 +20,9 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Pushes in flight: enough to overlap the collector's fsync with the next batches (it commits
+/// concurrent batches together).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// Largest `--export-batch-max-bytes`: gRPC servers refuse messages past 4 MiB by default.
 pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
 
@@ -42,6 +45,7 @@ pub struct ExportSettings {
     pub request_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +68,7 @@ impl std::fmt::Debug for ExportSettings {
             .field("request_timeout", &self.request_timeout)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
+            .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +120,7 @@ impl ExportSettings {
     pub fn from_flags(f: &Flags, node_name: Option<&str>) -> Result<Option<Self>, ConfigError> {
         let Some(url) = f.collector.clone() else {
             // Exporter flags without a collector are a mistake worth stopping for.
-            let stray: [(&'static str, bool); 16] = [
+            let stray: [(&'static str, bool); 17] = [
                 ("--collector-ca", f.collector_ca.is_some()),
                 ("--collector-cert", f.collector_cert.is_some()),
                 ("--collector-key", f.collector_key.is_some()),
@@ -147,6 +152,7 @@ impl ExportSettings {
                     f.export_backoff_initial.is_some(),
                 ),
                 ("--export-backoff-max", f.export_backoff_max.is_some()),
+                ("--export-max-in-flight", f.export_max_in_flight.is_some()),
             ];
             if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
                 return Err(ConfigError::Usage(format!(
@@ -337,6 +343,14 @@ impl ExportSettings {
                 ),
             ));
         }
+        let max_in_flight = f.export_max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if !(1..=64).contains(&max_in_flight) {
+            return Err(invalid(
+                "--export-max-in-flight",
+                max_in_flight,
+                "must be between 1 and 64",
+            ));
+        }
         Ok(Some(Self {
             url,
             insecure,
@@ -354,6 +368,7 @@ impl ExportSettings {
             request_timeout,
             backoff_initial,
             backoff_max,
+            max_in_flight,
         }))
     }
 }
@@ -623,6 +638,7 @@ mod tests {
                 "--spool-max-bytes",
             ),
             (&["--daemon-id", "has space"], "--daemon-id"),
+            (&["--export-max-in-flight", "0"], "--export-max-in-flight"),
         ] {
             let mut all = vec!["--collector", "https://c:1"];
             all.extend_from_slice(args);

@@ -249,9 +249,20 @@ impl Spool {
         Ok(())
     }
 
+    /// The batches held, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = &BatchId> {
+        self.entries.iter().map(|e| &e.id)
+    }
+
     /// Reads the oldest batch back. A batch that fails its checks is removed and reported.
     pub fn read_front(&mut self) -> Option<Result<EncodedBatch, CorruptBatch>> {
-        let entry = self.entries.front()?.clone();
+        let id = self.entries.front()?.id.clone();
+        self.read(&id)
+    }
+
+    /// Reads a batch back. A batch that fails its checks is removed and reported.
+    pub fn read(&mut self, id: &BatchId) -> Option<Result<EncodedBatch, CorruptBatch>> {
+        let entry = self.entries.iter().find(|e| e.id == *id)?.clone();
         let path = self.dir.join(&entry.file_name);
         let result = read_batch(&path, &entry.id);
         if result.is_err() {

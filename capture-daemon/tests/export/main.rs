@@ -89,8 +89,10 @@ fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
     wait_until(TIMEOUT, "25 exchanges stored", || stored(&collector) == 25);
 
     let st = collector.state.lock().unwrap();
-    let calls: Vec<_> = st.calls.iter().map(|c| (c.sequence, c.exchanges)).collect();
-    // Two batches closed by count, the last one by age.
+    let mut calls: Vec<_> = st.calls.iter().map(|c| (c.sequence, c.exchanges)).collect();
+    // Two batches closed by count, the last one by age (pushes in flight together may arrive
+    // in any order).
+    calls.sort_unstable();
     assert_eq!(calls, [(1, 10), (2, 10), (3, 5)]);
     for call in &st.calls {
         assert_eq!(call.encoding.as_deref(), Some("gzip"));
@@ -164,7 +166,9 @@ fn batches_close_by_bytes_and_compression_can_be_off() {
     wait_until(TIMEOUT, "9 exchanges stored", || stored(&collector) == 9);
     let st = collector.state.lock().unwrap();
     // ~1.7 KB per exchange: two fit under 4096 bytes, a third does not.
-    let sizes: Vec<_> = st.calls.iter().map(|c| c.exchanges).collect();
+    let mut calls: Vec<_> = st.calls.iter().map(|c| (c.sequence, c.exchanges)).collect();
+    calls.sort_unstable();
+    let sizes: Vec<_> = calls.iter().map(|c| c.1).collect();
     assert_eq!(sizes, [2, 2, 2, 2, 1]);
     for batch in st.stored.values() {
         let exchanges: usize = batch

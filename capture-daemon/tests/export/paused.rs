@@ -261,3 +261,54 @@ async fn batches_close_by_age() {
     );
     r.stop().await;
 }
+
+/// Eight batches to a collector that takes 1 s per push: `--export-max-in-flight` pushes
+/// overlap, one at a time they do not.
+async fn eight_slow_batches(max_in_flight: &str) -> (Duration, usize, Vec<u64>) {
+    let state = shared(State {
+        delay: Duration::from_secs(1),
+        ..State::default()
+    });
+    let mut r = run(
+        &state,
+        &[
+            "--export-batch-max-exchanges",
+            "1",
+            "--export-max-in-flight",
+            max_in_flight,
+        ],
+    );
+    let t0 = Instant::now();
+    for n in 1..=8 {
+        r.handle.offer(exchange(n, 10), &CLOCK);
+    }
+    until(Duration::from_secs(60), "eight batches", || {
+        state.lock().unwrap().stored_exchanges() == 8
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let (max_active, order) = {
+        let st = state.lock().unwrap();
+        (st.max_active, st.calls.iter().map(|c| c.sequence).collect())
+    };
+    r.stop().await;
+    (elapsed, max_active, order)
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_overlap_up_to_the_in_flight_limit() {
+    let (elapsed, max_active, _) = eight_slow_batches("4").await;
+    assert_eq!(max_active, 4);
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    let (elapsed, max_active, order) = eight_slow_batches("1").await;
+    assert_eq!(max_active, 1);
+    assert!(elapsed >= Duration::from_secs(8), "{elapsed:?}");
+    assert_eq!(
+        order,
+        (1..=8).collect::<Vec<_>>(),
+        "one at a time keeps the order"
+    );
+}

@@ -130,6 +130,11 @@ pub struct State {
     pub fail: VecDeque<Fail>,
     /// Tokens accepted as `Bearer <token>`; `None`: no authentication.
     pub tokens: Option<Vec<String>>,
+    /// How long each push takes before it is answered (a slow disk).
+    pub delay: Duration,
+    /// Pushes being handled now, and the most at once.
+    pub active: usize,
+    pub max_active: usize,
 }
 
 impl State {
@@ -160,7 +165,17 @@ impl v1::ingest_server::Ingest for Ingest {
         let authorization = header("authorization");
         let client_cert = request.peer_certs().is_some_and(|c| !c.is_empty());
         let batch = request.into_inner();
+        let delay = {
+            let mut state = self.0.lock().unwrap();
+            state.active += 1;
+            state.max_active = state.max_active.max(state.active);
+            state.delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.0.lock().unwrap();
+        state.active -= 1;
         let mut call = Call {
             at: tokio::time::Instant::now(),
             sequence: batch.sequence,
