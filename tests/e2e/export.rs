@@ -4,8 +4,8 @@
 //!
 //! "Byte-identical" here means: the JSON text of every entry in `capture-collector export --har`
 //! (one entry per line in that file) equals, byte for byte, a line the daemon's `--output`
-//! wrote, and the two hold the same entries the same number of times (the same sequence, when
-//! no outage reordered delivery).
+//! wrote, and the two hold the same entries the same number of times; with
+//! `--export-max-in-flight 1` also in the same order.
 //!
 //! Needs root and cgroup v2 (skips loudly otherwise, fails under `CI=true`), a built daemon
 //! and a built collector (`cargo build -p capture-daemon -p capture-collector`, or
@@ -147,9 +147,13 @@ fn exported_exchanges_are_byte_identical_to_the_jsonl_sink() -> Result<()> {
 
     let cgroup = TestCgroup::new()?;
     let server = PythonServer::start(None)?;
+    // One push at a time: the collector stores batches in capture order, so the export is
+    // the JSONL file entry for entry.
+    let mut args = export_args(&collector, &pki, &token_file);
+    args.extend(["--export-max-in-flight".to_owned(), "1".to_owned()]);
     let daemon = Daemon::builder()
         .target_cgroup(&cgroup)
-        .args(export_args(&collector, &pki, &token_file))
+        .args(args)
         .start()?;
 
     let base = server.base_url();
@@ -237,9 +241,11 @@ fn a_wrong_or_revoked_token_stores_nothing_and_is_counted_and_logged() -> Result
 
     let cgroup = TestCgroup::new()?;
     let server = PythonServer::start(None)?;
+    let mut args = export_args(&collector, &pki, &token_file);
+    args.extend(["--export-max-in-flight".to_owned(), "1".to_owned()]);
     let daemon = Daemon::builder()
         .target_cgroup(&cgroup)
-        .args(export_args(&collector, &pki, &token_file))
+        .args(args)
         .start()?;
     for i in 0..3 {
         run(

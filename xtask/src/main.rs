@@ -3,6 +3,7 @@
 //! line per thing installed), or stops with the exact command to run when it cannot.
 
 mod bench;
+mod bench_export;
 mod demo;
 mod setup;
 
@@ -89,6 +90,12 @@ fn main() -> anyhow::Result<()> {
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon", "--release"])?;
             set_daemon_bin(&root, "release");
+            // Phase E and the exporter bench run the real collector.
+            cargo(&root, &["build", "-p", "capture-collector", "--release"])?;
+            set_env(
+                "CAPTURE_COLLECTOR_BIN",
+                &root.join("target/release/capture-collector"),
+            );
             bench::run(&root, quick)?;
         }
     }
