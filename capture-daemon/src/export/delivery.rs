@@ -384,9 +384,10 @@ impl Delivery {
         };
         let code = status.code();
         // A collector is not expected to echo the token, but a log line must never show it.
+        let message = status_text(&status);
         let message = match &self.token {
-            Some(t) => t.scrub(status.message()),
-            None => status.message().to_owned(),
+            Some(t) => t.scrub(&message),
+            None => message,
         };
         match verdict(code) {
             Verdict::Auth => {
@@ -591,6 +592,22 @@ impl Delivery {
             info!(spooled, "exporter stopped");
         }
     }
+}
+
+/// The status message and the chain of errors under it: a connection failure says "transport
+/// error" at the top and what went wrong (refused, certificate not trusted, ...) below.
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }
 
 const RELAXED: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
