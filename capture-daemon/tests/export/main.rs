@@ -31,6 +31,37 @@ use support::{
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Everything the exporters of this test binary logged (a global subscriber, installed by the
+/// first caller; tests running at the same time share it).
+fn logs() -> String {
+    use std::sync::OnceLock;
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .try_init();
+        buffer
+    });
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn start(flags: &[&str]) -> (Exporter, ExportHandle, Arc<Metrics>) {
     let metrics = Metrics::new();
     let (exporter, handle) = Exporter::start(&settings(flags), Arc::clone(&metrics)).unwrap();
@@ -60,6 +91,7 @@ fn stored(collector: &TestCollector) -> usize {
 
 #[test]
 fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
+    logs();
     let pki = Pki::new();
     let collector = TestCollector::start(
         &pki,
@@ -185,6 +217,7 @@ fn batches_close_by_bytes_and_compression_can_be_off() {
 
 #[test]
 fn mtls_presents_the_client_certificate_and_unknown_cas_are_refused() {
+    logs();
     let pki = Pki::new();
     let collector = TestCollector::start(&pki, "127.0.0.1:0".parse().unwrap(), true, state(None));
     let url = collector.url();
@@ -229,6 +262,9 @@ fn mtls_presents_the_client_certificate_and_unknown_cas_are_refused() {
         metrics.export.retries.load(Relaxed) >= 2
     });
     stop(exporter, handle, Duration::from_millis(200));
+    // The log says why, not just "transport error".
+    let logs = logs();
+    assert!(logs.contains("invalid peer certificate"), "{logs}");
     assert_eq!(stored(&collector), 0);
     assert!(collector.state.lock().unwrap().calls.is_empty());
 
@@ -341,6 +377,11 @@ fn spooled_batches_survive_a_restart_and_are_stored_once() {
     let f = flags(&[]);
     let (exporter, mut handle, metrics) = start(&f.iter().map(String::as_str).collect::<Vec<_>>());
     for n in 1..=60 {
+        // Give the exporter thread time to batch and spill what it was handed: a busy machine
+        // must not turn this into a queue_full test.
+        wait_until(TIMEOUT, "room in the queue", || {
+            metrics.export.queue_bytes() < 12 * 1024
+        });
         handle.offer(exchange(n, 700), &CLOCK);
         std::thread::sleep(Duration::from_millis(2));
     }
