@@ -260,6 +260,23 @@ fn check_key(
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     let key = load_key(args.encryption_key.as_deref())?;
+    let (identity, dev_ca) = match (&args.tls_cert, &args.tls_key, &args.dev_tls) {
+        (Some(cert), Some(key), _) => (
+            tls::load(cert, key)
+                .map_err(|e| Failure::Usage(format!("--tls-cert/--tls-key: {e}")))?,
+            None,
+        ),
+        (_, _, Some(dir)) => {
+            let (identity, ca) = tls::dev_identity(dir)
+                .map_err(|e| Failure::Usage(format!("--dev-tls {}: {e}", dir.display())))?;
+            (identity, Some(ca))
+        }
+        _ => {
+            return Err(Failure::Usage(
+                "give --tls-cert and --tls-key, or --dev-tls".into(),
+            ));
+        }
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -286,23 +303,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         args.encryption_key.as_deref(),
         true,
     )?;
-    let (identity, dev_ca) = match (&args.tls_cert, &args.tls_key, &args.dev_tls) {
-        (Some(cert), Some(key), _) => (
-            tls::load(cert, key)
-                .map_err(|e| Failure::Usage(format!("--tls-cert/--tls-key: {e}")))?,
-            None,
-        ),
-        (_, _, Some(dir)) => {
-            let (identity, ca) = tls::dev_identity(dir)
-                .map_err(|e| Failure::Usage(format!("--dev-tls {}: {e}", dir.display())))?;
-            (identity, Some(ca))
-        }
-        _ => {
-            return Err(Failure::Usage(
-                "give --tls-cert and --tls-key, or --dev-tls".into(),
-            ));
-        }
-    };
     init_logging(args.log_format, "info");
     let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let config = ServerConfig {

@@ -40,7 +40,7 @@ use tonic::{
     Request, Response, Status,
     body::Body,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tracing::{error, info, warn};
 
@@ -489,7 +489,10 @@ impl Watcher {
         loop {
             let response = tokio::select! {
                 () = self.tx.closed() => break,
-                _ = self.shutdown.changed() => break,
+                _ = self.shutdown.changed() => {
+                    let _ = self.tx.try_send(Err(Status::unavailable("the collector is shutting down")));
+                    break;
+                }
                 _ = recheck.tick() => {
                     if self.tokens.authenticate(&self.token.0).is_err() {
                         info!(target: "audit", event = "watch_end", org = %self.caller.org, token = %self.caller.token, reason = "token no longer valid", "watch stream closed");
@@ -687,15 +690,18 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
         .map_err(ServeError::Tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)));
     let mut stop = shutdown_rx;
-    let task = tokio::spawn(server.serve_with_incoming_shutdown(
-        dispatch,
-        // Acks are small writes after the request's last bytes: without TCP_NODELAY, Nagle's
-        // algorithm holds them until the client's delayed ACK (~40 ms per push).
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        async move {
-            let _ = stop.changed().await;
-        },
-    ));
+    let task = tokio::spawn(
+        server.serve_with_incoming_shutdown(
+            dispatch,
+            // Nagle's algorithm with delayed ACKs holds each ack back ~40 ms.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ),
+    );
     info!(%addr, "collector listening (TLS)");
     Ok(Running {
         addr,

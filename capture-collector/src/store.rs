@@ -796,7 +796,24 @@ impl Store {
         id: BatchId,
         batch: Vec<u8>,
     ) -> Result<Appended, StoreError> {
-        let tx = self.handle(org)?;
+        // Opening an organisation seen for the first time creates and fsyncs its directory and
+        // first segment: off the async worker when the runtime allows it.
+        let open = self
+            .orgs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .map(|handle| handle.tx.clone());
+        let tx = match (
+            open,
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+        ) {
+            (Some(tx), _) => tx,
+            (None, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) => {
+                tokio::task::block_in_place(|| self.handle(org))?
+            }
+            (None, _) => self.handle(org)?,
+        };
         let (reply, answer) = oneshot::channel();
         tx.send(AppendRequest { id, batch, reply })
             .await

@@ -82,7 +82,10 @@ pub enum TokenError {
     Io(PathBuf, io::Error),
     #[error("{}: not a token file: {}", .0.display(), .1)]
     Parse(PathBuf, serde_json::Error),
-    #[error("no token of organisation {org} matches {prefix:?}")]
+    #[error(
+        "no token of organisation {org} matches {prefix:?} (give the whole token, its masked \
+         form, or a prefix of at most 8 characters of it)"
+    )]
     NoMatch { org: String, prefix: String },
     #[error("{count} tokens of organisation {org} match {prefix:?}: give more of it")]
     Ambiguous {

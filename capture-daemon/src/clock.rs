@@ -57,18 +57,20 @@ impl WallClock {
     /// The result is clamped to the Unix epoch .. the end of year 9999, so it can always be
     /// written as an RFC 3339 date; only a nonsensical offset gets near either end.
     pub fn to_system_time(&self, mono_ns: u64) -> SystemTime {
-        let wall_ns = self.to_unix_ns(mono_ns);
-        // nanos < 10^9 always fits.
-        let nanos = u32::try_from(wall_ns % 1_000_000_000).unwrap_or(0);
-        UNIX_EPOCH + Duration::new(wall_ns / 1_000_000_000, nanos)
+        let wall_ns = (i128::from(mono_ns) + self.offset_ns).clamp(0, MAX_WALL_NS);
+        // Both conversions hold after the clamp: secs < 2^38, nanos < 10^9.
+        let secs = u64::try_from(wall_ns / NANOS_PER_SEC).unwrap_or(0);
+        let nanos = u32::try_from(wall_ns % NANOS_PER_SEC).unwrap_or(0);
+        UNIX_EPOCH + Duration::new(secs, nanos)
     }
 
     /// The wall-clock time of a `CLOCK_MONOTONIC` timestamp in nanoseconds since the Unix
-    /// epoch, clamped like [`Self::to_system_time`] (so it always fits: the end of year 9999 is
-    /// below 2^58 ns).
+    /// epoch (the wire form's timestamps), clamped to what a `u64` holds: the epoch .. the
+    /// year 2554. Within that range `to_system_time(t)` and
+    /// `WallClock::with_offset_ns(0).to_system_time(to_unix_ns(t))` are the same instant.
     pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
-        let wall_ns = (i128::from(mono_ns) + self.offset_ns).clamp(0, MAX_WALL_NS);
-        u64::try_from(wall_ns).unwrap_or(0)
+        let wall_ns = (i128::from(mono_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX));
+        u64::try_from(wall_ns).unwrap_or(u64::MAX)
     }
 }
 
@@ -112,6 +114,22 @@ mod tests {
         assert_eq!(
             far,
             UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999)
+        );
+    }
+
+    #[test]
+    fn unix_ns_agrees_with_system_time_and_clamps() {
+        let clock = WallClock::with_offset_ns(1_714_564_800_123_000_000 - 5_000_000_000);
+        let unix = clock.to_unix_ns(5_000_000_001);
+        assert_eq!(unix, 1_714_564_800_123_000_001);
+        assert_eq!(
+            WallClock::with_offset_ns(0).to_system_time(unix),
+            clock.to_system_time(5_000_000_001)
+        );
+        assert_eq!(WallClock::with_offset_ns(-10).to_unix_ns(5), 0);
+        assert_eq!(
+            WallClock::with_offset_ns(i128::MAX / 2).to_unix_ns(1),
+            u64::MAX
         );
     }
 

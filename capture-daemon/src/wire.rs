@@ -9,8 +9,8 @@
 //! with `WallClock::with_offset_ns(0)`: then
 //! `har::entry_json_line(&from_proto(to_proto(ex, clock))?, &WallClock::with_offset_ns(0))` is
 //! byte for byte `har::entry_json_line(ex, clock)` for every exchange whose edges fall between
-//! 1970 and the end of year 9999 (outside, the wall clock clamps both ways alike, but the
-//! clamped edges no longer keep their distances).
+//! 1970 and the year 2554, the range of Unix nanoseconds in a `u64` (outside it, timestamps
+//! are clamped and the clamped edges no longer keep their distances).
 //!
 //! The wire form is read defensively: it comes from another machine. An unknown enum value, a
 //! malformed address, a status beyond `u16` or a missing request is a [`WireError`], never a
