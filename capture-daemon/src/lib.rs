@@ -4,7 +4,8 @@
 //! `ebpf` (load, attach, target cgroups) -> `intake` (ring buffer events) -> `conn` (connection
 //! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` (decoding,
 //! with `body` for content codings) -> `exchange` (the decoded value) -> `redact` -> `har` ->
-//! `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
+//! `sink`, and beside it `export` (batches to a collector over gRPC+TLS, through `wire`).
+//! `config` parses the command line and file once; `metrics` counts everything on the way.
 #![deny(unsafe_code)]
 
 pub mod body;
