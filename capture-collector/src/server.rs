@@ -662,7 +662,10 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
         metrics: Arc::clone(&metrics),
         max_exchanges: config.limits.max_batch_exchanges,
     })
-    .max_decoding_message_size(config.limits.max_batch_bytes);
+    .max_decoding_message_size(config.limits.max_batch_bytes)
+    // Daemons send gzip by default (--export-compression); the limit above applies to the
+    // decompressed batch.
+    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let watch = WatchServer::new(WatchService {
         hub,
         tokens,

@@ -126,6 +126,63 @@ pub struct Flags {
     /// Detach the programs: capture nothing until unpaused (re-read live from --config).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub paused: Option<bool>,
+    /// Also send exchanges to this collector over gRPC+TLS, `https://HOST:PORT`.
+    #[arg(long, value_name = "https://HOST:PORT")]
+    pub collector: Option<String>,
+    /// Trust this CA (PEM) for the collector instead of the system roots.
+    #[arg(long = "collector-ca", value_name = "FILE")]
+    pub collector_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the collector (mTLS); needs --collector-key.
+    #[arg(long = "collector-cert", value_name = "FILE")]
+    pub collector_cert: Option<PathBuf>,
+    /// Private key (PEM) of --collector-cert.
+    #[arg(long = "collector-key", value_name = "FILE")]
+    pub collector_key: Option<PathBuf>,
+    /// Bearer token for the collector, read from this file and re-read when it changes.
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Allow a plaintext `http://` collector (no TLS: traffic and token unencrypted).
+    #[arg(long = "collector-insecure", num_args = 0..=1, default_missing_value = "true")]
+    pub collector_insecure: Option<bool>,
+    /// Keep batches the collector has not acknowledged in this directory (survives outages
+    /// and restarts).
+    #[arg(long = "spool-dir", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; past it the newest batches are dropped (default 1 GiB).
+    #[arg(long = "spool-max-bytes", value_name = "N")]
+    pub spool_max_bytes: Option<u64>,
+    /// Name of this daemon for the collector (default: the node name).
+    #[arg(long = "daemon-id", value_name = "ID")]
+    pub daemon_id: Option<String>,
+    /// Most exchanges in one pushed batch (default 512).
+    #[arg(long = "export-batch-max-exchanges", value_name = "N")]
+    pub export_batch_max_exchanges: Option<u32>,
+    /// Most bytes (encoded) in one pushed batch (default 1 MiB, at most 3 MiB).
+    #[arg(long = "export-batch-max-bytes", value_name = "N")]
+    pub export_batch_max_bytes: Option<usize>,
+    /// Longest an exchange waits for its batch to fill, e.g. `1s` (default 1s).
+    #[arg(long = "export-batch-max-delay", value_name = "DURATION")]
+    pub export_batch_max_delay: Option<String>,
+    /// Most bytes of exchanges the exporter holds in memory; past it new ones are dropped
+    /// (default 64 MiB).
+    #[arg(long = "export-queue-max-bytes", value_name = "N")]
+    pub export_queue_max_bytes: Option<u64>,
+    /// `gzip` or `none` (default gzip).
+    #[arg(long = "export-compression", value_name = "gzip|none")]
+    pub export_compression: Option<String>,
+    /// Longest one push (and a connection attempt) may take, e.g. `10s` (default 10s).
+    #[arg(long = "export-timeout", value_name = "DURATION")]
+    pub export_timeout: Option<String>,
+    /// First wait before retrying a failed push (default 100ms); it doubles per failure.
+    #[arg(long = "export-backoff-initial", value_name = "DURATION")]
+    pub export_backoff_initial: Option<String>,
+    /// Longest wait between retries (default 30s).
+    #[arg(long = "export-backoff-max", value_name = "DURATION")]
+    pub export_backoff_max: Option<String>,
+    /// Pushes sent before the first is acknowledged (default 4; 1 keeps the collector's
+    /// storage order equal to the capture order).
+    #[arg(long = "export-max-in-flight", value_name = "N")]
+    pub export_max_in_flight: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +196,8 @@ pub enum LogFormat {
 pub struct Config {
     pub target_cgroups: Vec<PathBuf>,
     pub target_pids: Vec<u32>,
-    pub output: String,
+    /// `--output`; `None` when a collector is set and no `--output` is given.
+    pub output: Option<String>,
     pub headers_only: bool,
     pub redact_headers: Vec<String>,
     pub redact_query: Vec<String>,
@@ -159,6 +217,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     pub cgroup_root: PathBuf,
     pub paused: bool,
+    /// The gRPC exporter, when `--collector` is set.
+    pub export: Option<crate::export::ExportSettings>,
     /// What this configuration was made from, to read the file again when it changes.
     pub source: ConfigSource,
 }
@@ -233,7 +293,25 @@ impl Flags {
             kubeconfig,
             cgroup_root,
             max_target_cgroups,
-            paused
+            paused,
+            collector,
+            collector_ca,
+            collector_cert,
+            collector_key,
+            token_file,
+            collector_insecure,
+            spool_dir,
+            spool_max_bytes,
+            daemon_id,
+            export_batch_max_exchanges,
+            export_batch_max_bytes,
+            export_batch_max_delay,
+            export_queue_max_bytes,
+            export_compression,
+            export_timeout,
+            export_backoff_initial,
+            export_backoff_max,
+            export_max_in_flight
         );
         extend!(
             target_cgroup,
@@ -463,10 +541,24 @@ impl Config {
                 return Err(invalid("--redact-query", p, "must not be empty"));
             }
         }
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string());
+        let export = crate::export::ExportSettings::from_flags(
+            &f,
+            f.node_name.as_deref().or(host_name.as_deref()),
+        )?;
+        // With a collector, exchanges go to stdout only when asked: in a container stdout
+        // ends up in the node's logs.
+        let output = match (f.output, &export) {
+            (Some(o), _) => Some(o),
+            (None, None) => Some("-".into()),
+            (None, Some(_)) => None,
+        };
         Ok(Config {
             target_cgroups: f.target_cgroup,
             target_pids: f.target_pid,
-            output: f.output.unwrap_or_else(|| "-".into()),
+            output,
             headers_only: f.headers_only.unwrap_or(false),
             redact_headers: f.redact_header,
             redact_query: f.redact_query,
@@ -491,6 +583,7 @@ impl Config {
             cgroup_root,
             paused: f.paused.unwrap_or(false),
             source: ConfigSource::default(),
+            export,
         })
     }
 }
@@ -568,7 +661,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--target-pid", "1"]).unwrap();
-        assert_eq!(c.output, "-");
+        assert_eq!(c.output.as_deref(), Some("-"));
+        assert!(c.export.is_none());
         assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert!(!c.headers_only);
@@ -664,7 +758,7 @@ mod tests {
         .unwrap();
         let c = parse(&["--config", path.to_str().unwrap(), "--max-body-bytes", "20"]).unwrap();
         assert_eq!(c.target_pids, vec![7]);
-        assert_eq!(c.output, "/tmp/x.jsonl");
+        assert_eq!(c.output.as_deref(), Some("/tmp/x.jsonl"));
         assert_eq!(c.http1.max_body_bytes, 20);
         assert_eq!(c.redact_headers, vec!["X-Api-Key".to_string()]);
     }

@@ -4,7 +4,8 @@
 //! `ebpf` (load, attach, target cgroups) -> `intake` (ring buffer events) -> `conn` (connection
 //! table: byte positions, gaps, eviction; `procnet` names the sockets) -> `http1` or `http2`
 //! (decoding, with `body` for content codings) -> `exchange` (the decoded value) -> `redact` ->
-//! `har` -> `sink`. `config` parses the command line and file once; `metrics` counts everything on the way.
+//! `har` -> `sink`, and beside it `export` (batches to a collector over gRPC+TLS, through
+//! `wire`). `config` parses the command line and file once; `metrics` counts everything on the way.
 //! What changes at run time reaches the pipeline through `control`: the target set (static, or
 //! from `kubernetes`, the pod watcher) and the pause switch (`reload` re-reads the file);
 //! `routing` reads the routing key of each request and `audit` logs every change.
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod control;
 pub mod ebpf;
 pub mod exchange;
+pub mod export;
 pub mod har;
 pub mod http1;
 pub mod http2;

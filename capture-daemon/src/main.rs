@@ -13,6 +13,7 @@ use capture_daemon::{
     control,
     ebpf::Capture,
     exchange::Workload,
+    export::Exporter,
     kubernetes,
     metrics::{self, Metrics},
     pipeline::Pipeline,
@@ -47,10 +48,14 @@ fn main() -> ExitCode {
         eprintln!("capture-daemon: {e}");
         return ExitCode::from(e.exit_code());
     }
-    let sink = match JsonlSink::open(&cfg.output) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("capture-daemon: --output {}: {e}", cfg.output);
+    let sink = match cfg.output.as_deref().map(JsonlSink::open) {
+        None => JsonlSink::discard(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!(
+                "capture-daemon: --output {}: {e}",
+                cfg.output.as_deref().unwrap_or_default()
+            );
             return ExitCode::from(2);
         }
     };
@@ -65,7 +70,20 @@ fn main() -> ExitCode {
         }
     };
     let json_logs = cfg.log_format == LogFormat::Json;
-    match runtime.block_on(run(cfg, targets, sink)) {
+    let metrics = Metrics::new();
+    // Before anything is attached: a spool in use or an unusable token file is a
+    // configuration error.
+    let exporter = match &cfg.export {
+        None => None,
+        Some(settings) => match Exporter::start(settings, Arc::clone(&metrics)) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                eprintln!("capture-daemon: {e}");
+                return ExitCode::from(if e.is_config() { 2 } else { 1 });
+            }
+        },
+    };
+    match runtime.block_on(run(cfg, targets, sink, metrics, exporter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<control::StartError>().is_some() => {
             let code = e
@@ -90,8 +108,9 @@ async fn run(
     cfg: Config,
     targets: std::collections::BTreeSet<targets::TargetCgroup>,
     sink: JsonlSink,
+    metrics: Arc<Metrics>,
+    exporter: Option<(Exporter, capture_daemon::export::ExportHandle)>,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
     if let Some(addr) = cfg.metrics_addr {
         metrics::serve(addr, Arc::clone(&metrics))
             .await
@@ -111,13 +130,39 @@ async fn run(
     for t in &targets {
         audit::target_added(&node, t.id, &t.dir);
     }
-    let pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics)).with_control(control);
+    let mut pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics)).with_control(control);
+    let (exporter, export_shutdown) = match exporter {
+        Some((exporter, handle)) => {
+            pipeline = pipeline.with_exporter(handle);
+            let signal = exporter.shutdown_signal();
+            (Some(exporter), Some(signal))
+        }
+        None => (None, None),
+    };
     // With --kubernetes, ready once the node's pods are listed and their targets in place.
     metrics.set_ready(!cfg.kubernetes);
-    info!(targets = targets.len(), output = %cfg.output, "capture started");
-    pipeline
-        .run(&mut capture, shutdown_signal(), cfg.shutdown_deadline)
-        .await?;
+    info!(
+        targets = targets.len(),
+        output = cfg.output.as_deref().unwrap_or("none"),
+        collector = cfg.export.as_ref().map_or("none", |e| e.url.as_str()),
+        "capture started"
+    );
+    let deadline = cfg.shutdown_deadline;
+    let shutdown = async move {
+        shutdown_signal().await;
+        // The exporter delivers what it holds while the pipeline flushes, in the same time.
+        if let Some(signal) = export_shutdown {
+            signal.begin(deadline);
+        }
+    };
+    let result = pipeline.run(&mut capture, shutdown, deadline).await;
+    // The pipeline dropped its handle: the exporter takes the last exchanges and stops.
+    if let Some(exporter) = exporter {
+        exporter
+            .finish(deadline, deadline + std::time::Duration::from_secs(5))
+            .await;
+    }
+    result?;
     metrics.set_ready(false);
     drop(capture);
     info!("programs detached; exiting");

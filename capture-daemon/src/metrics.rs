@@ -64,6 +64,8 @@ pub struct Metrics {
     h2_limits: [AtomicU64; 8],
     kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
     ready: AtomicBool,
+    /// The gRPC exporter's counters (`capture_export_*`), served when `--collector` is set.
+    pub export: crate::export::metrics::ExportMetrics,
 }
 
 impl Metrics {
@@ -349,6 +351,7 @@ impl Metrics {
             g(&self.h2_hpack_state_unknown)
         );
         self.control.render(&mut out);
+        self.export.render(&mut out);
         out
     }
 }

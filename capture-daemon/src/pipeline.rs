@@ -14,6 +14,7 @@ use crate::{
     control::{Applied, Control},
     ebpf::Capture,
     exchange::Exchange,
+    export::ExportHandle,
     intake,
     metrics::Metrics,
     procnet,
@@ -41,6 +42,8 @@ pub struct Pipeline {
     done: Vec<Exchange>,
     /// Live target set, workloads and pause switch; `None` when nothing changes at run time.
     control: Option<Control>,
+    /// The gRPC exporter's queue, when `--collector` is set.
+    exporter: Option<ExportHandle>,
 }
 
 impl Pipeline {
@@ -73,6 +76,7 @@ impl Pipeline {
             headers_only: cfg.headers_only,
             done: Vec::new(),
             control: None,
+            exporter: None,
         }
     }
 
@@ -80,6 +84,13 @@ impl Pipeline {
     #[must_use]
     pub fn with_control(mut self, control: Control) -> Self {
         self.control = Some(control);
+        self
+    }
+
+    /// Also hands every redacted exchange to the exporter (after the JSONL sink).
+    #[must_use]
+    pub fn with_exporter(mut self, exporter: ExportHandle) -> Self {
+        self.exporter = Some(exporter);
         self
     }
 
@@ -197,6 +208,9 @@ impl Pipeline {
             }
             if let Err(e) = self.sink.write_entry(&ex, &self.clock) {
                 Self::count_write_error(&self.metrics, &e);
+            }
+            if let Some(exporter) = &mut self.exporter {
+                exporter.offer(ex, &self.clock);
             }
         }
         if let Err(e) = self.sink.flush() {

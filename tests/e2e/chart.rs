@@ -26,27 +26,6 @@ const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARC
 /// Settings the daemon re-reads while it runs: only these live in the ConfigMap.
 const LIVE_KEYS: [&str; 3] = ["paused", "namespace-include", "namespace-exclude"];
 
-/// Flags and file keys of the command-line contract (DESIGN.md §10, the Kubernetes and
-/// exporter work) that the chart uses and that branches merged in parallel add to the daemon.
-/// A name here that the daemon's `--help` does not list yet is reported, not failed; once the
-/// daemon lists them all this list can go.
-const CONTRACT_FLAGS: [&str; 14] = [
-    "--kubernetes",
-    "--cgroup-root",
-    "--max-target-cgroups",
-    "--namespace-include",
-    "--namespace-exclude",
-    "--collector",
-    "--collector-ca",
-    "--collector-cert",
-    "--collector-key",
-    "--token-file",
-    "--collector-insecure",
-    "--spool-dir",
-    "--spool-max-bytes",
-    "--paused",
-];
-
 /// Returns early (after a loud notice) when the Helm SDK is missing and CI is not set.
 macro_rules! require_helm_sdk {
     () => {
@@ -763,30 +742,24 @@ fn daemon_flags() -> Result<BTreeSet<String>> {
 fn every_flag_and_config_key_the_chart_uses_is_the_daemons() -> Result<()> {
     let sdk = require_helm_sdk!();
     let known = daemon_flags()?;
-    let mut pending = BTreeSet::new();
-    let mut check = |flag: String, origin: &str| {
-        if known.contains(&flag) {
-            return;
-        }
-        assert!(
-            CONTRACT_FLAGS.contains(&flag.as_str()),
-            "{origin} uses {flag}, which is neither in `capture-daemon --help` nor in the \
-             command-line contract"
-        );
-        pending.insert(flag);
-    };
     for (label, chart) in both(&sdk)? {
-        for arg in chart.args()?.iter().filter(|a| a.starts_with("--")) {
-            check(arg.clone(), label);
+        let keys = config_file(&chart)?
+            .keys()
+            .map(|k| format!("--{k}"))
+            .collect::<Vec<_>>();
+        for flag in chart
+            .args()?
+            .iter()
+            .filter(|a| a.starts_with("--"))
+            .chain(&keys)
+        {
+            // `--flag=value` forms name the flag before the `=`.
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert!(
+                known.contains(name),
+                "{label} uses {name}, which `capture-daemon --help` does not list"
+            );
         }
-        for key in config_file(&chart)?.keys() {
-            check(format!("--{key}"), label);
-        }
-    }
-    if !pending.is_empty() {
-        eprintln!(
-            "note: the chart uses contract flags this daemon build does not list yet: {pending:?}"
-        );
     }
     Ok(())
 }

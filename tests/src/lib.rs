@@ -7,6 +7,8 @@
 //! - [`PythonServer`] and [`Nginx`] are the servers; [`curl`] is the usual client and
 //!   [`HttpConnection`] the raw one (pipelining, connections older than the daemon).
 //! - [`kube_api`] is a fake Kubernetes API server (pods list and watch) for `--kubernetes`.
+//! - [`Collector`] runs the real `capture-collector` over TLS ([`TestPki`] makes its
+//!   certificates) for the delivery tests.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
 //! - [`helm`] drives Helm's own engine (helm-python-sdk) to render, lint and install charts;
@@ -17,14 +19,15 @@
 
 mod cgroup;
 pub mod chart;
+mod collector;
 mod daemon;
 mod env;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod har;
-pub mod kube_api;
 pub mod helm;
 pub mod k8s;
+pub mod kube_api;
 mod net;
 mod process;
 mod servers;
@@ -32,6 +35,7 @@ mod servers;
 use std::process::Command;
 
 pub use cgroup::TestCgroup;
+pub use collector::{Collector, TestPki, collector_binary, har_entry_texts};
 pub use daemon::{Daemon, DaemonBuilder, Finished, Metrics, parse_exchanges};
 pub use env::{
     capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, running_in_ci,

@@ -5,8 +5,8 @@
 //! cgroup, driven by `wrk -t1 -c16 --latency` from outside the cgroup. Each round runs
 //! A (no daemon), B (daemon targeting nginx's cgroup, JSONL output to a file on disk) and
 //! C (daemon running, targeting an empty cgroup: what workloads that are *not* captured pay for
-//! the attached programs); two rounds, one with `--quick`, so a slow drift of the machine hits
-//! every side alike.
+//! the attached programs) and E (B plus export to a collector, see `bench_export`); two rounds,
+//! one with `--quick`, so a slow drift of the machine hits every side alike.
 //!
 //! CPUs: on two or more cores nginx is pinned to CPU 0 and wrk to CPU 1; the daemon is not
 //! pinned. The eBPF programs run in nginx's syscalls (on CPU 0), and the daemon's user space
@@ -71,6 +71,8 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
     let mut baseline = Vec::new();
     let mut captured = Vec::new();
     let mut untargeted = Vec::new();
+    let mut exported = Vec::new();
+    let delivery = crate::bench_export::Phase::start()?;
     let empty_cgroup = TestCgroup::new()?;
     for round in 1..=rounds {
         println!("round {round}/{rounds} A: no capture");
@@ -116,7 +118,12 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
             c.wrk.requests_per_s, c.wrk.p50_us, c.wrk.p99_us, c.cpu_seconds
         );
         untargeted.push(c);
+
+        println!("round {round}/{rounds} E: capture and export to a collector");
+        let e = delivery.run(&binary, &cgroup, &load, seconds)?;
+        exported.push(e);
     }
+    drop(delivery);
     drop(empty_cgroup);
     drop(nginx);
     drop(cgroup);
@@ -125,13 +132,15 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
     println!("decoder: cargo bench -p capture-daemon --bench decoder");
     let decoder = decoder_bench(root);
+    println!("exporter: cargo bench -p capture-daemon --bench export");
+    let exporter = crate::bench_export::exporter_bench(root, quick);
 
     let command = if quick {
         "cargo xtask bench --quick"
     } else {
         "cargo xtask bench"
     };
-    let report = report(&Report {
+    let mut report = report(&Report {
         command,
         machine: &machine,
         seconds,
@@ -142,6 +151,9 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         h2: &h2,
         decoder: &decoder,
     });
+    report.push_str(&crate::bench_export::report(
+        &captured, &exported, &exporter,
+    ));
     let latest = out_dir.join("latest.md");
     fs::write(&latest, &report).with_context(|| format!("writing {}", latest.display()))?;
     println!("\n{report}");
@@ -151,9 +163,9 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
 /// One wrk run's figures.
 #[derive(Debug, Clone)]
-struct Wrk {
+pub(crate) struct Wrk {
     requests: u64,
-    requests_per_s: f64,
+    pub(crate) requests_per_s: f64,
     p50_us: f64,
     p99_us: f64,
     errors: String,
@@ -175,11 +187,11 @@ impl Wrk {
 
 /// One B run: wrk plus what the daemon cost and captured.
 #[derive(Debug)]
-struct Captured {
-    wrk: Wrk,
-    exchanges: u64,
-    cpu_seconds: f64,
-    hwm_mib: f64,
+pub(crate) struct Captured {
+    pub(crate) wrk: Wrk,
+    pub(crate) exchanges: u64,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) hwm_mib: f64,
     events_lost: f64,
     kernel_bytes_lost: f64,
     gap_bytes: f64,
@@ -304,7 +316,7 @@ fn with_daemon<L>(
 }
 
 /// The load generator and what it drives.
-struct Load {
+pub(crate) struct Load {
     url: String,
     server_pid: u32,
     /// wrk on CPU 1 (nginx is on CPU 0).
@@ -312,7 +324,7 @@ struct Load {
 }
 
 impl Load {
-    fn wrk(&self, seconds: u32) -> Result<Wrk> {
+    pub(crate) fn wrk(&self, seconds: u32) -> Result<Wrk> {
         wrk(&self.url, seconds, self.pinned, self.server_pid)
     }
 }
@@ -384,7 +396,7 @@ fn parse_duration_us(text: &str) -> Option<f64> {
 }
 
 /// utime + stime of `pid`, in seconds (proc(5) `/proc/<pid>/stat` fields 14 and 15).
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces; fields after it start past the last ')'.
     let after_comm = stat
@@ -409,7 +421,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// Peak resident set size (`VmHWM`) of `pid`, in KiB.
-fn vm_hwm_kib(pid: u32) -> Result<f64> {
+pub(crate) fn vm_hwm_kib(pid: u32) -> Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -505,7 +517,7 @@ struct Report<'a> {
     decoder: &'a Result<Vec<String>, String>,
 }
 
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0.0), |(s, n), v| (s + v, n + 1.0));
     if n == 0.0 { 0.0 } else { sum / n }
 }

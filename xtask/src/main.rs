@@ -3,6 +3,7 @@
 //! line per thing installed), or stops with the exact command to run when it cannot.
 
 mod bench;
+mod bench_export;
 mod demo;
 mod image;
 mod kind;
@@ -83,6 +84,12 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
+            // The delivery tests (tests/e2e/export.rs) run the real collector.
+            cargo(&root, &["build", "-p", "capture-collector"])?;
+            set_env(
+                "CAPTURE_COLLECTOR_BIN",
+                &root.join("target/debug/capture-collector"),
+            );
             cargo(&root, &["test", "--no-fail-fast"])?;
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;
@@ -96,6 +103,12 @@ fn main() -> anyhow::Result<()> {
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon", "--release"])?;
             set_daemon_bin(&root, "release");
+            // Phase E and the exporter bench run the real collector.
+            cargo(&root, &["build", "-p", "capture-collector", "--release"])?;
+            set_env(
+                "CAPTURE_COLLECTOR_BIN",
+                &root.join("target/release/capture-collector"),
+            );
             bench::run(&root, quick)?;
         }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,

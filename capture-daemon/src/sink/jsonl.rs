@@ -40,6 +40,8 @@ pub struct JsonlSink {
 enum Output {
     Stdout(io::Stdout),
     File(File),
+    /// No `--output` (a collector is the only destination): nothing is written.
+    Discard,
 }
 
 impl JsonlSink {
@@ -64,6 +66,17 @@ impl JsonlSink {
         Ok(Self::with_output(Output::File(file), path.to_owned()))
     }
 
+    /// A sink that writes nothing, for when exchanges go to a collector only. Entries are not
+    /// even serialised.
+    pub fn discard() -> Self {
+        Self::with_output(Output::Discard, "nowhere".to_owned())
+    }
+
+    /// Whether this sink writes anything.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.output, Output::Discard)
+    }
+
     fn with_output(output: Output, destination: String) -> Self {
         Self {
             output,
@@ -82,6 +95,9 @@ impl JsonlSink {
     /// Adds `line` and a newline to the buffer; writes the buffer out if it reached
     /// [`FLUSH_AT`]. `line` must not contain a line break.
     pub fn write_line(&mut self, line: &str) -> Result<(), SinkError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
         let bytes = line.as_bytes();
         if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
             return Err(SinkError::LineBreak {
@@ -97,6 +113,9 @@ impl JsonlSink {
     /// serialised in place; writes the buffer out if it reached [`FLUSH_AT`]. `ex` must
     /// already be redacted.
     pub fn write_entry(&mut self, ex: &Exchange, clock: &WallClock) -> Result<(), SinkError> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
         let start = self.buffer.len();
         har::write_entry(ex, clock, &mut self.buffer);
         // JSON strings escape control characters: an entry never has a line break.
@@ -139,6 +158,7 @@ impl JsonlSink {
             Output::File(file) => {
                 write_lines(file, &self.buffer, &mut self.partial_line, &mut written)
             }
+            Output::Discard => Ok(()),
         };
         let result = result.map_err(|source| SinkError::Write {
             destination: self.destination.clone(),

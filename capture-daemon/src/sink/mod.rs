@@ -2,8 +2,9 @@
 //!
 //! Every sink implements [`Sink`], which takes an exchange that redaction has already
 //! rewritten (DESIGN.md §3: redaction runs before any sink) and delivers it in the sink's own
-//! format: [`JsonlSink`] writes one HAR entry per line (DESIGN.md §5). A gRPC exporter will be
-//! another implementation.
+//! format: [`JsonlSink`] writes one HAR entry per line (DESIGN.md §5). The gRPC exporter
+//! (`crate::export`) is not a sink: it takes exchanges through its own bounded queue and
+//! delivers them on its own thread, so it never holds the pipeline up.
 //!
 //! Sinks may hold delivered exchanges back to send them in batches: [`Sink::flush`] sends what
 //! is held. The caller flushes after every batch of exchanges, at least every 100 ms, and at
