@@ -22,9 +22,9 @@ mod env;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod har;
-pub mod kube_api;
 pub mod helm;
 pub mod k8s;
+pub mod kube_api;
 mod net;
 mod process;
 mod servers;
