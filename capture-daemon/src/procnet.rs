@@ -51,26 +51,31 @@ pub fn classify(tgid: u32, fd: u32) -> FdKind {
     }
     // A TCP socket leaves the tables when it is reset or closed (state CLOSE), though the
     // process may still hold its fd: it is TCP, only nothing more can be learnt about it.
-    if is_tcp_socket(tgid, fd) {
-        FdKind::Gone
-    } else {
-        FdKind::NotTcp
-    }
+    socket_not_in_tables(tgid, fd)
 }
 
-/// Whether the socket behind `fd` is TCP (plain or MPTCP), from the protocol name the kernel
-/// gives socket inodes (the `system.sockprotoname` attribute).
-fn is_tcp_socket(tgid: u32, fd: u32) -> bool {
+/// A socket fd whose inode is in no TCP table: `Gone` if it is TCP (plain or MPTCP) or went
+/// away meanwhile (the process exiting), else `NotTcp`. The kernel names the protocol of a
+/// socket inode in its `system.sockprotoname` attribute.
+fn socket_not_in_tables(tgid: u32, fd: u32) -> FdKind {
     let mut name = [0u8; 32];
-    let Ok(len) = rustix::fs::getxattr(
+    match rustix::fs::getxattr(
         format!("/proc/{tgid}/fd/{fd}"),
         "system.sockprotoname",
         &mut name,
-    ) else {
-        return false;
-    };
-    let name = name[..len].strip_suffix(&[0]).unwrap_or(&name[..len]);
-    matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6")
+    ) {
+        Ok(len) => {
+            let name = name[..len].strip_suffix(&[0]).unwrap_or(&name[..len]);
+            if matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6") {
+                FdKind::Gone
+            } else {
+                FdKind::NotTcp
+            }
+        }
+        // The fd or the process went away since it was found to be a socket.
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => FdKind::Gone,
+        Err(_) => FdKind::NotTcp,
+    }
 }
 
 fn find_in_table(entries: &[TcpNetEntry], inode: u64) -> Option<FdKind> {
@@ -181,6 +186,14 @@ mod tests {
             classify(std::process::id(), udp.as_raw_fd() as u32),
             FdKind::NotTcp
         );
+        // The fd went away between being found a socket and being asked what kind (the
+        // process exiting): gone, not something else. (A number no fd has: a closed one
+        // could be reused by a test running alongside.)
+        assert_eq!(
+            socket_not_in_tables(std::process::id(), 100_000),
+            FdKind::Gone
+        );
+        assert_eq!(socket_not_in_tables(u32::MAX, 3), FdKind::Gone);
     }
 
     #[test]
