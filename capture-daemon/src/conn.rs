@@ -16,7 +16,7 @@ use capture_common::MutedKey;
 use crate::{
     exchange::{ConnMeta, Exchange, Incomplete, Protocol, Role, Workload},
     http1::{self, Http1Conn, Http1Limits, Http1Output, Side},
-    http2::{self, Http2Conn, Http2Limits, Http2Output},
+    http2::{self, Http2Conn, Http2Limits, Http2Output, Sender, Undecided},
     intake::{ConnId, Direction, Event},
     metrics::{Eviction, Metrics},
     procnet::FdKind,
@@ -99,6 +99,13 @@ enum Proto {
     Http2 {
         decoder: Box<Http2Conn>,
         request_dir: Direction,
+    },
+    /// HTTP/2 joined mid-way, with the role unknown (the socket was gone from /proc): which
+    /// direction carries the requests is read from the frames; until then bytes are held.
+    Http2Undecided {
+        held: Box<Undecided>,
+        /// The direction whose frames were detected first.
+        first_dir: Direction,
     },
     /// Not something we decode (or no longer: upgraded, not TCP, over a limit); events ignored.
     Off,
@@ -437,31 +444,44 @@ impl ConnTable {
             return;
         };
         if h2_mid_stream {
-            // The server's traffic comes in on a server's socket; with the role unknown (the fd
-            // was gone before it could be named) the captured process is taken to be the
-            // server, which is what opted-in workloads mostly are.
-            let request_dir = match conn.meta.role {
-                Some(Role::Client) => Direction::Egress,
-                Some(Role::Server) | None => Direction::Ingress,
-            };
-            let side = if dir == request_dir {
-                Side::Request
-            } else {
-                Side::Response
-            };
             let limits = self.limits.http2.clone();
-            let decoder = if conn.seen_open && side == Side::Response {
-                // A fresh connection whose server sent its SETTINGS before the client's preface
-                // was captured (servers may write first): decoded from its start.
-                Metrics::add(&self.metrics.h2_connections_preface, 1);
-                Http2Conn::new(limits)
-            } else {
-                Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
-                Http2Conn::mid_stream(limits, side)
-            };
-            conn.proto = Proto::Http2 {
-                decoder: Box::new(decoder),
-                request_dir,
+            conn.proto = match conn.meta.role {
+                // The server's traffic comes in on a server's socket.
+                Some(role) => {
+                    let request_dir = match role {
+                        Role::Client => Direction::Egress,
+                        Role::Server => Direction::Ingress,
+                    };
+                    let side = if dir == request_dir {
+                        Side::Request
+                    } else {
+                        Side::Response
+                    };
+                    let decoder = if conn.seen_open && side == Side::Response {
+                        // A fresh connection whose server sent its SETTINGS before the client's
+                        // preface was captured (servers may write first): decoded from its
+                        // start.
+                        Metrics::add(&self.metrics.h2_connections_preface, 1);
+                        Http2Conn::new(limits)
+                    } else {
+                        Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
+                        Http2Conn::mid_stream(limits, side)
+                    };
+                    Proto::Http2 {
+                        decoder: Box::new(decoder),
+                        request_dir,
+                    }
+                }
+                // The fd was gone before it could be named: which end is the client is not
+                // guessed (a wrong guess swaps requests and responses), it is read from the
+                // frames.
+                None => {
+                    Metrics::add(&self.metrics.h2_connections_mid_stream, 1);
+                    Proto::Http2Undecided {
+                        held: Box::new(Undecided::new(limits)),
+                        first_dir: dir,
+                    }
+                }
             };
         }
         match &mut conn.proto {
@@ -522,6 +542,40 @@ impl ConnTable {
                 if missing > 0 {
                     decoder.on_gap(side, missing, ts_ns, &mut outputs);
                 }
+                self.emit_h2(id, &mut outputs, out);
+                self.scratch_h2 = outputs;
+            }
+            Proto::Http2Undecided { held, first_dir } => {
+                let first_dir = *first_dir;
+                let dropped = held.on_data(
+                    dir == first_dir,
+                    payload,
+                    missing,
+                    ts_ns,
+                    self.limits.max_conn_buffer_bytes,
+                );
+                if dropped > 0 {
+                    Metrics::add(&self.metrics.h2_undecided_bytes_dropped, dropped as u64);
+                }
+                let Some(first_sender) = held.first_sender() else {
+                    return;
+                };
+                let Proto::Http2Undecided { held, .. } =
+                    std::mem::replace(&mut conn.proto, Proto::Off)
+                else {
+                    return;
+                };
+                let request_dir = match first_sender {
+                    Sender::Client => first_dir,
+                    Sender::Server => opposite(first_dir),
+                };
+                tracing::debug!(conn = %id, ?request_dir, "HTTP/2 sides read from the frames");
+                let mut outputs = std::mem::take(&mut self.scratch_h2);
+                let decoder = held.decode(first_sender, &mut outputs);
+                conn.proto = Proto::Http2 {
+                    decoder: Box::new(decoder),
+                    request_dir,
+                };
                 self.emit_h2(id, &mut outputs, out);
                 self.scratch_h2 = outputs;
             }
@@ -708,6 +762,7 @@ impl ConnTable {
                 self.emit_h2(id, &mut outputs, out);
                 self.conns.remove(&id);
             }
+            Proto::Http2Undecided { held, .. } => self.drop_undecided(id, &held),
             Proto::Unknown | Proto::Off => {}
         }
     }
@@ -788,8 +843,29 @@ impl ConnTable {
                 self.emit_h2(id, &mut outputs, out);
                 self.conns.remove(&id);
             }
+            Proto::Http2Undecided { held, .. } => self.drop_undecided(id, &held),
             Proto::Unknown | Proto::Off => {}
         }
+    }
+}
+
+impl ConnTable {
+    /// An HTTP/2 connection ended before its frames said which end is the client: what was
+    /// held is dropped (and counted) rather than written with requests and responses that may
+    /// be swapped.
+    fn drop_undecided(&self, id: ConnId, held: &Undecided) {
+        tracing::debug!(conn = %id, ?held, "HTTP/2 connection ended with its sides unknown");
+        Metrics::add(
+            &self.metrics.h2_undecided_bytes_dropped,
+            held.held_bytes() as u64,
+        );
+    }
+}
+
+fn opposite(dir: Direction) -> Direction {
+    match dir {
+        Direction::Ingress => Direction::Egress,
+        Direction::Egress => Direction::Ingress,
     }
 }
 
@@ -1292,7 +1368,10 @@ mod tests {
     // ----- HTTP/2 -----
 
     use crate::exchange::header_value;
-    use crate::http2::frame::{FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, write_frame};
+    use crate::http2::frame::{
+        DATA, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, PING, SETTINGS, WINDOW_UPDATE,
+        write_frame,
+    };
     use crate::http2::tests::{Wire, get, refs};
 
     fn h2_simple() -> Wire {
@@ -1539,6 +1618,256 @@ Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkA
         );
         assert_eq!(m.h2_connections_preface.load(Relaxed), 1);
         assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 0);
+    }
+
+    // ----- HTTP/2 joined mid-way with the role unknown -----
+
+    fn gone_table() -> (ConnTable, Arc<Metrics>) {
+        table_with(FdKind::Gone, limits(), true)
+    }
+
+    fn late_fields(path: &str) -> Vec<(&'static str, String)> {
+        let mut f = get(path);
+        f.push(("x-session-marker", "m-1".into()));
+        f
+    }
+
+    /// A connection that served `/early` on stream 1 before the capture (both HPACK tables
+    /// hold entries the daemon never sees), then five requests: each one's client bytes and
+    /// server bytes, as the end-to-end test's h2-peer sends them.
+    fn late_h2() -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut w = Wire::new();
+        let response = |len: usize| {
+            [
+                (":status", "200".to_string()),
+                ("content-type", "text/plain".into()),
+                ("x-peer", "h2-peer".into()),
+                ("content-length", len.to_string()),
+            ]
+        };
+        w.request(1, &refs(&late_fields("/early")), true);
+        w.response(1, &refs(&response(12)), false);
+        w.server_data(1, b"path=/early\n", true);
+        let mut out = Vec::new();
+        for i in 0..5u32 {
+            let (c0, s0) = (w.client.len(), w.server.len());
+            let path = format!("/late/{i}?n={i}");
+            let body = format!("path={path}\n");
+            w.request(3 + 2 * i, &refs(&late_fields(&path)), true);
+            w.response(3 + 2 * i, &refs(&response(body.len())), false);
+            w.server_data(3 + 2 * i, body.as_bytes(), true);
+            out.push((w.client[c0..].to_vec(), w.server[s0..].to_vec()));
+        }
+        out
+    }
+
+    /// Feeds what the captured process sends and receives after `before` (transfers already
+    /// made: direction, bytes) then [`late_h2`], then closes; `client`: it is the client.
+    fn feed_late(
+        t: &mut ConnTable,
+        client: bool,
+        before: &[(Direction, &[u8])],
+        out: &mut Vec<Exchange>,
+    ) {
+        let (req, resp) = if client {
+            (Direction::Egress, Direction::Ingress)
+        } else {
+            (Direction::Ingress, Direction::Egress)
+        };
+        let mut pos = [1000u64, 5000u64];
+        let mut ts = 10;
+        let mut send =
+            |t: &mut ConnTable, dir: Direction, bytes: &[u8], out: &mut Vec<Exchange>| {
+                t.on_event(data(dir, pos[dir.index()], bytes, ts), out);
+                pos[dir.index()] += bytes.len() as u64;
+                ts += 1;
+            };
+        for (dir, bytes) in before {
+            send(t, *dir, bytes, out);
+        }
+        for (c, s) in late_h2() {
+            send(t, req, &c, out);
+            send(t, resp, &s, out);
+        }
+        t.on_event(
+            Event::Close {
+                conn: ID,
+                ts_ns: ts,
+            },
+            out,
+        );
+    }
+
+    /// Every late request once, with its own response; what is there is right, what is
+    /// missing is flagged; the role is not claimed.
+    fn assert_late_right(out: &[Exchange]) {
+        let mut got: Vec<&Exchange> = out.iter().collect();
+        got.sort_by(|a, b| a.request.target.cmp(&b.request.target));
+        assert_eq!(got.len(), 5, "{out:#?}");
+        for (i, ex) in got.iter().enumerate() {
+            let path = format!("/late/{i}?n={i}");
+            assert_eq!(ex.protocol, Protocol::H2);
+            assert_eq!(ex.request.method, "GET", "{ex:#?}");
+            assert_eq!(ex.request.target, path);
+            assert!(ex.request.body.data.is_empty(), "{ex:#?}");
+            assert!(
+                header_value(&ex.request.headers, ":status").is_none(),
+                "{ex:#?}"
+            );
+            if let Some(v) = header_value(&ex.request.headers, "x-session-marker") {
+                assert_eq!(v, "m-1");
+            }
+            let r = ex.response.as_ref().unwrap();
+            assert_eq!(r.status, 200, "{ex:#?}");
+            assert_eq!(r.body.data, format!("path={path}\n").as_bytes());
+            assert!(header_value(&r.headers, ":method").is_none());
+            assert!(
+                matches!(ex.incomplete, None | Some(Incomplete::HpackStateUnknown)),
+                "{ex:#?}"
+            );
+            assert_eq!(ex.conn.role, None, "the role is not guessed");
+            assert_eq!((ex.conn.src, ex.conn.dst), (None, None));
+        }
+    }
+
+    /// The end-to-end failure: the socket is gone from /proc when the daemon meets the
+    /// connection, and the captured process is the client. Requests must not come out as
+    /// responses.
+    #[test]
+    fn h2_mid_stream_client_with_role_unknown_is_not_swapped() {
+        let (mut t, m) = gone_table();
+        let mut out = Vec::new();
+        feed_late(&mut t, true, &[], &mut out);
+        assert_late_right(&out);
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 1);
+        assert_eq!(m.h2_undecided_bytes_dropped.load(Relaxed), 0);
+        assert!(t.take_mutes().is_empty());
+    }
+
+    #[test]
+    fn h2_mid_stream_server_with_role_unknown_is_right() {
+        let (mut t, m) = gone_table();
+        let mut out = Vec::new();
+        feed_late(&mut t, false, &[], &mut out);
+        assert_late_right(&out);
+        assert_eq!(m.h2_undecided_bytes_dropped.load(Relaxed), 0);
+    }
+
+    /// The first transfers say nothing of the sides (WINDOW_UPDATE, PING ack, SETTINGS ack):
+    /// they are held, and decoded once a request tells which end is the client.
+    #[test]
+    fn h2_mid_stream_role_unknown_holds_bytes_until_the_frames_tell() {
+        let mut quiet = Vec::new();
+        write_frame(&mut quiet, WINDOW_UPDATE, 0, 0, &[0, 0, 0x10, 0]);
+        write_frame(&mut quiet, PING, FLAG_ACK, 0, &[7; 8]);
+        let mut ack = Vec::new();
+        write_frame(&mut ack, SETTINGS, FLAG_ACK, 0, &[]);
+        for client in [true, false] {
+            let (to_us, from_us) = if client {
+                (Direction::Ingress, Direction::Egress)
+            } else {
+                (Direction::Egress, Direction::Ingress)
+            };
+            let (mut t, m) = gone_table();
+            let mut out = Vec::new();
+            feed_late(
+                &mut t,
+                client,
+                &[(to_us, &quiet), (from_us, &ack), (to_us, &ack)],
+                &mut out,
+            );
+            assert_late_right(&out);
+            assert_eq!(m.h2_undecided_bytes_dropped.load(Relaxed), 0);
+        }
+    }
+
+    /// Frames that never say which end is the client (bodies only) yield nothing, counted,
+    /// rather than exchanges whose request and response may be swapped.
+    #[test]
+    fn h2_mid_stream_role_never_known_emits_nothing() {
+        let (mut t, m) = gone_table();
+        let mut out = Vec::new();
+        let mut a = Vec::new();
+        write_frame(&mut a, DATA, 0, 1, b"stream body, one way");
+        write_frame(&mut a, DATA, 0, 1, b"more");
+        let mut b = Vec::new();
+        write_frame(&mut b, DATA, 0, 1, b"and the other way");
+        write_frame(&mut b, WINDOW_UPDATE, 0, 1, &[0, 0, 1, 0]);
+        t.on_event(data(Direction::Egress, 100, &a, 1), &mut out);
+        t.on_event(data(Direction::Ingress, 100, &b, 2), &mut out);
+        t.on_event(Event::Close { conn: ID, ts_ns: 3 }, &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+        assert_eq!(
+            m.h2_undecided_bytes_dropped.load(Relaxed),
+            (a.len() + b.len()) as u64
+        );
+        assert_eq!(m.h2_connections_mid_stream.load(Relaxed), 1);
+        assert!(t.take_mutes().is_empty());
+
+        // Idle eviction drops them the same way.
+        let (mut t, m) = gone_table();
+        let mut out = Vec::new();
+        t.on_event(data(Direction::Egress, 100, &a, 1), &mut out);
+        t.tick(1 + 11_000_000_000, &mut out);
+        assert!(out.is_empty());
+        assert!(t.is_empty());
+        assert_eq!(m.h2_undecided_bytes_dropped.load(Relaxed), a.len() as u64);
+    }
+
+    /// What is held is bounded by `--max-conn-buffer-bytes`: past it the bytes are dropped
+    /// (counted), and decoding starts, out of frame sync, once the frames tell the sides.
+    #[test]
+    fn h2_mid_stream_role_unknown_hold_is_bounded() {
+        let (mut t, m) = gone_table();
+        let mut out = Vec::new();
+        // A stream from before the capture, still sending a body to the captured client.
+        let mut body = Vec::new();
+        for _ in 0..4 {
+            write_frame(&mut body, DATA, 0, 1, &[b'b'; 400]);
+        }
+        let cap = limits().max_conn_buffer_bytes;
+        assert!(body.len() > cap);
+        feed_late(
+            &mut t,
+            true,
+            &[
+                (Direction::Ingress, &body[..409 * 2]),
+                (Direction::Ingress, &body[409 * 2..]),
+            ],
+            &mut out,
+        );
+        assert_late_right(&out);
+        assert_eq!(
+            m.h2_undecided_bytes_dropped.load(Relaxed),
+            body.len() as u64
+        );
+    }
+
+    /// HTTP/1 joined mid-way with the role unknown: the start lines say which direction is
+    /// the request, whichever end the captured process is; the role is not claimed.
+    #[test]
+    fn h1_mid_stream_with_role_unknown_takes_sides_from_the_bytes() {
+        for client in [true, false] {
+            let (req, resp) = if client {
+                (Direction::Egress, Direction::Ingress)
+            } else {
+                (Direction::Ingress, Direction::Egress)
+            };
+            let (mut t, _) = gone_table();
+            let mut out = Vec::new();
+            // The tail of a response body from before the capture comes first.
+            let tail = b"...tail of an earlier body";
+            t.on_event(data(resp, 700, tail, 1), &mut out);
+            t.on_event(data(req, 300, REQ, 2), &mut out);
+            t.on_event(data(resp, 700 + tail.len() as u64, RESP, 3), &mut out);
+            t.on_event(Event::Close { conn: ID, ts_ns: 4 }, &mut out);
+            assert_eq!(out.len(), 1, "{out:#?}");
+            assert_eq!(out[0].request.method, "GET");
+            assert_eq!(out[0].request.target, "/a");
+            assert_eq!(out[0].response.as_ref().unwrap().status, 200);
+            assert_eq!(out[0].response.as_ref().unwrap().body.data, b"ok");
+            assert_eq!(out[0].conn.role, None);
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub h2_connections_preface: AtomicU64,
     pub h2_connections_upgrade: AtomicU64,
     pub h2_connections_mid_stream: AtomicU64,
+    /// Bytes of HTTP/2 connections joined mid-way with the role unknown, dropped before the
+    /// frames said which end is the client (`--max-conn-buffer-bytes`, or the connection ended).
+    pub h2_undecided_bytes_dropped: AtomicU64,
     h2_parse_errors: [AtomicU64; 16],
     h2_limits: [AtomicU64; 8],
     kernel: std::sync::OnceLock<Arc<KernelCounterReader>>,
@@ -349,6 +352,11 @@ impl Metrics {
             out,
             "# HELP capture_h2_hpack_state_unknown_total HTTP/2 exchanges whose header fields could not all be decoded (connection older than the capture, or bytes lost).\n# TYPE capture_h2_hpack_state_unknown_total counter\ncapture_h2_hpack_state_unknown_total {}",
             g(&self.h2_hpack_state_unknown)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_h2_undecided_bytes_dropped_total Bytes of HTTP/2 connections joined mid-way, with the role unknown, dropped before their frames said which end is the client (--max-conn-buffer-bytes, or the connection ended).\n# TYPE capture_h2_undecided_bytes_dropped_total counter\ncapture_h2_undecided_bytes_dropped_total {}",
+            g(&self.h2_undecided_bytes_dropped)
         );
         self.control.render(&mut out);
         self.export.render(&mut out);

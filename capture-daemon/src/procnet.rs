@@ -24,7 +24,9 @@ pub enum FdKind {
     Listener { local: SocketAddr },
     /// A file, pipe, unix socket, UDP socket...: nothing to capture.
     NotTcp,
-    /// The process or fd is already gone; nothing could be learnt.
+    /// The process or fd is already gone, or the fd is a TCP socket no longer in the kernel's
+    /// tables (reset or closed, the process not having closed the fd yet); nothing could be
+    /// learnt.
     Gone,
 }
 
@@ -47,7 +49,33 @@ pub fn classify(tgid: u32, fd: u32) -> FdKind {
             return kind;
         }
     }
-    FdKind::NotTcp
+    // A TCP socket leaves the tables when it is reset or closed (state CLOSE), though the
+    // process may still hold its fd: it is TCP, only nothing more can be learnt about it.
+    socket_not_in_tables(tgid, fd)
+}
+
+/// A socket fd whose inode is in no TCP table: `Gone` if it is TCP (plain or MPTCP) or went
+/// away meanwhile (the process exiting), else `NotTcp`. The kernel names the protocol of a
+/// socket inode in its `system.sockprotoname` attribute.
+fn socket_not_in_tables(tgid: u32, fd: u32) -> FdKind {
+    let mut name = [0u8; 32];
+    match rustix::fs::getxattr(
+        format!("/proc/{tgid}/fd/{fd}"),
+        "system.sockprotoname",
+        &mut name,
+    ) {
+        Ok(len) => {
+            let name = name[..len].strip_suffix(&[0]).unwrap_or(&name[..len]);
+            if matches!(name, b"TCP" | b"TCPv6" | b"MPTCP" | b"MPTCPv6") {
+                FdKind::Gone
+            } else {
+                FdKind::NotTcp
+            }
+        }
+        // The fd or the process went away since it was found to be a socket.
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => FdKind::Gone,
+        Err(_) => FdKind::NotTcp,
+    }
 }
 
 fn find_in_table(entries: &[TcpNetEntry], inode: u64) -> Option<FdKind> {
@@ -130,6 +158,42 @@ mod tests {
         assert_eq!(role, Role::Server);
         assert_eq!(local, addr);
         assert_eq!(remote, client.local_addr().unwrap());
+    }
+
+    /// The peer reset the connection: the socket left /proc/net/tcp, the process still holds
+    /// the fd. It must not be taken for something that is not TCP (and muted).
+    #[test]
+    fn reset_tcp_socket_is_gone_not_other() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.write_all(b"never read").unwrap();
+        // Data left unread on close: the client's kernel sends a reset.
+        drop(client);
+        let mut b = [0u8; 1];
+        assert!(server.read(&mut b).is_err(), "the reset arrived");
+        assert_eq!(
+            classify(std::process::id(), server.as_raw_fd() as u32),
+            FdKind::Gone
+        );
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            classify(std::process::id(), unix.as_raw_fd() as u32),
+            FdKind::NotTcp
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            classify(std::process::id(), udp.as_raw_fd() as u32),
+            FdKind::NotTcp
+        );
+        // The fd went away between being found a socket and being asked what kind (the
+        // process exiting): gone, not something else. (A number no fd has: a closed one
+        // could be reused by a test running alongside.)
+        assert_eq!(
+            socket_not_in_tables(std::process::id(), 100_000),
+            FdKind::Gone
+        );
+        assert_eq!(socket_not_in_tables(u32::MAX, 3), FdKind::Gone);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!
 //! Input layout: `flags`, `n` (split count), `n` little-endian u16 split points, a u16 length
 //! of the client stream, the client stream, then the server stream. With flag 16 the client
-//! stream is prefixed with the connection preface (so the fuzzer need not find it).
+//! stream is prefixed with the connection preface (so the fuzzer need not find it). With flag
+//! 64 the connection is joined mid-way with its sides unknown: an `Undecided` holds the bytes
+//! (at most 4 KiB) until the frames tell which end is the client, then decodes them.
 #![no_main]
 
 use capture_daemon_fuzz::http1::Side;
-use capture_daemon_fuzz::http2::{Http2Conn, Http2Limits, frame::PREFACE};
+use capture_daemon_fuzz::http2::{Http2Conn, Http2Limits, Undecided, frame::PREFACE};
 use libfuzzer_sys::fuzz_target;
 
 struct Input<'a> {
@@ -79,6 +81,8 @@ fuzz_target!(|data: &[u8]| {
     let bound = limits.max_conn_body_bytes
         + 2 * (64 * 1024 + limits.max_header_list_bytes + limits.max_hpack_table_bytes)
         + limits.max_streams * 4 * limits.max_header_list_bytes;
+    let undecided = input.flags & 64 != 0;
+    let mut held = undecided.then(|| Undecided::new(limits.clone()));
     let mut conn = if input.flags & 2 != 0 {
         Http2Conn::mid_stream(limits, Side::Request)
     } else {
@@ -107,12 +111,29 @@ fuzz_target!(|data: &[u8]| {
         for (side, piece) in order {
             let Some(piece) = piece else { continue };
             // With gaps on, a piece whose first byte is odd is "lost" in part.
-            if gaps && piece.first().is_some_and(|b| b % 2 == 1) {
-                let keep = piece.len() / 2;
-                conn.on_data(side, &piece[..keep], ts, &mut out);
-                conn.on_gap(side, (piece.len() - keep) as u64, ts, &mut out);
+            let keep = if gaps && piece.first().is_some_and(|b| b % 2 == 1) {
+                piece.len() / 2
             } else {
-                conn.on_data(side, piece, ts, &mut out);
+                piece.len()
+            };
+            let lost = (piece.len() - keep) as u64;
+            if let Some(u) = &mut held {
+                // Which direction `Undecided` takes as in frame sync is the fuzzer's choice.
+                let first = (side == Side::Request) != server_first;
+                u.on_data(first, &piece[..keep], lost, ts, 4096);
+                match u.first_sender() {
+                    None => assert!(u.held_bytes() <= 4096, "{} held", u.held_bytes()),
+                    Some(sender) => {
+                        if let Some(u) = held.take() {
+                            conn = u.decode(sender, &mut out);
+                        }
+                    }
+                }
+                continue;
+            }
+            conn.on_data(side, &piece[..keep], ts, &mut out);
+            if lost > 0 {
+                conn.on_gap(side, lost, ts, &mut out);
             }
             assert!(
                 conn.buffered_bytes() <= bound,

@@ -27,6 +27,10 @@
 //!   fields that refer to unknown entries are left out and the exchange is marked
 //!   `Incomplete::HpackStateUnknown`; streams that began before the capture are emitted with
 //!   what was seen of them, marked the same way.
+//! - A connection joined mid-way whose role is not known (the socket was gone from `/proc`
+//!   before it could be named) does not say which direction carries the requests.
+//!   [`Undecided`] holds its bytes (bounded) while a probe reads the frames for the answer, then
+//!   decodes them; see [`undecided`].
 //! - Every buffer is bounded by [`Http2Limits`].
 //!
 //! Error values name what went wrong, never header values or body bytes.
@@ -35,6 +39,7 @@ pub mod frame;
 pub mod grpc;
 pub mod hpack;
 mod stream;
+pub mod undecided;
 
 #[cfg(test)]
 mod proptests;
@@ -50,6 +55,7 @@ use crate::redact::keeps_never_indexed;
 
 use frame::{FrameHeader, HEADER_LEN, PREFACE};
 use stream::{Message, Stream};
+pub use undecided::{Sender, Undecided};
 
 /// Bounds on what one connection's decoder keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,6 +310,12 @@ pub struct Http2Conn {
     /// Streams ignored for the stream limit; bounded by `max_streams`.
     refused: StreamSet,
     closed: bool,
+    /// A probe ([`undecided`]): frames are read and header blocks decoded only to learn which
+    /// end sent each half; no stream is tracked, nothing is emitted. Half 0 is the direction
+    /// that was seen first, whichever end sent it.
+    probing: bool,
+    /// What the probe learned: a half, and the end that sent its frames.
+    sender: Option<(usize, Sender)>,
 }
 
 impl std::fmt::Debug for Http2Conn {
@@ -435,7 +447,30 @@ impl Http2Conn {
             finished_early: StreamSet::default(),
             refused: StreamSet::default(),
             closed: false,
+            probing: false,
+            sender: None,
         }
+    }
+
+    /// A connection joined mid-way where neither side's next byte is known to start a frame
+    /// (bytes before were dropped): both sides look for a frame header.
+    pub fn mid_stream_resync(limits: Http2Limits) -> Self {
+        let mut conn = Self::mid_stream(limits, Side::Request);
+        conn.halves[0].state = ReadState::Resync;
+        conn
+    }
+
+    /// A probe for [`Undecided`]: half 0 (labelled `Side::Request`) is the direction whose next
+    /// byte starts a frame, half 1 the other; which end sent them is what it finds out.
+    fn probe(limits: Http2Limits) -> Self {
+        let mut conn = Self::mid_stream(limits, Side::Request);
+        conn.probing = true;
+        conn
+    }
+
+    /// The probe's answer: the half whose sender is known, and that sender.
+    fn sender(&self) -> Option<(usize, Sender)> {
+        self.sender
     }
 
     /// Bytes that crossed the socket on `side`, contiguous with the previous call on that
@@ -675,6 +710,8 @@ impl Http2Conn {
         }
         let half = &self.halves[h];
         let mode = match hdr.kind {
+            // A probe learns nothing from bodies.
+            frame::DATA if self.probing => Mode::Skip,
             frame::DATA => Mode::Data {
                 pad_pending: hdr.has(frame::FLAG_PADDED),
                 data_left: if hdr.has(frame::FLAG_PADDED) {
@@ -920,6 +957,15 @@ impl Http2Conn {
         ts: u64,
         out: &mut Vec<Http2Output>,
     ) {
+        if self.probing {
+            // RFC 9113 §8.4: only servers push; §5.1.1: clients open odd streams, and the
+            // even (pushed) ones are closed for them, so HEADERS there come from the server.
+            if hdr.kind == frame::PUSH_PROMISE
+                || (hdr.kind == frame::HEADERS && initiator(hdr.stream) == 1)
+            {
+                self.learn(h, Sender::Server);
+            }
+        }
         match hdr.kind {
             frame::HEADERS | frame::PUSH_PROMISE => self.block_start(h, hdr, payload, ts, out),
             frame::CONTINUATION => self.block_continue(h, hdr, payload, ts, out),
@@ -1104,11 +1150,27 @@ impl Http2Conn {
         if fields.cut {
             out.push(Http2Output::Limit(H2Limit::HeaderList));
         }
+        if self.probing {
+            if !fields.failed
+                && block.promised.is_none()
+                && let Some(sender) = sender_of(&fields.headers)
+            {
+                self.learn(h, sender);
+            }
+            return;
+        }
         let side = self.halves[h].side;
         match (side, block.promised) {
             (Side::Response, Some(promised)) => self.promise(promised, block, fields, out),
             (Side::Request, _) => self.request_block(block, fields, ts, out),
             (Side::Response, None) => self.response_block(block, fields, ts, out),
+        }
+    }
+
+    /// A probe found who sent half `h`; the first finding stands.
+    fn learn(&mut self, h: usize, sender: Sender) {
+        if self.sender.is_none() {
+            self.sender = Some((h, sender));
         }
     }
 
@@ -1399,6 +1461,27 @@ struct DecodedBlock {
     failed: bool,
     /// Names of never-indexed fields dropped.
     redacted: Vec<String>,
+}
+
+/// Which end sent a header block, from its pseudo-header fields (RFC 9113 §8.3): request ones
+/// (`:method`, `:path`, ...) come from the client, `:status` from the server. Their names are
+/// in HPACK's static table, so they decode even when the dynamic table is unknown. Pseudo-header
+/// fields come first; `None` for a block without them (trailers) or with both kinds.
+fn sender_of(headers: &[Header]) -> Option<Sender> {
+    let mut request = false;
+    let mut status = false;
+    for f in headers.iter().take_while(|f| f.name.starts_with(':')) {
+        match f.name.as_str() {
+            ":status" => status = true,
+            ":method" | ":path" | ":scheme" | ":authority" | ":protocol" => request = true,
+            _ => {}
+        }
+    }
+    match (request, status) {
+        (true, false) => Some(Sender::Client),
+        (false, true) => Some(Sender::Server),
+        _ => None,
+    }
 }
 
 /// Whether an HTTP/1.1 exchange is an accepted `Upgrade: h2c` (RFC 7540 §3.2): the request

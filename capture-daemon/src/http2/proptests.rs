@@ -88,7 +88,80 @@ fn feed(events: &[(Side, Vec<u8>)], cuts: &[usize]) -> Vec<Http2Output> {
     out
 }
 
+/// Feeds `events` cut at `cuts` as a connection joined mid-way with its sides unknown: held
+/// by an [`Undecided`] until it tells the sides, then decoded. Returns who it found sent the
+/// first event's direction, and the outputs.
+fn feed_undecided(
+    events: &[(Side, Vec<u8>)],
+    cuts: &[usize],
+) -> (Option<Sender>, Vec<Http2Output>) {
+    let first_side = events[0].0;
+    let mut held = Some(Undecided::new(Http2Limits::default()));
+    let mut decided = None;
+    let mut conn: Option<Http2Conn> = None;
+    let mut out = Vec::new();
+    for (side, piece) in pieces(events, cuts) {
+        if let Some(c) = &mut conn {
+            c.on_data(side, piece, 7, &mut out);
+        } else if let Some(u) = &mut held {
+            u.on_data(side == first_side, piece, 0, 7, usize::MAX);
+            if let Some(sender) = u.first_sender()
+                && let Some(u) = held.take()
+            {
+                decided = Some(sender);
+                conn = Some(u.decode(sender, &mut out));
+            }
+        }
+    }
+    if let Some(c) = &mut conn {
+        c.on_close(8, &mut out);
+    }
+    (decided, out)
+}
+
+/// `events` cut at `cuts`, in order.
+fn pieces<'a>(events: &'a [(Side, Vec<u8>)], cuts: &[usize]) -> Vec<(Side, &'a [u8])> {
+    let mut out = Vec::new();
+    let mut cuts = cuts.iter().cycle();
+    for (side, bytes) in events {
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let n = cuts.next().map_or(rest.len(), |&c| 1 + c % rest.len());
+            out.push((*side, &rest[..n]));
+            rest = &rest[n..];
+        }
+    }
+    out
+}
+
 proptest! {
+    /// A connection joined mid-way with the sides unknown, from a client write or a server
+    /// write, cut anywhere: the sides are found, and the exchanges are those of a decoder that
+    /// knew them.
+    #[test]
+    fn undecided_sides_are_found_and_decoded_as_known(
+        cuts in prop::collection::vec(0usize..5000, 0..40),
+        from in 2usize..5,
+    ) {
+        let events = conversation();
+        let joined = &events[from..];
+        let first_side = joined[0].0;
+        let (sender, got) = feed_undecided(joined, &cuts);
+        let want_sender = match first_side {
+            Side::Request => Sender::Client,
+            Side::Response => Sender::Server,
+        };
+        prop_assert_eq!(sender, Some(want_sender));
+        let mut direct = Http2Conn::mid_stream(Http2Limits::default(), first_side);
+        let mut want = Vec::new();
+        for (side, piece) in pieces(joined, &cuts) {
+            direct.on_data(side, piece, 7, &mut want);
+        }
+        direct.on_close(8, &mut want);
+        prop_assert!(!tests::exchanges(&want).is_empty());
+        prop_assert_eq!(got, want);
+    }
+
     #[test]
     fn any_chunking_gives_the_same_exchanges(cuts in prop::collection::vec(0usize..5000, 1..40)) {
         let events = conversation();

@@ -992,3 +992,142 @@ fn decoded_exchanges_are_redacted_like_http1() {
     assert_eq!(v["response"]["httpVersion"], "HTTP/2");
     assert_eq!(v["_capture"]["protocol"], "h2");
 }
+
+// ----- joined mid-way with the sides unknown (`undecided`) -----
+
+/// Feeds `first` then `other` (the direction seen first, then the other one) to an
+/// [`Undecided`] and says who it found sent `first`.
+fn first_sender(first: &[u8], other: &[u8]) -> Option<Sender> {
+    let mut u = Undecided::new(Http2Limits::default());
+    assert_eq!(u.on_data(true, first, 0, 1, usize::MAX), 0);
+    if !other.is_empty() {
+        u.on_data(false, other, 0, 2, usize::MAX);
+    }
+    u.first_sender()
+}
+
+#[test]
+fn undecided_reads_the_sides_from_pseudo_headers() {
+    let mut w = Wire::bare();
+    w.request(5, &refs(&get("/x")), true);
+    w.response(5, &[(":status", "204")], true);
+    assert_eq!(first_sender(&w.client, &[]), Some(Sender::Client));
+    assert_eq!(first_sender(&w.server, &[]), Some(Sender::Server));
+    // A status not in the static table is still a literal under the static name.
+    let mut w = Wire::bare();
+    w.response(5, &[(":status", "299"), ("x-a", "b")], true);
+    assert_eq!(first_sender(&w.server, &[]), Some(Sender::Server));
+
+    // Nothing in the first direction says it: the other one does.
+    let mut quiet = Vec::new();
+    write_frame(&mut quiet, WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]);
+    write_frame(&mut quiet, SETTINGS, 1, 0, &[]);
+    write_frame(&mut quiet, PING, 1, 0, &[0; 8]);
+    let mut w = Wire::bare();
+    w.request(5, &refs(&get("/x")), true);
+    w.response(5, &[(":status", "200")], true);
+    assert_eq!(first_sender(&quiet, &[]), None);
+    assert_eq!(first_sender(&quiet, &w.client), Some(Sender::Server));
+    assert_eq!(first_sender(&quiet, &w.server), Some(Sender::Client));
+}
+
+#[test]
+fn undecided_push_and_even_streams_mean_the_server() {
+    // PUSH_PROMISE carries a request's fields, yet it is the server that sends it.
+    let mut w = Wire::bare();
+    let block = Wire::block(&mut w.server_enc, &refs(&get("/style.css")));
+    let mut payload = vec![0, 0, 0, 2];
+    payload.extend_from_slice(&block);
+    write_frame(&mut w.server, PUSH_PROMISE, FLAG_END_HEADERS, 1, &payload);
+    write_frame(&mut w.server, WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]);
+    assert_eq!(first_sender(&w.server, &[]), Some(Sender::Server));
+    // HEADERS on a pushed (even) stream, even without pseudo-headers.
+    let mut w = Wire::bare();
+    w.response(2, &[("x-trailer", "t")], true);
+    write_frame(&mut w.server, WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]);
+    assert_eq!(first_sender(&w.server, &[]), Some(Sender::Server));
+}
+
+#[test]
+fn undecided_bodies_and_trailers_say_nothing() {
+    let mut w = Wire::bare();
+    w.client_data(1, &grpc_frame(0, b"ping"), false);
+    w.request(1, &[("grpc-x", "1")], true);
+    w.server_data(1, &grpc_frame(0, b"pong"), false);
+    w.response(1, &[("grpc-status", "0")], true);
+    assert_eq!(first_sender(&w.client, &w.server), None);
+    assert_eq!(first_sender(&w.server, &w.client), None);
+    // Fields that refer to entries from before the capture say nothing either.
+    let mut before = Wire::bare();
+    before.request(1, &[(":path", "/p"), (":authority", "a")], true);
+    let mut w = Wire::bare();
+    w.client_enc = before.client_enc;
+    w.request(3, &[(":path", "/p"), (":authority", "a")], true);
+    write_frame(&mut w.client, WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]);
+    assert_eq!(first_sender(&w.client, &[]), None);
+}
+
+/// What was held is decoded as a decoder that knew the sides would have: the same exchanges,
+/// requests as requests.
+#[test]
+fn undecided_decodes_what_it_held() {
+    let mut w = Wire::bare();
+    // The server's end of a stream from before the capture comes first.
+    w.server_data(1, b"earlier", true);
+    let first = std::mem::take(&mut w.server);
+    w.request(3, &refs(&get("/three")), false);
+    w.client_data(3, b"up", true);
+    w.response(3, &[(":status", "200")], false);
+    w.server_data(3, b"down", true);
+    let mut u = Undecided::new(Http2Limits::default());
+    u.on_data(true, &first, 0, 1, usize::MAX);
+    assert_eq!(u.first_sender(), None);
+    u.on_data(false, &w.client, 0, 2, usize::MAX);
+    assert_eq!(u.first_sender(), Some(Sender::Server));
+    assert!(u.held_bytes() > 0);
+    let mut out = Vec::new();
+    let mut c = u.decode(Sender::Server, &mut out);
+    c.on_data(Side::Response, &w.server, 3, &mut out);
+    c.on_close(4, &mut out);
+
+    let mut want = Vec::new();
+    let mut direct = Http2Conn::mid_stream(Http2Limits::default(), Side::Response);
+    direct.on_data(Side::Response, &first, 1, &mut want);
+    direct.on_data(Side::Request, &w.client, 2, &mut want);
+    direct.on_data(Side::Response, &w.server, 3, &mut want);
+    direct.on_close(4, &mut want);
+    assert_eq!(out, want);
+    let ex = exchanges(&out);
+    assert_eq!(ex.len(), 2);
+    let three = ex.iter().find(|e| e.request.target == "/three").unwrap();
+    assert_eq!(three.request.body.data, b"up");
+    assert_eq!(three.response.as_ref().unwrap().body.data, b"down");
+    let early = ex.iter().find(|e| e.request.target.is_empty()).unwrap();
+    assert_eq!(early.response.as_ref().unwrap().body.data, b"earlier");
+    assert!(early.request.body.data.is_empty());
+}
+
+/// Past the bound what is held is dropped; the decoder then starts by looking for frame
+/// headers on both sides.
+#[test]
+fn undecided_hold_is_bounded() {
+    let mut body = Vec::new();
+    for _ in 0..3 {
+        write_frame(&mut body, DATA, 0, 1, &[b'x'; 100]);
+    }
+    let mut u = Undecided::new(Http2Limits::default());
+    assert_eq!(u.on_data(true, &body[..150], 0, 1, 200), 0);
+    assert_eq!(u.on_data(true, &body[150..], 0, 2, 200), body.len());
+    assert_eq!(u.held_bytes(), 0);
+    // The frame reader stays in step through the dropped bytes.
+    let mut w = Wire::bare();
+    w.response(3, &[(":status", "200")], true);
+    assert_eq!(u.on_data(true, &w.server, 3, 3, 200), 0);
+    assert_eq!(u.first_sender(), Some(Sender::Server));
+    let mut out = Vec::new();
+    let mut c = u.decode(Sender::Server, &mut out);
+    c.on_close(4, &mut out);
+    let ex = exchanges(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].response.as_ref().unwrap().status, 200);
+}
