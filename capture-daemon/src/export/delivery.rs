@@ -457,11 +457,14 @@ impl Delivery {
         self.connected = Some(connected);
         self.metrics.export.connected.store(connected, RELAXED);
         if connected {
-            info!(target: "audit", event = "collector_connected", endpoint = %self.endpoint, reason, "collector connected");
+            crate::audit::collector_connected(&self.endpoint);
         } else if !first {
-            info!(target: "audit", event = "collector_disconnected", endpoint = %self.endpoint, reason, "collector disconnected");
+            crate::audit::collector_disconnected(&self.endpoint, reason);
         } else {
-            info!(target: "audit", event = "collector_disconnected", endpoint = %self.endpoint, reason, "collector not reachable");
+            crate::audit::collector_disconnected(
+                &self.endpoint,
+                &format!("not reachable: {reason}"),
+            );
         }
     }
 
