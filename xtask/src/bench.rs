@@ -526,6 +526,63 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
 
+/// What the daemon captured and lost over the B runs of one workload: the rows every report's
+/// table ends with.
+pub(crate) struct CaptureTotals {
+    pub(crate) exchanges: u64,
+    /// Requests the load generator completed.
+    pub(crate) requests: u64,
+    pub(crate) hwm_mib: f64,
+    pub(crate) events_lost: f64,
+    pub(crate) kernel_bytes_lost: f64,
+    pub(crate) gap_bytes: f64,
+    pub(crate) parse_errors: f64,
+    pub(crate) output_bytes: u64,
+}
+
+impl CaptureTotals {
+    /// Peak memory, loss, parse errors, and exchanges against the requests `tool` completed.
+    pub(crate) fn write_rows(&self, s: &mut String, tool: &str) {
+        let ratio = |n: f64, d: u64| if d > 0 { n / d as f64 } else { 0.0 };
+        let _ = writeln!(
+            s,
+            "| daemon peak RSS, VmHWM (MiB) | | {:.1} | | ≤ 64: {} |",
+            self.hwm_mib,
+            verdict(self.hwm_mib <= 64.0)
+        );
+        let _ = writeln!(
+            s,
+            "| kernel events lost | | {} | | 0: {} |",
+            self.events_lost,
+            verdict(self.events_lost == 0.0)
+        );
+        let _ = writeln!(
+            s,
+            "| kernel bytes lost | | {} | | |",
+            self.kernel_bytes_lost
+        );
+        let _ = writeln!(
+            s,
+            "| gap bytes | | {} | | 0: {} |",
+            self.gap_bytes,
+            verdict(self.gap_bytes == 0.0)
+        );
+        let _ = writeln!(s, "| parse errors | | {} | | |", self.parse_errors);
+        let _ = writeln!(
+            s,
+            "| exchanges captured / {tool} requests | | {} / {} ({:.2}%) | | |",
+            self.exchanges,
+            self.requests,
+            ratio(self.exchanges as f64, self.requests) * 100.0
+        );
+        let _ = writeln!(
+            s,
+            "| JSONL written (bytes per exchange) | | {:.0} | | |",
+            ratio(self.output_bytes as f64, self.exchanges)
+        );
+    }
+}
+
 fn report(r: &Report<'_>) -> String {
     let a_rps = mean(r.baseline.iter().map(|w| w.requests_per_s));
     let b_rps = mean(r.captured.iter().map(|c| c.wrk.requests_per_s));
@@ -542,12 +599,6 @@ fn report(r: &Report<'_>) -> String {
     } else {
         f64::NAN
     };
-    let hwm = r.captured.iter().map(|c| c.hwm_mib).fold(0.0, f64::max);
-    let lost: f64 = r.captured.iter().map(|c| c.events_lost).sum();
-    let bytes_lost: f64 = r.captured.iter().map(|c| c.kernel_bytes_lost).sum();
-    let gap: f64 = r.captured.iter().map(|c| c.gap_bytes).sum();
-    let parse_errors: f64 = r.captured.iter().map(|c| c.parse_errors).sum();
-    let output: u64 = r.captured.iter().map(|c| c.output_bytes).sum();
     let m = r.machine;
 
     let mut s = String::new();
@@ -618,37 +669,17 @@ fn report(r: &Report<'_>) -> String {
         "| C: nginx CPU per request (µs) | {a_srv:.1} | {c_srv:.1} | {:+.1} µs | |",
         c_srv - a_srv
     );
-    let _ = writeln!(
-        s,
-        "| daemon peak RSS, VmHWM (MiB) | | {hwm:.1} | | ≤ 64: {} |",
-        verdict(hwm <= 64.0)
-    );
-    let _ = writeln!(
-        s,
-        "| kernel events lost | | {lost} | | 0: {} |",
-        verdict(lost == 0.0)
-    );
-    let _ = writeln!(s, "| kernel bytes lost | | {bytes_lost} | | |");
-    let _ = writeln!(s, "| gap bytes | | {gap} | | 0: {} |", verdict(gap == 0.0));
-    let _ = writeln!(s, "| parse errors | | {parse_errors} | | |");
-    let _ = writeln!(
-        s,
-        "| exchanges captured / wrk requests | | {exchanges} / {requests} ({:.2}%) | | |",
-        if requests > 0 {
-            exchanges as f64 / requests as f64 * 100.0
-        } else {
-            0.0
-        }
-    );
-    let _ = writeln!(
-        s,
-        "| JSONL written (bytes per exchange) | | {:.0} | | |",
-        if exchanges > 0 {
-            output as f64 / exchanges as f64
-        } else {
-            0.0
-        }
-    );
+    CaptureTotals {
+        exchanges,
+        requests,
+        hwm_mib: r.captured.iter().map(|c| c.hwm_mib).fold(0.0, f64::max),
+        events_lost: r.captured.iter().map(|c| c.events_lost).sum(),
+        kernel_bytes_lost: r.captured.iter().map(|c| c.kernel_bytes_lost).sum(),
+        gap_bytes: r.captured.iter().map(|c| c.gap_bytes).sum(),
+        parse_errors: r.captured.iter().map(|c| c.parse_errors).sum(),
+        output_bytes: r.captured.iter().map(|c| c.output_bytes).sum(),
+    }
+    .write_rows(&mut s, "wrk");
 
     let _ = writeln!(s, "\nRuns, in order:\n");
     let _ = writeln!(
@@ -730,7 +761,37 @@ fn on_path(tool: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration_us, parse_wrk};
+    use super::{CaptureTotals, parse_duration_us, parse_wrk};
+
+    #[test]
+    fn capture_rows_judge_loss_and_memory_and_name_the_tool() {
+        let mut s = String::new();
+        CaptureTotals {
+            exchanges: 1000,
+            requests: 990,
+            hwm_mib: 70.5,
+            events_lost: 0.0,
+            kernel_bytes_lost: 0.0,
+            gap_bytes: 12.0,
+            parse_errors: 0.0,
+            output_bytes: 2_000_000,
+        }
+        .write_rows(&mut s, "h2load");
+        assert!(
+            s.contains("| daemon peak RSS, VmHWM (MiB) | | 70.5 | | ≤ 64: **missed** |"),
+            "{s}"
+        );
+        assert!(s.contains("| kernel events lost | | 0 | | 0: met |"), "{s}");
+        assert!(s.contains("| gap bytes | | 12 | | 0: **missed** |"), "{s}");
+        assert!(
+            s.contains("| exchanges captured / h2load requests | | 1000 / 990 (101.01%) | | |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| JSONL written (bytes per exchange) | | 2000 | | |"),
+            "{s}"
+        );
+    }
 
     const WRK_OUTPUT: &str = "Running 2s test @ http://127.0.0.1:18766/
   1 threads and 16 connections

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use capture_e2e::{Nginx, TestCgroup, run as run_cmd};
 
-use super::{DaemonCost, cpu_seconds, mean, parse_duration_us, verdict, with_daemon};
+use super::{
+    CaptureTotals, DaemonCost, cpu_seconds, mean, parse_duration_us, verdict, with_daemon,
+};
 
 const H2LOAD_THREADS: u32 = 1;
 const H2LOAD_CLIENTS: u32 = 16;
@@ -199,16 +201,6 @@ pub(super) fn section(r: &Results) -> String {
             f64::NAN
         }
     };
-    let hwm = r
-        .captured
-        .iter()
-        .map(|(_, c)| c.hwm_mib)
-        .fold(0.0, f64::max);
-    let lost: f64 = r.captured.iter().map(|(_, c)| c.events_lost).sum();
-    let bytes_lost: f64 = r.captured.iter().map(|(_, c)| c.kernel_bytes_lost).sum();
-    let gap: f64 = r.captured.iter().map(|(_, c)| c.gap_bytes).sum();
-    let parse_errors: f64 = r.captured.iter().map(|(_, c)| c.parse_errors).sum();
-    let output: u64 = r.captured.iter().map(|(_, c)| c.output_bytes).sum();
 
     let mut s = String::new();
     let _ = writeln!(s, "\n### HTTP/2 (h2c)\n");
@@ -256,33 +248,21 @@ pub(super) fn section(r: &Results) -> String {
         "| nginx CPU per request (µs; includes the capture programs) | {a_srv:.1} | {b_srv:.1} | {:+.1} µs | |",
         b_srv - a_srv
     );
-    let _ = writeln!(
-        s,
-        "| daemon peak RSS, VmHWM (MiB) | | {hwm:.1} | | ≤ 64: {} |",
-        verdict(hwm <= 64.0)
-    );
-    let _ = writeln!(
-        s,
-        "| kernel events lost | | {lost} | | 0: {} |",
-        verdict(lost == 0.0)
-    );
-    let _ = writeln!(s, "| kernel bytes lost | | {bytes_lost} | | |");
-    let _ = writeln!(s, "| gap bytes | | {gap} | | 0: {} |", verdict(gap == 0.0));
-    let _ = writeln!(s, "| parse errors | | {parse_errors} | | |");
-    let _ = writeln!(
-        s,
-        "| exchanges captured / h2load requests | | {exchanges} / {requests} ({:.2}%) | | |",
-        if requests > 0 {
-            exchanges as f64 / requests as f64 * 100.0
-        } else {
-            0.0
-        }
-    );
-    let _ = writeln!(
-        s,
-        "| JSONL written (bytes per exchange) | | {:.0} | | |",
-        per_exchange(output as f64)
-    );
+    CaptureTotals {
+        exchanges,
+        requests,
+        hwm_mib: r
+            .captured
+            .iter()
+            .map(|(_, c)| c.hwm_mib)
+            .fold(0.0, f64::max),
+        events_lost: r.captured.iter().map(|(_, c)| c.events_lost).sum(),
+        kernel_bytes_lost: r.captured.iter().map(|(_, c)| c.kernel_bytes_lost).sum(),
+        gap_bytes: r.captured.iter().map(|(_, c)| c.gap_bytes).sum(),
+        parse_errors: r.captured.iter().map(|(_, c)| c.parse_errors).sum(),
+        output_bytes: r.captured.iter().map(|(_, c)| c.output_bytes).sum(),
+    }
+    .write_rows(&mut s, "h2load");
 
     let _ = writeln!(s, "\nRuns, in order:\n");
     let _ = writeln!(
