@@ -2,8 +2,8 @@
 //!
 //! Entries come out in storage order (the order batches were acknowledged, each batch in the
 //! daemon's order), which is streamed: memory stays flat whatever the store's size. Each entry
-//! is rendered by `capture_daemon::har` from the exchange read back with
-//! `capture_daemon::wire`, so it is byte for byte the line the daemon's JSONL sink writes for
+//! is rendered by `capture_model::har` from the exchange read back with
+//! `capture_model::wire`, so it is byte for byte the line the daemon's JSONL sink writes for
 //! the same exchange. One entry per line, between the HAR `log` header and footer.
 
 use std::{
@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use capture_daemon::{clock::WallClock, har, wire};
+use capture_model::{clock::WallClock, har, wire};
 use tracing::warn;
 
 use crate::{

@@ -257,7 +257,7 @@ impl IngestService {
             ));
         }
         for (i, exchange) in batch.exchanges.iter().enumerate() {
-            capture_daemon::wire::check(exchange)
+            capture_model::wire::check(exchange)
                 .map_err(|e| malformed(format!("exchange {i}: {e}")))?;
         }
         Ok(())

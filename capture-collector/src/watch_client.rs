@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{clock::WallClock, exchange::Exchange, har, wire};
+use capture_model::{clock::WallClock, exchange::Exchange, har, wire};
 use capture_proto::v1::{WatchRequest, watch_client::WatchClient};
 use tonic::{
     Code, Request,

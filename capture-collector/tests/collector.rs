@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{clock::WallClock, har, wire};
+use capture_model::{clock::WallClock, har, wire};
 use capture_proto::v1::{self as pb, ingest_client::IngestClient};
 use common::*;
 use tonic::Code;
@@ -526,7 +526,7 @@ async fn encrypted_at_rest_and_needs_the_right_key() {
     ex.request.body.data = b"password=hunter2-very-secret".to_vec();
     ex.request
         .headers
-        .push(capture_daemon::exchange::Header::new(
+        .push(capture_model::exchange::Header::new(
             "X-Api-Key",
             "sk-live-abcdef",
         ));

@@ -31,15 +31,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capture_daemon::{
+use capture_daemon::{config::Config, export::Exporter, metrics::Metrics};
+use capture_model::{
     clock::WallClock,
-    config::Config,
     exchange::{
         Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
         Workload,
     },
-    export::Exporter,
-    metrics::Metrics,
     wire,
 };
 use prost::Message as _;

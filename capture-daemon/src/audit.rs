@@ -16,7 +16,8 @@ use tracing_subscriber::{
     Layer as _, filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
-use crate::{config::LogFormat, exchange::Workload};
+use crate::config::LogFormat;
+use capture_model::exchange::Workload;
 
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "audit";

@@ -7,7 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::{ebpf::KernelLimits, http1::Http1Limits, http2::Http2Limits};
+use crate::ebpf::KernelLimits;
+use capture_http::{http1::Http1Limits, http2::Http2Limits};
 
 /// Flags and file keys. Every field is optional here so file values and defaults can be
 /// layered; [`Config`] is the validated result.

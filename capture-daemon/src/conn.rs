@@ -14,13 +14,15 @@ use std::{
 use capture_common::MutedKey;
 
 use crate::{
-    exchange::{ConnMeta, Exchange, Incomplete, Protocol, Role, Workload},
-    http1::{self, Http1Conn, Http1Limits, Http1Output, Side},
-    http2::{self, Http2Conn, Http2Limits, Http2Output, Sender, Undecided},
     intake::{ConnId, Direction, Event},
     metrics::{Eviction, Metrics},
     procnet::FdKind,
 };
+use capture_http::{
+    http1::{self, Http1Conn, Http1Limits, Http1Output, Side},
+    http2::{self, Http2Conn, Http2Limits, Http2Output, Sender, Undecided},
+};
+use capture_model::exchange::{ConnMeta, Exchange, Incomplete, Protocol, Role, Workload};
 
 /// Bytes of traffic looked at without finding an HTTP/1 message start before a connection is
 /// declared not HTTP and switched off in the kernel.
@@ -714,7 +716,7 @@ impl ConnTable {
         if ex.incomplete == Some(Incomplete::HpackStateUnknown) {
             Metrics::add(&self.metrics.h2_hpack_state_unknown, 1);
         }
-        let truncated = |b: &crate::exchange::Body| {
+        let truncated = |b: &capture_model::exchange::Body| {
             b.truncated && b.wire_size > self.limits.http1.max_body_bytes as u64
         };
         if truncated(&ex.request.body) {
@@ -879,19 +881,6 @@ fn bound_address(listen: SocketAddr, peer: SocketAddr) -> SocketAddr {
     }
 }
 
-impl ConnMeta {
-    /// `src` is always the client's endpoint, `dst` the server's.
-    fn set_endpoints(&mut self, role: Role, local: SocketAddr, remote: SocketAddr) {
-        self.role = Some(role);
-        let (src, dst) = match role {
-            Role::Server => (remote, local),
-            Role::Client => (local, remote),
-        };
-        self.src = Some(src);
-        self.dst = Some(dst);
-    }
-}
-
 enum Sniff {
     Request,
     Response,
@@ -950,7 +939,7 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
-    use crate::exchange::Incomplete;
+    use capture_model::exchange::Incomplete;
 
     const SERVER: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
@@ -1367,12 +1356,12 @@ mod tests {
 
     // ----- HTTP/2 -----
 
-    use crate::exchange::header_value;
-    use crate::http2::frame::{
+    use capture_http::http2::frame::{
         DATA, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, PING, SETTINGS, WINDOW_UPDATE,
         write_frame,
     };
-    use crate::http2::tests::{Wire, get, refs};
+    use capture_http::http2::testing::{Wire, get, refs};
+    use capture_model::exchange::header_value;
 
     fn h2_simple() -> Wire {
         let mut w = Wire::new();

@@ -22,12 +22,12 @@ use crate::{
     audit,
     config::Config,
     ebpf::Capture,
-    exchange::{Exchange, Workload},
     kubernetes::{self, cgroups::CgroupResolver, pod::NamespaceFilter, reconcile},
     metrics::Metrics,
     reload::ConfigReloader,
     targets::TargetCgroup,
 };
+use capture_model::exchange::{Exchange, Workload};
 
 /// The target set as published: cgroup ids for the kernel, and the workload of each (also of
 /// cgroups removed a short while ago, whose exchanges may still be in flight).
@@ -340,7 +340,7 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::{HttpVersion, Protocol, Request};
+    use capture_model::exchange::{HttpVersion, Protocol, Request};
 
     #[test]
     fn fill_takes_the_workload_of_the_cgroup_and_keeps_the_node() {

@@ -478,7 +478,7 @@ mod tests {
             Event::Open {
                 conn, role, peer, ..
             } if conn.tgid == pid => {
-                assert_eq!(*role, Some(crate::exchange::Role::Client));
+                assert_eq!(*role, Some(capture_model::exchange::Role::Client));
                 assert_eq!(
                     *peer,
                     Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use capture_common::{EVENT_HEADER_LEN, direction, flags, kind};
 
-use crate::exchange::Role;
+use capture_model::exchange::Role;
 
 /// One connection: (tgid, fd, generation). The generation changes when the fd is reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,17 +12,11 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
-pub mod body;
-pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod ebpf;
-pub mod exchange;
 pub mod export;
-pub mod har;
-pub mod http1;
-pub mod http2;
 pub mod intake;
 pub mod kubernetes;
 pub mod metrics;
@@ -33,4 +27,3 @@ pub mod reload;
 pub mod routing;
 pub mod sink;
 pub mod targets;
-pub mod wire;

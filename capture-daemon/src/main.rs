@@ -12,7 +12,6 @@ use capture_daemon::{
     config::{Config, ConfigError, LogFormat},
     control,
     ebpf::Capture,
-    exchange::Workload,
     export::Exporter,
     kubernetes,
     metrics::{self, Metrics},
@@ -20,6 +19,7 @@ use capture_daemon::{
     sink::JsonlSink,
     targets,
 };
+use capture_model::exchange::Workload;
 use tracing::{error, info};
 
 fn main() -> ExitCode {

@@ -16,8 +16,8 @@ use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info};
 
-use crate::{
-    ebpf::{KernelCounterReader, KernelCounters},
+use crate::ebpf::{KernelCounterReader, KernelCounters};
+use capture_http::{
     http1::ParseErrorReason,
     http2::{H2ErrorReason, H2Limit},
 };

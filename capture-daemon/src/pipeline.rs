@@ -8,12 +8,10 @@ use aya::maps::{MapData, RingBuf};
 use tracing::{error, info, warn};
 
 use crate::{
-    clock::WallClock,
     config::Config,
     conn::{ConnTable, TableLimits},
     control::{Applied, Control},
     ebpf::Capture,
-    exchange::Exchange,
     export::ExportHandle,
     intake,
     metrics::Metrics,
@@ -21,6 +19,7 @@ use crate::{
     redact::RedactionPolicy,
     sink::{JsonlSink, SinkError},
 };
+use capture_model::{clock::WallClock, exchange::Exchange};
 
 /// How often the ring buffer is drained without a wakeup: the kernel wakes the daemon only
 /// when an eighth of the ring is waiting, so this bounds how late an exchange is written.

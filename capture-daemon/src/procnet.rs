@@ -9,7 +9,7 @@ use procfs::{
     process::{FDTarget, Process},
 };
 
-use crate::exchange::Role;
+use capture_model::exchange::Role;
 
 /// What an fd turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -23,7 +23,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::exchange::{Exchange, Header};
+use capture_model::uri::scheme_end;
+
+use capture_model::exchange::{Exchange, Header};
 
 /// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2).
 const CREDENTIAL_FIELDS: [&str; 6] = [
@@ -307,48 +309,12 @@ fn authority_start(uri: &str, shape: UriShape) -> Option<usize> {
     }
 }
 
-/// Index of the ':' ending the URI scheme, if `uri` starts with one
-/// (RFC 3986 §3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
-pub(crate) fn scheme_end(uri: &str) -> Option<usize> {
-    let colon = uri.find(':')?;
-    let scheme = &uri[..colon];
-    let mut chars = scheme.chars();
-    let first = chars.next()?;
-    (first.is_ascii_alphabetic()
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-    .then_some(colon)
-}
-
 /// `authority` without userinfo, or `None` when it has none. Host and `:authority` must not
 /// carry userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), but a client can still send it.
 fn strip_authority_userinfo(authority: &str, removed: &mut BTreeSet<String>) -> Option<String> {
     let at = authority.rfind('@')?;
     removed.insert(USERINFO_ENTRY.to_owned());
     Some(authority[at + 1..].to_owned())
-}
-
-/// Fields an HTTP/2 sender may mark never-indexed (RFC 7541 §6.2.3) that are kept anyway:
-/// they describe the message, never a secret, and exchanges are hard to read without them.
-const NEVER_INDEXED_KEPT: [&str; 9] = [
-    "accept",
-    "accept-encoding",
-    "content-encoding",
-    "content-length",
-    "content-type",
-    "grpc-encoding",
-    "grpc-status",
-    "te",
-    "user-agent",
-];
-
-/// Whether a never-indexed HTTP/2 field (the sender's hint that it is sensitive) is kept.
-/// Every other never-indexed field is dropped by the HTTP/2 decoder before the exchange exists
-/// and listed in `_capture.redacted`; pseudo-headers are always kept (`:path` and
-/// `:authority` are redacted like every request target). See docs/security-model.md.
-pub fn keeps_never_indexed(name: &str) -> bool {
-    NEVER_INDEXED_KEPT
-        .iter()
-        .any(|kept| kept.eq_ignore_ascii_case(name))
 }
 
 /// Lowercase field names listed in `Connection` fields (RFC 9110 §7.6.1:
@@ -365,7 +331,7 @@ fn connection_options<'h>(fields: impl Iterator<Item = &'h Header>) -> BTreeSet<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use capture_model::{
         clock::WallClock,
         exchange::{Body, ConnMeta, HttpVersion, Protocol, Request, Response, Timing, Workload},
         har,
@@ -581,21 +547,6 @@ mod tests {
             ex.redacted,
             strings(&["authorization", "cookie", "set-cookie", "te"])
         );
-    }
-
-    #[test]
-    fn never_indexed_allowlist() {
-        for kept in [
-            "content-type",
-            "Content-Length",
-            "grpc-status",
-            "user-agent",
-        ] {
-            assert!(keeps_never_indexed(kept), "{kept}");
-        }
-        for dropped in ["authorization", "x-api-key", "cookie", "x-session", ""] {
-            assert!(!keeps_never_indexed(dropped), "{dropped}");
-        }
     }
 
     #[test]
@@ -961,5 +912,101 @@ mod tests {
         let policy = RedactionPolicy::new(&strings(&["X-Key"]), &strings(&["token"]));
         let debug = format!("{policy:?}");
         assert!(debug.contains("x-key") && debug.contains("token"));
+    }
+
+    /// The golden entry of docs/output-schema.md is the representative exchange after default
+    /// redaction; capture-model renders it from this hand-redacted form.
+    #[test]
+    fn default_policy_gives_the_golden_redaction() {
+        let mut ex = capture_model::fixtures::representative();
+        RedactionPolicy::default().apply(&mut ex);
+        assert_eq!(ex, capture_model::fixtures::representative_redacted());
+    }
+
+    mod http2_decoded {
+        use capture_http::http2::frame::{FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, write_frame};
+        use capture_http::http2::hpack::Indexing;
+        use capture_http::http2::testing::{Wire, exchanges, run};
+        use capture_http::http2::{Http2Conn, Http2Limits};
+
+        use super::*;
+
+        /// What the decoder hands on goes through the same redaction as HTTP/1: split cookies,
+        /// lowercase names, connection-specific fields, `:path` query parameters; never-indexed
+        /// secrets are already gone. Nothing secret reaches the HAR line.
+        #[test]
+        fn decoded_exchanges_are_redacted_like_http1() {
+            let mut w = Wire::new();
+            let mut block = Vec::new();
+            let enc = &mut w.client_enc;
+            for (n, v, how) in [
+                (":method", "GET", Indexing::Incremental),
+                (":scheme", "http", Indexing::Incremental),
+                (":authority", "user:pw-secret@api:80", Indexing::Incremental),
+                (":path", "/q?token=tok-secret&keep=1", Indexing::Incremental),
+                ("cookie", "a=crumb-secret-1", Indexing::Incremental),
+                ("cookie", "b=crumb-secret-2", Indexing::Never),
+                ("authorization", "Bearer auth-secret", Indexing::Never),
+                ("x-session", "never-indexed-secret", Indexing::Never),
+                ("te", "trailers", Indexing::Without),
+                ("keep-alive", "timeout=5", Indexing::Without),
+            ] {
+                enc.field(n.as_bytes(), v.as_bytes(), how, &mut block);
+            }
+            write_frame(
+                &mut w.client,
+                HEADERS,
+                FLAG_END_HEADERS | FLAG_END_STREAM,
+                1,
+                &block,
+            );
+            w.response(
+                1,
+                &[
+                    (":status", "200"),
+                    ("set-cookie", "sid=set-secret"),
+                    ("location", "/next?token=loc-secret"),
+                ],
+                false,
+            );
+            w.server_data(1, b"{}", false);
+            w.response(1, &[("set-cookie", "late=trailer-secret")], true);
+            let mut c = Http2Conn::new(Http2Limits::default());
+            let out = run(&mut c, &w);
+            let mut ex = exchanges(&out)[0].clone();
+            RedactionPolicy::new(&[], &["token".to_string()]).apply(&mut ex);
+            let line = har::entry_json_line(&ex, &WallClock::with_offset_ns(0));
+            for secret in [
+                "pw-secret",
+                "tok-secret",
+                "crumb-secret",
+                "auth-secret",
+                "never-indexed-secret",
+                "set-secret",
+                "loc-secret",
+                "trailer-secret",
+                "timeout=5",
+            ] {
+                assert!(!line.contains(secret), "{secret} in {line}");
+            }
+            assert_eq!(
+                ex.redacted,
+                [
+                    "authorization",
+                    "cookie",
+                    "keep-alive",
+                    "query:token",
+                    "set-cookie",
+                    "te",
+                    "url:userinfo",
+                    "x-session"
+                ]
+            );
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["request"]["url"], "http://api:80/q?keep=1");
+            assert_eq!(v["request"]["httpVersion"], "HTTP/2");
+            assert_eq!(v["response"]["httpVersion"], "HTTP/2");
+            assert_eq!(v["_capture"]["protocol"], "h2");
+        }
     }
 }

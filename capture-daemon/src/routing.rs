@@ -12,7 +12,7 @@
 //! appears several times is read in every occurrence. A value that is empty, longer than
 //! [`MAX_LEN`] bytes once decoded, or holds control characters is ignored.
 
-use crate::exchange::Header;
+use capture_model::exchange::Header;
 
 /// The baggage / tracestate entry that holds the routing key.
 pub const KEY: &str = "sd-routing-key";

@@ -130,7 +130,7 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
 
     let h2 = h2load::run(&binary, seconds, rounds, pinned, &out_dir)?;
 
-    println!("decoder: cargo bench -p capture-daemon --bench decoder");
+    println!("decoder: cargo bench -p capture-http --bench decoder");
     let decoder = decoder_bench(root);
     println!("exporter: cargo bench -p capture-daemon --bench export");
     let exporter = crate::bench_export::exporter_bench(root, quick);
@@ -438,7 +438,7 @@ pub(crate) fn vm_hwm_kib(pid: u32) -> Result<f64> {
 fn decoder_bench(root: &Path) -> Result<Vec<String>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["bench", "-p", "capture-daemon", "--bench", "decoder"])
+        .args(["bench", "-p", "capture-http", "--bench", "decoder"])
         .current_dir(root)
         .output()
         .map_err(|e| format!("could not start cargo bench: {e}"))?;
@@ -738,7 +738,7 @@ fn report(r: &Report<'_>) -> String {
 
     let _ = writeln!(
         s,
-        "\nDecoder (`cargo bench -p capture-daemon --bench decoder`):\n\n```"
+        "\nDecoder (`cargo bench -p capture-http --bench decoder`):\n\n```"
     );
     match r.decoder {
         Ok(lines) => {

@@ -184,7 +184,7 @@ fn fuzz(root: &Path, target: &str, seconds: u32) -> anyhow::Result<()> {
             "--",
             &format!("-max_total_time={seconds}"),
         ])
-        .current_dir(root.join("capture-daemon/fuzz"))
+        .current_dir(root.join("capture-http/fuzz"))
         // Under `cargo xtask` these point at the stable toolchain; cargo-fuzz needs nightly.
         .env_remove("RUSTC")
         .env_remove("RUSTUP_TOOLCHAIN")

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{
+use capture_model::{
     clock::WallClock,
     exchange::{
         Body, ConnMeta, Exchange, Header, HttpVersion, Incomplete, Protocol, Request, Response,
@@ -303,7 +303,7 @@ pub fn exchange(n: u32) -> Exchange {
                 r.version = HttpVersion::Http2;
                 r.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")];
             }
-            ex.grpc = Some(capture_daemon::exchange::Grpc {
+            ex.grpc = Some(capture_model::exchange::Grpc {
                 service: "shop.v1.Orders".into(),
                 method: "Get".into(),
                 status: Some(0),

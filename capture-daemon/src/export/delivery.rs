@@ -46,7 +46,8 @@ use super::{
     spool::{Spool, SpoolError},
     token::{TokenFile, TokenPoll},
 };
-use crate::{metrics::Metrics, wire};
+use crate::metrics::Metrics;
+use capture_model::wire;
 
 /// How often the token file is read again.
 pub const TOKEN_POLL: Duration = Duration::from_secs(1);

@@ -5,7 +5,7 @@
 //! unbounded channel whose contents are bounded in bytes by `--export-queue-max-bytes` (an
 //! exchange that does not fit is dropped and counted, `queue_full`). Everything else happens
 //! on the exporter's own thread and tokio runtime ([`Exporter`]): conversion to the wire form
-//! (`crate::wire`), batching (`batch`), pushing with TLS, gzip, token and timeout (`client`),
+//! (`capture_model::wire`), batching (`batch`), pushing with TLS, gzip, token and timeout (`client`),
 //! retries (`backoff`), the disk spool (`spool`), token rotation (`token`); `delivery` is the
 //! loop that ties them together.
 //!
@@ -42,10 +42,10 @@ use self::{
     spool::{Spool, SpoolError},
     token::{TokenError, TokenFile},
 };
-use crate::{
+use crate::metrics::Metrics;
+use capture_model::{
     clock::WallClock,
     exchange::{Exchange, Header},
-    metrics::Metrics,
 };
 
 /// HTTP/2 keepalive pings on the collector connection, so a silently dead peer (a node gone,

@@ -25,9 +25,9 @@ use super::{
 use crate::{
     audit,
     control::{ControlMetrics, TargetSnapshot},
-    exchange::Workload,
     targets::TargetCgroup,
 };
+use capture_model::exchange::Workload;
 
 /// Attempts to find a running container's cgroup before giving up (one per [`Reconciler::tick`],
 /// so 20 tries over 10 s); a later pod update starts over.

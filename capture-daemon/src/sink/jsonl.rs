@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::{Sink, SinkError};
-use crate::{clock::WallClock, exchange::Exchange, har};
+use capture_model::{clock::WallClock, exchange::Exchange, har};
 
 /// Captured exchanges are sensitive even after redaction (bodies are kept): a file this sink
 /// creates is readable by its owner only. An existing file keeps its mode.
@@ -239,7 +239,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::exchange::{
+    use capture_model::exchange::{
         Body, ConnMeta, Header, HttpVersion, Protocol, Request, Timing, Workload,
     };
 

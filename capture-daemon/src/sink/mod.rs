@@ -18,7 +18,7 @@ use std::{io, path::PathBuf};
 
 pub use jsonl::JsonlSink;
 
-use crate::{clock::WallClock, exchange::Exchange};
+use capture_model::{clock::WallClock, exchange::Exchange};
 
 /// Something that delivers redacted exchanges.
 pub trait Sink {

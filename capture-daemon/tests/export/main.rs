@@ -19,12 +19,10 @@ use std::{
 };
 
 use capture_daemon::{
-    clock::WallClock,
     export::{ExportHandle, Exporter, metrics::DropReason},
-    har,
     metrics::Metrics,
-    wire,
 };
+use capture_model::{clock::WallClock, har, wire};
 use support::{
     Answer, CLOCK, Pki, State, TestCollector, closed_port, exchange, settings, wait_until,
 };

@@ -10,14 +10,13 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{
+use capture_daemon::{config::Config, export::ExportSettings};
+use capture_model::{
     clock::WallClock,
-    config::Config,
     exchange::{
         Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
         Workload,
     },
-    export::ExportSettings,
 };
 use capture_proto::v1::{self, ingest_server::IngestServer};
 use rcgen::{

@@ -10,17 +10,17 @@
 //! Prints machine-readable lines: `<name>_decoder_mb_per_s <float>` (wire bytes of both
 //! directions, 10^6 bytes per second) and `<name>_decoder_exchanges_per_s <float>`.
 //!
-//! Run with `cargo bench -p capture-daemon --bench http2`.
+//! Run with `cargo bench -p capture-http --bench http2`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use capture_daemon::http1::Side;
-use capture_daemon::http2::frame::{
+use capture_http::http1::Side;
+use capture_http::http2::frame::{
     DATA, FLAG_END_HEADERS, FLAG_END_STREAM, HEADERS, PREFACE, SETTINGS, write_frame,
 };
-use capture_daemon::http2::hpack::{Encoder, Indexing};
-use capture_daemon::http2::{Http2Conn, Http2Limits, Http2Output};
+use capture_http::http2::hpack::{Encoder, Indexing};
+use capture_http::http2::{Http2Conn, Http2Limits, Http2Output};
 
 const EXCHANGES: usize = 10_000;
 const GROUP: usize = 12;

@@ -10,8 +10,8 @@
 //! (at most 4 KiB) until the frames tell which end is the client, then decodes them.
 #![no_main]
 
-use capture_daemon_fuzz::http1::Side;
-use capture_daemon_fuzz::http2::{Http2Conn, Http2Limits, Undecided, frame::PREFACE};
+use capture_http::http1::Side;
+use capture_http::http2::{Http2Conn, Http2Limits, Undecided, frame::PREFACE};
 use libfuzzer_sys::fuzz_target;
 
 struct Input<'a> {

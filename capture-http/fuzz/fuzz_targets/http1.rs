@@ -6,7 +6,7 @@
 //! of the request stream, the request stream, then the response stream.
 #![no_main]
 
-use capture_daemon_fuzz::http1::{Http1Conn, Http1Limits, Side};
+use capture_http::http1::{Http1Conn, Http1Limits, Side};
 use libfuzzer_sys::fuzz_target;
 
 struct Input<'a> {

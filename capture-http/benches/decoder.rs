@@ -6,12 +6,12 @@
 //! `http1_decoder_mb_per_s <float>` (wire bytes of both directions, 10^6 bytes per second)
 //! and `http1_decoder_exchanges_per_s <float>`.
 //!
-//! Run with `cargo bench -p capture-daemon --bench decoder`.
+//! Run with `cargo bench -p capture-http --bench decoder`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use capture_daemon::http1::{Http1Conn, Http1Limits, Http1Output, Side};
+use capture_http::http1::{Http1Conn, Http1Limits, Http1Output, Side};
 
 const EXCHANGES: usize = 10_000;
 /// Exchanges whose requests are sent before their responses are read: a short pipeline, so

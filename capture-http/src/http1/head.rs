@@ -2,7 +2,7 @@
 //! the empty line, parsing them with `httparse`, and deciding how the body is framed
 //! (RFC 9112 §6.3).
 
-use crate::exchange::{Header, HttpVersion};
+use capture_model::exchange::{Header, HttpVersion};
 
 use super::{ParseErrorReason, Side};
 

@@ -216,6 +216,19 @@ pub struct ConnMeta {
     pub id: String,
 }
 
+impl ConnMeta {
+    /// `src` is always the client's endpoint, `dst` the server's.
+    pub fn set_endpoints(&mut self, role: Role, local: SocketAddr, remote: SocketAddr) {
+        self.role = Some(role);
+        let (src, dst) = match role {
+            Role::Server => (remote, local),
+            Role::Client => (local, remote),
+        };
+        self.src = Some(src);
+        self.dst = Some(dst);
+    }
+}
+
 /// The workload the captured process belongs to. Outside Kubernetes only `node` is known.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {

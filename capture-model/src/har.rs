@@ -27,7 +27,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     clock::WallClock,
     exchange::{Body, ConnMeta, Exchange, Header, HttpVersion, Request, Response, header_value},
-    redact::scheme_end,
+    uri::scheme_end,
 };
 
 /// The HAR entry of `ex` as a JSON value.
@@ -659,7 +659,7 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{Incomplete, Protocol, Role, Timing, Workload},
-        redact::RedactionPolicy,
+        fixtures::{representative, representative_redacted},
     };
 
     /// 2024-05-01T12:00:00.123Z at monotonic 5 s.
@@ -681,76 +681,6 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// A JSON API call from a Kubernetes client pod: POST with a JSON body, gzip response.
-    fn representative() -> Exchange {
-        let response_json = br#"{"id":42,"status":"created"}"#;
-        Exchange {
-            protocol: Protocol::H1,
-            request: Request {
-                method: "POST".into(),
-                target: "/api/orders?page=2&sort=created%20desc".into(),
-                version: HttpVersion::Http11,
-                headers: vec![
-                    h("Host", "orders.shop.svc:8080"),
-                    h("User-Agent", "curl/8.5.0"),
-                    h("Authorization", "Bearer eyJhbGciOi.secret"),
-                    h("Content-Type", "application/json"),
-                    h("Content-Length", "23"),
-                    h("Connection", "keep-alive"),
-                ],
-                headers_size: 187,
-                body: body(br#"{"item":"book","qty":1}"#),
-                trailers: Vec::new(),
-            },
-            response: Some(Response {
-                status: 201,
-                reason: "Created".into(),
-                version: HttpVersion::Http11,
-                headers: vec![
-                    h("Content-Type", "application/json"),
-                    h("Content-Encoding", "gzip"),
-                    h("Content-Length", "48"),
-                    h("Set-Cookie", "session=abc123; HttpOnly"),
-                    h("Location", "/api/orders/42"),
-                ],
-                headers_size: 158,
-                body: Body {
-                    data: response_json.to_vec(),
-                    wire_size: 48,
-                    decoded_from: Some("gzip".into()),
-                    ..Body::default()
-                },
-                trailers: Vec::new(),
-            }),
-            timing: Timing {
-                request_start_ns: 5_000_000_000,
-                request_end_ns: 5_000_250_000,
-                response_start_ns: Some(5_012_750_000),
-                response_end_ns: Some(5_013_000_000),
-            },
-            incomplete: None,
-            conn: ConnMeta {
-                src: Some(addr("10.244.1.17:48122")),
-                dst: Some(addr("10.96.12.5:8080")),
-                role: Some(Role::Client),
-                id: "4242:7:1".into(),
-            },
-            pid: 4242,
-            workload: Workload {
-                namespace: Some("shop".into()),
-                pod: Some("checkout-7d9f8b6c5d-x2x4q".into()),
-                container: Some("app".into()),
-                owner_kind: Some("Deployment".into()),
-                owner_name: Some("checkout".into()),
-                node: Some("node-a".into()),
-            },
-            redacted: Vec::new(),
-            routing_key: None,
-            grpc: None,
-            cgroup_id: 0,
-        }
-    }
-
     fn line(ex: &Exchange) -> String {
         entry_json_line(ex, &CLOCK)
     }
@@ -764,8 +694,7 @@ mod tests {
 
     #[test]
     fn golden_representative_entry() {
-        let mut ex = representative();
-        RedactionPolicy::default().apply(&mut ex);
+        let ex = representative_redacted();
 
         assert_eq!(line(&ex), GOLDEN);
         assert_eq!(value(&ex), serde_json::from_str::<Value>(GOLDEN).unwrap());
@@ -1266,9 +1195,7 @@ mod tests {
     /// Exchanges that between them take every branch of the entry.
     fn variants() -> Vec<Exchange> {
         let mut all = vec![representative()];
-        let mut ex = representative();
-        RedactionPolicy::default().apply(&mut ex);
-        all.push(ex);
+        all.push(representative_redacted());
 
         let mut ex = representative();
         ex.request.body = body(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");

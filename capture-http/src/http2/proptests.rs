@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::frame::{
     CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, HEADERS, write_frame,
 };
-use super::tests::{Wire, get, refs};
+use super::testing::{self, Wire, get, refs};
 use super::*;
 
 /// A connection in capture order: (side, bytes written at once).
@@ -158,7 +158,7 @@ proptest! {
             direct.on_data(side, piece, 7, &mut want);
         }
         direct.on_close(8, &mut want);
-        prop_assert!(!tests::exchanges(&want).is_empty());
+        prop_assert!(!testing::exchanges(&want).is_empty());
         prop_assert_eq!(got, want);
     }
 
@@ -166,7 +166,7 @@ proptest! {
     fn any_chunking_gives_the_same_exchanges(cuts in prop::collection::vec(0usize..5000, 1..40)) {
         let events = conversation();
         let want = feed(&events, &[]);
-        prop_assert_eq!(tests::exchanges(&want).len(), 12);
+        prop_assert_eq!(testing::exchanges(&want).len(), 12);
         let got = feed(&events, &cuts);
         prop_assert_eq!(got, want);
     }

@@ -3,12 +3,12 @@
 //!
 //! Prints machine-readable lines: `har_entries_per_s <float>` and `har_ns_per_entry <float>`.
 //!
-//! Run with `cargo bench -p capture-daemon --bench har`.
+//! Run with `cargo bench -p capture-model --bench har`.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use capture_daemon::{
+use capture_model::{
     clock::WallClock,
     exchange::{
         Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,

@@ -4,101 +4,10 @@ use super::frame::{
     CONTINUATION, DATA, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, GOAWAY,
     HEADERS, PING, PRIORITY, PUSH_PROMISE, RST_STREAM, SETTINGS, WINDOW_UPDATE, write_frame,
 };
-use super::hpack::{Encoder, Indexing};
+use super::hpack::Indexing;
+use super::testing::{Wire, exchanges, get, refs, run};
 use super::*;
-use crate::exchange::{Body, Protocol};
-
-/// Builds the two byte streams of a connection: what the client sends, what the server sends.
-pub(crate) struct Wire {
-    pub client: Vec<u8>,
-    pub server: Vec<u8>,
-    pub client_enc: Encoder,
-    pub server_enc: Encoder,
-}
-
-impl Wire {
-    /// With the client preface and both SETTINGS.
-    pub fn new() -> Self {
-        let mut w = Self::bare();
-        w.client.extend_from_slice(PREFACE);
-        write_frame(&mut w.client, SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
-        write_frame(&mut w.server, SETTINGS, 0, 0, &[]);
-        write_frame(&mut w.client, SETTINGS, 1, 0, &[]);
-        write_frame(&mut w.server, SETTINGS, 1, 0, &[]);
-        w
-    }
-
-    pub fn bare() -> Self {
-        Self {
-            client: Vec::new(),
-            server: Vec::new(),
-            client_enc: Encoder::new(),
-            server_enc: Encoder::new(),
-        }
-    }
-
-    pub fn block(enc: &mut Encoder, fields: &[(&str, &str)]) -> Vec<u8> {
-        let mut b = Vec::new();
-        for (n, v) in fields {
-            enc.field(n.as_bytes(), v.as_bytes(), Indexing::Incremental, &mut b);
-        }
-        b
-    }
-
-    pub fn request(&mut self, stream: u32, fields: &[(&str, &str)], end: bool) {
-        let b = Self::block(&mut self.client_enc, fields);
-        let flags = FLAG_END_HEADERS | if end { FLAG_END_STREAM } else { 0 };
-        write_frame(&mut self.client, HEADERS, flags, stream, &b);
-    }
-
-    pub fn response(&mut self, stream: u32, fields: &[(&str, &str)], end: bool) {
-        let b = Self::block(&mut self.server_enc, fields);
-        let flags = FLAG_END_HEADERS | if end { FLAG_END_STREAM } else { 0 };
-        write_frame(&mut self.server, HEADERS, flags, stream, &b);
-    }
-
-    pub fn client_data(&mut self, stream: u32, data: &[u8], end: bool) {
-        let flags = if end { FLAG_END_STREAM } else { 0 };
-        write_frame(&mut self.client, DATA, flags, stream, data);
-    }
-
-    pub fn server_data(&mut self, stream: u32, data: &[u8], end: bool) {
-        let flags = if end { FLAG_END_STREAM } else { 0 };
-        write_frame(&mut self.server, DATA, flags, stream, data);
-    }
-}
-
-pub(crate) fn get(path: &str) -> Vec<(&'static str, String)> {
-    vec![
-        (":method", "GET".into()),
-        (":scheme", "http".into()),
-        (":authority", "svc.test:8080".into()),
-        (":path", path.into()),
-        ("user-agent", "test/1".into()),
-    ]
-}
-
-pub(crate) fn refs<'a>(f: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
-    f.iter().map(|(n, v)| (*n, v.as_str())).collect()
-}
-
-/// Feeds the client stream, then the server stream, then closes.
-pub(crate) fn run(conn: &mut Http2Conn, w: &Wire) -> Vec<Http2Output> {
-    let mut out = Vec::new();
-    conn.on_data(Side::Request, &w.client, 1, &mut out);
-    conn.on_data(Side::Response, &w.server, 2, &mut out);
-    conn.on_close(3, &mut out);
-    out
-}
-
-pub(crate) fn exchanges(out: &[Http2Output]) -> Vec<&Exchange> {
-    out.iter()
-        .filter_map(|o| match o {
-            Http2Output::Exchange(e) => Some(&**e),
-            _ => None,
-        })
-        .collect()
-}
+use capture_model::exchange::{Body, Protocol};
 
 fn errors(out: &[Http2Output]) -> Vec<H2ErrorReason> {
     out.iter()
@@ -292,7 +201,7 @@ fn hundred_interleaved_streams() {
     }
 }
 
-use crate::exchange::header_value;
+use capture_model::exchange::header_value;
 
 #[test]
 fn reset_goaway_and_close() {
@@ -912,85 +821,6 @@ fn debug_shows_no_content() {
     c.on_data(Side::Request, &w.client, 1, &mut out);
     c.on_data(Side::Response, &w.server, 2, &mut out);
     assert!(!format!("{c:?}").contains("s3cret"));
-}
-
-/// What the decoder hands on goes through the same redaction as HTTP/1: split cookies,
-/// lowercase names, connection-specific fields, `:path` query parameters; never-indexed
-/// secrets are already gone. Nothing secret reaches the HAR line.
-#[test]
-fn decoded_exchanges_are_redacted_like_http1() {
-    use crate::{clock::WallClock, har, redact::RedactionPolicy};
-    let mut w = Wire::new();
-    let mut block = Vec::new();
-    let enc = &mut w.client_enc;
-    for (n, v, how) in [
-        (":method", "GET", Indexing::Incremental),
-        (":scheme", "http", Indexing::Incremental),
-        (":authority", "user:pw-secret@api:80", Indexing::Incremental),
-        (":path", "/q?token=tok-secret&keep=1", Indexing::Incremental),
-        ("cookie", "a=crumb-secret-1", Indexing::Incremental),
-        ("cookie", "b=crumb-secret-2", Indexing::Never),
-        ("authorization", "Bearer auth-secret", Indexing::Never),
-        ("x-session", "never-indexed-secret", Indexing::Never),
-        ("te", "trailers", Indexing::Without),
-        ("keep-alive", "timeout=5", Indexing::Without),
-    ] {
-        enc.field(n.as_bytes(), v.as_bytes(), how, &mut block);
-    }
-    write_frame(
-        &mut w.client,
-        HEADERS,
-        FLAG_END_HEADERS | FLAG_END_STREAM,
-        1,
-        &block,
-    );
-    w.response(
-        1,
-        &[
-            (":status", "200"),
-            ("set-cookie", "sid=set-secret"),
-            ("location", "/next?token=loc-secret"),
-        ],
-        false,
-    );
-    w.server_data(1, b"{}", false);
-    w.response(1, &[("set-cookie", "late=trailer-secret")], true);
-    let mut c = Http2Conn::new(Http2Limits::default());
-    let out = run(&mut c, &w);
-    let mut ex = exchanges(&out)[0].clone();
-    RedactionPolicy::new(&[], &["token".to_string()]).apply(&mut ex);
-    let line = har::entry_json_line(&ex, &WallClock::with_offset_ns(0));
-    for secret in [
-        "pw-secret",
-        "tok-secret",
-        "crumb-secret",
-        "auth-secret",
-        "never-indexed-secret",
-        "set-secret",
-        "loc-secret",
-        "trailer-secret",
-        "timeout=5",
-    ] {
-        assert!(!line.contains(secret), "{secret} in {line}");
-    }
-    assert_eq!(
-        ex.redacted,
-        [
-            "authorization",
-            "cookie",
-            "keep-alive",
-            "query:token",
-            "set-cookie",
-            "te",
-            "url:userinfo",
-            "x-session"
-        ]
-    );
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["request"]["url"], "http://api:80/q?keep=1");
-    assert_eq!(v["request"]["httpVersion"], "HTTP/2");
-    assert_eq!(v["response"]["httpVersion"], "HTTP/2");
-    assert_eq!(v["_capture"]["protocol"], "h2");
 }
 
 // ----- joined mid-way with the sides unknown (`undecided`) -----

@@ -2,7 +2,7 @@
 //! blocks and DATA) and the response (server-sent), each with headers, body and trailers.
 
 use crate::body::decode_content;
-use crate::exchange::{
+use capture_model::exchange::{
     Body, ConnMeta, Exchange, Header, HttpVersion, Incomplete, Protocol, Request, Response, Timing,
     Workload, header_value,
 };

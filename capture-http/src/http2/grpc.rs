@@ -10,7 +10,7 @@
 //! message reader decodes it. A gRPC-Web trailer frame (flag 0x80) is moved to the trailers.
 
 use crate::body::decode_content;
-use crate::exchange::{Body, Grpc, Header, header_value};
+use capture_model::exchange::{Body, Grpc, Header, header_value};
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web+json`, ...
 pub fn is_grpc(content_type: Option<&str>) -> bool {

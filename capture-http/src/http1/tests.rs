@@ -2,7 +2,7 @@
 //! byte boundary and one byte at a time and requires the same output.
 
 use super::*;
-use crate::exchange::HttpVersion;
+use capture_model::exchange::HttpVersion;
 
 /// One step of a connection's input.
 #[derive(Clone, Debug)]

@@ -19,7 +19,7 @@
 //!   (RST_STREAM, or refused by GOAWAY: `Incomplete::Reset`), and at close or flush.
 //!   PUSH_PROMISE opens the promised stream with the promised request.
 //! - Never-indexed fields (RFC 7541 §6.2.3) are dropped at decoding unless their name is on
-//!   the small list of `redact::keeps_never_indexed`, and listed as redacted.
+//!   the small list of `never_indexed::keeps_never_indexed`, and listed as redacted.
 //! - Gaps: a gap inside a DATA payload only costs body bytes (the stream is marked
 //!   `Incomplete::Gap`). Any other gap loses frame sync: the side resynchronises at the next
 //!   plausible frame header, its HPACK table becomes unknown, and its open streams are marked.
@@ -38,7 +38,10 @@
 pub mod frame;
 pub mod grpc;
 pub mod hpack;
+mod never_indexed;
 mod stream;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod undecided;
 
 #[cfg(test)]
@@ -49,9 +52,9 @@ pub(crate) mod tests;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::exchange::{Exchange, Header, HttpVersion, Incomplete, Request};
 use crate::http1::Side;
-use crate::redact::keeps_never_indexed;
+use capture_model::exchange::{Exchange, Header, HttpVersion, Incomplete, Request};
+use never_indexed::keeps_never_indexed;
 
 use frame::{FrameHeader, HEADER_LEN, PREFACE};
 use stream::{Message, Stream};
@@ -1506,7 +1509,7 @@ pub fn is_h2c_upgrade(ex: &Exchange) -> bool {
 /// (RFC 7540 §3.2.1: base64url without padding).
 pub fn upgrade_settings(request: &Request) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    let value = crate::exchange::header_value(&request.headers, "http2-settings")?;
+    let value = capture_model::exchange::header_value(&request.headers, "http2-settings")?;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(value.trim().trim_end_matches('='))
         .ok()

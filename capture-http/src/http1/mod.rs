@@ -4,7 +4,7 @@
 //! where bytes were lost, and returns [`Http1Output`]s: request/response [`Exchange`]s, parse
 //! errors (a metric label each) and protocol switches. It is pure: no I/O, no clocks (the
 //! caller passes kernel timestamps), no globals; so it is tested at every split point of its
-//! input and fuzzed (`capture-daemon/fuzz`).
+//! input and fuzzed (`capture-http/fuzz`).
 //!
 //! How it works:
 //! - Each side has a phase: collecting a head ([`head::HeadBuf`], parsed with `httparse`),
@@ -38,7 +38,7 @@ mod tests;
 use std::collections::VecDeque;
 
 use crate::body::decode_content;
-use crate::exchange::{
+use capture_model::exchange::{
     Body, ConnMeta, Exchange, Header, Incomplete, Protocol, Request, Response, Timing, Workload,
 };
 
