@@ -187,7 +187,7 @@ fn bump(index: u32, by: u64) {
 fn targeted() -> Option<u64> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only tested for presence.
-    unsafe { TARGET_CGROUPS.get(&cgroup) }.map(|_| cgroup)
+    unsafe { TARGET_CGROUPS.get(cgroup) }.map(|_| cgroup)
 }
 
 /// Starts a new generation of (tgid, fd): after accept/connect, or on the first transfer of a
@@ -200,7 +200,7 @@ fn new_conn(key: &ConnKey) -> Option<*mut ConnState> {
         muted: 0,
         _pad: 0,
     };
-    if CONNS.insert(key, &state, 0).is_err() {
+    if CONNS.insert(key, state, 0).is_err() {
         bump(counter::CONN_TABLE_FULL, 1);
         return None;
     }
@@ -225,7 +225,7 @@ fn conn_for_transfer(key: &ConnKey) -> Option<*mut ConnState> {
         generation,
     };
     // SAFETY: presence test only.
-    if unsafe { MUTED.get(&muted_key) }.is_some() {
+    if unsafe { MUTED.get(muted_key) }.is_some() {
         unsafe { (*state).muted = 1 };
         return None;
     }
@@ -543,14 +543,14 @@ fn on_open(
         let port = unsafe { bpf_probe_read_user((sockaddr + 2) as *const u16) }.unwrap_or(0);
         addr.family = family;
         addr.port_be = port;
-        if family == AF_INET {
-            if let Ok(a) = unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) } {
-                addr.addr[..4].copy_from_slice(&a);
-            }
-        } else if family == AF_INET6 {
-            if let Ok(a) = unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) } {
-                addr.addr = a;
-            }
+        if family == AF_INET
+            && let Ok(a) = unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) }
+        {
+            addr.addr[..4].copy_from_slice(&a);
+        } else if family == AF_INET6
+            && let Ok(a) = unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) }
+        {
+            addr.addr = a;
         }
     }
     let Some(state) = new_conn(&key) else {
@@ -601,13 +601,13 @@ fn on_open(
 fn on_close(fd: u32, cgroup_id: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
-    let Some(state) = CONNS.get_ptr_mut(&key) else {
+    let Some(state) = CONNS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: map value pointer valid for the program's duration.
     let (generation, muted) = unsafe { ((*state).generation, (*state).muted) };
-    let _ = CONNS.remove(&key);
-    let _ = MUTED.remove(&MutedKey {
+    let _ = CONNS.remove(key);
+    let _ = MUTED.remove(MutedKey {
         tgid,
         fd,
         generation,

@@ -35,7 +35,8 @@ enum Cmd {
     Demo,
     /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
     Test {
-        /// Seconds each fuzz target runs (0 skips fuzzing).
+        /// Seconds each fuzz target runs after its committed seed corpus (0: the seeds only,
+        /// refused under CI, where fuzzing is part of the suite).
         #[arg(long, default_value_t = 30)]
         fuzz_seconds: u32,
     },
@@ -76,12 +77,24 @@ fn main() -> anyhow::Result<()> {
             demo::run(&root)?;
         }
         Cmd::Test { fuzz_seconds } => {
+            // Refused before any step runs, so a CI log never ends in "all steps passed"
+            // without the fuzzing it promises.
+            if fuzz_seconds == 0 && running_in_ci() {
+                bail!(
+                    "--fuzz-seconds 0 under CI: the suite includes fuzzing; give it at least 1 s per target"
+                );
+            }
             setup::toolchain()?;
             setup::test_tools()?;
             setup::chart_test_tools(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // Neither is in the default members: the kernel crate builds only for the BPF
+            // target, the fuzz crate is its own nightly workspace.
+            clippy_kernel(&root)?;
+            setup::cargo_fuzz()?;
+            clippy_fuzz(&root)?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
             // The delivery tests (tests/e2e/export.rs) run the real collector.
@@ -91,12 +104,16 @@ fn main() -> anyhow::Result<()> {
                 &root.join("target/debug/capture-collector"),
             );
             cargo(&root, &["test", "--no-fail-fast"])?;
-            if fuzz_seconds > 0 {
-                setup::cargo_fuzz()?;
-                fuzz(&root, "http1", fuzz_seconds)?;
-                fuzz(&root, "http2", fuzz_seconds)?;
+            for target in FUZZ_TARGETS {
+                fuzz(&root, target, fuzz_seconds)?;
             }
-            println!("xtask test: all steps passed");
+            if fuzz_seconds == 0 {
+                println!(
+                    "xtask test: all steps passed, but fuzzing ran the seed corpora only (--fuzz-seconds 0)"
+                );
+            } else {
+                println!("xtask test: all steps passed");
+            }
         }
         Cmd::Bench { quick } => {
             setup::toolchain()?;
@@ -140,10 +157,14 @@ fn set_env(key: &str, value: &Path) {
     unsafe { std::env::set_var(key, value) };
 }
 
+/// Whether CI is running us, decided exactly as the end-to-end tests decide it.
+fn running_in_ci() -> bool {
+    capture_e2e::running_in_ci()
+}
+
 /// Under CI the BPF tests must run for real: refuse to go on when they cannot.
 fn check_root_for_ci() -> anyhow::Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if ci && !nix_is_root() {
+    if running_in_ci() && !nix_is_root() {
         bail!("CI=true but not running as root: the eBPF end-to-end tests cannot run; run as root");
     }
     Ok(())
@@ -173,20 +194,90 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fuzz(root: &Path, target: &str, seconds: u32) -> anyhow::Result<()> {
-    println!("fuzzing {target} for {seconds}s");
-    run(Command::new("cargo")
-        .args([
-            "+nightly",
-            "fuzz",
-            "run",
-            target,
-            "--",
-            &format!("-max_total_time={seconds}"),
-        ])
-        .current_dir(root.join("capture-http/fuzz"))
-        // Under `cargo xtask` these point at the stable toolchain; cargo-fuzz needs nightly.
+/// The fuzz targets of `capture-http/fuzz`; each has a committed seed corpus in
+/// `capture-http/fuzz/seeds/<target>`.
+const FUZZ_TARGETS: [&str; 2] = ["http1", "http2"];
+
+/// Clippy on the kernel programs, built for the BPF target exactly as `aya-build` builds them
+/// (nightly, `build-std=core`, the `bpf_target_arch` cfg), in a target directory of its own.
+fn clippy_kernel(root: &Path) -> anyhow::Result<()> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x86_64",
+        "aarch64" => "aarch64",
+        other => bail!("no BPF target arch for host arch {other}"),
+    };
+    let mut cmd = nightly_cargo();
+    cmd.args([
+        "clippy",
+        "-p",
+        "capture-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(root.join("target/ebpf-clippy"))
+    .args(["--", "-D", "warnings"])
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+    )
+    .current_dir(root);
+    run(&mut cmd)
+}
+
+/// Clippy on the fuzz targets (their own workspace, nightly for libfuzzer-sys).
+fn clippy_fuzz(root: &Path) -> anyhow::Result<()> {
+    let mut cmd = nightly_cargo();
+    cmd.args(["clippy", "--all-targets", "--", "-D", "warnings"])
+        .current_dir(root.join("capture-http/fuzz"));
+    run(&mut cmd)
+}
+
+/// `cargo +nightly`, without the stable toolchain that `cargo xtask` put in the environment.
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly")
         .env_remove("RUSTC")
         .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO"))
+        .env_remove("CARGO")
+        .env_remove("RUSTFLAGS");
+    cmd
+}
+
+/// Runs `target` over its committed seeds (each must pass), then fuzzes it for `seconds`.
+/// The seeds are copied into a temporary corpus so that what libFuzzer adds never touches the
+/// checkout.
+fn fuzz(root: &Path, target: &str, seconds: u32) -> anyhow::Result<()> {
+    let fuzz_dir = root.join("capture-http/fuzz");
+    let seeds = fuzz_dir.join("seeds").join(target);
+    let count = std::fs::read_dir(&seeds)
+        .with_context(|| format!("reading the seed corpus {}", seeds.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .count();
+    if count == 0 {
+        bail!("the seed corpus {} is empty", seeds.display());
+    }
+    let corpus = tempfile::Builder::new()
+        .prefix(&format!("fuzz-{target}-"))
+        .tempdir()?;
+    // `-runs=0` executes every input of the corpora once and stops: a seed that crashes fails.
+    let limit = if seconds == 0 {
+        println!("fuzzing {target}: its {count} seeds only");
+        "-runs=0".to_owned()
+    } else {
+        println!("fuzzing {target}: its {count} seeds, then for {seconds}s");
+        format!("-max_total_time={seconds}")
+    };
+    let mut cmd = nightly_cargo();
+    cmd.args(["fuzz", "run", target])
+        .arg(corpus.path())
+        .arg(&seeds)
+        .args(["--", &limit])
+        .current_dir(&fuzz_dir);
+    run(&mut cmd)
 }
