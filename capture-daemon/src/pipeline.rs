@@ -232,13 +232,32 @@ async fn changed(control: &mut Option<Control>) {
     }
 }
 
-/// `--headers-only`: bodies go, their sizes and truncation flags stay.
+/// `--headers-only`: bodies go, their sizes and truncation flags stay. gRPC's `grpc-message`
+/// goes too (from `_grpc`, the headers of a trailers-only response and the trailers, listed in
+/// `_capture.redacted`): servers often quote the request in it, so it may carry payload.
 fn strip_bodies(ex: &mut Exchange) {
     ex.request.body.data = Vec::new();
     if let Some(r) = &mut ex.response {
         r.body.data = Vec::new();
     }
+    let Some(grpc) = &mut ex.grpc else {
+        return;
+    };
+    let mut removed = grpc.message.take().is_some();
+    if let Some(r) = &mut ex.response {
+        for fields in [&mut r.headers, &mut r.trailers] {
+            let before = fields.len();
+            fields.retain(|h| !h.name.eq_ignore_ascii_case(GRPC_MESSAGE));
+            removed |= fields.len() != before;
+        }
+    }
+    if removed && !ex.redacted.iter().any(|n| n == GRPC_MESSAGE) {
+        ex.redacted.push(GRPC_MESSAGE.to_owned());
+    }
 }
+
+/// The gRPC status message (gRPC over HTTP/2, "Responses").
+const GRPC_MESSAGE: &str = "grpc-message";
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {

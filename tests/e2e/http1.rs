@@ -17,7 +17,7 @@ use capture_e2e::har::{
 use capture_e2e::{
     BIG_LEN, COOKIE_BODY, ChildProcess, Daemon, HttpConnection, JSON_BODY, Nginx, PythonServer,
     TestCgroup, big_body, capture_environment_ready, curl, daemon_binary, gzip_plain, nginx_body,
-    run, run_unchecked, unique_marker, workspace_root,
+    run, run_unchecked, run_with_pid, unique_marker, workspace_root,
 };
 use serde_json::Value;
 
@@ -98,8 +98,9 @@ fn assert_capture_meta(entry: &Value, seen: &Seen<'_>) -> Result<()> {
 
 const POST_JSON: &str = r#"{"name":"capture","n":42}"#;
 
-/// curl: `GET /json?lang=en` then `POST /echo` (JSON) on the same connection.
-fn get_then_post(cmd: &mut Command, base: &str) -> Result<String> {
+/// curl: `GET /json?lang=en` then `POST /echo` (JSON) on the same connection; curl's pid and
+/// its stdout.
+fn get_then_post(cmd: &mut Command, base: &str) -> Result<(u32, String)> {
     cmd.arg(format!("{base}/json?lang=en"))
         .args([
             "--next",
@@ -112,8 +113,8 @@ fn get_then_post(cmd: &mut Command, base: &str) -> Result<String> {
             POST_JSON,
         ])
         .arg(format!("{base}/echo"));
-    let out = run(cmd, RUN_TIMEOUT)?;
-    Ok(String::from_utf8(out.stdout)?)
+    let (pid, out) = run_with_pid(cmd, RUN_TIMEOUT)?;
+    Ok((pid, String::from_utf8(out.stdout)?))
 }
 
 fn assert_get_then_post(exchanges: &[Value], port: u16, seen: &Seen<'_>) -> Result<()> {
@@ -212,7 +213,7 @@ fn get_and_post_client_in_cgroup() -> Result<()> {
     assert_eq!(daemon.get("/healthz")?.status, 200);
 
     let mut cmd = curl(Some(&cgroup));
-    let stdout = get_then_post(&mut cmd, &server.base_url())?;
+    let (curl_pid, stdout) = get_then_post(&mut cmd, &server.base_url())?;
     assert_eq!(stdout, format!("{JSON_BODY}{POST_JSON}"));
     daemon.wait_for_exchanges(2, WRITE_TIMEOUT)?;
 
@@ -242,17 +243,11 @@ fn get_and_post_client_in_cgroup() -> Result<()> {
         metrics.summary()
     );
 
-    // The curl pid is only known after the run; the exchanges carry it.
+    // The pid of the curl this test spawned (the cgroup's shell execs it, same pid).
     let done = daemon.finish()?;
-    let curl_pid = i64_at(&done.exchanges[0], "/_capture/pid")?;
-    assert_ne!(
-        curl_pid,
-        i64::from(server.pid()),
-        "captured the server, which is outside the cgroup"
-    );
     let seen = Seen {
         role: "client",
-        pid: u32::try_from(curl_pid)?,
+        pid: curl_pid,
         server_port: server.port(),
     };
     assert_get_then_post(&done.exchanges, server.port(), &seen)?;
@@ -266,7 +261,7 @@ fn get_and_post_server_in_cgroup() -> Result<()> {
     let server = PythonServer::start(Some(&cgroup))?;
     let daemon = Daemon::start(&cgroup)?;
 
-    let stdout = get_then_post(&mut curl(None), &server.base_url())?;
+    let (_, stdout) = get_then_post(&mut curl(None), &server.base_url())?;
     assert_eq!(stdout, format!("{JSON_BODY}{POST_JSON}"));
     daemon.wait_for_exchanges(2, WRITE_TIMEOUT)?;
 
@@ -1036,5 +1031,134 @@ fn missing_cgroup_exits_2() -> Result<()> {
         line.contains("--target-cgroup") && line.contains(dir),
         "{line}"
     );
+    Ok(())
+}
+
+/// Every body-bearing field of an entry: none may hold a byte under `--headers-only`.
+fn assert_no_body(entry: &Value) {
+    let b = brief(entry);
+    for pointer in ["/request/postData/text", "/response/content/text"] {
+        assert!(
+            entry
+                .pointer(pointer)
+                .is_none_or(|t| t.as_str() == Some("")),
+            "{pointer} holds a body with --headers-only: {b}"
+        );
+    }
+    assert_eq!(
+        entry.pointer("/response/content/size"),
+        Some(&Value::from(0)),
+        "{b}"
+    );
+}
+
+#[test]
+fn headers_only_lets_no_body_out_and_keeps_the_sizes() -> Result<()> {
+    require_capture_environment!();
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(Some(&cgroup))?;
+    let daemon = Daemon::builder()
+        .target_cgroup(&cgroup)
+        .args(["--headers-only"])
+        .start()?;
+    let base = server.base_url();
+    let secret = unique_marker("headers-only-body");
+    let post = format!(r#"{{"note":"{secret}","n":42}}"#);
+    let out = run(
+        curl(None)
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &post,
+            ])
+            .arg(format!("{base}/echo")),
+        RUN_TIMEOUT,
+    )?;
+    assert_eq!(out.stdout, post.as_bytes());
+    // A chunked request body, and chunked, gzip-encoded and binary responses.
+    let out = run(
+        curl(None)
+            .args(["-H", "Transfer-Encoding: chunked", "--data-binary", &secret])
+            .arg(format!("{base}/upload")),
+        RUN_TIMEOUT,
+    )?;
+    let received = format!(r#"{{"received":{}}}"#, secret.len());
+    assert_eq!(out.stdout, received.as_bytes());
+    for p in ["/json", "/cookie", "/gzip", "/big"] {
+        run(
+            curl(None)
+                .args(["-o", "/dev/null"])
+                .arg(format!("{base}{p}")),
+            RUN_TIMEOUT,
+        )?;
+    }
+    daemon.wait_for_exchanges(6, WRITE_TIMEOUT)?;
+
+    let done = daemon.finish()?;
+    done.assert_clean()?;
+    for needle in [
+        secret.as_str(),
+        "hello",
+        "cookie set",
+        "received",
+        "quick brown fox",
+    ] {
+        assert!(
+            !done.output.contains(needle),
+            "{needle:?} left with --headers-only"
+        );
+    }
+    let by_path = |p: &str| -> Result<&Value> {
+        done.exchanges
+            .iter()
+            .find(|e| path(e).is_ok_and(|x| x == p))
+            .with_context(|| format!("{p} not captured"))
+    };
+    // The sizes on the wire stay: bodySize and _capture.original_size.
+    let gzip_len = {
+        let out = run(
+            curl(None)
+                .args(["-H", "Accept-Encoding: gzip", "-o", "-"])
+                .arg(format!("{base}/gzip")),
+            RUN_TIMEOUT,
+        )?;
+        out.stdout.len()
+    };
+    let sizes = [
+        ("/echo", post.len(), post.len()),
+        ("/upload", secret.len(), received.len()),
+        ("/json", 0, JSON_BODY.len()),
+        ("/cookie", 0, COOKIE_BODY.len()),
+        ("/gzip", 0, gzip_len),
+        ("/big", 0, BIG_LEN),
+    ];
+    for (p, request, response) in sizes {
+        let entry = by_path(p)?;
+        let b = brief(entry);
+        assert_no_body(entry);
+        assert_eq!(
+            entry.pointer("/_capture/original_size/request"),
+            Some(&Value::from(request)),
+            "{b}"
+        );
+        assert_eq!(
+            entry.pointer("/_capture/original_size/response"),
+            Some(&Value::from(response)),
+            "{b}"
+        );
+        assert_eq!(
+            entry.pointer("/response/bodySize"),
+            Some(&Value::from(response)),
+            "{b}"
+        );
+        for part in ["request", "response"] {
+            assert_eq!(
+                entry.pointer(&format!("/_capture/truncated/{part}")),
+                Some(&Value::Bool(false)),
+                "{b}"
+            );
+        }
+    }
     Ok(())
 }

@@ -29,7 +29,7 @@ use capture_e2e::har::{
 };
 use capture_e2e::{
     ChildProcess, Daemon, Finished, H2cUpgradeServer, Nginx, TestCgroup, capture_environment_ready,
-    curl, free_port, nginx_body, run, unique_marker, wait_for_port,
+    curl, free_port, nginx_body, run, run_with_pid, unique_marker, wait_for_port,
 };
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -628,20 +628,24 @@ fn curl_and_nghttp_against_nginx_h2c_on_both_sides() -> Result<()> {
     let set_cookie = unique_marker("h2-setcookie-secret");
     let base = nginx.base_url();
     let post_body = r#"{"name":"capture","n":42}"#;
-    let out = run(
+    // The pid of each client this test spawned, by the path prefix it asked for.
+    let mut client_pids: Vec<(&str, u32)> = Vec::new();
+    let (pid, out) = run_with_pid(
         prior_knowledge_curl(&cgroup).arg(format!("{base}/json?lang=en")),
         RUN_TIMEOUT,
     )?;
+    client_pids.push(("/json", pid));
     assert_eq!(out.stdout, br#"{"server":"nginx"}"#);
-    let out = run(
+    let (pid, out) = run_with_pid(
         prior_knowledge_curl(&cgroup)
             .args(["-X", "POST", "-H", "Content-Type: application/json"])
             .args(["--data-binary", post_body])
             .arg(format!("{base}/echo")),
         RUN_TIMEOUT,
     )?;
+    client_pids.push(("/echo", pid));
     assert_eq!(out.stdout, post_body.as_bytes());
-    let out = run(
+    let (pid, out) = run_with_pid(
         prior_knowledge_curl(&cgroup)
             .args(["-H", &format!("Authorization: Bearer {bearer}")])
             .args(["-H", &format!("Cookie: session={cookie}; theme=dark")])
@@ -649,15 +653,17 @@ fn curl_and_nghttp_against_nginx_h2c_on_both_sides() -> Result<()> {
             .arg(format!("{base}/cookie?q=visible&v={set_cookie}")),
         RUN_TIMEOUT,
     )?;
+    client_pids.push(("/cookie", pid));
     assert_eq!(out.stdout, b"cookie set\n");
     let multi: Vec<String> = (1..=3).map(|i| format!("/multi/{i}?lang=en")).collect();
-    let out = run(
+    let (pid, out) = run_with_pid(
         cgroup
             .command("nghttp")
             .args(["-H", "x-visible: multi"])
             .args(multi.iter().map(|p| format!("{base}{p}"))),
         RUN_TIMEOUT,
     )?;
+    client_pids.push(("/multi/", pid));
     assert_eq!(out.stdout, nginx_body().repeat(3).as_bytes());
     daemon.wait_for_exchanges(12, WRITE_TIMEOUT)?;
 
@@ -685,24 +691,23 @@ fn curl_and_nghttp_against_nginx_h2c_on_both_sides() -> Result<()> {
                 .with_context(|| format!("{role}: {p} not captured: {:#?}", by_path.keys()))
         };
         for entry in &seen {
-            // The client pid differs per curl/nghttp process; the server is nginx.
+            // The client pid is that of the curl/nghttp this test spawned for the path; the
+            // server is nginx.
             let pid = if role == "server" {
                 nginx.pid()
             } else {
-                u32::try_from(i64_at(entry, "/_capture/pid")?)?
+                let p = path(entry)?;
+                client_pids
+                    .iter()
+                    .find(|(prefix, _)| p.starts_with(prefix))
+                    .map(|(_, pid)| *pid)
+                    .with_context(|| format!("no client spawned for {p}"))?
             };
             assert_h2_meta_with(entry, "h2", role, pid, nginx.port(), role == "server")?;
             assert!(
                 header(entry, "response", "server").is_some_and(|s| s.starts_with("nginx")),
                 "{}",
                 brief(entry)
-            );
-        }
-        if role == "client" {
-            assert!(
-                seen.iter()
-                    .all(|e| i64_at(e, "/_capture/pid").ok() != Some(i64::from(nginx.pid()))),
-                "nginx's pid on a client-side exchange"
             );
         }
 
@@ -787,7 +792,7 @@ fn upgrade_to_h2c_then_a_second_stream_on_both_sides() -> Result<()> {
     // as stream 3 on the same, now HTTP/2, connection.
     let first = "/upgrade/first?x=1";
     let second = "/upgrade/second";
-    let out = run(
+    let (curl_pid, out) = run_with_pid(
         curl(Some(&cgroup))
             .arg("--http2")
             .arg(format!("{base}{first}"))
@@ -807,15 +812,7 @@ fn upgrade_to_h2c_then_a_second_stream_on_both_sides() -> Result<()> {
         "the upgrade request and its 101 make one exchange, answered on stream 1: {:#?}",
         done.exchanges.iter().map(brief).collect::<Vec<_>>()
     );
-    let curl_pid = by_role(&done.exchanges, "client")
-        .first()
-        .map(|e| i64_at(e, "/_capture/pid"))
-        .transpose()?
-        .context("no client-side exchange")?;
-    for (role, pid) in [
-        ("client", u32::try_from(curl_pid)?),
-        ("server", server.pid()),
-    ] {
+    for (role, pid) in [("client", curl_pid), ("server", server.pid())] {
         let seen = by_role(&done.exchanges, role);
         let [upgraded, next] = seen.as_slice() else {
             bail!("{role}: want 2 exchanges, got {}", seen.len());
@@ -1150,5 +1147,123 @@ fn http2_peers_answer_without_the_daemon() -> Result<()> {
         RUN_TIMEOUT,
     )?;
     assert_eq!(String::from_utf8(out.stdout)?, "path=/a?b=c\n2");
+    Ok(())
+}
+
+#[test]
+fn headers_only_lets_no_h2_or_grpc_body_out() -> Result<()> {
+    require_capture_environment!();
+    let cgroup = TestCgroup::new()?;
+    let daemon = Daemon::builder()
+        .target_cgroup(&cgroup)
+        .args(["--headers-only"])
+        .start()?;
+    let server = RustServer::start(GRPC_ECHO, Some(&cgroup))?;
+    let client = HeldClient::start(
+        cgroup
+            .command(GRPC_ECHO)
+            .args(["client", &server.port.to_string()])
+            .env("GRPC_ECHO_TOKEN", unique_marker("token"))
+            .env("GRPC_ECHO_COOKIE", unique_marker("cookie")),
+        "grpc-echo client",
+    )?;
+    let calls = grpc_calls();
+    let nginx = Nginx::start_h2c(Some(&cgroup), &[])?;
+    let secret = unique_marker("h2-headers-only-body");
+    let out = run(
+        prior_knowledge_curl(&cgroup)
+            .args(["-X", "POST", "--data-binary", &secret])
+            .arg(format!("{}/echo", nginx.base_url())),
+        RUN_TIMEOUT,
+    )?;
+    assert_eq!(out.stdout, secret.as_bytes());
+    daemon.wait_for_exchanges(2 * calls.len() + 2, WRITE_TIMEOUT)?;
+    client.release()?;
+
+    let done = daemon.finish()?;
+    done.assert_clean()?;
+    // No message of any call, nor the Fail call's grpc-message (it quotes the request), nor
+    // the h2 body, anywhere in the output.
+    let mut needles = vec![
+        grpc_script::SAY_TEXT.to_owned(),
+        grpc_script::COUNT_TEXT.to_owned(),
+        grpc_script::FAIL_TEXT.to_owned(),
+        gzip_text(),
+        secret.clone(),
+    ];
+    needles.extend(grpc_script::collect_texts());
+    for needle in &needles {
+        assert!(
+            !done.output.contains(needle.as_str()),
+            "{needle:?} left with --headers-only"
+        );
+    }
+    for entry in &done.exchanges {
+        let b = brief(entry);
+        for pointer in ["/request/postData/text", "/response/content/text"] {
+            assert!(
+                entry
+                    .pointer(pointer)
+                    .is_none_or(|t| t.as_str() == Some("")),
+                "{pointer} holds a body with --headers-only: {b}"
+            );
+        }
+        assert_eq!(
+            entry.pointer("/response/content/size"),
+            Some(&Value::from(0)),
+            "{b}"
+        );
+    }
+    // The sizes stay; the gRPC outcome stays, but not a message that may carry payload.
+    for role in ["client", "server"] {
+        let seen: Vec<&Value> = by_role(&done.exchanges, role)
+            .into_iter()
+            .filter(|e| str_at(e, "/_capture/protocol").is_ok_and(|p| p == "grpc"))
+            .collect();
+        assert_eq!(seen.len(), calls.len(), "{role}");
+        // The compressed call (the last) has other sizes on the wire than stored.
+        for (entry, call) in seen.iter().zip(&calls).take(4) {
+            let b = brief(entry);
+            assert_eq!(
+                entry.pointer("/_capture/original_size/request"),
+                Some(&Value::from(call.request.len())),
+                "{b}"
+            );
+            assert_eq!(
+                entry.pointer("/_capture/original_size/response"),
+                Some(&Value::from(call.response.len())),
+                "{b}"
+            );
+            assert_eq!(
+                entry.pointer("/_grpc"),
+                Some(&json!({
+                    "service": ECHO_SERVICE,
+                    "method": call.method,
+                    "status": call.status,
+                    "message": null,
+                })),
+                "{b}"
+            );
+        }
+        let h2: Vec<&Value> = by_role(&done.exchanges, role)
+            .into_iter()
+            .filter(|e| str_at(e, "/_capture/protocol").is_ok_and(|p| p == "h2"))
+            .collect();
+        let [echo] = h2.as_slice() else {
+            bail!("{role}: want one h2 exchange, got {}", h2.len());
+        };
+        assert_eq!(
+            echo.pointer("/_capture/original_size/request"),
+            Some(&Value::from(secret.len())),
+            "{}",
+            brief(echo)
+        );
+        assert_eq!(
+            echo.pointer("/_capture/original_size/response"),
+            Some(&Value::from(secret.len())),
+            "{}",
+            brief(echo)
+        );
+    }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub use env::{
     workspace_root,
 };
 pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
-pub use process::{ChildProcess, run, run_unchecked};
+pub use process::{ChildProcess, run, run_unchecked, run_with_pid};
 pub use servers::{
     BIG_LEN, COOKIE_BODY, H2cUpgradeServer, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer,
     big_body, gzip_plain, nginx_body,

@@ -140,3 +140,37 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
         buf
     })
 }
+
+/// Like [`run`], and also the pid the command ran as (a test compares it with the pid a
+/// capture reports, rather than trusting the capture's own).
+pub fn run_with_pid(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ChildProcess::spawn(cmd, &format!("{:?}", cmd.get_program()))?;
+    let pid = child.pid();
+    let stdout = child.child_mut().stdout.take().map(drain);
+    let stderr = child.child_mut().stderr.take().map(drain);
+    let Some(status) = child.wait_timeout(timeout)? else {
+        child.kill();
+        bail!("{cmd:?} did not finish within {timeout:?}");
+    };
+    let collect = |reader: Option<thread::JoinHandle<Vec<u8>>>| {
+        reader
+            .map(|handle| handle.join().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let output = Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    };
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok((pid, output))
+}
