@@ -11,11 +11,14 @@
 //! stderr. Plus the start-up errors: no node name (exit 2), a cgroup v1 root (exit 1), an
 //! unusable kubeconfig (exit 2).
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aya::maps::{Map, MapData};
 use capture_e2e::har::{brief, path, str_at};
 use capture_e2e::kube_api::{FakeKubeApi, TestPod};
 use capture_e2e::{
@@ -122,13 +125,61 @@ fn workload<'a>(entry: &'a Value, field: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-/// JSON audit lines from the daemon's stderr.
-fn audit_events(stderr: &str) -> Vec<Value> {
+/// The audit lines of the daemon's stderr, each parsed as JSON (a line that says it is one and
+/// does not parse fails the test).
+fn audit_events(stderr: &str) -> Result<Vec<Value>> {
     stderr
         .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("target").and_then(Value::as_str) == Some("audit"))
+        .filter(|l| l.contains(r#""target":"audit""#))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("audit line is not JSON: {l}")))
         .collect()
+}
+
+/// The audit lines of one event.
+fn audit_of<'a>(audit: &'a [Value], event: &str) -> Vec<&'a Value> {
+    audit
+        .iter()
+        .filter(|a| a.get("event").and_then(Value::as_str) == Some(event))
+        .collect()
+}
+
+/// The cgroup ids in the kernel's `TARGET_CGROUPS` map of `daemon`, read from the kernel (the
+/// map the daemon holds an fd of, by id), not from anything the daemon reports.
+fn kernel_targets(daemon: &Daemon) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{}/fdinfo", daemon.pid());
+    let mut found = None;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let map = MapData::from_id(id).with_context(|| format!("opening map {id}"))?;
+        if map.info()?.name_as_str() == Some("TARGET_CGROUPS") {
+            found = Some(map);
+            break;
+        }
+    }
+    let map = found.context("the daemon holds no TARGET_CGROUPS map")?;
+    let targets: aya::maps::HashMap<MapData, u64, u8> =
+        aya::maps::HashMap::try_from(Map::HashMap(map))?;
+    Ok(targets.keys().collect::<Result<_, _>>()?)
+}
+
+/// Waits until the kernel's target set of `daemon` is exactly `want`.
+fn wait_kernel_targets(daemon: &Daemon, want: &[u64]) -> Result<()> {
+    let want: BTreeSet<u64> = want.iter().copied().collect();
+    let mut last = BTreeSet::new();
+    wait(&format!("the kernel's target set == {want:?}"), || {
+        last = kernel_targets(daemon)?;
+        Ok(last == want)
+    })
+    .with_context(|| format!("last seen {last:?}"))
 }
 
 #[test]
@@ -163,7 +214,11 @@ fn annotated_pods_are_captured_with_their_workload_and_pause_detaches() -> Resul
         ])
         .args(["--config".as_ref(), config.as_os_str()])
         .start()?;
-    // Server scope + its `container` child + the client's directory.
+    // Server scope + its `container` child + the client's directory, in the kernel's map.
+    let server_scope = server_cg.path().parent().context("server scope")?;
+    let server_scope_id = std::fs::metadata(server_scope)?.ino();
+    let server_id = server_cg.id()?;
+    wait_kernel_targets(&daemon, &[server_scope_id, server_id, client_cg.id()?])?;
     wait_metric(&daemon, "capture_target_cgroups", 3.0)?;
     assert_eq!(metric(&daemon, "capture_pods_opted_in")?, 2.0);
 
@@ -209,13 +264,15 @@ fn annotated_pods_are_captured_with_their_workload_and_pause_detaches() -> Resul
     }
 
     // 2. The server pod loses its annotation: only the client side is captured.
+    // With the server's cgroups out of the kernel's map before the request, its side cannot be
+    // captured: no wait is needed to show it was not.
     api.apply(&server_pod(None).to_pod())?;
+    wait_kernel_targets(&daemon, &[client_cg.id()?])?;
     wait_metric(&daemon, "capture_target_cgroups", 1.0)?;
     get_from(&client_cg, &format!("{base}/json?step=2"))?;
     wait("client side of step 2", || {
         Ok(!with_path(&daemon, "/json?step=2")?.is_empty())
     })?;
-    std::thread::sleep(Duration::from_millis(500));
     let seen = with_path(&daemon, "/json?step=2")?;
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(role(&seen[0]), "client");
@@ -223,10 +280,10 @@ fn annotated_pods_are_captured_with_their_workload_and_pause_detaches() -> Resul
     // 3. Paused by the configuration file: the program is detached, not one event.
     std::fs::write(&config, "paused: true\n")?;
     wait_metric(&daemon, "capture_paused", 1.0)?;
+    // The kernel's counter is final once curl has its answer (the programs run inside the
+    // system calls), so it is read at once.
     let events = metric(&daemon, "capture_kernel_events_total")?;
     get_from(&client_cg, &format!("{base}/json?step=3"))?;
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(with_path(&daemon, "/json?step=3")?.is_empty());
     assert_eq!(metric(&daemon, "capture_kernel_events_total")?, events);
 
     // 4. Resumed: captured again.
@@ -237,12 +294,15 @@ fn annotated_pods_are_captured_with_their_workload_and_pause_detaches() -> Resul
         Ok(!with_path(&daemon, "/json?step=4")?.is_empty())
     })?;
 
-    // 5. The client container restarts into a new cgroup.
+    // 5. The client container restarts into a new cgroup: the kernel's map moves from the old
+    //    cgroup to the new one.
+    let old_client_id = client_cg.id()?;
     let restarted = tree.child(format!("kubepods/besteffort/pod{CLIENT_UID}/{CLIENT_ID2}"))?;
+    let restarted_id = restarted.id()?;
+    let restarted_dir = restarted.path().display().to_string();
+    assert_eq!(kernel_targets(&daemon)?, BTreeSet::from([old_client_id]));
     api.apply(&client_pod(CLIENT_ID2).to_pod())?;
-    wait("the new container's cgroup in the target set", || {
-        Ok(daemon.stderr_text().contains(CLIENT_ID2))
-    })?;
+    wait_kernel_targets(&daemon, &[restarted_id])?;
     wait_metric(&daemon, "capture_target_cgroups", 1.0)?;
     drop(client_cg);
     get_from(&restarted, &format!("{base}/json?step=5"))?;
@@ -253,20 +313,56 @@ fn annotated_pods_are_captured_with_their_workload_and_pause_detaches() -> Resul
     // 6. Pods deleted: nothing left to capture.
     api.delete("shop", "curl-client");
     api.delete("shop", SERVER_POD);
+    wait_kernel_targets(&daemon, &[])?;
     wait_metric(&daemon, "capture_target_cgroups", 0.0)?;
     assert_eq!(metric(&daemon, "capture_pods_opted_in")?, 0.0);
 
     let finished = daemon.finish()?;
     finished.assert_clean()?;
-    let audit = audit_events(&finished.stderr);
+    let audit = audit_events(&finished.stderr)?;
     let count = |event: &str| {
         audit
             .iter()
             .filter(|a| a.get("event").and_then(Value::as_str) == Some(event))
             .count()
     };
-    assert!(count("target_added") >= 4, "{audit:?}");
-    assert!(count("target_removed") >= 4, "{audit:?}");
+    // Each cgroup added once and removed once, by id: the server's scope and container
+    // (annotation removed), the client's first cgroup (restart), its second (pod deleted).
+    let ids = |event: &str| -> BTreeSet<u64> {
+        audit_of(&audit, event)
+            .iter()
+            .filter_map(|a| a.get("cgroup_id").and_then(Value::as_u64))
+            .collect()
+    };
+    let all = BTreeSet::from([server_scope_id, server_id, old_client_id, restarted_id]);
+    assert_eq!(count("target_added"), 4, "{audit:?}");
+    assert_eq!(ids("target_added"), all, "{audit:?}");
+    assert_eq!(count("target_removed"), 4, "{audit:?}");
+    assert_eq!(ids("target_removed"), all, "{audit:?}");
+    let restart_added = audit_of(&audit, "target_added")
+        .into_iter()
+        .find(|a| a.get("cgroup_id").and_then(Value::as_u64) == Some(restarted_id))
+        .context("no target_added for the restarted container")?;
+    for (field, want) in [
+        ("namespace", "shop"),
+        ("pod", "curl-client"),
+        ("container", "curl"),
+        ("cgroup", restarted_dir.as_str()),
+    ] {
+        assert_eq!(
+            restart_added.get(field).and_then(Value::as_str),
+            Some(want),
+            "{restart_added}"
+        );
+    }
+    for line in audit_of(&audit, "target_removed") {
+        assert!(
+            line.get("reason")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty()),
+            "{line}"
+        );
+    }
     assert_eq!(count("pod_opted_in"), 2, "{audit:?}");
     assert_eq!(count("capture_paused"), 1, "{audit:?}");
     assert_eq!(count("capture_resumed"), 1, "{audit:?}");
@@ -335,5 +431,100 @@ fn an_unusable_kubeconfig_is_a_configuration_error() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--kubeconfig"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_namespace_filter_change_in_the_config_file_reaches_the_kernel_target_set() -> Result<()> {
+    require_capture_environment!();
+    let tree = TestCgroup::new()?;
+    let u = SERVER_UID.replace('-', "_");
+    let server_cg = tree.child(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/\
+         cri-containerd-{SERVER_ID}.scope"
+    ))?;
+    let other_uid = "0e0e0e0e-0000-4000-8000-000000000003";
+    let other_id = "0e0e470000000000000000000000000000000000000000000000000000000003";
+    let other_cg = tree.child(format!("kubepods/besteffort/pod{other_uid}/{other_id}"))?;
+    let server = PythonServer::start(Some(&server_cg))?;
+    let api = FakeKubeApi::start()?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api.write_kubeconfig(dir.path())?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "namespace-exclude: []\n")?;
+    api.apply(&server_pod(Some("true")).to_pod())?;
+    api.apply(
+        &TestPod::new("other", "curl-other", other_uid, NODE)
+            .annotated(Some("true"))
+            .qos("BestEffort")
+            .container("curl", &format!("containerd://{other_id}"))
+            .to_pod(),
+    )?;
+    let daemon = Daemon::builder()
+        .args(["--kubernetes", "--node-name", NODE, "--kubeconfig"])
+        .args([
+            kubeconfig.as_os_str(),
+            "--cgroup-root".as_ref(),
+            tree.path().as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
+        .start()?;
+    let (server_id, other) = (server_cg.id()?, other_cg.id()?);
+    wait_kernel_targets(&daemon, &[server_id, other])?;
+
+    // Excluded live: the other namespace's pod leaves the kernel's map, so its traffic is not
+    // looked at; the server's side still is.
+    std::fs::write(&config, "namespace-exclude: [other]\n")?;
+    wait_kernel_targets(&daemon, &[server_id])?;
+    wait_metric(&daemon, "capture_pods_opted_in", 1.0)?;
+    get_from(&other_cg, &format!("{}/json?excluded", server.base_url()))?;
+    wait("the server side of the excluded pod's request", || {
+        Ok(!with_path(&daemon, "/json?excluded")?.is_empty())
+    })?;
+    let seen = with_path(&daemon, "/json?excluded")?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(role(&seen[0]), "server");
+
+    // Included alone: only the other namespace.
+    std::fs::write(&config, "namespace-include: [other]\n")?;
+    wait_kernel_targets(&daemon, &[other])?;
+    wait_metric(&daemon, "capture_pods_opted_in", 1.0)?;
+
+    let finished = daemon.finish()?;
+    finished.assert_clean()?;
+    let audit = audit_events(&finished.stderr)?;
+    let changed = audit_of(&audit, "config_changed");
+    assert_eq!(changed.len(), 2, "{audit:?}");
+    assert_eq!(
+        changed[0].get("applied").and_then(Value::as_str),
+        Some("namespace-exclude"),
+        "{}",
+        changed[0]
+    );
+    assert_eq!(
+        changed[1].get("applied").and_then(Value::as_str),
+        Some("namespace-exclude,namespace-include"),
+        "{}",
+        changed[1]
+    );
+    let out: Vec<(&str, &str)> = audit_of(&audit, "pod_opted_out")
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a.get("pod").and_then(Value::as_str)?,
+                a.get("reason").and_then(Value::as_str)?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        out,
+        [
+            ("curl-other", "namespace not allowed"),
+            (SERVER_POD, "namespace not allowed")
+        ],
+        "{audit:?}"
+    );
+    drop(server);
     Ok(())
 }
