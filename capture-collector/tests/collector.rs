@@ -11,7 +11,7 @@ use std::{
     net::TcpStream,
     os::unix::fs::PermissionsExt as _,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -443,11 +443,16 @@ async fn killed_mid_stream_and_restarted_every_exchange_is_stored_once() {
         }));
     }
     // Kill -9 once some, not all, batches are acknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let n = acked.lock().unwrap().len();
         if n >= 40 {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n} batches acknowledged within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     collector.kill9();
@@ -698,7 +703,7 @@ async fn the_watch_command_prints_lines_and_har_entries() {
     let token = token(&data, "acme");
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let collector = Collector::start(&data, &tls, &[]);
+    let collector = Collector::start(&data, &tls, &["--metrics-addr", "127.0.0.1:0"]);
     let spawn = |extra: &[&str]| {
         Command::new(BIN)
             .args([
@@ -717,27 +722,43 @@ async fn the_watch_command_prints_lines_and_har_entries() {
     };
     let mut lines_child = spawn(&["--namespace", "shop"]);
     let mut json_child = spawn(&["--json", "--workload", "payments"]);
-    // Give both streams time to subscribe.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Both streams are subscribed once the collector counts them, not after a guessed delay.
+    let metrics_addr = collector.metrics.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = http_get(metrics_addr, "/metrics");
+        if metrics.lines().any(|l| l == "capture_collector_watchers 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two watch streams did not subscribe within 30 s: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ingest(&collector.channel().await, &token)
         .push(batch("node-a", "run-1", 1, 0..5))
         .await
         .unwrap();
-    let mut lines = BufReader::new(lines_child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let lines = line_reader(lines_child.stdout.take().unwrap());
+    let next_line = |rx: &mpsc::Receiver<String>, what: &str| {
+        rx.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no {what} from watch within 30 s: {e}"))
+    };
+    let first = next_line(&lines, "first line");
     assert_eq!(
         first,
         "12:00:00.000  shop/checkout  POST http://orders.shop.svc:8080/api/orders?page=0&sort=created%20desc  201  13.0 ms"
     );
-    let second = lines.next().unwrap().unwrap();
+    let second = next_line(&lines, "second line");
     assert!(
         second.starts_with(
             "12:00:00.001  shop/checkout  POST https://api.shop:443/api/orders?page=1"
         ),
         "{second}"
     );
-    let mut json = BufReader::new(json_child.stdout.take().unwrap()).lines();
-    let entry = json.next().unwrap().unwrap();
+    let json = line_reader(json_child.stdout.take().unwrap());
+    let entry = next_line(&json, "JSON entry");
     let from_wire = wire::from_proto(wire::to_proto(&exchange(4), &CLOCK)).unwrap();
     assert_eq!(
         entry,
@@ -939,4 +960,19 @@ async fn sigterm_ends_watch_streams_and_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(exit.code(), Some(0), "{}", collector.logs());
+}
+
+/// The lines of a child's output, read on a thread, so that a test waits for each with a
+/// deadline instead of blocking for ever on a silent child.
+fn line_reader(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

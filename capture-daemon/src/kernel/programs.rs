@@ -398,10 +398,31 @@ mod tests {
         .expect("eBPF programs must load (run as root)");
         let ids = BTreeSet::from([1u64, 2, 3]);
         capture.set_targets(&ids).unwrap();
+        assert_eq!(kernel_targets(&capture), ids);
         capture.set_targets(&BTreeSet::from([3u64])).unwrap();
+        assert_eq!(kernel_targets(&capture), BTreeSet::from([3u64]));
         assert_eq!(capture.target_set, BTreeSet::from([3u64]));
         let _ring = capture.take_events().unwrap();
         assert_eq!(capture.counters().events_lost, 0);
+    }
+
+    /// Waits (5 s at most) for `done`: the kernel frees a link whose last fd is closed from a
+    /// work queue, so it leaves the kernel's list a moment after `detach` returns.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The keys of the kernel's `TARGET_CGROUPS` map, read from the kernel (not the recorded
+    /// copy in `target_set`).
+    fn kernel_targets(capture: &Capture) -> BTreeSet<u64> {
+        capture.targets.keys().map(Result::unwrap).collect()
     }
 
     /// A cgroup v2 directory that removes itself (after its processes are gone).
@@ -630,8 +651,17 @@ mod tests {
             ..KernelLimits::default()
         };
         let mut rig = Rig::new("pause", limits);
+        let prog = rig.capture.program().unwrap().info().unwrap().id();
+        let kernel_links = || {
+            aya::programs::loaded_links()
+                .map(Result::unwrap)
+                .filter(|l| l.program_id() == prog)
+                .count()
+        };
+        assert_eq!(kernel_links(), 1);
         rig.capture.detach().unwrap();
         assert!(!rig.capture.is_attached());
+        wait_until("the kernel unlinks the program", || kernel_links() == 0);
         let before = rig.capture.counters().events;
         let mut client = python_client(Some(&rig.cg), rig.port, "paused");
         rig.serve(11);
@@ -641,11 +671,12 @@ mod tests {
 
         rig.capture.attach().unwrap();
         rig.capture.attach().unwrap(); // idempotent
+        assert_eq!(kernel_links(), 1);
         let mut client = python_client(Some(&rig.cg), rig.port, "resumed");
         rig.serve(12);
         assert!(client.wait().unwrap().success());
         assert!(!rig.records().is_empty());
-        assert_eq!(rig.capture.target_count(), 1);
+        assert_eq!(kernel_targets(&rig.capture).len(), 1);
     }
 
     /// The target map is as large as --max-target-cgroups says: one more does not fit.
@@ -660,8 +691,10 @@ mod tests {
         capture.set_targets(&BTreeSet::from([1u64, 2])).unwrap();
         assert!(capture.set_targets(&BTreeSet::from([1u64, 2, 3])).is_err());
         assert_eq!(capture.target_count(), 2);
+        assert_eq!(kernel_targets(&capture), BTreeSet::from([1u64, 2]));
         // Removals come first, so swapping within the limit works.
         capture.set_targets(&BTreeSet::from([3u64, 4])).unwrap();
+        assert_eq!(kernel_targets(&capture), BTreeSet::from([3u64, 4]));
         assert_eq!(capture.target_set, BTreeSet::from([3u64, 4]));
     }
 
@@ -694,7 +727,7 @@ mod tests {
         };
         assert_eq!(links_to(prog), 1);
         capture.detach().unwrap();
-        assert_eq!(links_to(prog), 0, "paused: no link");
+        wait_until("paused: no link", || links_to(prog) == 0);
         capture.attach().unwrap();
         assert_eq!(links_to(prog), 1);
         drop(capture);
