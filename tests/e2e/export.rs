@@ -22,6 +22,7 @@ use capture_e2e::{
     ChildProcess, Collector, Daemon, PythonServer, TestCgroup, TestPki, capture_environment_ready,
     curl, daemon_binary, free_port, run, run_unchecked, unique_marker, workspace_root,
 };
+use serde_json::Value;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -221,7 +222,21 @@ fn exported_exchanges_are_byte_identical_to_the_jsonl_sink() -> Result<()> {
             "{reason}"
         );
     }
-    assert!(done.stderr.contains("collector_connected"), "audit line");
+    let audit = audit_lines(&done.stderr)?;
+    let connected: Vec<&Value> = audit
+        .iter()
+        .filter(|a| a.get("event").and_then(Value::as_str) == Some("collector_connected"))
+        .collect();
+    let url = collector.url();
+    assert_eq!(connected.len(), 1, "{audit:?}");
+    assert!(
+        connected[0]
+            .get("endpoint")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.contains(url.trim_start_matches("https://"))),
+        "{}",
+        connected[0]
+    );
     assert!(!done.stderr.contains(&token), "the token reached the log");
     Ok(())
 }
@@ -303,7 +318,6 @@ fn a_wrong_or_revoked_token_stores_nothing_and_is_counted_and_logged() -> Result
 fn a_collector_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
     require_capture_environment!();
     const N: usize = 1200;
-    const SPOOL_MAX: f64 = 16.0 * 1024.0 * 1024.0;
     const QUEUE_MAX: f64 = 256.0 * 1024.0;
     let pki = TestPki::new()?;
     let mut collector = Collector::start(&pki)?;
@@ -350,9 +364,8 @@ fn a_collector_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
     let outage = Instant::now();
     let (mut max_spool, mut max_queue) = (0.0_f64, 0.0_f64);
     while outage.elapsed() < Duration::from_secs(3) {
-        let m = daemon.metrics()?;
-        max_spool = max_spool.max(m.get("capture_export_spool_bytes").unwrap_or(0.0));
-        max_queue = max_queue.max(m.get("capture_export_queue_bytes").unwrap_or(0.0));
+        max_spool = max_spool.max(metric(&daemon, "capture_export_spool_bytes")?);
+        max_queue = max_queue.max(metric(&daemon, "capture_export_queue_bytes")?);
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(metric(&daemon, "capture_export_connected")?, 0.0);
@@ -384,12 +397,18 @@ fn a_collector_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
         jsonl.iter().zip(&exported).all(|(a, b)| a == b),
         "the collector's entries are not the JSONL lines"
     );
+    // The spool's cap is not reached here (nothing may be dropped); a full spool is
+    // `a_full_spool_drops_what_does_not_fit_and_never_passes_its_cap`.
     assert!(max_spool > 0.0, "the outage never reached the spool");
-    assert!(max_spool <= SPOOL_MAX, "spool {max_spool} > {SPOOL_MAX}");
+    assert!(max_queue > 0.0, "the outage never filled the queue");
     assert!(max_queue <= QUEUE_MAX, "queue {max_queue} > {QUEUE_MAX}");
     let m = &done.metrics;
-    assert!(m.get("capture_export_retries_total").unwrap_or(0.0) > 0.0);
-    assert!(m.get("capture_export_batches_spooled_total").unwrap_or(0.0) > 0.0);
+    let get = |name: &str| {
+        m.get(name)
+            .with_context(|| format!("{name} missing from /metrics"))
+    };
+    assert!(get("capture_export_retries_total")? > 0.0);
+    assert!(get("capture_export_batches_spooled_total")? > 0.0);
     assert_eq!(
         m.sum("capture_export_dropped_total"),
         0.0,
@@ -397,7 +416,144 @@ fn a_collector_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
         m.summary()
     );
     assert_eq!(spool_files(&spool)?, 0, "spool not drained");
-    assert!(done.stderr.contains("collector_disconnected"), "audit line");
+    let audit = audit_lines(&done.stderr)?;
+    let url = collector.url();
+    let endpoint = url.trim_start_matches("https://");
+    for event in ["collector_connected", "collector_disconnected"] {
+        let lines: Vec<&Value> = audit
+            .iter()
+            .filter(|a| a.get("event").and_then(Value::as_str) == Some(event))
+            .collect();
+        assert!(!lines.is_empty(), "no {event} audit line: {audit:?}");
+        for line in lines {
+            assert!(
+                line.get("endpoint")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.contains(endpoint)),
+                "{line}"
+            );
+            // A disconnection says why; a connection has nothing to explain.
+            if event == "collector_disconnected" {
+                assert!(
+                    line.get("reason")
+                        .and_then(Value::as_str)
+                        .is_some_and(|r| !r.is_empty()),
+                    "{line}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The audit lines (`"target":"audit"`) of the daemon's stderr, each parsed as JSON.
+fn audit_lines(stderr: &str) -> Result<Vec<Value>> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(r#""target":"audit""#))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("audit line is not JSON: {l}")))
+        .collect()
+}
+
+#[test]
+fn a_full_spool_drops_what_does_not_fit_and_never_passes_its_cap() -> Result<()> {
+    require_capture_environment!();
+    const N: usize = 400;
+    const SPOOL_MAX: u64 = 64 * 1024;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    fs::write(&token_file, "unused")?;
+    let spool = dir.path().join("spool");
+    // Nothing listens there: the collector is down for the whole test.
+    let port = free_port()?;
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(None)?;
+    let daemon = Daemon::builder()
+        .target_cgroup(&cgroup)
+        .args([
+            "--collector".to_owned(),
+            format!("https://127.0.0.1:{port}"),
+            "--collector-ca".to_owned(),
+            pki.ca().display().to_string(),
+            "--token-file".to_owned(),
+            token_file.display().to_string(),
+            "--spool-dir".to_owned(),
+            spool.display().to_string(),
+            "--spool-max-bytes".to_owned(),
+            SPOOL_MAX.to_string(),
+            "--export-queue-max-bytes".to_owned(),
+            "65536".to_owned(),
+            "--export-batch-max-bytes".to_owned(),
+            "16384".to_owned(),
+        ])
+        .start()?;
+    assert_eq!(
+        metric(&daemon, "capture_export_spool_max_bytes")?,
+        SPOOL_MAX as f64
+    );
+    // About 600 KB of exchanges: many times what the queue and the spool hold together.
+    let mut traffic = ChildProcess::spawn(
+        &mut client(&cgroup, server.port(), N, 0.0, 1000),
+        "python client",
+    )?;
+    let spool_on_disk = || -> Result<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&spool)? {
+            total += entry?.metadata()?.len();
+        }
+        Ok(total)
+    };
+    let mut max_disk = 0;
+    let mut max_metric = 0.0_f64;
+    loop {
+        max_disk = max_disk.max(spool_on_disk()?);
+        max_metric = max_metric.max(metric(&daemon, "capture_export_spool_bytes")?);
+        if traffic.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = traffic
+        .wait_timeout(RUN_TIMEOUT)?
+        .context("the client did not finish")?;
+    assert!(status.success(), "client: {status}");
+    daemon.wait_for_exchanges(N, DELIVERY_TIMEOUT)?;
+    wait_for(DELIVERY_TIMEOUT, "every exchange handed over", || {
+        Ok(metric(&daemon, "capture_export_exchanges_total")? >= N as f64)
+    })?;
+    let spool_full = dropped(&daemon, "spool_full")?;
+    max_disk = max_disk.max(spool_on_disk()?);
+    max_metric = max_metric.max(metric(&daemon, "capture_export_spool_bytes")?);
+    assert!(spool_full > 0.0, "the spool never filled");
+    assert!(max_metric > 0.0, "nothing was spooled");
+    assert!(
+        max_metric <= SPOOL_MAX as f64,
+        "spool gauge {max_metric} > {SPOOL_MAX}"
+    );
+    assert!(
+        max_disk <= SPOOL_MAX,
+        "spool directory {max_disk} bytes > {SPOOL_MAX}"
+    );
+    assert_eq!(
+        metric(&daemon, "capture_export_exchanges_acked_total")?,
+        0.0
+    );
+
+    let done = daemon.finish()?;
+    done.assert_clean()?;
+    assert_eq!(done.exchanges.len(), N, "the JSONL sink is not affected");
+    let after = spool_on_disk()?;
+    assert!(
+        after <= SPOOL_MAX,
+        "spool directory {after} > {SPOOL_MAX} after exit"
+    );
+    assert!(spool_files(&spool)? > 0, "the spool kept nothing");
+    assert!(
+        strip_ansi(&done.stderr).contains("spool_full"),
+        "the drops were not logged:\n{}",
+        done.stderr
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{PoisonError, RwLock, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -46,6 +46,11 @@ const H2_PEER: &str = env!("CARGO_BIN_EXE_h2-peer");
 const H2_STREAMS: u32 = 128;
 /// Requests made on the connection that predates the daemon, after the daemon started.
 const LATE_REQUESTS: u32 = 5;
+
+/// The 128 × 1 MiB burst runs alone: the other tests of this binary demand zero loss, and the
+/// burst's load (two daemons' worth of megabyte streams) could cost their daemons events. It
+/// holds this lock for writing, every other test for reading.
+static BURST: RwLock<()> = RwLock::new(());
 
 /// Returns early from a test (after a loud notice) when root/cgroup v2 are missing and CI is not set.
 macro_rules! require_capture_environment {
@@ -457,6 +462,7 @@ fn assert_grpc_exchange(
 #[test]
 fn grpc_unary_streaming_and_error_calls_on_both_sides() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     let daemon = Daemon::start(&cgroup)?;
     let server = RustServer::start(GRPC_ECHO, Some(&cgroup))?;
@@ -511,6 +517,7 @@ fn grpc_unary_streaming_and_error_calls_on_both_sides() -> Result<()> {
 #[test]
 fn h2_128_concurrent_streams_of_a_mebibyte_on_both_sides() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.write().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     // 128 MiB cross the connection in about a second, captured on both ends: the ring buffer
     // holds all of it, so what is checked is the decoding of interleaved streams, not whether
@@ -616,6 +623,7 @@ fn prior_knowledge_curl(cgroup: &TestCgroup) -> Command {
 #[test]
 fn curl_and_nghttp_against_nginx_h2c_on_both_sides() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     let nginx = Nginx::start_h2c(Some(&cgroup), &[])?;
     let daemon = Daemon::builder()
@@ -783,6 +791,7 @@ fn curl_and_nghttp_against_nginx_h2c_on_both_sides() -> Result<()> {
 #[test]
 fn upgrade_to_h2c_then_a_second_stream_on_both_sides() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     let server = H2cUpgradeServer::start(Some(&cgroup))?;
     let daemon = Daemon::start(&cgroup)?;
@@ -1098,6 +1107,7 @@ fn assert_late_exchanges(late: &Late, named: bool) -> Result<()> {
 #[test]
 fn h2_connection_opened_before_the_daemon_is_marked_not_wrong() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let late = late_scenario(true)?;
     assert_late_exchanges(&late, true)
 }
@@ -1108,6 +1118,7 @@ fn h2_connection_opened_before_the_daemon_is_marked_not_wrong() -> Result<()> {
 #[test]
 fn h2_connection_opened_before_the_daemon_and_closed_at_once_is_not_wrong() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let late = late_scenario(false)?;
     assert_late_exchanges(&late, false)
 }
@@ -1117,6 +1128,7 @@ fn h2_connection_opened_before_the_daemon_and_closed_at_once_is_not_wrong() -> R
 #[test]
 fn http2_peers_answer_without_the_daemon() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     let grpc = RustServer::start(GRPC_ECHO, Some(&cgroup))?;
     run_client(
@@ -1153,6 +1165,7 @@ fn http2_peers_answer_without_the_daemon() -> Result<()> {
 #[test]
 fn headers_only_lets_no_h2_or_grpc_body_out() -> Result<()> {
     require_capture_environment!();
+    let _burst = BURST.read().unwrap_or_else(PoisonError::into_inner);
     let cgroup = TestCgroup::new()?;
     let daemon = Daemon::builder()
         .target_cgroup(&cgroup)

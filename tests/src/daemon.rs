@@ -263,18 +263,40 @@ impl Daemon {
         }
     }
 
-    /// Scrapes the metrics, stops the daemon with SIGTERM and collects everything it wrote.
+    /// Scrapes the metrics once the output agrees with them, stops the daemon with SIGTERM and
+    /// collects everything it wrote.
     pub fn finish(mut self) -> Result<Finished> {
-        let metrics = self.metrics();
+        let settled = self.settled_metrics();
         let status = self.stop()?;
         let output = self.output_text()?;
+        let (metrics, written_at_scrape) = settled?;
         Ok(Finished {
             exchanges: parse_exchanges(&output)?,
             output,
-            metrics: metrics?,
+            metrics,
+            written_at_scrape,
             status,
             stderr: self.stderr_text(),
         })
+    }
+
+    /// `/metrics` at a moment when `capture_exchanges_total` equals the lines written (the
+    /// counter and the file are updated one after the other), and that number of lines. Gives
+    /// up after 10 s with the last scrape, which [`Finished::assert_clean`] then reports.
+    fn settled_metrics(&self) -> Result<(Metrics, usize)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = self.metrics()?;
+            let written = self.exchanges()?.len();
+            let after = self.metrics()?;
+            let counted = after.sum("capture_exchanges_total");
+            let settled =
+                before.sum("capture_exchanges_total") == counted && counted == written as f64;
+            if settled || Instant::now() >= deadline {
+                return Ok((after, written));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
     }
 }
 
@@ -285,15 +307,18 @@ pub struct Finished {
     pub exchanges: Vec<Value>,
     /// The whole output file.
     pub output: String,
-    /// `/metrics` scraped just before SIGTERM.
+    /// `/metrics` scraped just before SIGTERM, once the output had caught up with it.
     pub metrics: Metrics,
+    /// Exchanges written when `metrics` was scraped; the SIGTERM flush may add more.
+    pub written_at_scrape: usize,
     pub status: ExitStatus,
     pub stderr: String,
 }
 
 impl Finished {
     /// The checks every test ends with: exit status 0 after SIGTERM, no kernel events lost,
-    /// no gap bytes, and `capture_exchanges_total` equal to what was written.
+    /// no gap bytes, and `capture_exchanges_total` equal to what was written when it was
+    /// scraped (the exchanges flushed by SIGTERM come after the last scrape).
     pub fn assert_clean(&self) -> Result<()> {
         let mut problems = Vec::new();
         if !self.status.success() {
@@ -313,10 +338,17 @@ impl Finished {
             }
         }
         let emitted = self.metrics.sum("capture_exchanges_total");
-        let written = self.exchanges.len() as f64;
+        let written = self.written_at_scrape as f64;
         if emitted != written {
             problems.push(format!(
-                "capture_exchanges_total = {emitted} but {written} exchanges were written"
+                "capture_exchanges_total = {emitted} but {written} exchanges were written at that scrape"
+            ));
+        }
+        if self.exchanges.len() < self.written_at_scrape {
+            problems.push(format!(
+                "{} exchanges in the output after exit, {} before",
+                self.exchanges.len(),
+                self.written_at_scrape
             ));
         }
         if problems.is_empty() {
