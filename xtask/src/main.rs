@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { fuzz_seconds } => {
             // Refused before any step runs, so a CI log never ends in "all steps passed"
             // without the fuzzing it promises.
-            if fuzz_seconds == 0 && running_in_ci() {
+            if fuzz_seconds == 0 && capture_e2e::running_in_ci() {
                 bail!(
                     "--fuzz-seconds 0 under CI: the suite includes fuzzing; give it at least 1 s per target"
                 );
@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             modcycles::check(&root.join("capture-daemon/src"))?;
+            modcycles::check_layering(&root, "capture-collector")?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             // Neither is in the default members: the kernel crate builds only for the BPF
             // target, the fuzz crate is its own nightly workspace.
@@ -159,14 +160,9 @@ fn set_env(key: &str, value: &Path) {
     unsafe { std::env::set_var(key, value) };
 }
 
-/// Whether CI is running us, decided exactly as the end-to-end tests decide it.
-fn running_in_ci() -> bool {
-    capture_e2e::running_in_ci()
-}
-
 /// Under CI the BPF tests must run for real: refuse to go on when they cannot.
 fn check_root_for_ci() -> anyhow::Result<()> {
-    if running_in_ci() && !nix_is_root() {
+    if capture_e2e::running_in_ci() && !nix_is_root() {
         bail!("CI=true but not running as root: the eBPF end-to-end tests cannot run; run as root");
     }
     Ok(())
