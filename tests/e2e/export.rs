@@ -195,6 +195,10 @@ fn exported_exchanges_are_byte_identical_to_the_jsonl_sink() -> Result<()> {
     wait_for(DELIVERY_TIMEOUT, "every exchange at the collector", || {
         Ok(collector.exported_entries("acme")?.len() >= n)
     })?;
+    // Stored at the collector comes before the daemon has counted the acknowledgement.
+    wait_for(DELIVERY_TIMEOUT, "every acknowledgement counted", || {
+        Ok(metric(&daemon, "capture_export_exchanges_acked_total")? >= n as f64)
+    })?;
     let acked = metric(&daemon, "capture_export_exchanges_acked_total")?;
     let connected = metric(&daemon, "capture_export_connected")?;
     let done = daemon.finish()?;
@@ -274,6 +278,7 @@ fn a_wrong_or_revoked_token_stores_nothing_and_is_counted_and_logged() -> Result
     wait_for(DELIVERY_TIMEOUT, "the refusal of the wrong token", || {
         Ok(metric(&daemon, "capture_export_auth_failures_total")? >= 1.0)
     })?;
+    // Not retried: an absence, so a window (several backoff periods), not a readiness wait.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(metric(&daemon, "capture_export_auth_failures_total")?, 1.0);
     assert_eq!(metric(&daemon, "capture_export_auth_blocked")?, 1.0);
@@ -409,6 +414,18 @@ fn a_collector_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
     };
     assert!(get("capture_export_retries_total")? > 0.0);
     assert!(get("capture_export_batches_spooled_total")? > 0.0);
+    // Every reason is exposed (a missing series would sum to 0 too), and none counted a drop.
+    for reason in [
+        "queue_full",
+        "spool_full",
+        "rejected",
+        "shutdown",
+        "spool_corrupt",
+    ] {
+        get(&format!(
+            "capture_export_dropped_total{{reason=\"{reason}\"}}"
+        ))?;
+    }
     assert_eq!(
         m.sum("capture_export_dropped_total"),
         0.0,
@@ -506,11 +523,15 @@ fn a_full_spool_drops_what_does_not_fit_and_never_passes_its_cap() -> Result<()>
     };
     let mut max_disk = 0;
     let mut max_metric = 0.0_f64;
+    let deadline = Instant::now() + RUN_TIMEOUT;
     loop {
         max_disk = max_disk.max(spool_on_disk()?);
         max_metric = max_metric.max(metric(&daemon, "capture_export_spool_bytes")?);
         if traffic.try_wait()?.is_some() {
             break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the client did not finish within {RUN_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -337,6 +337,9 @@ impl Finished {
                 None => problems.push(format!("{name} missing from /metrics")),
             }
         }
+        if !self.metrics.has("capture_exchanges_total") {
+            problems.push("capture_exchanges_total missing from /metrics".to_owned());
+        }
         let emitted = self.metrics.sum("capture_exchanges_total");
         let written = self.written_at_scrape as f64;
         if emitted != written {
