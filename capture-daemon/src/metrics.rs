@@ -137,6 +137,40 @@ impl Metrics {
         self.kernel.get().map(|k| k.read()).unwrap_or_default()
     }
 
+    /// The hook label and each kernel program's run statistics.
+    fn render_kernel_programs(&self, out: &mut String) {
+        if let Some(reader) = self.kernel.get() {
+            let _ = writeln!(
+                out,
+                "# HELP capture_kernel_hook_info The hook the kernel programs are attached to.\n# TYPE capture_kernel_hook_info gauge\ncapture_kernel_hook_info{{hook=\"{}\"}} 1",
+                reader.hook().label()
+            );
+            let stats = reader.program_stats();
+            let _ = writeln!(
+                out,
+                "# HELP capture_kernel_program_run_ns_total Time the kernel programs ran (counted while kernel.bpf_stats_enabled is 1).\n# TYPE capture_kernel_program_run_ns_total counter"
+            );
+            for (name, s) in &stats {
+                let _ = writeln!(
+                    out,
+                    "capture_kernel_program_run_ns_total{{program=\"{name}\"}} {}",
+                    s.run_time_ns
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP capture_kernel_program_runs_total Times the kernel programs ran (counted while kernel.bpf_stats_enabled is 1).\n# TYPE capture_kernel_program_runs_total counter"
+            );
+            for (name, s) in &stats {
+                let _ = writeln!(
+                    out,
+                    "capture_kernel_program_runs_total{{program=\"{name}\"}} {}",
+                    s.run_count
+                );
+            }
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Relaxed);
     }
@@ -148,6 +182,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
+        self.render_kernel_programs(&mut out);
         let mut one = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -185,6 +220,12 @@ impl Metrics {
             "counter",
             "Connections the kernel could not track (connection map full).",
             k.conn_table_full,
+        );
+        one(
+            "capture_kernel_unknown_syscall_total",
+            "counter",
+            "Socket I/O of a target process through a syscall the programs do not walk (sendmmsg, recvmmsg, splice, io_uring); its bytes are not seen.",
+            k.unknown_syscall,
         );
         one(
             "capture_events_total",

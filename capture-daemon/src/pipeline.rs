@@ -43,6 +43,8 @@ pub struct Pipeline {
     control: Option<Control>,
     /// The gRPC exporter's queue, when `--collector` is set.
     exporter: Option<ExportHandle>,
+    /// `--kernel-floor` (benchmark): records are drained and dropped unread.
+    discard_events: bool,
 }
 
 impl Pipeline {
@@ -73,6 +75,7 @@ impl Pipeline {
             clock: WallClock::now(),
             metrics,
             headers_only: cfg.headers_only,
+            discard_events: false,
             done: Vec::new(),
             control: None,
             exporter: None,
@@ -101,6 +104,7 @@ impl Pipeline {
         shutdown: impl std::future::Future<Output = ()>,
         deadline: Duration,
     ) -> anyhow::Result<()> {
+        self.discard_events = capture.is_floor();
         let ring = capture.take_events()?;
         let mut ring = crate::ebpf::register(ring)?;
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -155,6 +159,9 @@ impl Pipeline {
             let Some(record) = ring.next() else {
                 return false;
             };
+            if self.discard_events {
+                continue;
+            }
             match intake::parse(&record) {
                 Ok(event) => self.table.on_event(event, &mut self.done),
                 Err(e) => {
