@@ -44,6 +44,10 @@ enum Cmd {
         /// A shorter run, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Only what the kernel side moves: the HTTP/1 rounds A, B, C and the kernel phase
+        /// (untargeted getppid, program run time against the floor).
+        #[arg(long)]
+        kernel_only: bool,
     },
     /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
     /// (annotated app, traffic, captured exchanges), `down`.
@@ -91,6 +95,22 @@ fn main() -> anyhow::Result<()> {
                 &root.join("target/debug/capture-collector"),
             );
             cargo(&root, &["test", "--no-fail-fast"])?;
+            // The same HTTP suites on the syscall fallback, the hook kernels without the
+            // socket tracepoints get (the first pass used the best this kernel has).
+            let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(cargo_bin)
+                .args([
+                    "test",
+                    "--no-fail-fast",
+                    "-p",
+                    "capture-e2e",
+                    "--test",
+                    "http1",
+                    "--test",
+                    "http2",
+                ])
+                .env("CAPTURE_E2E_KERNEL_HOOK", "syscall")
+                .current_dir(&root))?;
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;
                 fuzz(&root, "http1", fuzz_seconds)?;
@@ -98,7 +118,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("xtask test: all steps passed");
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, kernel_only } => {
             setup::toolchain()?;
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon", "--release"])?;
@@ -109,7 +129,7 @@ fn main() -> anyhow::Result<()> {
                 "CAPTURE_COLLECTOR_BIN",
                 &root.join("target/release/capture-collector"),
             );
-            bench::run(&root, quick)?;
+            bench::run(&root, quick, kernel_only)?;
         }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }
