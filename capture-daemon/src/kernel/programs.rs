@@ -4,12 +4,14 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use crate::telemetry::metrics::{Families, Source};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use capture_common::{MutedKey, counter};
+use prometheus::proto::MetricType;
 use tracing::{debug, info, warn};
 
 /// The object built by build.rs from `capture-ebpf`.
@@ -243,6 +245,72 @@ impl KernelCounterReader {
             }
         }
         stats
+    }
+}
+
+impl Source for KernelCounterReader {
+    fn collect(&self, out: &mut Families) {
+        let k = self.read();
+        for (name, help, value) in [
+            (
+                "capture_kernel_events_total",
+                "Events the kernel programs handed to the ring buffer.",
+                k.events,
+            ),
+            (
+                "capture_kernel_events_lost_total",
+                "Events the kernel could not hand over (ring buffer full).",
+                k.events_lost,
+            ),
+            (
+                "capture_kernel_bytes_lost_total",
+                "Payload bytes of the events lost in the kernel.",
+                k.bytes_lost,
+            ),
+            (
+                "capture_kernel_truncations_total",
+                "Transfers the kernel copied only in part (iovec or chunk limits); the rest is a gap.",
+                k.truncations,
+            ),
+            (
+                "capture_kernel_conn_table_full_total",
+                "Connections the kernel could not track (connection map full).",
+                k.conn_table_full,
+            ),
+            (
+                "capture_kernel_unknown_syscall_total",
+                "Socket I/O of a target process through a syscall the programs do not walk (sendmmsg, recvmmsg, splice, io_uring); its bytes are not seen.",
+                k.unknown_syscall,
+            ),
+        ] {
+            out.counter(name, help, value);
+        }
+        out.labelled(
+            "capture_kernel_hook_info",
+            "The hook the kernel programs are attached to.",
+            MetricType::GAUGE,
+            &["hook"],
+            [(&[self.hook.label()][..], 1)],
+        );
+        let stats = self.program_stats();
+        out.labelled(
+            "capture_kernel_program_run_ns_total",
+            "Time the kernel programs ran, counted while kernel.bpf_stats_enabled is 1.",
+            MetricType::COUNTER,
+            &["program"],
+            stats
+                .iter()
+                .map(|(name, s)| (std::slice::from_ref(name), s.run_time_ns)),
+        );
+        out.labelled(
+            "capture_kernel_program_runs_total",
+            "Times the kernel programs ran, counted while kernel.bpf_stats_enabled is 1.",
+            MetricType::COUNTER,
+            &["program"],
+            stats
+                .iter()
+                .map(|(name, s)| (std::slice::from_ref(name), s.run_count)),
+        );
     }
 }
 
@@ -555,7 +623,7 @@ mod tests {
 
     impl TestCgroup {
         fn new(tag: &str) -> Self {
-            let mount = crate::targets::cgroup2_mount().unwrap();
+            let mount = crate::kernel::targets::cgroup2_mount().unwrap();
             let dir = mount.join(format!("capture-unit-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir(&dir);
             std::fs::create_dir(&dir).unwrap();
@@ -605,7 +673,9 @@ mod tests {
             let mut capture = Capture::load(&limits).unwrap();
             let cg = TestCgroup::new(&format!("{tag}-{}", capture.hook().label()));
             capture
-                .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
+                .set_targets(&BTreeSet::from([
+                    crate::kernel::targets::cgroup_id(&cg.0).unwrap()
+                ]))
                 .unwrap();
             let ring = capture.take_events().unwrap();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -696,7 +766,7 @@ mod tests {
     /// positions, through write and writev), CLOSE arrive in order. The socket hooks name both
     /// ends from the socket.
     fn captures_target_cgroup_only(hook: HookChoice) {
-        use crate::intake::{self, Direction, Event};
+        use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,
@@ -794,7 +864,7 @@ mod tests {
     /// A transfer larger than `--max-capture-bytes-per-syscall` is copied up to the limit and
     /// the rest arrives as a gap event of the right length, counted as a truncation.
     fn per_syscall_limit_reports_the_rest_as_a_gap(hook: HookChoice) {
-        use crate::intake::{self, Direction, Event};
+        use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,
