@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod org;
 pub mod seal;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod tls;
 pub mod tokens;

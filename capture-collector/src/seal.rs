@@ -20,6 +20,7 @@ use std::{
 
 use ring::{
     aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    hkdf,
     rand::{SecureRandom as _, SystemRandom},
 };
 
@@ -56,7 +57,12 @@ pub struct OpenError;
 pub struct SealKey {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// HKDF-SHA256 pseudo-random key the per-organisation keys are expanded from.
+    prk: hkdf::Prk,
 }
+
+/// HKDF salt of the per-organisation keys (RFC 5869 §3.1: a fixed, application-specific salt).
+const ORG_KEY_SALT: &[u8] = b"capture-collector organisation keys v1";
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,10 +100,50 @@ impl SealKey {
                 .map_err(|_| KeyError::Length)?
         };
         let key = UnboundKey::new(&CHACHA20_POLY1305, &raw).map_err(|_| KeyError::Length)?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, ORG_KEY_SALT).extract(&raw);
         Ok(Self {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
+            prk,
         })
+    }
+
+    /// The organisation's own key, expanded from this one with HKDF-SHA256 (info: the
+    /// organisation name). The PostgreSQL store seals each organisation's rows under its own
+    /// key, so a row read under another organisation's key never opens.
+    pub fn for_org(&self, org: &str) -> Result<Self, OpenError> {
+        let info = [b"org\0".as_slice(), org.as_bytes()];
+        let okm = self
+            .prk
+            .expand(&info, &CHACHA20_POLY1305)
+            .map_err(|_| OpenError)?;
+        let mut raw = [0_u8; 32];
+        okm.fill(&mut raw).map_err(|_| OpenError)?;
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &raw).map_err(|_| OpenError)?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, ORG_KEY_SALT).extract(&raw);
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            rng: SystemRandom::new(),
+            prk,
+        })
+    }
+
+    /// Seals `plaintext` into a new buffer.
+    pub fn seal_vec(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal(aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// The sealed key check (see [`check_data_dir`]), for stores that keep it elsewhere.
+    pub fn key_check(&self) -> Result<Vec<u8>, OpenError> {
+        self.seal_vec(CHECK_AAD, CHECK_TEXT)
+    }
+
+    /// Whether `sealed` is the key check sealed under this key.
+    pub fn verifies_check(&self, sealed: &[u8]) -> bool {
+        let mut sealed = sealed.to_vec();
+        matches!(self.open(CHECK_AAD, &mut sealed), Ok(text) if text == CHECK_TEXT)
     }
 
     /// Appends `nonce | seal(plaintext) | tag` to `out`.
@@ -219,6 +265,24 @@ mod tests {
         copy[20] ^= 1;
         assert!(k.open(b"org-a/1/16", &mut copy).is_err());
         assert_eq!(k.open(b"org-a/1/16", record).unwrap(), b"secret body");
+    }
+
+    #[test]
+    fn organisation_keys_differ_and_are_stable() {
+        let master = key(7);
+        let a = master.for_org("a").unwrap();
+        let sealed = a.seal_vec(b"x", b"secret").unwrap();
+        let mut copy = sealed.clone();
+        assert_eq!(
+            master.for_org("a").unwrap().open(b"x", &mut copy).unwrap(),
+            b"secret"
+        );
+        let mut copy = sealed.clone();
+        assert!(master.for_org("b").unwrap().open(b"x", &mut copy).is_err());
+        let mut copy = sealed;
+        assert!(master.open(b"x", &mut copy).is_err());
+        assert!(master.verifies_check(&master.key_check().unwrap()));
+        assert!(!key(8).verifies_check(&master.key_check().unwrap()));
     }
 
     #[test]

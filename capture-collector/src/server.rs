@@ -47,10 +47,10 @@ use tracing::{error, info, warn};
 use crate::{
     metrics::{self, AuthFailure, Metrics, Rejection},
     org::OrgName,
-    seal::SealKey,
-    store::{Appended, BatchId, Store, StoreConfig, StoreError},
+    storage::{Access, Retention, Storage, StorageConfig, StorageError},
+    store::Appended,
     tls::ServerIdentity,
-    tokens::{Caller, TokenStore},
+    tokens::Caller,
 };
 
 /// Longest `daemon_id` accepted (a DNS name: node names are).
@@ -91,8 +91,8 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub identity: ServerIdentity,
-    pub store: StoreConfig,
-    pub key: Option<Arc<SealKey>>,
+    pub store: StorageConfig,
+    pub retention: Retention,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -106,7 +106,7 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(tonic::transport::Error),
     #[error("storage: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     #[error("server: {0}")]
     Transport(tonic::transport::Error),
     #[error("server task: {0}")]
@@ -131,7 +131,7 @@ fn bearer(value: &str) -> Option<&str> {
 /// Checks `authorization: Bearer <token>` on every call.
 #[derive(Clone)]
 struct Auth {
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
 }
 
@@ -146,7 +146,7 @@ impl Interceptor for Auth {
             .map(str::to_owned);
         let outcome = match token {
             None => Err(AuthFailure::Missing),
-            Some(token) => self.tokens.authenticate(&token).map(|c| (c, token)),
+            Some(token) => self.storage.authenticate(&token).map(|c| (c, token)),
         };
         match outcome {
             Ok((caller, token)) => {
@@ -183,13 +183,96 @@ struct Published {
     exchange: pb::Exchange,
 }
 
-/// The live stream of each organisation.
+/// The live stream of each organisation. With the file store the pushes of this collector
+/// are published as they are stored; with PostgreSQL one tail task per watched organisation
+/// reads the shared log from a cursor (woken by notifications, polling otherwise), so
+/// watchers see what every replica stored.
 struct Hub {
     capacity: usize,
     orgs: Mutex<std::collections::HashMap<OrgName, broadcast::Sender<Arc<Published>>>>,
+    /// Organisations with a tail task running, and the task.
+    tails: tokio::sync::Mutex<std::collections::HashMap<OrgName, JoinHandle<()>>>,
 }
 
+/// Exchanges a tail reads in one query.
+const TAIL_BATCH: i64 = 512;
+
 impl Hub {
+    /// Subscribes to `org`'s stream; with PostgreSQL also makes sure a tail runs, starting at
+    /// the end of the log as it is now, before this returns: nothing stored later is missed.
+    async fn subscribe_to(
+        self: &Arc<Self>,
+        org: &OrgName,
+        storage: &Arc<Storage>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<broadcast::Receiver<Arc<Published>>, StorageError> {
+        let Storage::Postgres(pg) = &**storage else {
+            return Ok(self.subscribe(org));
+        };
+        let mut tails = self.tails.lock().await;
+        let live = self.subscribe(org);
+        if tails.get(org).is_none_or(JoinHandle::is_finished) {
+            let cursor = pg.head(org).await?;
+            let task = tokio::spawn(Arc::clone(self).tail(
+                org.clone(),
+                Arc::clone(storage),
+                cursor,
+                shutdown.clone(),
+            ));
+            tails.insert(org.clone(), task);
+        }
+        Ok(live)
+    }
+
+    async fn tail(
+        self: Arc<Self>,
+        org: OrgName,
+        storage: Arc<Storage>,
+        mut cursor: crate::storage::postgres::Cursor,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Storage::Postgres(pg) = &*storage else {
+            return;
+        };
+        let waker = pg.waker(&org);
+        let sender = self.sender(&org);
+        loop {
+            tokio::select! {
+                () = waker.notified() => {}
+                () = tokio::time::sleep(pg.watch_poll()) => {}
+                _ = shutdown.changed() => return,
+            }
+            {
+                let mut tails = self.tails.lock().await;
+                if sender.receiver_count() == 0 {
+                    tails.remove(&org);
+                    return;
+                }
+            }
+            loop {
+                match pg.read_after(&org, cursor, TAIL_BATCH).await {
+                    Ok((exchanges, next)) => {
+                        let full = exchanges.len() as i64 == TAIL_BATCH;
+                        cursor = next;
+                        for stored in exchanges {
+                            let _ = sender.send(Arc::new(Published {
+                                daemon_id: Arc::from(stored.daemon_id.as_str()),
+                                exchange: stored.exchange,
+                            }));
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(org = %org, error = %e, "reading the shared log for watchers failed; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     fn sender(&self, org: &OrgName) -> broadcast::Sender<Arc<Published>> {
         let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
         orgs.entry(org.clone())
@@ -217,7 +300,7 @@ impl Hub {
 }
 
 struct IngestService {
-    store: Arc<Store>,
+    store: Arc<Storage>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     max_exchanges: usize,
@@ -270,20 +353,19 @@ impl Ingest for IngestService {
         let caller = caller(&request)?;
         let batch = request.into_inner();
         self.validate(&batch)?;
-        let id = BatchId {
-            daemon_id: batch.daemon_id.clone(),
-            instance_id: batch.instance_id.clone(),
-            sequence: batch.sequence,
-        };
         let encoded = batch.encode_to_vec();
         let sequence = batch.sequence;
-        match self.store.append(&caller.org, id, encoded).await {
-            Ok(Appended::Stored { .. }) => {
+        match self.store.push(&caller.org, &batch, encoded).await {
+            Ok(Appended::Stored { bytes }) => {
                 let stored = batch.exchanges.len();
                 Metrics::add(&self.metrics.batches_stored, 1);
                 Metrics::add(&self.metrics.exchanges_stored, stored as u64);
-                self.hub
-                    .publish(&caller.org, &batch.daemon_id, batch.exchanges);
+                if let Storage::File(_) = &*self.store {
+                    self.hub
+                        .publish(&caller.org, &batch.daemon_id, batch.exchanges);
+                } else {
+                    Metrics::add(&self.metrics.bytes_stored, bytes);
+                }
                 Ok(Response::new(PushAck {
                     sequence,
                     duplicate: false,
@@ -399,7 +481,7 @@ impl Filter {
 
 struct WatchService {
     hub: Arc<Hub>,
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
     watchers: Arc<AtomicUsize>,
     max_watchers: usize,
@@ -452,7 +534,14 @@ impl Watch for WatchService {
         };
         info!(target: "audit", event = "watch_start", org = %caller.org, token = %caller.token, peer = ?peer, "watch stream opened");
         // Subscribed before the call returns: nothing stored after it is missed.
-        let live = self.hub.subscribe(&caller.org);
+        let live = self
+            .hub
+            .subscribe_to(&caller.org, &self.storage, &self.shutdown)
+            .await
+            .map_err(|e| {
+                error!(org = %caller.org, error = %e, "watch: reading the store failed");
+                Status::unavailable("the collector could not read its store; retry later")
+            })?;
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         let watcher = Watcher {
             caller,
@@ -460,7 +549,7 @@ impl Watch for WatchService {
             filter,
             live,
             tx,
-            tokens: Arc::clone(&self.tokens),
+            storage: Arc::clone(&self.storage),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
             _slot: slot,
@@ -476,7 +565,7 @@ struct Watcher {
     filter: Filter,
     live: broadcast::Receiver<Arc<Published>>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     _slot: WatcherSlot,
@@ -494,7 +583,7 @@ impl Watcher {
                     break;
                 }
                 _ = recheck.tick() => {
-                    if self.tokens.authenticate(&self.token.0).is_err() {
+                    if self.storage.authenticate(&self.token.0).is_err() {
                         info!(target: "audit", event = "watch_end", org = %self.caller.org, token = %self.caller.token, reason = "token no longer valid", "watch stream closed");
                         let _ = self.tx.send(Err(Status::unauthenticated("token revoked"))).await;
                         return;
@@ -599,7 +688,9 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
-    store: Arc<Store>,
+    store: Arc<Storage>,
+    hub: Arc<Hub>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -607,14 +698,22 @@ impl Running {
     pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
         let served = self.task.await;
-        let store = self.store;
-        tokio::task::spawn_blocking(move || {
-            if let Ok(store) = Arc::try_unwrap(store) {
-                store.close();
+        if let Some(retention) = self.retention {
+            retention.abort();
+            let _ = retention.await;
+        }
+        for (_, tail) in self.hub.tails.lock().await.drain() {
+            tail.abort();
+            let _ = tail.await;
+        }
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => store.close().await,
+            Err(store) => {
+                if let Storage::Postgres(pg) = &*store {
+                    pg.shutdown().await;
+                }
             }
-        })
-        .await
-        .ok();
+        }
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServeError::Transport(e)),
@@ -624,15 +723,30 @@ impl Running {
 }
 
 /// Opens the store, binds, and serves on a task.
-pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Running, ServeError> {
+pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
     let metrics = Metrics::new();
-    let store_config = config.store.clone();
-    let key = config.key.clone();
-    let store_metrics = Arc::clone(&metrics);
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, key, store_metrics))
-        .await
-        .map_err(|e| ServeError::Store(StoreError::Poisoned(e.to_string())))??;
-    let store = Arc::new(store);
+    let store =
+        Arc::new(Storage::open(config.store.clone(), Arc::clone(&metrics), Access::Serve).await?);
+    let retention = config.retention.is_set().then(|| {
+        let store = Arc::clone(&store);
+        let retention = config.retention.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(retention.interval.max(Duration::from_secs(1)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match store.enforce_retention(&retention).await {
+                    Ok(0) => {}
+                    Ok(removed) => info!(removed, "retention enforced"),
+                    Err(e) => {
+                        Metrics::add(&metrics.retention_failures, 1);
+                        error!(error = %e, "enforcing retention failed; trying again next time");
+                    }
+                }
+            }
+        })
+    });
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(
             metrics::serve(addr, Arc::clone(&metrics))
@@ -651,9 +765,10 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
     let hub = Arc::new(Hub {
         capacity: config.limits.watch_buffer.max(1),
         orgs: Mutex::new(std::collections::HashMap::new()),
+        tails: tokio::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let auth = Auth {
-        tokens: Arc::clone(&tokens),
+        storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
     };
     let ingest = IngestServer::new(IngestService {
@@ -667,8 +782,8 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
     // decompressed batch.
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let watch = WatchServer::new(WatchService {
-        hub,
-        tokens,
+        hub: Arc::clone(&hub),
+        storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         watchers: Arc::new(AtomicUsize::new(0)),
         max_watchers: config.limits.max_watchers,
@@ -710,5 +825,7 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
         shutdown,
         task,
         store,
+        hub,
+        retention,
     })
 }
