@@ -169,14 +169,14 @@ struct StoreArgs {
     /// `file:DIR` (the embedded store) or `postgres://USER@HOST:PORT/DB?sslmode=…` (`postgres://`
     /// alone: everything from the PG* environment). A password is better given with
     /// --db-password-file or PGPASSWORD than in the URL.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "CAPTURE_COLLECTOR_STORE")]
     store: Option<Location>,
     /// Seal every stored record with this 32-byte key (raw or hex; the file must be 0600).
     /// Required with PostgreSQL, except for `token`.
     #[arg(long, value_name = "FILE")]
     encryption_key: Option<PathBuf>,
     /// PostgreSQL: a file whose first line is the password.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "CAPTURE_COLLECTOR_DB_PASSWORD_FILE")]
     db_password_file: Option<PathBuf>,
     /// PostgreSQL: connections in this collector's pool.
     #[arg(long, value_name = "N", default_value_t = 16,
