@@ -709,6 +709,82 @@ async fn postgres_start_up_migrates_and_needs_a_key() {
     assert!(stderr.contains("***"), "{stderr}");
 }
 
+/// TLS to the database: `sslmode=verify-full` against the cluster's CA connects (and the
+/// server says the collector's connections are encrypted); against another CA it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    let Some(pg) = postgres() else { return };
+    let url = pg.database("tls");
+    let password = pg.password_file();
+    let ca = pg.ca();
+    let tls_url = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}&application_name=capture-tls",
+        ca.display()
+    );
+    let out = run(&[
+        "token",
+        "create",
+        "--org",
+        "acme",
+        "--store",
+        &tls_url,
+        "--db-password-file",
+        path(&password),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let key = key_file(tmp.path());
+    let collector = Collector::start_in(
+        &[
+            "--store",
+            &tls_url,
+            "--db-password-file",
+            path(&password),
+            "--encryption-key",
+            path(&key),
+        ],
+        &tmp.path().join("tls"),
+        &[],
+    );
+    let ssl = pg.psql(
+        "postgres",
+        "SELECT bool_and(s.ssl), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'capture-tls'",
+    );
+    let (all_ssl, count) = ssl.trim().split_once('|').unwrap();
+    assert_eq!(all_ssl, "t", "{ssl}");
+    assert!(count.parse::<u32>().unwrap() >= 1, "{ssl}");
+    drop(collector);
+    // Another CA: the certificate does not verify, nothing connects.
+    let other = capture_collector::tls::generate(&["localhost"]).unwrap();
+    let other_ca = tmp.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.ca_pem).unwrap();
+    let bad_url = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    );
+    let out = run(&[
+        "token",
+        "list",
+        "--org",
+        "acme",
+        "--store",
+        &bad_url,
+        "--db-password-file",
+        path(&password),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn store_urls_are_checked() {
     let out = run(&["token", "list", "--org", "acme", "--store", "mysql://x"]);

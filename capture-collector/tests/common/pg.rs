@@ -70,6 +70,23 @@ impl Postgres {
                 nix::unistd::chown(dir.as_path(), Some(user.uid), Some(user.gid)).unwrap();
             }
         }
+        // TLS for clients that ask for it (`sslmode=verify-full&sslrootcert=…`): a CA and a
+        // certificate for localhost and 127.0.0.1, the key readable by the server only.
+        let generated = capture_collector::tls::generate(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(sock.join("server.crt"), &generated.identity.cert_pem).unwrap();
+        std::fs::write(sock.join("server.key"), &generated.identity.key_pem).unwrap();
+        std::fs::set_permissions(
+            sock.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(base.path().join("ca.pem"), &generated.ca_pem).unwrap();
+        if as_postgres {
+            let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+            for file in ["server.crt", "server.key"] {
+                nix::unistd::chown(&sock.join(file), Some(user.uid), Some(user.gid)).unwrap();
+            }
+        }
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -102,10 +119,11 @@ impl Postgres {
         );
         let log = pg.sock.join("server.log");
         let options = format!(
-            "-k {} -p {} -h 127.0.0.1 -c fsync={} -c max_connections=200",
-            pg.sock.display(),
+            "-k {sock} -p {} -h 127.0.0.1 -c fsync={} -c max_connections=200 -c ssl=on \
+             -c ssl_cert_file={sock}/server.crt -c ssl_key_file={sock}/server.key",
             pg.port,
-            if fsync { "on" } else { "off" }
+            if fsync { "on" } else { "off" },
+            sock = pg.sock.display(),
         );
         let started = pg
             .command("pg_ctl")
@@ -213,6 +231,11 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
+    }
+
+    /// The CA that signed the server's certificate (for `sslrootcert`).
+    pub fn ca(&self) -> PathBuf {
+        self.base.path().join("ca.pem")
     }
 
     pub fn data_dir(&self) -> &Path {
