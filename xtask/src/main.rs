@@ -7,6 +7,7 @@ mod bench_export;
 mod demo;
 mod image;
 mod kind;
+mod modcycles;
 mod setup;
 
 use std::{
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             setup::chart_test_tools(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            modcycles::check(&root.join("capture-daemon/src"))?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
