@@ -62,6 +62,53 @@ enum Command {
     Export(ExportArgs),
     /// Follow an organisation's exchanges live, one line each.
     Watch(WatchCliArgs),
+    /// Smart Diff of stored traffic: a baseline selection against a candidate selection, with
+    /// the organisation's noise model. Exit 0: nothing red; 1: red (or yellow with
+    /// --fail-on yellow) or a runtime failure; 2: bad input.
+    Diff(Box<DiffArgs>),
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// Where the traffic is, when run next to the store (or give --collector).
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The organisation (local runs; remotely the token names it).
+    #[arg(long, value_name = "NAME")]
+    org: Option<OrgName>,
+    /// Run the diff on this collector (`https://HOST:PORT`) over its authenticated API.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["data", "store"], requires = "token_file")]
+    collector: Option<String>,
+    /// File holding the token (with --collector).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate to trust (PEM, with --collector); the system roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// The baseline traffic: `routing-key=K,workload=W,namespace=NS,since=T,until=T` (RFC 3339
+    /// times; every key given must match).
+    #[arg(long, value_name = "SELECTOR")]
+    baseline: capture_collector::diff::Selector,
+    /// The candidate traffic, as --baseline.
+    #[arg(long, value_name = "SELECTOR")]
+    candidate: capture_collector::diff::Selector,
+    /// The baseline's traffic seen again (A/A): learned as noise and merged into the stored
+    /// model before the diff. Repeatable.
+    #[arg(long, value_name = "SELECTOR")]
+    noise: Vec<capture_collector::diff::Selector>,
+    /// Name of the organisation's noise model to use and update.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    model: String,
+    /// Also write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// What makes the exit code 1: a red finding, or also yellow ones.
+    #[arg(long, value_name = "red|yellow", default_value = "red")]
+    fail_on: capture_diff::FailOn,
+    /// Exchanges one selection may hold (local runs; a collector has its own limit).
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_diff_exchanges: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +182,10 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_watchers: u64,
+    /// Exchanges one Smart Diff selection may hold; a bigger one is refused.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_diff_exchanges: u64,
     /// Log format on standard error (audit lines are always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -159,12 +210,7 @@ enum TokenCommand {
 #[derive(Args)]
 struct StoreArgs {
     /// Data directory of the embedded store (the same as `--store file:DIR`).
-    #[arg(
-        long,
-        value_name = "DIR",
-        required_unless_present = "store",
-        conflicts_with = "store"
-    )]
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data: Option<PathBuf>,
     /// `file:DIR` (the embedded store) or `postgres://USER@HOST:PORT/DB?sslmode=…` (`postgres://`
     /// alone: everything from the PG* environment). A password is better given with
@@ -292,6 +338,10 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text, "warn");
             watch(args)
         }
+        Command::Diff(args) => {
+            init_logging(LogFormat::Text, "warn");
+            return diff(&args);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -367,6 +417,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             max_batch_exchanges: usize_of(args.max_batch_exchanges),
             watch_buffer: usize_of(args.watch_buffer),
             max_watchers: usize_of(args.max_watchers),
+            max_diff_exchanges: usize_of(args.max_diff_exchanges),
         },
         metrics_addr: args.metrics_addr,
     };
@@ -505,6 +556,114 @@ fn export(args: &ExportArgs) -> Result<(), Failure> {
             );
         }
         Ok(())
+    })
+}
+
+/// Runs the diff locally or on a collector, prints the summary, writes the JSON, and exits
+/// 0 / 1 / 2 as `capture diff` does.
+fn diff(args: &DiffArgs) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(diff_report(args)));
+    let report = match result {
+        Ok(report) => report,
+        Err(Failure::Usage(m)) => {
+            eprintln!("capture-collector: {m}");
+            return ExitCode::from(2);
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("capture-collector: {m}");
+            return ExitCode::from(1);
+        }
+    };
+    use std::io::IsTerminal as _;
+    print!(
+        "{}",
+        report.render_terminal(std::io::stdout().is_terminal())
+    );
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                capture_collector::seal::write_atomically(path, &json, 0o600)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            eprintln!("capture-collector: --json {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::from(u8::try_from(report.exit_code(args.fail_on)).unwrap_or(1))
+}
+
+async fn diff_report(args: &DiffArgs) -> Result<capture_diff::Report, Failure> {
+    use capture_collector::diff::{self, DiffError};
+    if let Some(collector) = &args.collector {
+        let token_file = args
+            .token_file
+            .as_deref()
+            .ok_or_else(|| Failure::Usage("--collector needs --token-file".into()))?;
+        let (channel, header) = watch_client::connect(collector, token_file, args.ca.as_deref())
+            .await
+            .map_err(|e| match e {
+                WatchError::Usage(m) => Failure::Usage(m),
+                WatchError::Runtime(m) => Failure::Runtime(m),
+            })?;
+        let mut client = capture_proto::v1::diff_client::DiffClient::with_interceptor(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+                Ok(request)
+            },
+        )
+        .max_decoding_message_size(256 << 20);
+        let response = client
+            .diff(capture_proto::v1::DiffRequest {
+                baseline: Some(args.baseline.to_proto()),
+                candidate: Some(args.candidate.to_proto()),
+                noise: args.noise.iter().map(diff::Selector::to_proto).collect(),
+                model: args.model.clone(),
+            })
+            .await
+            .map_err(|status| {
+                let message = format!("{collector}: {}", watch_client::describe(&status));
+                match status.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => {
+                        Failure::Usage(message)
+                    }
+                    _ => Failure::Runtime(message),
+                }
+            })?
+            .into_inner();
+        return serde_json::from_str(&response.report_json)
+            .map_err(|e| Failure::Runtime(format!("{collector}: the report does not read: {e}")));
+    }
+    let org = args
+        .org
+        .clone()
+        .ok_or_else(|| Failure::Usage("--org is required with --data or --store".into()))?;
+    let config = args.store.config(64 << 20, Duration::from_secs(1))?;
+    let storage = Storage::open(config, Metrics::new(), Access::Read)
+        .await
+        .map_err(storage_failure)?;
+    let request = diff::DiffRequest {
+        baseline: args.baseline.clone(),
+        candidate: args.candidate.clone(),
+        noise: args.noise.clone(),
+        model: args.model.clone(),
+        max_exchanges: usize::try_from(args.max_diff_exchanges).unwrap_or(usize::MAX),
+    };
+    let report = diff::run(
+        &storage,
+        &org,
+        &request,
+        &capture_diff::DiffOptions::default(),
+    )
+    .await;
+    storage.close().await;
+    report.map_err(|e| match e {
+        DiffError::BadRequest(_) | DiffError::TooLarge { .. } => Failure::Usage(e.to_string()),
+        e => Failure::Runtime(e.to_string()),
     })
 }
 

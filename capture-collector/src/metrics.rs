@@ -105,6 +105,10 @@ pub struct Metrics {
     pub retention_exchanges_removed: AtomicU64,
     /// Retention runs that failed (logged; the next run tries again).
     pub retention_failures: AtomicU64,
+    /// Smart Diff requests answered with a report.
+    pub diffs_run: AtomicU64,
+    /// Smart Diff requests refused: a selection past `--max-diff-exchanges`.
+    pub diffs_too_large: AtomicU64,
 }
 
 impl Metrics {
@@ -194,6 +198,16 @@ impl Metrics {
             "capture_collector_retention_exchanges_removed_total",
             "Exchanges deleted for retention (PostgreSQL store).",
             g(&self.retention_exchanges_removed),
+        );
+        counter(
+            "capture_collector_diffs_total",
+            "Smart Diff requests answered with a report.",
+            g(&self.diffs_run),
+        );
+        counter(
+            "capture_collector_diffs_too_large_total",
+            "Smart Diff requests refused: a selection past --max-diff-exchanges.",
+            g(&self.diffs_too_large),
         );
         counter(
             "capture_collector_retention_failures_total",

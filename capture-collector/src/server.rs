@@ -1,5 +1,6 @@
-//! The gRPC server: `Ingest.Push` stores batches, `Watch.Watch` streams them live, both over
-//! rustls TLS and both behind the bearer token check.
+//! The gRPC server: `Ingest.Push` stores batches, `Watch.Watch` streams them live,
+//! `Diff.Diff` runs the Smart Diff over stored traffic (`diff`), all over rustls TLS and all
+//! behind the bearer token check.
 //!
 //! Every call passes the token interceptor first, before its message is decoded: a call
 //! without a valid, unrevoked token is `UNAUTHENTICATED`, logged as an audit line (without the
@@ -25,7 +26,8 @@ use std::{
 };
 
 use capture_proto::v1::{
-    self as pb, ExchangeBatch, PushAck, WatchRequest, WatchResponse,
+    self as pb, DiffResponse, ExchangeBatch, PushAck, WatchRequest, WatchResponse,
+    diff_server::{Diff, DiffServer},
     ingest_server::{Ingest, IngestServer},
     watch_server::{Watch, WatchServer},
 };
@@ -74,6 +76,8 @@ pub struct Limits {
     pub watch_buffer: usize,
     /// Watch streams open at once, over all organisations (`--max-watchers`).
     pub max_watchers: usize,
+    /// Exchanges one Smart Diff selection may hold (`--max-diff-exchanges`).
+    pub max_diff_exchanges: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +87,7 @@ impl Default for Limits {
             max_batch_exchanges: 4096,
             watch_buffer: 1024,
             max_watchers: 256,
+            max_diff_exchanges: crate::diff::DEFAULT_MAX_EXCHANGES,
         }
     }
 }
@@ -626,18 +631,82 @@ impl Watcher {
     }
 }
 
+/// `Diff.Diff`: the Smart Diff over the caller's organisation's stored traffic.
+struct DiffService {
+    storage: Arc<Storage>,
+    metrics: Arc<Metrics>,
+    max_exchanges: usize,
+}
+
+#[tonic::async_trait]
+impl Diff for DiffService {
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<DiffResponse>, Status> {
+        use crate::diff::{self, DiffError, Selector};
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let selector = |s: Option<&pb::Selector>, name: &str| {
+            s.ok_or_else(|| format!("{name} is required"))
+                .and_then(Selector::from_proto)
+                .map_err(|e| Status::invalid_argument(format!("{name}: {e}")))
+        };
+        let run = diff::DiffRequest {
+            baseline: selector(request.baseline.as_ref(), "baseline")?,
+            candidate: selector(request.candidate.as_ref(), "candidate")?,
+            noise: request
+                .noise
+                .iter()
+                .map(|s| selector(Some(s), "noise"))
+                .collect::<Result<_, _>>()?,
+            model: request.model,
+            max_exchanges: self.max_exchanges,
+        };
+        info!(target: "audit", event = "diff", org = %caller.org, token = %caller.token, "smart diff requested");
+        match diff::run(
+            &self.storage,
+            &caller.org,
+            &run,
+            &capture_diff::DiffOptions::default(),
+        )
+        .await
+        {
+            Ok(report) => {
+                Metrics::add(&self.metrics.diffs_run, 1);
+                let report_json = serde_json::to_string(&report)
+                    .map_err(|e| Status::internal(format!("rendering the report: {e}")))?;
+                Ok(Response::new(DiffResponse { report_json }))
+            }
+            Err(DiffError::BadRequest(m)) => Err(Status::invalid_argument(m)),
+            Err(e @ DiffError::TooLarge { .. }) => {
+                Metrics::add(&self.metrics.diffs_too_large, 1);
+                Err(Status::resource_exhausted(e.to_string()))
+            }
+            Err(e) => {
+                error!(org = %caller.org, error = %e, "smart diff failed");
+                Err(Status::unavailable(
+                    "the collector could not read its store; retry later",
+                ))
+            }
+        }
+    }
+}
+
 type IngestSvc = InterceptedService<IngestServer<IngestService>, Auth>;
+type DiffSvc = InterceptedService<DiffServer<DiffService>, Auth>;
 type WatchSvc = InterceptedService<WatchServer<WatchService>, Auth>;
 type BoxFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
 
-/// Routes calls to the two services by path, and counts the batches the gRPC decoder refused
+/// Routes calls to the three services by path, and counts the batches the gRPC decoder refused
 /// for `--max-batch-bytes`: tonic answers those with `OUT_OF_RANGE` before any handler runs,
 /// and no handler of ours uses that code.
 #[derive(Clone)]
 struct Dispatch {
     ingest: IngestSvc,
     watch: WatchSvc,
+    diff: DiffSvc,
     metrics: Arc<Metrics>,
 }
 
@@ -670,6 +739,9 @@ impl tower::Service<http::Request<Body>> for Dispatch {
             })
         } else if path.starts_with("/capture.v1.Watch/") {
             let future = self.watch.call(request);
+            Box::pin(async move { Ok(future.await?.map(Body::new)) })
+        } else if path.starts_with("/capture.v1.Diff/") {
+            let future = self.diff.call(request);
             Box::pin(async move { Ok(future.await?.map(Body::new)) })
         } else {
             Box::pin(std::future::ready(Ok(Status::unimplemented(
@@ -795,9 +867,17 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
             &config.identity.key_pem,
         ))
         .timeout(Duration::from_secs(10));
+    let diff = DiffServer::new(DiffService {
+        storage: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        max_exchanges: config.limits.max_diff_exchanges,
+    })
+    // A report can be large; the limit is on the selections (--max-diff-exchanges).
+    .max_encoding_message_size(256 << 20);
     let dispatch = Dispatch {
         ingest: InterceptedService::new(ingest, auth.clone()),
-        watch: InterceptedService::new(watch, auth),
+        watch: InterceptedService::new(watch, auth.clone()),
+        diff: InterceptedService::new(diff, auth),
         metrics: Arc::clone(&metrics),
     };
     let server = Server::builder()

@@ -305,7 +305,15 @@ impl Storage {
         visit: &mut (dyn FnMut(StoredExchange) -> Result<(), StorageError> + Send),
     ) -> Result<(), StorageError> {
         match self {
-            Self::File(s) => s.read(org, selection, visit),
+            // Segment reads block: off the async workers when the runtime has others.
+            Self::File(s) => {
+                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(|| s.read(org, selection, visit))
+                    }
+                    _ => s.read(org, selection, visit),
+                }
+            }
             Self::Postgres(s) => s.read(org, selection, visit).await,
         }
     }
