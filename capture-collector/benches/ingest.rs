@@ -189,7 +189,7 @@ async fn run(
         }));
     }
     tokio::time::sleep(warmup).await;
-    let pid = collector.child.id();
+    let pid = collector.child.pid();
     let db_ticks = || pg.map_or(0, postgres_ticks);
     let (start_acked, start_ticks, start_db, start) = (
         acked.load(Ordering::Relaxed),
@@ -239,7 +239,7 @@ fn start_pinned(store: &[&str], tls: &std::path::Path) -> Collector {
     // The collector binary is started by `Collector::start_in`; pin it after the fact
     // (taskset -p applies to every thread with -a).
     let collector = Collector::start_in(store, tls, &[]);
-    let pid = collector.child.id().to_string();
+    let pid = collector.child.pid().to_string();
     let status = Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &pid])
         .stdout(std::process::Stdio::null())

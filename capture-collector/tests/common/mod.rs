@@ -5,11 +5,12 @@
 
 pub mod pg;
 
+use capture_test_support::ChildProcess;
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -68,7 +69,7 @@ pub fn path(p: &Path) -> &str {
 
 /// A `capture-collector serve` child with dev TLS, on a port of its choosing.
 pub struct Collector {
-    pub child: Child,
+    pub child: ChildProcess,
     pub addr: SocketAddr,
     pub ca: PathBuf,
     pub metrics: Option<SocketAddr>,
@@ -84,15 +85,17 @@ impl Collector {
     /// flags); its log goes beside `tls`.
     pub fn start_in(store: &[&str], tls: &Path, extra: &[&str]) -> Self {
         let stderr = tls.with_extension(format!("stderr-{}", rand_suffix()));
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--dev-tls", path(tls)])
-            .args(store)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn capture-collector serve");
-        let stdout = child.stdout.take().unwrap();
+        let mut child = ChildProcess::spawn(
+            Command::new(BIN)
+                .args(["serve", "--listen", "127.0.0.1:0", "--dev-tls", path(tls)])
+                .args(store)
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+            "capture-collector serve",
+        )
+        .expect("spawn capture-collector serve");
+        let stdout = child.child_mut().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -108,8 +111,7 @@ impl Collector {
             let line = match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => line,
                 Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    child.kill();
                     panic!(
                         "collector did not start: {}",
                         std::fs::read_to_string(&stderr).unwrap_or_default()
@@ -137,8 +139,7 @@ impl Collector {
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     pub fn logs(&self) -> String {
@@ -152,8 +153,7 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         let _ = std::fs::remove_file(&self.stderr);
     }
 }

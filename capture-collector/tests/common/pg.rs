@@ -1,8 +1,9 @@
 //! A real PostgreSQL for the tests and the benchmark: Debian's server binaries, a cluster made
 //! with `initdb` in a temporary directory (as the `postgres` user when running as root),
 //! listening on a free loopback port and a private unix socket, stopped and removed when the
-//! guard drops. Missing binaries skip the caller, except under `CI=true`, where they fail it
-//! (`cargo xtask test` installs the `postgresql` package).
+//! guard drops. Missing binaries skip the caller, except under CI
+//! (`capture_test_support::running_in_ci`), where they fail it (`cargo xtask test` installs the
+//! `postgresql` package).
 
 use std::{
     net::TcpListener,
@@ -39,11 +40,11 @@ fn bin_dir() -> Option<PathBuf> {
 }
 
 impl Postgres {
-    /// A fresh cluster, or `None` (after saying why) when PostgreSQL is not installed and
-    /// `CI` is not `true`.
+    /// A fresh cluster, or `None` (after saying why) when PostgreSQL is not installed and this
+    /// is not CI.
     pub fn start(fsync: bool) -> Option<Self> {
         let Some(bin) = bin_dir() else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if capture_test_support::running_in_ci() {
                 panic!(
                     "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); \
                      `cargo xtask test` installs it (apt-get install postgresql)"
