@@ -8,10 +8,13 @@
 //! capture-collector export (--data DIR | --store URL) --org NAME --har FILE [--encryption-key FILE]
 //! capture-collector watch  --collector https://HOST:PORT --token-file FILE [--ca FILE]
 //!                          [--namespace NS] [--workload NAME] [--routing-key KEY] [--headers-only]
+//! capture-collector diff   ((--data DIR | --store URL) --org NAME | --collector URL --token-file FILE)
+//!                          --baseline SELECTOR --candidate SELECTOR [--noise SELECTOR]...
+//!                          [--model NAME] [--json FILE] [--fail-on red|yellow]
 //! ```
 //!
 //! Exit codes: 0 success, 2 usage or configuration error (the message names the flag and the
-//! value), 1 runtime failure.
+//! value), 1 runtime failure; `diff` also exits 1 when something is red.
 #![forbid(unsafe_code)]
 
 use std::{
