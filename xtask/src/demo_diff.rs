@@ -52,7 +52,10 @@ pub fn run(root: &Path) -> Result<()> {
         client.args(["-o", "/dev/null", &format!("{base}/items/{n}")]);
     }
     client.args(["-o", "/dev/null", &format!("{base}/health")]);
+    // `--next`: curl's -X and --data would otherwise apply to every URL above.
     client.args([
+        "--next",
+        "-sS",
         "-o",
         "/dev/null",
         "-X",
