@@ -210,7 +210,10 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut buf = Vec::new();
-    for (line, verdict, reason) in &lines {
+    for (line, verdict, reason, truncated) in &lines {
+        if *truncated {
+            *counts.entry("response_truncated").or_default() += 1;
+        }
         buf.extend_from_slice(line);
         buf.push(b'\n');
         let key = match verdict {
@@ -245,8 +248,9 @@ struct Plan {
     source_name: String,
 }
 
-/// One output line, its verdict, and the reason word of a skip or error.
-type Line = (Vec<u8>, ReplayVerdict, Option<&'static str>);
+/// One output line, its verdict, the reason word of a skip or error, and whether the response
+/// body was cut at `--max-body`.
+type Line = (Vec<u8>, ReplayVerdict, Option<&'static str>, bool);
 
 /// The HTTP/1.1 client and the h2c (prior knowledge) client.
 type Clients = (
@@ -307,9 +311,9 @@ async fn replay_all(
                 har::write_entry_with_replay(&entry.exchange, &UNIX, &r, &mut line);
                 tasks.push((
                     i,
-                    tokio::spawn(
-                        async move { (line, ReplayVerdict::Skipped, Some(skip.as_str())) },
-                    ),
+                    tokio::spawn(async move {
+                        (line, ReplayVerdict::Skipped, Some(skip.as_str()), false)
+                    }),
                 ));
                 continue;
             }
@@ -335,7 +339,8 @@ async fn replay_all(
                 base.reason = reason.map(str::to_owned);
                 let mut line = Vec::new();
                 har::write_entry_with_replay(&exchange, &UNIX, &base, &mut line);
-                (line, verdict, reason)
+                let truncated = exchange.response.as_ref().is_some_and(|r| r.body.truncated);
+                (line, verdict, reason, truncated)
             }),
         ));
     }
@@ -1076,5 +1081,29 @@ mod tests {
             b"\0\0\0\0\x02ok"
         );
         assert_eq!(g.replay.unwrap().verdict, ReplayVerdict::Sent);
+    }
+
+    #[tokio::test]
+    async fn max_body_cuts_and_marks_the_response() {
+        let (addr, _received) = server().await;
+        let mut plan = plan(true, &[]);
+        plan.target = Target::parse(&format!("http://{addr}")).unwrap();
+        plan.max_body = 4;
+        let mut ex = capture_model::fixtures::representative_redacted();
+        ex.redacted.clear();
+        ex.request.method = "GET".into();
+        let entries = vec![ReadEntry {
+            exchange: ex,
+            replay: None,
+            line: 1,
+        }];
+        let lines = replay_all(std::sync::Arc::new(plan), entries, Pacing::Unpaced, 1).await;
+        assert!(lines[0].3, "counted as truncated");
+        let read = har_read::read_entries(std::str::from_utf8(&lines[0].0).unwrap()).unwrap();
+        let body = &read[0].exchange.response.as_ref().unwrap().body;
+        assert_eq!(
+            (body.data.as_slice(), body.wire_size, body.truncated),
+            (&b"{\"ok"[..], 11, true)
+        );
     }
 }
