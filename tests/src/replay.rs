@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use crate::cgroup::TestCgroup;
 use crate::net::{free_port, wait_for_port};
-use crate::process::ChildProcess;
+use capture_test_support::ChildProcess;
 
 const JSON_SERVICE: &str = include_str!("../fixtures/json_service.py");
 const START_TIMEOUT: Duration = Duration::from_secs(20);

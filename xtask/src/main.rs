@@ -166,8 +166,7 @@ fn set_env(key: &str, value: &Path) {
 
 /// Under CI the BPF tests must run for real: refuse to go on when they cannot.
 fn check_root_for_ci() -> anyhow::Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if ci && !nix_is_root() {
+    if capture_e2e::running_in_ci() && !nix_is_root() {
         bail!("CI=true but not running as root: the eBPF end-to-end tests cannot run; run as root");
     }
     Ok(())
