@@ -712,7 +712,6 @@ impl<'a> Decoding<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
 
     use base64::Engine as _;
     use serde_json::{Value, json};
@@ -720,27 +719,11 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{Incomplete, Protocol, Role, Timing, Workload},
-        fixtures::{representative, representative_redacted},
+        fixtures::{addr, body, h, representative, representative_redacted},
     };
 
     /// 2024-05-01T12:00:00.123Z at monotonic 5 s.
     const CLOCK: WallClock = WallClock::with_offset_ns(1_714_564_800_123_000_000 - 5_000_000_000);
-
-    fn h(name: &str, value: &str) -> Header {
-        Header::new(name, value)
-    }
-
-    fn body(data: &[u8]) -> Body {
-        Body {
-            data: data.to_vec(),
-            wire_size: data.len() as u64,
-            ..Body::default()
-        }
-    }
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
 
     fn line(ex: &Exchange) -> String {
         entry_json_line(ex, &CLOCK)

@@ -102,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             modcycles::check(&root.join("capture-daemon/src"))?;
+            modcycles::check_layering(&root, "capture-collector")?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
