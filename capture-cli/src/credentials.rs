@@ -113,8 +113,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cookie");
         std::fs::write(&path, "session=abc\n").unwrap();
-        // SAFETY-free: set_var is safe in edition 2024 only inside unsafe; use a variable the
-        // test process already has instead.
+        // `std::env::set_var` is unsafe in a threaded test binary: read a variable every
+        // process has instead.
         let creds = Credentials::load(&[
             format!("Cookie=file:{}", path.display()),
             "x-home=env:PATH".into(),

@@ -40,6 +40,13 @@ pub struct DiffArgs {
     /// diffy's absolute threshold, percent.
     #[arg(long, default_value_t = 0.03)]
     absolute_threshold: f64,
+    /// Values longer than this (characters) are cut in the report (counted in
+    /// summary.values_truncated).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_value_chars: usize,
+    /// Findings listed per pair (the rest counted in summary.findings_dropped).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    max_findings_per_pair: usize,
     /// Header whose value is not compared (only its presence); repeatable.
     #[arg(long, value_name = "NAME")]
     volatile_header: Vec<String>,
@@ -75,7 +82,8 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<u8> {
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
-        ..DiffOptions::default()
+        max_value_chars: args.max_value_chars,
+        max_findings_per_pair: args.max_findings_per_pair,
     };
     let mut noise = NoiseModel::new();
     for path in &args.noise {

@@ -210,7 +210,10 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut buf = Vec::new();
-    for (line, verdict, reason) in &lines {
+    for (line, verdict, reason, truncated) in &lines {
+        if *truncated {
+            *counts.entry("response_truncated").or_default() += 1;
+        }
         buf.extend_from_slice(line);
         buf.push(b'\n');
         let key = match verdict {
@@ -245,8 +248,9 @@ struct Plan {
     source_name: String,
 }
 
-/// One output line, its verdict, and the reason word of a skip or error.
-type Line = (Vec<u8>, ReplayVerdict, Option<&'static str>);
+/// One output line, its verdict, the reason word of a skip or error, and whether the response
+/// body was cut at `--max-body`.
+type Line = (Vec<u8>, ReplayVerdict, Option<&'static str>, bool);
 
 /// The HTTP/1.1 client and the h2c (prior knowledge) client.
 type Clients = (
@@ -307,9 +311,9 @@ async fn replay_all(
                 har::write_entry_with_replay(&entry.exchange, &UNIX, &r, &mut line);
                 tasks.push((
                     i,
-                    tokio::spawn(
-                        async move { (line, ReplayVerdict::Skipped, Some(skip.as_str())) },
-                    ),
+                    tokio::spawn(async move {
+                        (line, ReplayVerdict::Skipped, Some(skip.as_str()), false)
+                    }),
                 ));
                 continue;
             }
@@ -335,7 +339,8 @@ async fn replay_all(
                 base.reason = reason.map(str::to_owned);
                 let mut line = Vec::new();
                 har::write_entry_with_replay(&exchange, &UNIX, &base, &mut line);
-                (line, verdict, reason)
+                let truncated = exchange.response.as_ref().is_some_and(|r| r.body.truncated);
+                (line, verdict, reason, truncated)
             }),
         ));
     }
@@ -899,6 +904,206 @@ mod tests {
         assert_eq!(
             prepare(&plan(false, &[]), &ex).err(),
             Some(Skip::GrpcStreaming)
+        );
+    }
+
+    /// A real HTTP/2 (h2c) and HTTP/1.1 server on loopback: answers JSON, or a gRPC message with
+    /// `grpc-status` trailers on `/shop.Catalog/*`, with a `Set-Cookie` to be removed, and
+    /// reports what it received.
+    async fn server() -> (
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<(String, String, http::HeaderMap)>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            async move {
+                                let version = format!("{:?}", req.version());
+                                let (parts, body) = req.into_parts();
+                                let _ = body.collect().await;
+                                let path = parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default();
+                                let _ = tx.send((version, path.clone(), parts.headers));
+                                let grpc = path.starts_with("/shop.Catalog/");
+                                let builder = http::Response::builder()
+                                    .header("set-cookie", "s=server-secret");
+                                let (builder, data, trailers) = if grpc {
+                                    let mut trailers = http::HeaderMap::new();
+                                    trailers
+                                        .insert("grpc-status", http::HeaderValue::from_static("5"));
+                                    trailers.insert(
+                                        "grpc-message",
+                                        http::HeaderValue::from_static("not%20found"),
+                                    );
+                                    (
+                                        builder.header("content-type", "application/grpc"),
+                                        Bytes::from_static(b"\0\0\0\0\x02ok"),
+                                        Some(Ok::<_, std::convert::Infallible>(trailers)),
+                                    )
+                                } else {
+                                    (
+                                        builder.header("content-type", "application/json"),
+                                        Bytes::from_static(b"{\"ok\":true}"),
+                                        None,
+                                    )
+                                };
+                                let body =
+                                    Full::new(data).with_trailers(std::future::ready(trailers));
+                                Ok::<_, std::convert::Infallible>(builder.body(body).unwrap())
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn h2c_grpc_and_http1_are_sent_and_recorded() {
+        let (addr, mut received) = server().await;
+        let mut plan = plan(true, &[]);
+        plan.target = Target::parse(&format!("http://{addr}")).unwrap();
+        plan.routing_key = Some("sb".into());
+
+        let mut h1 = capture_model::fixtures::representative_redacted();
+        h1.redacted.clear();
+        h1.request.method = "GET".into();
+        h1.request.target = "/v1/x?b=2&a=1".into();
+        h1.request
+            .headers
+            .push(Header::new("baggage", "a=1,sd-routing-key=old"));
+        let mut h2 = h1.clone();
+        h2.protocol = Protocol::H2;
+        h2.request.version = HttpVersion::Http2;
+        h2.request.headers = vec![
+            Header::new(":method", "GET"),
+            Header::new(":path", "/v1/x?b=2&a=1"),
+            Header::new("accept", "application/json"),
+        ];
+        let mut grpc = h2.clone();
+        grpc.protocol = Protocol::Grpc;
+        grpc.request.method = "POST".into();
+        grpc.request.target = "/shop.Catalog/Get".into();
+        grpc.request.headers = vec![Header::new("content-type", "application/grpc")];
+        grpc.request.body.data = b"\0\0\0\0\x01x".to_vec();
+        grpc.response.as_mut().unwrap().body.data = b"\0\0\0\0\x01y".to_vec();
+        let entries: Vec<ReadEntry> = [h1, h2, grpc]
+            .into_iter()
+            .map(|exchange| ReadEntry {
+                exchange,
+                replay: None,
+                line: 1,
+            })
+            .collect();
+        let lines = replay_all(std::sync::Arc::new(plan), entries, Pacing::Unpaced, 2).await;
+        let verdicts: Vec<_> = lines.iter().map(|l| (l.1, l.2)).collect();
+        assert_eq!(verdicts, [(ReplayVerdict::Sent, None); 3]);
+
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(received.recv().await.unwrap());
+        }
+        got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        assert_eq!(
+            got.iter()
+                .map(|g| (g.0.as_str(), g.1.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("HTTP/1.1", "/v1/x?b=2&a=1"),
+                ("HTTP/2.0", "/shop.Catalog/Get"),
+                ("HTTP/2.0", "/v1/x?b=2&a=1")
+            ]
+        );
+        assert_eq!(got[0].2["baggage"], "a=1,sd-routing-key=sb");
+        assert_eq!(got[0].2["host"], addr.to_string().as_str());
+        assert_eq!(got[1].2["te"], "trailers");
+
+        let read = |line: &[u8]| {
+            har_read::read_entries(std::str::from_utf8(line).unwrap())
+                .unwrap()
+                .remove(0)
+        };
+        let http1 = read(&lines[0].0);
+        assert_eq!(
+            http1.exchange.response.as_ref().unwrap().body.data,
+            b"{\"ok\":true}"
+        );
+        assert!(
+            http1
+                .exchange
+                .response
+                .as_ref()
+                .unwrap()
+                .headers
+                .iter()
+                .all(|h| h.name != "set-cookie")
+        );
+        assert!(http1.exchange.redacted.contains(&"set-cookie".to_owned()));
+        let text = String::from_utf8_lossy(&lines[0].0);
+        assert!(!text.contains("server-secret"), "{text}");
+        let h2c = read(&lines[1].0);
+        assert_eq!(
+            h2c.exchange.response.as_ref().unwrap().version,
+            HttpVersion::Http2
+        );
+        assert_eq!(
+            h2c.exchange.request.headers[0],
+            Header::new(":authority", addr.to_string())
+        );
+        let g = read(&lines[2].0);
+        assert_eq!(
+            g.exchange.grpc,
+            Some(Grpc {
+                service: "shop.Catalog".into(),
+                method: "Get".into(),
+                status: Some(5),
+                message: Some("not found".into()),
+            })
+        );
+        assert_eq!(
+            g.exchange.response.as_ref().unwrap().body.data,
+            b"\0\0\0\0\x02ok"
+        );
+        assert_eq!(g.replay.unwrap().verdict, ReplayVerdict::Sent);
+    }
+
+    #[tokio::test]
+    async fn max_body_cuts_and_marks_the_response() {
+        let (addr, _received) = server().await;
+        let mut plan = plan(true, &[]);
+        plan.target = Target::parse(&format!("http://{addr}")).unwrap();
+        plan.max_body = 4;
+        let mut ex = capture_model::fixtures::representative_redacted();
+        ex.redacted.clear();
+        ex.request.method = "GET".into();
+        let entries = vec![ReadEntry {
+            exchange: ex,
+            replay: None,
+            line: 1,
+        }];
+        let lines = replay_all(std::sync::Arc::new(plan), entries, Pacing::Unpaced, 1).await;
+        assert!(lines[0].3, "counted as truncated");
+        let read = har_read::read_entries(std::str::from_utf8(&lines[0].0).unwrap()).unwrap();
+        let body = &read[0].exchange.response.as_ref().unwrap().body;
+        assert_eq!(
+            (body.data.as_slice(), body.wire_size, body.truncated),
+            (&b"{\"ok"[..], 11, true)
         );
     }
 }

@@ -2,8 +2,8 @@
 //! response, as findings with an RFC 6901 pointer and an index-free field path.
 //!
 //! Both responses are seen as one document each: `status`, `grpc.status`, `grpc.message`,
-//! `headers.<lowercase name>` and `body` (a JSON value when the body parses as JSON, else its
-//! bytes). Pointers point into that document (`/body/items/3/price`): into the candidate's for
+//! `headers.<lowercase name>` and `body` (a JSON value when the body parses as JSON; a gRPC
+//! body as its list of messages; else the bytes). Pointers point into that document (`/body/items/3/price`): into the candidate's for
 //! an add, a replace or a reorder, into the baseline's for a removal. Paths drop array indices
 //! (`body.items[].price`), so the same field of every element and of every pair is counted
 //! together.
@@ -137,8 +137,13 @@ impl Doc {
                 .or_insert_with(|| value.clone());
         }
         let data = &response.body.data;
+        let grpc = headers
+            .get("content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"));
         let body = if data.is_empty() {
             BodyDoc::Empty
+        } else if let Some(messages) = grpc.then(|| grpc_messages(data)).flatten() {
+            BodyDoc::Json(messages)
         } else {
             match serde_json::from_slice::<Value>(data) {
                 Ok(value) => BodyDoc::Json(value),
@@ -179,6 +184,26 @@ impl Doc {
         }
         out
     }
+}
+
+/// A gRPC body (length-prefixed messages, gRPC over HTTP/2 spec) as a JSON list of
+/// `{"compressed", "message"}` (base64), so messages compare in order, one by one; `None` when
+/// the bytes are not whole messages. Without the schema the messages are not decoded further.
+fn grpc_messages(data: &[u8]) -> Option<Value> {
+    use base64::Engine as _;
+    let mut rest = data;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let flag = *rest.first()?;
+        let len = usize::try_from(u32::from_be_bytes(rest.get(1..5)?.try_into().ok()?)).ok()?;
+        let message = rest.get(5..5 + len)?;
+        out.push(serde_json::json!({
+            "compressed": flag & 1 == 1,
+            "message": base64::engine::general_purpose::STANDARD.encode(message),
+        }));
+        rest = &rest[5 + len..];
+    }
+    Some(Value::Array(out))
 }
 
 fn json_paths(value: &Value, path: &str, out: &mut BTreeSet<String>) {
@@ -800,5 +825,34 @@ mod tests {
                 "status",
             ]
         );
+    }
+
+    #[test]
+    fn grpc_bodies_compare_message_by_message() {
+        let mut ex = capture_model::fixtures::representative_redacted();
+        let response = ex.response.as_mut().unwrap();
+        response.headers = vec![Header::new("content-type", "application/grpc+proto")];
+        response.body.data = b"\0\0\0\0\x02hi\x01\0\0\0\x01z".to_vec();
+        let old = Doc::of(&ex).unwrap();
+        assert_eq!(
+            old.body,
+            BodyDoc::Json(json!([
+                {"compressed": false, "message": "aGk="},
+                {"compressed": true, "message": "eg=="},
+            ]))
+        );
+        ex.response.as_mut().unwrap().body.data = b"\0\0\0\0\x02ho\x01\0\0\0\x01z".to_vec();
+        let new = Doc::of(&ex).unwrap();
+        let got: Vec<_> = diff_docs(&old, &new, &[])
+            .into_iter()
+            .map(|f| (f.pointer, f.path, f.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![f("/body/0/message", "body[].message", FindingKind::Replace)]
+        );
+        // Not whole messages: bytes.
+        ex.response.as_mut().unwrap().body.data = b"\0\0\0\0\x09hi".to_vec();
+        assert!(matches!(Doc::of(&ex).unwrap().body, BodyDoc::Bytes(_)));
     }
 }
