@@ -35,7 +35,10 @@ const CHECK_AAD: &[u8] = b"capture-collector key check";
 pub enum KeyError {
     #[error("cannot read it: {0}")]
     Read(io::Error),
-    #[error("its mode is {0:o}: the key file must be readable by its owner only (chmod 600 FILE)")]
+    #[error(
+        "its mode is {0:o}: the key file must be readable by its owner only (chmod 600 FILE), \
+         or also by this process's own group (a Kubernetes Secret mounted with fsGroup)"
+    )]
     Permissions(u32),
     #[error("it must hold 32 bytes, raw or as 64 hexadecimal digits")]
     Length,
@@ -72,11 +75,14 @@ impl std::fmt::Debug for SealKey {
 
 impl SealKey {
     /// Reads the key file: 32 raw bytes, or 64 hex digits with optional surrounding
-    /// whitespace. The file must not be readable by group or others.
+    /// whitespace. Others may have no access at all, and the group none but read, and read
+    /// only when the file's group is this process's effective group: that is how the kubelet
+    /// mounts a Secret for a pod with `fsGroup` (it adds group read for the pod's own group).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let meta = fs::metadata(path).map_err(KeyError::Read)?;
         let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let own_group = meta.gid() == nix::unistd::getegid().as_raw();
+        if mode & 0o037 != 0 || (mode & 0o040 != 0 && !own_group) {
             return Err(KeyError::Permissions(mode));
         }
         let bytes = fs::read(path).map_err(KeyError::Read)?;
@@ -301,6 +307,26 @@ mod tests {
             SealKey::load(&path),
             Err(KeyError::Permissions(0o644))
         ));
+        // Group read for this process's own group (Kubernetes fsGroup) is accepted; group
+        // write, or group read for another group, is not.
+        write_atomically(&path, &[1; 32], 0o440).unwrap();
+        std::os::unix::fs::chown(&path, None, Some(nix::unistd::getegid().as_raw())).unwrap();
+        SealKey::load(&path).unwrap();
+        // Set after writing: the umask would take the group write bit off at creation.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o460)).unwrap();
+        assert!(matches!(
+            SealKey::load(&path),
+            Err(KeyError::Permissions(0o460))
+        ));
+        if nix::unistd::geteuid().is_root() {
+            write_atomically(&path, &[1; 32], 0o440).unwrap();
+            let other = nix::unistd::getegid().as_raw() + 1;
+            std::os::unix::fs::chown(&path, None, Some(other)).unwrap();
+            assert!(matches!(
+                SealKey::load(&path),
+                Err(KeyError::Permissions(0o440))
+            ));
+        }
         assert!(matches!(
             SealKey::from_bytes(&[b'z'; 64]),
             Err(KeyError::Length)
