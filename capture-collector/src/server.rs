@@ -333,6 +333,10 @@ impl IngestService {
         if batch.sequence == 0 {
             return Err(malformed("sequence starts at 1".into()));
         }
+        // PostgreSQL's bigint holds the sequence; no daemon gets near it.
+        if i64::try_from(batch.sequence).is_err() {
+            return Err(malformed("sequence must be below 2^63".into()));
+        }
         if batch.exchanges.len() > self.max_exchanges {
             return Err(self.reject(
                 Rejection::TooManyExchanges,
