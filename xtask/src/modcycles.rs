@@ -50,6 +50,40 @@ pub fn check(src: &Path) -> anyhow::Result<()> {
     bail!("module cycles in {}:\n{report}", src.display())
 }
 
+/// Crates a consumer of captured traffic must never compile: the node agent and what only it
+/// needs (eBPF loading, the Kubernetes client, /proc parsing).
+const NODE_AGENT_ONLY: [&str; 5] = ["capture-daemon", "aya", "kube", "k8s-openapi", "procfs"];
+
+/// Fails when `package`'s normal dependency tree contains the node agent or what only it needs
+/// (the collector and the `capture` CLI depend on the model crate, never on the daemon).
+pub fn check_layering(root: &Path, package: &str) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none"])
+        .current_dir(root)
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree -p {package} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| NODE_AGENT_ONLY.contains(name))
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "{package} depends on {found:?}: it must depend on capture-model, never on the node agent"
+        );
+    }
+    println!("{package}: no node-agent dependencies");
+    Ok(())
+}
+
 fn edges(src: &Path) -> anyhow::Result<BTreeSet<Edge>> {
     let mut out = BTreeSet::new();
     for file in rust_files(src)? {
@@ -369,5 +403,11 @@ mod daemon {
     fn capture_daemon_has_no_module_cycles() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture-daemon/src");
         super::check(&src).unwrap();
+    }
+
+    #[test]
+    fn the_collector_never_compiles_the_node_agent() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        super::check_layering(&root, "capture-collector").unwrap();
     }
 }

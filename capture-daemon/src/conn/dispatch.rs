@@ -114,11 +114,7 @@ impl ConnTable {
                     Role::Client => Direction::Egress,
                     Role::Server => Direction::Ingress,
                 };
-                let side = if dir == request_dir {
-                    Side::Request
-                } else {
-                    Side::Response
-                };
+                let side = side_of(dir, request_dir);
                 let decoder = if conn.seen_open && side == Side::Response {
                     // A fresh connection whose server sent its SETTINGS before the client's
                     // preface was captured (servers may write first): decoded from its
@@ -166,11 +162,7 @@ impl ConnTable {
                 decoder,
                 request_dir,
             } => {
-                let side = if dir == *request_dir {
-                    Side::Request
-                } else {
-                    Side::Response
-                };
+                let side = side_of(dir, *request_dir);
                 let request_dir = *request_dir;
                 let mut outputs = std::mem::take(&mut self.scratch);
                 if !payload.is_empty() {
@@ -207,11 +199,7 @@ impl ConnTable {
                 decoder,
                 request_dir,
             } => {
-                let side = if dir == *request_dir {
-                    Side::Request
-                } else {
-                    Side::Response
-                };
+                let side = side_of(dir, *request_dir);
                 let mut outputs = std::mem::take(&mut self.scratch_h2);
                 if !payload.is_empty() {
                     decoder.on_data(side, payload, ts_ns, &mut outputs);
@@ -376,6 +364,16 @@ impl ConnTable {
         if ex.response.as_ref().is_some_and(|r| truncated(&r.body)) {
             Metrics::add(&self.metrics.body_truncations, 1);
         }
+    }
+}
+
+/// Which message side bytes flowing in `dir` carry, on a connection whose requests flow in
+/// `request_dir`.
+fn side_of(dir: Direction, request_dir: Direction) -> Side {
+    if dir == request_dir {
+        Side::Request
+    } else {
+        Side::Response
     }
 }
 
