@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a layout below changes.
-pub const EVENT_ABI: u32 = 2;
+pub const EVENT_ABI: u32 = 3;
 
 /// Largest payload copied into one data event. A transfer larger than this is split into
 /// several chunk events, each with its own byte position.
@@ -51,10 +51,15 @@ pub mod flags {
     pub const LIMIT_HIT: u16 = 1 << 3;
     /// DATA: reading the user buffer failed (page not present); the bytes are a gap.
     pub const READ_FAILED: u16 = 1 << 4;
+    /// OPEN: the kernel named both ends from the socket itself (the `local` half of
+    /// `OpenAddrs` is filled), so user space need not look the connection up in /proc.
+    pub const ENDPOINTS: u16 = 1 << 5;
 }
 
-/// Fixed header of every ring-buffer event. Followed by `cap_len` payload bytes (DATA) or a
-/// `SockAddr` (OPEN).
+/// Fixed header of every ring-buffer event. Followed by `cap_len` payload bytes (DATA) or an
+/// `OpenAddrs` (OPEN). The ring record may be longer than the header and `cap_len` (the kernel
+/// reserves records in a few fixed sizes and copies the payload into them in place); the bytes
+/// past `cap_len` mean nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -98,6 +103,15 @@ pub struct SockAddr {
     pub addr: [u8; 16],
 }
 
+/// Payload of an OPEN event: the peer (from connect/accept, or from the socket) and, with
+/// `flags::ENDPOINTS`, the local address read from the socket; `family == 0` when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenAddrs {
+    pub peer: SockAddr,
+    pub local: SockAddr,
+}
+
 /// Key of the per-connection state map and of the switch-off map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -114,9 +128,14 @@ pub struct ConnState {
     pub generation: u64,
     /// Indexed by `direction::*`.
     pub pos: [u64; 2],
-    /// Set by user space (through `MUTED`) when the fd is not a TCP socket.
+    /// Set by user space (through `MUTED`) when the fd is not a TCP socket, or by the kernel
+    /// when the socket is not an IP socket.
     pub muted: u32,
     pub _pad: u32,
+    /// Socket hooks: the `struct sock` this fd named when the generation began. A transfer on
+    /// the same fd through another socket means the fd was closed and reused: a new generation.
+    /// Zero on the syscall hook, which sees only fds.
+    pub sk: u64,
 }
 
 /// Key of the `MUTED` map: user space mutes one generation of one fd, so a reused fd number is
@@ -140,6 +159,9 @@ pub mod counter {
     pub const EVENTS: u32 = 4;
     /// Connection-state map full: a transfer on an untracked fd could not be followed.
     pub const CONN_TABLE_FULL: u32 = 5;
+    /// Socket hooks: socket I/O of a target process through a syscall whose buffers the
+    /// programs do not walk (sendmmsg, recvmmsg, splice, io_uring); its bytes are not seen.
+    pub const UNKNOWN_SYSCALL: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -161,7 +183,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(EVENT_HEADER_LEN, 56);
         assert_eq!(core::mem::size_of::<SockAddr>(), 24);
-        assert_eq!(core::mem::size_of::<ConnState>(), 32);
+        assert_eq!(core::mem::size_of::<ConnState>(), 40);
+        assert_eq!(core::mem::size_of::<OpenAddrs>(), 48);
         assert_eq!(core::mem::size_of::<MutedKey>(), 16);
     }
 }

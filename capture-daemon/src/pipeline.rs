@@ -40,6 +40,8 @@ pub struct Pipeline {
     control: Option<Control>,
     /// The gRPC exporter's queue, when `--collector` is set.
     exporter: Option<ExportHandle>,
+    /// `--kernel-floor` (benchmark): records are drained and dropped unread.
+    discard_events: bool,
 }
 
 impl Pipeline {
@@ -70,6 +72,7 @@ impl Pipeline {
             clock: WallClock::now(),
             metrics,
             headers_only: cfg.headers_only,
+            discard_events: false,
             done: Vec::new(),
             control: None,
             exporter: None,
@@ -98,6 +101,7 @@ impl Pipeline {
         shutdown: impl std::future::Future<Output = ()>,
         deadline: Duration,
     ) -> anyhow::Result<()> {
+        self.discard_events = capture.is_floor();
         let ring = capture.take_events()?;
         let mut ring = crate::kernel::programs::register(ring)?;
         let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -152,6 +156,9 @@ impl Pipeline {
             let Some(record) = ring.next() else {
                 return false;
             };
+            if self.discard_events {
+                continue;
+            }
             match intake::parse(&record) {
                 Ok(event) => self.table.on_event(event, &mut self.done),
                 Err(e) => {

@@ -1,17 +1,28 @@
-//! One raw tracepoint on `sys_exit` that copies the socket traffic of opted-in cgroups into a
-//! ring buffer.
+//! The kernel programs: they copy the socket traffic of opted-in cgroups into a ring buffer.
 //!
-//! At syscall exit the arguments are still in the saved user registers (`pt_regs`) and the
-//! return value says how many bytes actually moved, so no `sys_enter` program and no argument
-//! stash are needed: one program invocation per syscall, no hash update, no perf record. It
-//! filters first (syscall number, then the current cgroup in `TARGET_CGROUPS`), then advances
-//! the connection's byte position and copies the bytes out in chunk events. Whatever cannot be
-//! copied (a limit, a failed read, sendfile) still produces an event with `cap_len < len`, so
-//! user space sees every byte position either as data or as a gap.
+//! Two hooks do the same job; the daemon attaches one, chosen at load by probing the kernel:
+//! - **Socket tracepoints** (preferred): raw tracepoints on `sock:sock_send_length` and
+//!   `sock:sock_recv_length` (`sock_send`, `sock_recv`), which fire only for socket I/O, from
+//!   `sock_sendmsg`/`sock_recvmsg`, with the socket and the byte count. The syscall's
+//!   arguments (fd, buffer or iovecs) still sit in the task's saved user registers
+//!   (`bpf_task_pt_regs`), so the copy is the same as on the syscall hook. Connection state
+//!   comes from `sock:inet_sock_set_state` (`sock_state`): the handshake gives the role, the
+//!   socket gives both addresses, and the move to `TCP_CLOSE` ends the connection. Processes
+//!   that nobody opted in pay nothing on other syscalls.
+//! - **Syscall tracepoint** (last resort): one raw tracepoint on `sys_exit` (`sys_exit`). At
+//!   syscall exit the arguments are still in the saved user registers (`pt_regs`) and the
+//!   return value says how many bytes moved, so no `sys_enter` program and no argument stash
+//!   are needed. Every syscall of every process on the node passes through it.
+//!
+//! Both filter first (the current cgroup in `TARGET_CGROUPS`), then advance the connection's
+//! byte position and copy the bytes out in chunk events, reserved in the ring buffer and filled
+//! in place (one copy). Whatever cannot be copied (a limit, a failed read, sendfile) still
+//! produces an event with `cap_len < len`, so user space sees every byte position either as
+//! data or as a gap. `floor_empty` and `floor_copy` exist only for the benchmark: the least a
+//! program on the socket hook can cost, and the least a copy can.
 //!
 //! Syscall numbers and register offsets are per architecture (x86_64, aarch64). 32-bit compat
-//! syscalls share the tracepoint and cannot be told apart here without CO-RE, so 32-bit
-//! processes are not supported.
+//! syscalls cannot be told apart here without CO-RE, so 32-bit processes are not supported.
 // On the host (`cargo build --workspace`, clippy) this compiles as an empty program against std,
 // so the whole workspace builds and is linted; capture-daemon/build.rs builds the real object
 // for bpfel-unknown-none.
@@ -21,16 +32,16 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
-use aya_log_ebpf::warn;
 use capture_common::{
     ConnKey, ConnState, EVENT_HEADER_LEN, EventHeader, MAX_CHUNK, MAX_CHUNKS_PER_CALL, MAX_IOVECS,
-    MutedKey, NO_FD, SockAddr, counter, direction, flags, kind,
+    MutedKey, NO_FD, OpenAddrs, SockAddr, counter, direction, flags, kind,
 };
 
 /// cgroup v2 ids (directory inode numbers) to capture; user space keeps it equal to the
@@ -48,15 +59,14 @@ static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(6553
 #[map]
 static MUTED: LruHashMap<MutedKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Socket hooks: TCP sockets by `struct sock` address, from the handshake (the role) and from
+/// the first transfer of a target process (the fd that owns it), until `TCP_CLOSE`.
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
 /// Events to user space. User space may resize it at load time (`--ring-buffer-bytes`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
-
-/// Events are written without waking the reader (user space drains on a short timer) until
-/// this many bytes are waiting, then with a forced wakeup. Waking the reader for every event
-/// costs the captured process a cross-CPU wakeup per syscall. Set by user space at load.
-#[unsafe(no_mangle)]
-static WAKEUP_BYTES: u64 = 1 << 20;
 
 /// Chunk events one syscall may produce (`--max-capture-bytes-per-syscall` / 16 KiB); bytes past
 /// them are reported as a gap. Set by user space at load.
@@ -67,8 +77,14 @@ static MAX_CHUNKS: u32 = MAX_CHUNKS_PER_CALL;
 #[unsafe(no_mangle)]
 static MAX_IOVS: u32 = MAX_IOVECS;
 
-#[map]
-static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
+/// Offsets of `skc_v6_daddr` and `skc_v6_rcv_saddr` in `struct sock_common`, which depend on
+/// the kernel's configuration (the IPv4 fields before them have not moved since 2.6). The
+/// defaults are those of x86_64 and arm64 kernels with network namespaces; user space may set
+/// them at load.
+#[unsafe(no_mangle)]
+static SK_V6_DADDR: u32 = 56;
+#[unsafe(no_mangle)]
+static SK_V6_SADDR: u32 = 72;
 
 /// The state of the copy in progress, for the `bpf_loop` callback. In a map rather than on the
 /// caller's stack so the callback starts from the same verifier state whichever syscall path
@@ -80,10 +96,16 @@ static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// A TCP socket seen by `sock_state` or by a transfer.
 #[repr(C)]
-struct EventBuf {
-    header: EventHeader,
-    data: [u8; MAX_CHUNK],
+#[derive(Clone, Copy)]
+struct SockInfo {
+    /// `flags::ROLE_*` from the handshake; 0 when the socket was established before load.
+    role: u16,
+    /// 1 once a target process transferred on it: `owner` and `generation` are set.
+    owned: u16,
+    owner: ConnKey,
+    generation: u64,
 }
 
 /// Syscall numbers and `struct pt_regs` offsets (arch/x86/include/asm/ptrace.h).
@@ -139,14 +161,34 @@ mod arch {
 const EINPROGRESS: i64 = 115;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const MSG_PEEK: u32 = 2;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+/// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+/// `struct sock_common` (include/net/sock.h): skc_daddr, skc_rcv_saddr, skc_dport (network
+/// order), skc_num (host order), skc_family.
+const SKC_DADDR: u64 = 0;
+const SKC_RCV_SADDR: u64 = 4;
+const SKC_DPORT: u64 = 12;
+const SKC_NUM: u64 = 14;
+const SKC_FAMILY: u64 = 16;
 
-/// The saved user registers of the syscall that is returning.
+/// The saved user registers of the current task's syscall.
 struct Regs(u64);
 
 impl Regs {
+    /// The current task's user registers, from a hook inside the syscall.
+    #[inline(always)]
+    fn current() -> Self {
+        // SAFETY: both helpers take no pointer from us; the result is only read through
+        // bpf_probe_read_kernel.
+        Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64)
+    }
+
     #[inline(always)]
     fn read(&self, offset: usize) -> u64 {
         // SAFETY: `pt_regs` of the current task, read with bpf_probe_read_kernel, which fails
@@ -170,19 +212,6 @@ impl Regs {
     }
 }
 
-/// The ring-buffer output flags for the next event (see `WAKEUP_BYTES`).
-#[inline(always)]
-fn wakeup_flags() -> u64 {
-    // SAFETY: a read of a constant the loader may have rewritten; volatile so the compiler
-    // does not fold the default in.
-    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    }
-}
-
 #[inline(always)]
 fn bump(index: u32, by: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
@@ -199,15 +228,16 @@ fn targeted() -> Option<u64> {
     unsafe { TARGET_CGROUPS.get(cgroup) }.map(|_| cgroup)
 }
 
-/// Starts a new generation of (tgid, fd): after accept/connect, or on the first transfer of a
-/// connection opened before capture began.
+/// Starts a new generation of (tgid, fd): after accept/connect, on the first transfer of a
+/// connection opened before capture began, or when the fd now names another socket.
 #[inline(always)]
-fn new_conn(key: &ConnKey) -> Option<*mut ConnState> {
+fn new_conn(key: &ConnKey, sk: u64) -> Option<*mut ConnState> {
     let state = ConnState {
         generation: unsafe { bpf_ktime_get_ns() },
         pos: [0, 0],
         muted: 0,
         _pad: 0,
+        sk,
     };
     if CONNS.insert(key, state, 0).is_err() {
         bump(counter::CONN_TABLE_FULL, 1);
@@ -216,12 +246,35 @@ fn new_conn(key: &ConnKey) -> Option<*mut ConnState> {
     CONNS.get_ptr_mut(key)
 }
 
-/// The connection state for a transfer, or None when the fd is muted or untrackable.
+/// The connection state for a transfer, or None when the fd is muted or untrackable. On the
+/// socket hooks (`sk != 0`) a new generation is announced with an OPEN event, and a
+/// generation whose fd now names another socket is closed first.
 #[inline(always)]
-fn conn_for_transfer(key: &ConnKey) -> Option<*mut ConnState> {
+fn conn_for_transfer(key: &ConnKey, sk: u64, cgroup_id: u64) -> Option<*mut ConnState> {
     let state = match CONNS.get_ptr_mut(key) {
-        Some(s) => s,
-        None => new_conn(key)?,
+        // SAFETY: map value pointers stay valid for the duration of the program.
+        Some(s) if sk == 0 || unsafe { (*s).sk } == sk => s,
+        found => {
+            if let Some(old) = found {
+                // The fd was closed and reused for another socket without a TCP_CLOSE in
+                // between (not TCP, or closed before it was established): end the old one.
+                // SAFETY: as above.
+                let (generation, muted) = unsafe { ((*old).generation, (*old).muted) };
+                if muted == 0 {
+                    emit_close(key, generation, cgroup_id);
+                }
+            }
+            let s = new_conn(key, sk)?;
+            if sk != 0 {
+                // SAFETY: as above.
+                let generation = unsafe { (*s).generation };
+                if !announce_socket(key, generation, sk, cgroup_id) {
+                    unsafe { (*s).muted = 1 };
+                    return None;
+                }
+            }
+            s
+        }
     };
     // SAFETY: map value pointers stay valid for the duration of the program.
     let generation = unsafe { (*state).generation };
@@ -260,44 +313,75 @@ fn header(key: &ConnKey, generation: u64, dir: u8, ev_kind: u8, cgroup_id: u64) 
     }
 }
 
+/// Reserves a record of the header plus `N` bytes, writes the header and copies `n <= N`
+/// bytes from user memory at `src` straight into it. Returns false when the ring is full.
+#[inline(always)]
+fn output_copy<const N: usize>(hdr: &EventHeader, src: u64, n: usize) -> bool {
+    let Some(mut record) = EVENTS.reserve_bytes(EVENT_HEADER_LEN + N, 0) else {
+        return false;
+    };
+    let base = record.as_mut_ptr();
+    let mut h = *hdr;
+    let n = if n > N { N } else { n };
+    // SAFETY: the record is EVENT_HEADER_LEN + N bytes and 8-aligned; the copy writes at most
+    // N bytes after the header and fails cleanly on unmapped user memory.
+    let failed = n > 0
+        && unsafe {
+            generated::bpf_probe_read_user(
+                base.add(EVENT_HEADER_LEN).cast(),
+                n as u32,
+                src as *const core::ffi::c_void,
+            )
+        } != 0;
+    if failed {
+        h.cap_len = 0;
+        h.flags |= flags::READ_FAILED;
+    } else {
+        h.cap_len = n as u32;
+    }
+    // SAFETY: as above; EventHeader is repr(C) and 8-aligned like the record.
+    unsafe { core::ptr::write(base.cast::<EventHeader>(), h) };
+    record.submit(BPF_RB_NO_WAKEUP);
+    true
+}
+
 /// Emits one chunk event of `len` bytes at `pos`, copying up to `MAX_CHUNK` of them from `src`
-/// (`src == 0` or `copy == false` copies nothing: a gap event).
+/// (`src == 0` or `copy == false` copies nothing: a gap event). The record is reserved in one
+/// of a few sizes (at most twice the payload) and filled in place: the bytes are copied once,
+/// from the process into the ring.
 #[inline(always)]
 fn emit_chunk(hdr: &EventHeader, pos: u64, src: u64, len: u64, copy: bool, extra_flags: u16) {
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch; nothing else on this CPU uses it while the program runs.
-    let buf = unsafe { &mut *buf };
-    buf.header = *hdr;
-    buf.header.pos = pos;
-    buf.header.len = len as u32;
-    buf.header.flags = hdr.flags | extra_flags;
+    let mut h = *hdr;
+    h.pos = pos;
+    h.len = len as u32;
+    h.flags = hdr.flags | extra_flags;
     let mut n = if copy && src != 0 { len as usize } else { 0 };
     if n > MAX_CHUNK {
         n = MAX_CHUNK;
     }
-    if n > 0 {
-        // SAFETY: bpf_probe_read_user fails cleanly on unmapped user memory.
-        if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut buf.data[..n]) }.is_err() {
-            n = 0;
-            buf.header.flags |= flags::READ_FAILED;
-        }
-    }
-    buf.header.cap_len = n as u32;
     if n < len as usize && extra_flags & flags::LIMIT_HIT != 0 {
         bump(counter::TRUNCATIONS, 1);
     }
-    // SAFETY: EventBuf is repr(C): the header is followed by the data array with no padding
-    // (EVENT_HEADER_LEN is a multiple of 8), so the first EVENT_HEADER_LEN + n bytes are the event.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(buf as *const EventBuf as *const u8, EVENT_HEADER_LEN + n)
+    let ok = if n == 0 {
+        output_copy::<0>(&h, 0, 0)
+    } else if n <= 256 {
+        output_copy::<256>(&h, src, n)
+    } else if n <= 1024 {
+        output_copy::<1024>(&h, src, n)
+    } else if n <= 2048 {
+        output_copy::<2048>(&h, src, n)
+    } else if n <= 4096 {
+        output_copy::<4096>(&h, src, n)
+    } else if n <= 8192 {
+        output_copy::<8192>(&h, src, n)
+    } else {
+        output_copy::<MAX_CHUNK>(&h, src, n)
     };
-    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
+    if ok {
+        bump(counter::EVENTS, 1);
+    } else {
         bump(counter::EVENTS_LOST, 1);
         bump(counter::BYTES_LOST, len);
-    } else {
-        bump(counter::EVENTS, 1);
     }
 }
 
@@ -425,13 +509,10 @@ enum Via {
     Kernel,
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    // TP_PROTO(struct pt_regs *regs, long ret)
-    let regs = Regs(ctx.arg::<u64>(0));
-    let ret = ctx.arg::<i64>(1);
-    let nr = regs.nr();
-    let (dir, via) = match nr {
+/// The transfer syscalls: direction and shape; None for every other syscall.
+#[inline(always)]
+fn transfer_syscall(nr: i64) -> Option<(u8, Via)> {
+    Some(match nr {
         arch::READ | arch::RECVFROM => (direction::INGRESS, Via::Buf),
         arch::WRITE | arch::SENDTO => (direction::EGRESS, Via::Buf),
         arch::READV => (direction::INGRESS, Via::Iov),
@@ -439,13 +520,189 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         arch::RECVMSG => (direction::INGRESS, Via::Msg),
         arch::SENDMSG => (direction::EGRESS, Via::Msg),
         arch::SENDFILE => (direction::EGRESS, Via::Kernel),
-        arch::CONNECT | arch::ACCEPT | arch::ACCEPT4 | arch::CLOSE => {
-            if let Some(cgroup_id) = targeted() {
-                on_lifecycle(&ctx, &regs, nr, ret, cgroup_id);
-            }
-            return 0;
+        _ => return None,
+    })
+}
+
+// ---- Socket hooks ------------------------------------------------------------------------
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    on_socket_io(&ctx, direction::EGRESS);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    on_socket_io(&ctx, direction::INGRESS);
+    0
+}
+
+/// `TP_PROTO(struct sock *sk, int ret, int flags)`: `ret` bytes moved through `sk` in the
+/// current task's syscall.
+#[inline(always)]
+fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
+        return;
+    }
+    // A peek leaves the bytes in the socket: the read that takes them is the one to count.
+    if dir == direction::INGRESS && ctx.arg::<u64>(2) as u32 & MSG_PEEK != 0 {
+        return;
+    }
+    let Some(cgroup_id) = targeted() else {
+        return;
+    };
+    let sk = ctx.arg::<u64>(0);
+    let regs = Regs::current();
+    let Some((sys_dir, via)) = transfer_syscall(regs.nr()) else {
+        bump(counter::UNKNOWN_SYSCALL, 1);
+        return;
+    };
+    if sys_dir != dir {
+        bump(counter::UNKNOWN_SYSCALL, 1);
+        return;
+    }
+    on_transfer(&regs, dir, via, ret as u64, cgroup_id, sk);
+}
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`: the handshake
+/// names the socket's role; `TCP_CLOSE` ends the connection of the fd that owned it. Runs for
+/// every TCP socket on the node (often in softirq context, where the current task is
+/// unrelated), a few times per connection.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_state(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    match new {
+        TCP_ESTABLISHED => {
+            let role = match old {
+                TCP_SYN_SENT => flags::ROLE_CLIENT,
+                TCP_SYN_RECV => flags::ROLE_SERVER,
+                _ => return 0,
+            };
+            let info = SockInfo {
+                role,
+                owned: 0,
+                owner: ConnKey::default(),
+                generation: 0,
+            };
+            let _ = SOCKS.insert(sk, info, 0);
         }
-        _ => return 0,
+        TCP_CLOSE => {
+            // SAFETY: the value is copied out before the entry is removed.
+            let Some(info) = (unsafe { SOCKS.get(sk) }).copied() else {
+                return 0;
+            };
+            let _ = SOCKS.remove(sk);
+            if info.owned == 0 {
+                return 0;
+            }
+            let key = info.owner;
+            let Some(state) = CONNS.get_ptr_mut(key) else {
+                return 0;
+            };
+            // SAFETY: map value pointer valid for the program's duration.
+            let (generation, muted, owner_sk) =
+                unsafe { ((*state).generation, (*state).muted, (*state).sk) };
+            if generation != info.generation || owner_sk != sk {
+                // The fd already names a newer connection.
+                return 0;
+            }
+            let _ = CONNS.remove(key);
+            let _ = MUTED.remove(MutedKey {
+                tgid: key.tgid,
+                fd: key.fd,
+                generation,
+            });
+            if muted == 0 {
+                emit_close(&key, generation, 0);
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+/// A new generation on a socket hook: records which fd owns `sk` (so `TCP_CLOSE` can end it)
+/// and, for a socket whose handshake was seen, emits OPEN with the role and both addresses
+/// read from the socket. False when the socket is not an IP socket (nothing to capture).
+#[inline(always)]
+fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> bool {
+    let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) };
+    let family = read_u16(SKC_FAMILY).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
+    // SAFETY: the value is copied out.
+    let known = unsafe { SOCKS.get(sk) }.copied();
+    let info = SockInfo {
+        role: known.map_or(0, |k| k.role),
+        owned: 1,
+        owner: *key,
+        generation,
+    };
+    let _ = SOCKS.insert(sk, info, 0);
+    if info.role == 0 {
+        // Established before the programs were loaded, or not TCP: user space names it from
+        // /proc once its bytes look like HTTP.
+        return true;
+    }
+    let mut addrs = OpenAddrs::default();
+    addrs.peer.listen_fd = NO_FD;
+    addrs.local.listen_fd = NO_FD;
+    addrs.peer.family = family;
+    addrs.local.family = family;
+    addrs.peer.port_be = read_u16(SKC_DPORT).unwrap_or(0);
+    addrs.local.port_be = read_u16(SKC_NUM).unwrap_or(0).to_be();
+    let read_ip = |off: u64, out: &mut [u8; 16], v6: bool| {
+        // SAFETY: kernel memory through bpf_probe_read_kernel, which fails cleanly.
+        if v6 {
+            if let Ok(a) = unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 16]) } {
+                *out = a;
+            }
+        } else if let Ok(a) = unsafe { bpf_probe_read_kernel((sk + off) as *const [u8; 4]) } {
+            out[..4].copy_from_slice(&a);
+        }
+    };
+    if family == AF_INET {
+        read_ip(SKC_DADDR, &mut addrs.peer.addr, false);
+        read_ip(SKC_RCV_SADDR, &mut addrs.local.addr, false);
+    } else {
+        // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
+        let (d, s) = unsafe {
+            (
+                core::ptr::read_volatile(&SK_V6_DADDR),
+                core::ptr::read_volatile(&SK_V6_SADDR),
+            )
+        };
+        read_ip(u64::from(d), &mut addrs.peer.addr, true);
+        read_ip(u64::from(s), &mut addrs.local.addr, true);
+    }
+    let mut hdr = header(key, generation, 0, kind::OPEN, cgroup_id);
+    hdr.flags = info.role | flags::ENDPOINTS;
+    emit_open(&hdr, &addrs, BPF_RB_NO_WAKEUP);
+    true
+}
+
+// ---- Syscall hook (last resort) ------------------------------------------------------------
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let regs = Regs(ctx.arg::<u64>(0));
+    let ret = ctx.arg::<i64>(1);
+    let nr = regs.nr();
+    let Some((dir, via)) = transfer_syscall(nr) else {
+        if matches!(
+            nr,
+            arch::CONNECT | arch::ACCEPT | arch::ACCEPT4 | arch::CLOSE
+        ) && let Some(cgroup_id) = targeted()
+        {
+            on_lifecycle(&regs, nr, ret, cgroup_id);
+        }
+        return 0;
     };
     if ret <= 0 {
         return 0;
@@ -453,18 +710,20 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(cgroup_id) = targeted() else {
         return 0;
     };
-    on_transfer(&regs, dir, via, ret as u64, cgroup_id);
+    on_transfer(&regs, dir, via, ret as u64, cgroup_id, 0);
     0
 }
 
+/// `n` bytes moved through fd `arg(0)`; `sk` is the socket on the socket hooks, 0 on the
+/// syscall hook.
 #[inline(always)]
-fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64) {
+fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
         fd: regs.arg(0) as u32,
     };
-    let Some(state) = conn_for_transfer(&key) else {
+    let Some(state) = conn_for_transfer(&key, sk, cgroup_id) else {
         return;
     };
     // SAFETY: map value pointer valid for the program's duration. Two threads transferring on
@@ -502,12 +761,11 @@ fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64) {
 
 /// connect, accept/accept4 (a connection opens) and close (it ends).
 #[inline(always)]
-fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64, cgroup_id: u64) {
+fn on_lifecycle(regs: &Regs, nr: i64, ret: i64, cgroup_id: u64) {
     match nr {
         // connect(fd, addr, addrlen): 0, or EINPROGRESS for a non-blocking socket.
         arch::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             on_open(
-                ctx,
                 regs.arg(0) as u32,
                 regs.arg(1),
                 flags::ROLE_CLIENT,
@@ -518,7 +776,6 @@ fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64, cgro
         // accept(fd, upeer_sockaddr, upeer_addrlen[, flags]): the new fd; the address is filled.
         arch::ACCEPT | arch::ACCEPT4 if ret >= 0 => {
             on_open(
-                ctx,
                 ret as u32,
                 regs.arg(1),
                 flags::ROLE_SERVER,
@@ -526,19 +783,12 @@ fn on_lifecycle(ctx: &RawTracePointContext, regs: &Regs, nr: i64, ret: i64, cgro
                 cgroup_id,
             );
         }
-        arch::CLOSE if ret == 0 => on_close(regs.arg(0) as u32, cgroup_id),
+        arch::CLOSE if ret == 0 => on_close(regs.arg(0) as u32),
         _ => {}
     }
 }
 
-fn on_open(
-    ctx: &RawTracePointContext,
-    fd: u32,
-    sockaddr: u64,
-    role: u16,
-    listen_fd: u32,
-    cgroup_id: u64,
-) {
+fn on_open(fd: u32, sockaddr: u64, role: u16, listen_fd: u32, cgroup_id: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
     let mut addr = SockAddr {
@@ -562,11 +812,7 @@ fn on_open(
             addr.addr = a;
         }
     }
-    let Some(state) = new_conn(&key) else {
-        warn!(
-            ctx,
-            "capture: connection table full, fd {} of {} not followed", fd, tgid
-        );
+    let Some(state) = new_conn(&key, 0) else {
         return;
     };
     // SAFETY: map value pointer valid for the program's duration.
@@ -576,38 +822,59 @@ fn on_open(
         unsafe { (*state).muted = 1 };
         return;
     }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        return;
+    let mut hdr = header(&key, generation, 0, kind::OPEN, cgroup_id);
+    hdr.flags = role;
+    let addrs = OpenAddrs {
+        peer: addr,
+        local: SockAddr::default(),
     };
-    // SAFETY: per-CPU scratch, see emit_chunk.
-    let buf = unsafe { &mut *buf };
-    buf.header = header(&key, generation, 0, kind::OPEN, cgroup_id);
-    buf.header.flags = role;
-    // SAFETY: SockAddr (24 bytes) fits in the data array; it is written as bytes.
-    let raw = unsafe {
-        core::slice::from_raw_parts(&addr as *const SockAddr as *const u8, size_of::<SockAddr>())
-    };
-    buf.data[..size_of::<SockAddr>()].copy_from_slice(raw);
-    buf.header.cap_len = size_of::<SockAddr>() as u32;
-    // SAFETY: see emit_chunk.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            buf as *const EventBuf as *const u8,
-            EVENT_HEADER_LEN + size_of::<SockAddr>(),
-        )
-    };
-    // A wakeup right away, unlike data: the daemon names the socket from /proc while it still
-    // exists (a short-lived client may be gone 10 ms later), and opens are once per connection.
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP).is_err() {
-        bump(counter::EVENTS_LOST, 1);
-    } else {
-        bump(counter::EVENTS, 1);
+    // The one forced wakeup, on this hook only: the daemon names the socket's local end from
+    // /proc while it still exists (a short-lived client may be gone 10 ms later), and opens are
+    // once per connection. The socket hooks read both ends from the socket instead.
+    emit_open(&hdr, &addrs, BPF_RB_FORCE_WAKEUP);
+}
+
+/// Outputs an OPEN event (header and addresses), reserved and written in place.
+#[inline(always)]
+fn emit_open(hdr: &EventHeader, addrs: &OpenAddrs, wakeup: u64) {
+    match EVENTS.reserve::<OpenEvent>(0) {
+        Some(mut record) => {
+            let mut h = *hdr;
+            h.cap_len = size_of::<OpenAddrs>() as u32;
+            record.write(OpenEvent {
+                header: h,
+                addrs: *addrs,
+            });
+            record.submit(wakeup);
+            bump(counter::EVENTS, 1);
+        }
+        None => bump(counter::EVENTS_LOST, 1),
+    }
+}
+
+#[repr(C)]
+struct OpenEvent {
+    header: EventHeader,
+    addrs: OpenAddrs,
+}
+
+/// Outputs a CLOSE event for one generation of (tgid, fd).
+#[inline(always)]
+fn emit_close(key: &ConnKey, generation: u64, cgroup_id: u64) {
+    let hdr = header(key, generation, 0, kind::CLOSE, cgroup_id);
+    match EVENTS.reserve::<EventHeader>(0) {
+        Some(mut record) => {
+            record.write(hdr);
+            record.submit(BPF_RB_NO_WAKEUP);
+            bump(counter::EVENTS, 1);
+        }
+        None => bump(counter::EVENTS_LOST, 1),
     }
 }
 
 /// close(fd) succeeded: the connection ends; a reused fd number starts a new generation.
 #[inline(always)]
-fn on_close(fd: u32, cgroup_id: u64) {
+fn on_close(fd: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey { tgid, fd };
     let Some(state) = CONNS.get_ptr_mut(key) else {
@@ -621,15 +888,50 @@ fn on_close(fd: u32, cgroup_id: u64) {
         fd,
         generation,
     });
-    if muted != 0 {
-        return;
+    if muted == 0 {
+        emit_close(&key, generation, 0);
     }
-    let hdr = header(&key, generation, 0, kind::CLOSE, cgroup_id);
-    if EVENTS.output::<EventHeader>(&hdr, wakeup_flags()).is_err() {
-        bump(counter::EVENTS_LOST, 1);
-    } else {
-        bump(counter::EVENTS, 1);
+}
+
+// ---- The floor, for the benchmark -----------------------------------------------------------
+
+/// Nothing at all, on the socket hooks: what attaching a program costs by itself.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn floor_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// The least a capture can do on the socket hooks: the target check, the syscall's registers,
+/// and one copy of the first buffer (at most 16 KiB) into a ring record reserved in place. No
+/// connection state, no positions, no iovec walk beyond the first.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn floor_copy(ctx: RawTracePointContext) -> i32 {
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
+        return 0;
     }
+    let Some(cgroup_id) = targeted() else {
+        return 0;
+    };
+    let regs = Regs::current();
+    let Some((dir, via)) = transfer_syscall(regs.nr()) else {
+        return 0;
+    };
+    let src = match via {
+        Via::Buf => regs.arg(1),
+        Via::Iov => {
+            // SAFETY: user memory via bpf_probe_read_user, which fails cleanly.
+            unsafe { bpf_probe_read_user(regs.arg(1) as *const u64) }.unwrap_or(0)
+        }
+        Via::Msg | Via::Kernel => 0,
+    };
+    let key = ConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: regs.arg(0) as u32,
+    };
+    let hdr = header(&key, 0, dir, kind::DATA, cgroup_id);
+    emit_chunk(&hdr, 0, src, ret as u64, true, 0);
+    0
 }
 
 #[cfg(target_arch = "bpf")]

@@ -22,7 +22,7 @@ use std::{
 };
 
 use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
     clock::WallClock,
@@ -64,6 +64,67 @@ pub fn entry_json_line(ex: &Exchange, clock: &WallClock) -> String {
     write_entry(ex, clock, &mut out);
     // serde_json writes UTF-8 only; the lossy branch is never taken.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `_replay`: what the `capture replay` tool did with one recorded request. Written beside the
+/// entry of the exchange it sent (or skipped) by [`write_entry_with_replay`], read back by
+/// [`crate::har_read`]; the diff engine pairs replayed entries by `pair_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    /// Identifies the recorded entry this one replays: the same in every replay of the same
+    /// recording, whatever the target.
+    pub pair_id: String,
+    /// Where the recorded entry came from (`FILE:line`).
+    pub source: String,
+    /// The `--target` URL the request was sent to.
+    pub target: String,
+    pub verdict: ReplayVerdict,
+    /// Why the request was skipped or failed (a fixed word, never a value from the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Names of the credentials re-injected into the request (never their values).
+    #[serde(default)]
+    pub injected: Vec<String>,
+}
+
+/// The outcome of replaying one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayVerdict {
+    /// Sent, and a whole response came back.
+    Sent,
+    /// Not sent: unsafe method, missing credential, incomplete recording, streaming gRPC.
+    Skipped,
+    /// Sent, but no whole response came back (connection refused, reset, timeout).
+    Error,
+}
+
+#[derive(Serialize)]
+struct WithReplay<'a> {
+    #[serde(flatten)]
+    entry: HarEntry<'a>,
+    #[serde(rename = "_replay")]
+    replay: &'a Replay,
+}
+
+/// [`write_entry`] with a `_replay` object after the other fields: the line `capture replay`
+/// writes for each request.
+#[expect(
+    clippy::expect_used,
+    reason = "as write_entry: plain structs written to a Vec cannot fail to serialise"
+)]
+pub fn write_entry_with_replay(
+    ex: &Exchange,
+    clock: &WallClock,
+    replay: &Replay,
+    out: &mut Vec<u8>,
+) {
+    let url = request_url(&ex.request, &ex.conn);
+    let entry = WithReplay {
+        entry: HarEntry::new(ex, clock, &url),
+        replay,
+    };
+    serde_json::to_writer(out, &entry).expect("HAR entry serialises");
 }
 
 /// The absolute URL of a request, as HAR `request.url` wants it (RFC 9112 §3.3 reconstructs

@@ -103,6 +103,7 @@ impl DaemonBuilder {
             .arg(metrics_addr.to_string())
             .arg("--log-format")
             .arg("text")
+            .args(kernel_hook_args())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(File::create(dir.path().join("daemon.stdout"))?)
@@ -117,7 +118,20 @@ impl DaemonBuilder {
             binary,
         };
         daemon.wait_ready()?;
+        daemon.check_kernel_hook()?;
         Ok(daemon)
+    }
+}
+
+/// `CAPTURE_E2E_KERNEL_HOOK` (`auto`, `socket` or `syscall`) selects the kernel hook of every
+/// daemon the tests start, as `--kernel-hook`; `cargo xtask test` makes a second pass over the
+/// HTTP suites with `syscall`, the fallback this kernel would otherwise never use.
+pub const KERNEL_HOOK_ENV: &str = "CAPTURE_E2E_KERNEL_HOOK";
+
+fn kernel_hook_args() -> Vec<OsString> {
+    match std::env::var_os(KERNEL_HOOK_ENV) {
+        Some(hook) if !hook.is_empty() => vec!["--kernel-hook".into(), hook],
+        _ => Vec::new(),
     }
 }
 
@@ -156,6 +170,21 @@ impl Daemon {
 
     pub fn output_path(&self) -> &Path {
         &self.output
+    }
+
+    /// With a forced hook, the daemon must say (in `/metrics`) that it runs on that hook.
+    fn check_kernel_hook(&self) -> Result<()> {
+        let label = match std::env::var(KERNEL_HOOK_ENV).as_deref() {
+            Ok("socket") => "socket_tracepoints",
+            Ok("syscall") => "syscall_tracepoint",
+            _ => return Ok(()),
+        };
+        let body = String::from_utf8_lossy(&self.get("/metrics")?.body).into_owned();
+        let line = format!("capture_kernel_hook_info{{hook=\"{label}\"}} 1");
+        if !body.lines().any(|l| l == line) {
+            bail!("{KERNEL_HOOK_ENV} asks for {label} but /metrics has no `{line}`");
+        }
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -10,6 +10,8 @@
 //!   and [`TestPki`], [`ChildProcess`] come from the shared `capture-test-support` crate.
 //! - [`Collector`] runs the real `capture-collector` over TLS ([`TestPki`] makes its
 //!   certificates) for the delivery tests.
+//! - [`JsonService`] is the two-version JSON service of the replay/diff tests and demo, and
+//!   [`cli_binary`] finds the `capture` CLI.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
 //! - [`helm`] drives Helm's own engine (helm-python-sdk) to render, lint and install charts;
@@ -29,6 +31,7 @@ pub mod har;
 pub mod helm;
 pub mod k8s;
 mod net;
+mod replay;
 mod servers;
 
 use std::process::Command;
@@ -43,6 +46,7 @@ pub use env::{
     capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, workspace_root,
 };
 pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
+pub use replay::{JsonService, Received, cli_binary};
 pub use servers::{
     BIG_LEN, COOKIE_BODY, H2cUpgradeServer, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer,
     big_body, gzip_plain, nginx_body,

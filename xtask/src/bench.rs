@@ -16,6 +16,7 @@
 //! HTTP/2 (`h2load`): the same measurement with h2load against nginx speaking h2c, see `h2load`.
 
 mod h2load;
+mod kernel;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -32,7 +33,9 @@ const WRK_CONNECTIONS: u32 = 16;
 /// How long the daemon may take to catch up with its backlog once wrk has stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn run(root: &Path, quick: bool) -> Result<()> {
+/// `kernel_only` runs the HTTP/1 rounds without export and the kernel phase, and skips the
+/// HTTP/2, decoder and exporter benches: the figures the kernel side moves, in a few minutes.
+pub fn run(root: &Path, quick: bool, kernel_only: bool) -> Result<()> {
     if let Some(reason) = missing_capabilities() {
         bail!(
             "the bench loads eBPF programs and creates a cgroup: {reason} (try `sudo -E cargo xtask bench`)"
@@ -119,21 +122,31 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         );
         untargeted.push(c);
 
+        if kernel_only {
+            continue;
+        }
         println!("round {round}/{rounds} E: capture and export to a collector");
         let e = delivery.run(&binary, &cgroup, &load, seconds)?;
         exported.push(e);
     }
     drop(delivery);
     drop(empty_cgroup);
+    println!("kernel side: untargeted getppid, program run time against the floor");
+    let kernel = kernel::run(&binary, &cgroup, &load, seconds, rounds, &out_dir)?;
     drop(nginx);
     drop(cgroup);
 
-    let h2 = h2load::run(&binary, seconds, rounds, pinned, &out_dir)?;
-
-    println!("decoder: cargo bench -p capture-http --bench decoder");
-    let decoder = decoder_bench(root);
-    println!("exporter: cargo bench -p capture-daemon --bench export");
-    let exporter = crate::bench_export::exporter_bench(root, quick);
+    let (h2, decoder, exporter) = if kernel_only {
+        let skipped = || Err("skipped (--kernel-only)".to_owned());
+        (None, skipped(), skipped())
+    } else {
+        let h2 = h2load::run(&binary, seconds, rounds, pinned, &out_dir)?;
+        println!("decoder: cargo bench -p capture-http --bench decoder");
+        let decoder = decoder_bench(root);
+        println!("exporter: cargo bench -p capture-daemon --bench export");
+        let exporter = crate::bench_export::exporter_bench(root, quick);
+        (Some(h2), decoder, exporter)
+    };
 
     let command = if quick {
         "cargo xtask bench --quick"
@@ -148,12 +161,15 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         baseline: &baseline,
         captured: &captured,
         untargeted: &untargeted,
-        h2: &h2,
+        h2: h2.as_ref(),
         decoder: &decoder,
     });
-    report.push_str(&crate::bench_export::report(
-        &captured, &exported, &exporter,
-    ));
+    report.push_str(&kernel::section(&kernel));
+    if !kernel_only {
+        report.push_str(&crate::bench_export::report(
+            &captured, &exported, &exporter,
+        ));
+    }
     let latest = out_dir.join("latest.md");
     fs::write(&latest, &report).with_context(|| format!("writing {}", latest.display()))?;
     println!("\n{report}");
@@ -513,8 +529,19 @@ struct Report<'a> {
     baseline: &'a [Wrk],
     captured: &'a [Captured],
     untargeted: &'a [Captured],
-    h2: &'a h2load::Results,
+    h2: Option<&'a h2load::Results>,
     decoder: &'a Result<Vec<String>, String>,
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
@@ -734,7 +761,9 @@ fn report(r: &Report<'_>) -> String {
         );
     }
 
-    s.push_str(&h2load::section(r.h2));
+    if let Some(h2) = r.h2 {
+        s.push_str(&h2load::section(h2));
+    }
 
     let _ = writeln!(
         s,

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_export;
 mod demo;
+mod demo_diff;
 mod image;
 mod kind;
 mod modcycles;
@@ -29,11 +30,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DemoAct {
+    /// Record a JSON service, replay it against two versions and diff: the change is red,
+    /// the noise green.
+    Diff,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Install the prerequisites and build the eBPF programs and the daemon.
     BuildEbpf,
-    /// Capture a bundled server and client in a fresh cgroup and show the exchanges.
-    Demo,
+    /// Capture a bundled server and client in a fresh cgroup and show the exchanges;
+    /// `demo diff`: record, replay against two versions and diff.
+    Demo {
+        #[command(subcommand)]
+        act: Option<DemoAct>,
+    },
     /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
     Test {
         /// Seconds each fuzz target runs after its committed seed corpus (0: the seeds only,
@@ -46,6 +58,10 @@ enum Cmd {
         /// A shorter run, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Only what the kernel side moves: the HTTP/1 rounds A, B, C and the kernel phase
+        /// (untargeted getppid, program run time against the floor).
+        #[arg(long)]
+        kernel_only: bool,
     },
     /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
     /// (annotated app, traffic, captured exchanges), `down`.
@@ -70,12 +86,19 @@ fn main() -> anyhow::Result<()> {
                 root.join("target/debug/capture-daemon").display()
             );
         }
-        Cmd::Demo => {
+        Cmd::Demo { act } => {
             setup::toolchain()?;
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
-            demo::run(&root)?;
+            match act {
+                None => demo::run(&root)?,
+                Some(DemoAct::Diff) => {
+                    cargo(&root, &["build", "-p", "capture-cli"])?;
+                    set_env("CAPTURE_CLI_BIN", &root.join("target/debug/capture"));
+                    demo_diff::run(&root)?;
+                }
+            }
         }
         Cmd::Test { fuzz_seconds } => {
             // Refused before any step runs, so a CI log never ends in "all steps passed"
@@ -106,7 +129,26 @@ fn main() -> anyhow::Result<()> {
                 "CAPTURE_COLLECTOR_BIN",
                 &root.join("target/debug/capture-collector"),
             );
+            // The replay tests (tests/e2e/replay.rs) run the capture CLI.
+            cargo(&root, &["build", "-p", "capture-cli"])?;
+            set_env("CAPTURE_CLI_BIN", &root.join("target/debug/capture"));
             cargo(&root, &["test", "--no-fail-fast"])?;
+            // The same HTTP suites on the syscall fallback, the hook kernels without the
+            // socket tracepoints get (the first pass used the best this kernel has).
+            let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(cargo_bin)
+                .args([
+                    "test",
+                    "--no-fail-fast",
+                    "-p",
+                    "capture-e2e",
+                    "--test",
+                    "http1",
+                    "--test",
+                    "http2",
+                ])
+                .env("CAPTURE_E2E_KERNEL_HOOK", "syscall")
+                .current_dir(&root))?;
             for target in FUZZ_TARGETS {
                 fuzz(&root, target, fuzz_seconds)?;
             }
@@ -118,7 +160,7 @@ fn main() -> anyhow::Result<()> {
                 println!("xtask test: all steps passed");
             }
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, kernel_only } => {
             setup::toolchain()?;
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon", "--release"])?;
@@ -129,7 +171,7 @@ fn main() -> anyhow::Result<()> {
                 "CAPTURE_COLLECTOR_BIN",
                 &root.join("target/release/capture-collector"),
             );
-            bench::run(&root, quick)?;
+            bench::run(&root, quick, kernel_only)?;
         }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::programs::KernelLimits;
+use crate::kernel::programs::{Floor, HookChoice, KernelLimits};
 pub use crate::telemetry::audit::LogFormat;
 use capture_http::{http1::Http1Limits, http2::Http2Limits};
 
@@ -72,6 +72,19 @@ pub struct Flags {
     /// iovecs walked per readv/writev/recvmsg/sendmsg; the rest is a gap (default 64).
     #[arg(long = "max-iovecs", value_name = "N")]
     pub max_iovecs: Option<u32>,
+    /// Kernel hook: `auto` (the socket tracepoints where the kernel has them, else the
+    /// syscall tracepoint), `socket` or `syscall` (forces the last resort, for testing).
+    /// The environment variable serves test harnesses (default auto).
+    #[arg(
+        long = "kernel-hook",
+        env = "CAPTURE_KERNEL_HOOK",
+        value_name = "auto|socket|syscall"
+    )]
+    pub kernel_hook: Option<String>,
+    /// Benchmark only: attach a program that does nothing (`empty`) or only copies (`copy`)
+    /// on the socket tracepoints instead of capturing; its records are dropped.
+    #[arg(long = "kernel-floor", value_name = "empty|copy", hide = true)]
+    pub kernel_floor: Option<String>,
     /// Most connections tracked at once; new ones past it are not captured (default 16384).
     #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -278,6 +291,8 @@ impl Flags {
             ring_buffer_bytes,
             max_capture_bytes_per_syscall,
             max_iovecs,
+            kernel_hook,
+            kernel_floor,
             max_connections,
             max_conn_buffer_bytes,
             max_header_bytes,
@@ -477,11 +492,26 @@ impl Config {
                 "must be between 1 and 1024 (IOV_MAX)",
             ));
         }
+        let hook = match f.kernel_hook.as_deref() {
+            None => HookChoice::Auto,
+            Some(v) => v
+                .parse()
+                .map_err(|why: String| invalid("--kernel-hook", v, &why))?,
+        };
+        let floor = match f.kernel_floor.as_deref() {
+            None => None,
+            Some(v) => Some(
+                v.parse::<Floor>()
+                    .map_err(|why: String| invalid("--kernel-floor", v, &why))?,
+            ),
+        };
         let kernel = KernelLimits {
             ring_buffer_bytes,
             max_capture_bytes_per_syscall,
             max_iovecs,
             max_target_cgroups,
+            hook,
+            floor,
         };
         if kernel.max_chunks() + max_iovecs > capture_common::MAX_LOOP_STEPS {
             return Err(invalid(

@@ -61,6 +61,16 @@ pub struct ConnTable {
     scratch_h2: Vec<Http2Output>,
 }
 
+/// What an OPEN event (or nothing, for a connection first seen mid-stream) says of a
+/// connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct Opened {
+    role: Option<Role>,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    listen_fd: Option<u32>,
+}
+
 struct Conn {
     meta: ConnMeta,
     streams: [Stream; 2],
@@ -154,6 +164,7 @@ impl ConnTable {
                 conn,
                 role,
                 peer,
+                local,
                 listen_fd,
                 ts_ns,
                 cgroup_id,
@@ -162,7 +173,13 @@ impl ConnTable {
                 if let Some(old) = self.conns.remove(&conn) {
                     self.finish(conn, old, ts_ns, out);
                 }
-                self.track(conn, role, peer, listen_fd, ts_ns, cgroup_id);
+                let opened = Opened {
+                    role,
+                    peer,
+                    local,
+                    listen_fd,
+                };
+                self.track(conn, opened, ts_ns, cgroup_id);
             }
             Event::Data {
                 conn,
@@ -177,7 +194,7 @@ impl ConnTable {
                 Metrics::add(&self.metrics.events, 1);
                 Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
                 if !self.conns.contains_key(&conn)
-                    && !self.track(conn, None, None, None, ts_ns, cgroup_id)
+                    && !self.track(conn, Opened::default(), ts_ns, cgroup_id)
                 {
                     return;
                 }
@@ -196,15 +213,13 @@ impl ConnTable {
     }
 
     /// Starts tracking a connection; false when it is not to be captured.
-    fn track(
-        &mut self,
-        id: ConnId,
-        role: Option<Role>,
-        peer: Option<SocketAddr>,
-        listen_fd: Option<u32>,
-        ts_ns: u64,
-        cgroup_id: u64,
-    ) -> bool {
+    fn track(&mut self, id: ConnId, opened: Opened, ts_ns: u64, cgroup_id: u64) -> bool {
+        let Opened {
+            role,
+            peer,
+            local,
+            listen_fd,
+        } = opened;
         if self.conns.len() >= self.limits.max_connections {
             Metrics::add(&self.metrics.connections_refused, 1);
             self.mute(id);
@@ -223,7 +238,11 @@ impl ConnTable {
             (Some(role), Some(peer)) => Some((role, peer)),
             _ => None,
         };
-        if let Some((role, peer)) = opened {
+        if let (Some((role, peer)), Some(local)) = (opened, local) {
+            // The socket hooks read both ends from the socket: nothing to look up.
+            tracing::debug!(conn = %id, ?role, %peer, %local, "connection opened");
+            meta.set_endpoints(role, local, peer);
+        } else if let Some((role, peer)) = opened {
             let proc_view = (self.classify)(id.tgid, id.fd);
             tracing::debug!(conn = %id, ?role, %peer, ?proc_view, "connection opened");
             match proc_view {
@@ -586,6 +605,7 @@ mod tests {
                 conn: ID,
                 role: Some(Role::Client),
                 peer: Some(SERVER),
+                local: None,
                 listen_fd: None,
                 ts_ns: 0,
                 cgroup_id: CGROUP,
@@ -618,6 +638,7 @@ mod tests {
                 conn: ID,
                 role: Some(Role::Client),
                 peer: Some(SERVER),
+                local: None,
                 listen_fd: None,
                 ts_ns: 0,
                 cgroup_id: CGROUP,
@@ -654,6 +675,7 @@ mod tests {
                 conn: ID,
                 role: Some(Role::Server),
                 peer: Some(CLIENT),
+                local: None,
                 listen_fd: Some(3),
                 ts_ns: 0,
                 cgroup_id: CGROUP,
@@ -1047,6 +1069,7 @@ Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkA
                 conn: ID,
                 role: Some(Role::Server),
                 peer: Some(CLIENT),
+                local: None,
                 listen_fd: None,
                 ts_ns: 0,
                 cgroup_id: CGROUP,

@@ -55,6 +55,9 @@ pub enum Event<'a> {
         conn: ConnId,
         role: Option<Role>,
         peer: Option<SocketAddr>,
+        /// The socket hooks read the local end from the socket itself; the syscall hook
+        /// leaves it to /proc.
+        local: Option<SocketAddr>,
         /// accept: the listening fd, whose address is this connection's local one.
         listen_fd: Option<u32>,
         ts_ns: u64,
@@ -140,10 +143,16 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
             let listen_fd = (payload.len() >= 8)
                 .then(|| u32_at(payload, 4))
                 .filter(|&fd| fd != capture_common::NO_FD);
+            let local = if ev_flags & flags::ENDPOINTS != 0 {
+                payload.get(24..).and_then(sockaddr)
+            } else {
+                None
+            };
             Ok(Event::Open {
                 conn,
                 role,
                 peer: sockaddr(payload),
+                local,
                 listen_fd,
                 ts_ns,
                 cgroup_id,
@@ -154,7 +163,8 @@ pub fn parse(record: &[u8]) -> Result<Event<'_>, MalformedEvent> {
     }
 }
 
-/// `capture_common::SockAddr`: family u16, port (network order) u16, pad u32, address [u8; 16].
+/// `capture_common::SockAddr`: family u16, port (network order) u16, listen fd u32, address
+/// [u8; 16].
 fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
     if b.len() < 24 {
         return None;
@@ -265,11 +275,46 @@ pub(crate) mod tests {
                 },
                 role: Some(Role::Client),
                 peer: Some("127.0.0.1:8080".parse().unwrap()),
+                local: None,
                 listen_fd: Some(0),
                 ts_ns: 0,
                 cgroup_id: 0,
             }
         );
+    }
+
+    /// The socket hooks' OPEN: both ends, the local one after the peer; the record may be
+    /// longer than the event.
+    #[test]
+    fn open_event_from_the_socket_carries_both_ends() {
+        let h = EventHeader {
+            kind: kind::OPEN,
+            flags: flags::ROLE_SERVER | flags::ENDPOINTS,
+            cap_len: 48,
+            ..Default::default()
+        };
+        let mut sa = vec![0u8; 64];
+        sa[..2].copy_from_slice(&2u16.to_ne_bytes());
+        sa[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        sa[4..8].copy_from_slice(&capture_common::NO_FD.to_ne_bytes());
+        sa[8..12].copy_from_slice(&[10, 0, 0, 2]);
+        sa[24..26].copy_from_slice(&10u16.to_ne_bytes());
+        sa[26..28].copy_from_slice(&443u16.to_be_bytes());
+        sa[32..48].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        let Event::Open {
+            role,
+            peer,
+            local,
+            listen_fd,
+            ..
+        } = parse(&record(&h, &sa)).unwrap()
+        else {
+            panic!("not open");
+        };
+        assert_eq!(role, Some(Role::Server));
+        assert_eq!(peer, Some("10.0.0.2:40000".parse().unwrap()));
+        assert_eq!(local, Some("[::1]:443".parse().unwrap()));
+        assert_eq!(listen_fd, None);
     }
 
     #[test]

@@ -4,21 +4,108 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use crate::telemetry::metrics::{Families, Source};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use capture_common::{MutedKey, counter};
-
-use crate::telemetry::metrics::{Families, Source};
-use tracing::{debug, warn};
+use prometheus::proto::MetricType;
+use tracing::{debug, info, warn};
 
 /// The object built by build.rs from `capture-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
 
-/// The one program: a raw tracepoint on `sys_exit`.
-const PROGRAM: &str = "sys_exit";
+/// Which hook the daemon may use (`--kernel-hook`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookChoice {
+    /// The best hook this kernel has: the socket tracepoints, else the syscall tracepoint.
+    #[default]
+    Auto,
+    /// Only the socket tracepoints; loading fails where the kernel lacks them.
+    Socket,
+    /// Only the syscall tracepoint (the last resort), e.g. to test it on a kernel that has
+    /// better.
+    Syscall,
+}
+
+impl std::str::FromStr for HookChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "socket" => Ok(Self::Socket),
+            "syscall" => Ok(Self::Syscall),
+            other => Err(format!("{other:?} is not auto, socket or syscall")),
+        }
+    }
+}
+
+/// The hook the programs are attached to.
+///
+/// The probe order is the order of preference. kprobes or fentry on
+/// `sock_sendmsg`/`sock_recvmsg` (for kernels without the socket tracepoints, before 6.3)
+/// would slot in between; they are not written yet (issue 13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `sock:sock_send_length`, `sock:sock_recv_length` and `sock:inet_sock_set_state`
+    /// (Linux 6.3+): only socket I/O runs a program.
+    SocketTracepoints,
+    /// `raw_syscalls:sys_exit`: every syscall of every process runs a program.
+    SyscallTracepoint,
+}
+
+impl Hook {
+    /// The metric label and log value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SocketTracepoints => "socket_tracepoints",
+            Self::SyscallTracepoint => "syscall_tracepoint",
+        }
+    }
+
+    /// (program, raw tracepoint) pairs: the one place that says what each hook attaches.
+    fn attachments(self, floor: Option<Floor>) -> &'static [(&'static str, &'static str)] {
+        match (self, floor) {
+            (Self::SocketTracepoints, None) => &[
+                ("sock_state", "inet_sock_set_state"),
+                ("sock_send", "sock_send_length"),
+                ("sock_recv", "sock_recv_length"),
+            ],
+            (Self::SyscallTracepoint, None) => &[("sys_exit", "sys_exit")],
+            (_, Some(Floor::Empty)) => &[
+                ("floor_empty", "sock_send_length"),
+                ("floor_empty", "sock_recv_length"),
+            ],
+            (_, Some(Floor::Copy)) => &[
+                ("floor_copy", "sock_send_length"),
+                ("floor_copy", "sock_recv_length"),
+            ],
+        }
+    }
+}
+
+/// Benchmark only (`--kernel-floor`): instead of capturing, attach a program that does nothing
+/// or only copies, on the socket tracepoints, to measure what the hook itself costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Floor {
+    Empty,
+    Copy,
+}
+
+impl std::str::FromStr for Floor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "empty" => Ok(Self::Empty),
+            "copy" => Ok(Self::Copy),
+            other => Err(format!("{other:?} is not empty or copy")),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -50,6 +137,10 @@ pub struct KernelLimits {
     pub max_iovecs: u32,
     /// Entries of the target cgroup map (`--max-target-cgroups`).
     pub max_target_cgroups: u32,
+    /// Where to attach (`--kernel-hook`).
+    pub hook: HookChoice,
+    /// Benchmark only: a floor program instead of capture (`--kernel-floor`).
+    pub floor: Option<Floor>,
 }
 
 impl Default for KernelLimits {
@@ -60,6 +151,8 @@ impl Default for KernelLimits {
                 * capture_common::MAX_CHUNK as u32,
             max_iovecs: capture_common::MAX_IOVECS,
             max_target_cgroups: 4096,
+            hook: HookChoice::Auto,
+            floor: None,
         }
     }
 }
@@ -80,6 +173,7 @@ pub struct KernelCounters {
     pub bytes_lost: u64,
     pub truncations: u64,
     pub conn_table_full: u64,
+    pub unknown_syscall: u64,
 }
 
 /// The loaded and attached programs.
@@ -89,18 +183,33 @@ pub struct Capture {
     muted: HashMap<MapData, MutedKey, u8>,
     counters: Arc<KernelCounterReader>,
     target_set: BTreeSet<u64>,
-    /// The attachment; `None` while paused (detached).
-    link: Option<RawTracePointLinkId>,
+    hook: Hook,
+    floor: Option<Floor>,
+    /// The attachments, one per (program, tracepoint); empty while paused (detached).
+    links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
-/// Reads the kernel's per-CPU counters; shared with the metrics endpoint so a scrape sees
-/// the kernel's numbers as they are, not as of the last tick.
-pub struct KernelCounterReader(PerCpuArray<MapData, u64>);
+/// Reads the kernel's per-CPU counters and the programs' run statistics; shared with the
+/// metrics endpoint so a scrape sees the kernel's numbers as they are, not as of the last tick.
+pub struct KernelCounterReader {
+    counters: PerCpuArray<MapData, u64>,
+    /// (program name, kernel program id) of the attached hook's programs.
+    programs: Vec<(&'static str, u32)>,
+    hook: Hook,
+}
+
+/// A program's time inside the kernel, as `kernel.bpf_stats_enabled` accounts it (zero while
+/// the sysctl is off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
 
 impl KernelCounterReader {
     pub fn read(&self) -> KernelCounters {
         let sum = |index: u32| -> u64 {
-            self.0
+            self.counters
                 .get(&index, 0)
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0)
@@ -111,7 +220,31 @@ impl KernelCounterReader {
             bytes_lost: sum(counter::BYTES_LOST),
             truncations: sum(counter::TRUNCATIONS),
             conn_table_full: sum(counter::CONN_TABLE_FULL),
+            unknown_syscall: sum(counter::UNKNOWN_SYSCALL),
         }
+    }
+
+    /// The hook the programs are attached to.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    /// Run statistics of each program of the hook, by program name.
+    pub fn program_stats(&self) -> Vec<(&'static str, ProgramStats)> {
+        let mut stats: Vec<(&'static str, ProgramStats)> = self
+            .programs
+            .iter()
+            .map(|(name, _)| (*name, ProgramStats::default()))
+            .collect();
+        for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+            if let Some(i) = self.programs.iter().position(|(_, id)| *id == info.id()) {
+                stats[i].1 = ProgramStats {
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    run_count: info.run_count(),
+                };
+            }
+        }
+        stats
     }
 }
 
@@ -144,20 +277,49 @@ impl Source for KernelCounterReader {
                 "Connections the kernel could not track (connection map full).",
                 k.conn_table_full,
             ),
+            (
+                "capture_kernel_unknown_syscall_total",
+                "Socket I/O of a target process through a syscall the programs do not walk (sendmmsg, recvmmsg, splice, io_uring); its bytes are not seen.",
+                k.unknown_syscall,
+            ),
         ] {
             out.counter(name, help, value);
         }
+        out.labelled(
+            "capture_kernel_hook_info",
+            "The hook the kernel programs are attached to.",
+            MetricType::GAUGE,
+            &["hook"],
+            [(&[self.hook.label()][..], 1)],
+        );
+        let stats = self.program_stats();
+        out.labelled(
+            "capture_kernel_program_run_ns_total",
+            "Time the kernel programs ran, counted while kernel.bpf_stats_enabled is 1.",
+            MetricType::COUNTER,
+            &["program"],
+            stats
+                .iter()
+                .map(|(name, s)| (std::slice::from_ref(name), s.run_time_ns)),
+        );
+        out.labelled(
+            "capture_kernel_program_runs_total",
+            "Times the kernel programs ran, counted while kernel.bpf_stats_enabled is 1.",
+            MetricType::COUNTER,
+            &["program"],
+            stats
+                .iter()
+                .map(|(name, s)| (std::slice::from_ref(name), s.run_count)),
+        );
     }
 }
 
 impl Capture {
-    /// Loads the programs with a ring buffer of `ring_buffer_bytes` and attaches them all.
-    /// Until targets are set nothing is captured: every program returns at its first check.
+    /// Loads the programs with a ring buffer of `ring_buffer_bytes` and attaches them to the
+    /// hook `limits.hook` allows, probing in order of preference. Until targets are set
+    /// nothing is captured: every program returns at its first check.
     pub fn load(limits: &KernelLimits) -> Result<Self, EbpfError> {
         let ring_buffer_bytes = limits.ring_buffer_bytes;
-        // Wake the reader when an eighth of the ring is waiting; otherwise the reader's drain
-        // timer picks events up.
-        let wakeup_bytes = u64::from(ring_buffer_bytes / 8);
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
@@ -175,77 +337,99 @@ impl Capture {
             .btf(None)
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .map_max_entries("TARGET_CGROUPS", limits.max_target_cgroups)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("MAX_CHUNKS", &limits.max_chunks(), true)
             .override_global("MAX_IOVS", &limits.max_iovecs, true)
             .load(OBJECT)
             .map_err(classify_load_error)?;
-        match aya_log::EbpfLogger::init(&mut ebpf) {
-            Ok(logger) => spawn_kernel_log_pump(logger),
-            Err(e) => warn!(error = %e, "kernel-side logs unavailable"),
+        let candidates: &[Hook] = match (limits.floor, limits.hook) {
+            // The floor programs live on the socket tracepoints only.
+            (Some(_), _) | (None, HookChoice::Socket) => &[Hook::SocketTracepoints],
+            (None, HookChoice::Syscall) => &[Hook::SyscallTracepoint],
+            (None, HookChoice::Auto) => &[Hook::SocketTracepoints, Hook::SyscallTracepoint],
+        };
+        let mut chosen = None;
+        for (i, &hook) in candidates.iter().enumerate() {
+            match attach_hook(&mut ebpf, hook, limits.floor) {
+                Ok(links) => {
+                    chosen = Some((hook, links));
+                    break;
+                }
+                // Another hook may still work; a permission problem will not go away.
+                Err(e) if i + 1 < candidates.len() && !matches!(e, EbpfError::Permission(_)) => {
+                    info!(hook = hook.label(), reason = %e, "kernel hook unavailable, trying the next");
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| EbpfError::Load(format!("program {PROGRAM} missing from the object")))?
-            .try_into()
-            .map_err(|e| EbpfError::Load(format!("{PROGRAM}: {e}")))?;
-        program
-            .load()
-            .map_err(|e| classify_program_error(PROGRAM, &e))?;
-        let link = program
-            .attach("sys_exit")
-            .map_err(|e| classify_program_error("raw tracepoint sys_exit", &e))?;
+        let Some((hook, links)) = chosen else {
+            return Err(EbpfError::Unsupported("no kernel hook to try".into()));
+        };
+        info!(hook = hook.label(), floor = ?limits.floor, "kernel programs attached");
+        let mut programs = Vec::new();
+        for (name, _) in hook.attachments(limits.floor) {
+            if programs.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let id = raw_tracepoint(&mut ebpf, name)?
+                .info()
+                .map_err(|e| classify_program_error(name, &e))?
+                .id();
+            programs.push((*name, id));
+        }
         let targets = take_hash(&mut ebpf, "TARGET_CGROUPS")?;
         let muted = take_hash(&mut ebpf, "MUTED")?;
-        let counters = Arc::new(KernelCounterReader(
-            ebpf.take_map("COUNTERS")
+        let counters = Arc::new(KernelCounterReader {
+            counters: ebpf
+                .take_map("COUNTERS")
                 .ok_or_else(|| EbpfError::Load("map COUNTERS missing".into()))?
                 .try_into()
                 .map_err(|e| EbpfError::Load(format!("COUNTERS: {e}")))?,
-        ));
+            programs,
+            hook,
+        });
         Ok(Self {
             ebpf,
             targets,
             muted,
             counters,
             target_set: BTreeSet::new(),
-            link: Some(link),
+            hook,
+            floor: limits.floor,
+            links,
         })
     }
 
-    fn program(&mut self) -> Result<&mut RawTracePoint, EbpfError> {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| EbpfError::Load(format!("program {PROGRAM} missing from the object")))?
-            .try_into()
-            .map_err(|e| EbpfError::Load(format!("{PROGRAM}: {e}")))
+    /// The hook the programs are attached to.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
-    /// Detaches the program (pause): from now on no syscall is looked at, not even filtered.
+    /// True when a floor program runs instead of capture: its records are to be discarded.
+    pub fn is_floor(&self) -> bool {
+        self.floor.is_some()
+    }
+
+    /// Detaches the programs (pause): from now on nothing is looked at, not even filtered.
     /// The maps stay, so [`Capture::attach`] resumes with the same targets.
     pub fn detach(&mut self) -> Result<(), EbpfError> {
-        if let Some(link) = self.link.take() {
-            self.program()?
+        while let Some((name, link)) = self.links.pop() {
+            raw_tracepoint(&mut self.ebpf, name)?
                 .detach(link)
-                .map_err(|e| classify_program_error("detaching sys_exit", &e))?;
+                .map_err(|e| classify_program_error(name, &e))?;
         }
         Ok(())
     }
 
-    /// Attaches the program again after [`Capture::detach`].
+    /// Attaches the programs again after [`Capture::detach`].
     pub fn attach(&mut self) -> Result<(), EbpfError> {
-        if self.link.is_none() {
-            let link = self
-                .program()?
-                .attach("sys_exit")
-                .map_err(|e| classify_program_error("raw tracepoint sys_exit", &e))?;
-            self.link = Some(link);
+        if self.links.is_empty() {
+            self.links = attach_hook(&mut self.ebpf, self.hook, self.floor)?;
         }
         Ok(())
     }
 
     pub fn is_attached(&self) -> bool {
-        self.link.is_some()
+        !self.links.is_empty()
     }
 
     /// Cgroups in the kernel's target set now.
@@ -303,6 +487,53 @@ impl Capture {
     pub fn counter_reader(&self) -> Arc<KernelCounterReader> {
         Arc::clone(&self.counters)
     }
+}
+
+fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut RawTracePoint, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| EbpfError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e| EbpfError::Load(format!("{name}: {e}")))
+}
+
+/// Loads (verifies) the hook's programs and attaches each to its tracepoint. On an error
+/// nothing of this hook stays attached. A kernel without the tracepoints fails the attach
+/// (ENOENT); one without the helpers the programs call fails the load.
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    floor: Option<Floor>,
+) -> Result<Vec<(&'static str, RawTracePointLinkId)>, EbpfError> {
+    let mut links = Vec::new();
+    let mut result = Ok(());
+    for &(name, tracepoint) in hook.attachments(floor) {
+        let step = raw_tracepoint(ebpf, name).and_then(|program| {
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(|e| classify_program_error(name, &e))?;
+            }
+            program
+                .attach(tracepoint)
+                .map_err(|e| classify_program_error(&format!("raw tracepoint {tracepoint}"), &e))
+        });
+        match step {
+            Ok(link) => links.push((name, link)),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        for (name, link) in links {
+            if let Ok(program) = raw_tracepoint(ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
+        return Err(e);
+    }
+    Ok(links)
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(
@@ -364,23 +595,6 @@ pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<tokio::io:
     // SAFETY: `inner` owns its file descriptor (an aya map) and nothing replaces or closes it
     // while the AsyncFd holds it; dropping the AsyncFd deregisters before `inner` is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(std::io::Error::from)
-}
-
-/// Forwards kernel-side `aya-log` records into `log`, which tracing-subscriber bridges.
-fn spawn_kernel_log_pump(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    let Ok(mut fd) = register(logger) else {
-        warn!("kernel-side logs unavailable: cannot poll their buffer");
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
 }
 
 #[cfg(test)]
@@ -478,7 +692,7 @@ mod tests {
     impl Rig {
         fn new(tag: &str, limits: KernelLimits) -> Self {
             let mut capture = Capture::load(&limits).unwrap();
-            let cg = TestCgroup::new(tag);
+            let cg = TestCgroup::new(&format!("{tag}-{}", capture.hook().label()));
             capture
                 .set_targets(&BTreeSet::from([
                     crate::kernel::targets::cgroup_id(&cg.0).unwrap()
@@ -498,12 +712,17 @@ mod tests {
 
         /// Accepts one client, reads `expect` bytes, answers "pong".
         fn serve(&self, expect: usize) -> Vec<u8> {
+            self.serve_from(expect).0
+        }
+
+        /// [`Rig::serve`], also returning the client's address.
+        fn serve_from(&self, expect: usize) -> (Vec<u8>, std::net::SocketAddr) {
             use std::io::{Read as _, Write as _};
-            let (mut s, _) = self.listener.accept().unwrap();
+            let (mut s, client) = self.listener.accept().unwrap();
             let mut buf = vec![0u8; expect];
             s.read_exact(&mut buf).unwrap();
             s.write_all(b"pong").unwrap();
-            buf
+            (buf, client)
         }
 
         /// Every record the kernel has sent so far.
@@ -512,14 +731,67 @@ mod tests {
         }
     }
 
-    /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
-    /// positions, through write and writev), CLOSE arrive in order.
+    /// Auto picks the socket tracepoints on a kernel that has them (6.3+), as this one.
     #[tokio::test]
-    async fn captures_target_cgroup_only() {
+    async fn auto_prefers_the_socket_tracepoints() {
+        let capture = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 16,
+            ..KernelLimits::default()
+        })
+        .unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut parts = release.trim().split(['.', '-']);
+        let major: u32 = parts.next().unwrap().parse().unwrap();
+        let minor: u32 = parts.next().unwrap().parse().unwrap();
+        let expected = if (major, minor) >= (6, 3) {
+            Hook::SocketTracepoints
+        } else {
+            Hook::SyscallTracepoint
+        };
+        assert_eq!(capture.hook(), expected, "kernel {release}");
+        let forced = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 16,
+            hook: HookChoice::Syscall,
+            ..KernelLimits::default()
+        })
+        .unwrap();
+        assert_eq!(forced.hook(), Hook::SyscallTracepoint);
+    }
+
+    /// The floor programs load and attach (the benchmark runs them).
+    #[tokio::test]
+    async fn floor_programs_load() {
+        for floor in [Floor::Empty, Floor::Copy] {
+            let capture = Capture::load(&KernelLimits {
+                ring_buffer_bytes: 1 << 16,
+                floor: Some(floor),
+                ..KernelLimits::default()
+            })
+            .unwrap();
+            assert!(capture.is_floor());
+            assert_eq!(capture.links.len(), 2, "{floor:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn captures_target_cgroup_only_socket_hook() {
+        captures_target_cgroup_only(HookChoice::Socket);
+    }
+
+    #[tokio::test]
+    async fn captures_target_cgroup_only_syscall_hook() {
+        captures_target_cgroup_only(HookChoice::Syscall);
+    }
+
+    /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
+    /// positions, through write and writev), CLOSE arrive in order. The socket hooks name both
+    /// ends from the socket.
+    fn captures_target_cgroup_only(hook: HookChoice) {
         use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,
+            hook,
             ..KernelLimits::default()
         };
         let mut rig = Rig::new("ebpf", limits);
@@ -528,7 +800,8 @@ mod tests {
         rig.serve("outside-marker-a-bc".len());
         assert!(outside.wait().unwrap().success());
         let mut inside = python_client(Some(&rig.cg), port, "hello");
-        assert_eq!(rig.serve(10), b"hello-a-bc");
+        let (got, client_addr) = rig.serve_from(10);
+        assert_eq!(got, b"hello-a-bc");
         let pid = inside.id();
         assert!(inside.wait().unwrap().success());
 
@@ -536,13 +809,19 @@ mod tests {
         let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
         let socket = events.iter().find_map(|e| match e {
             Event::Open {
-                conn, role, peer, ..
+                conn,
+                role,
+                peer,
+                local,
+                ..
             } if conn.tgid == pid => {
                 assert_eq!(*role, Some(capture_model::exchange::Role::Client));
                 assert_eq!(
                     *peer,
                     Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
                 );
+                let expected_local = (hook == HookChoice::Socket).then_some(client_addr);
+                assert_eq!(*local, expected_local);
                 Some(*conn)
             }
             _ => None,
@@ -593,15 +872,25 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn per_syscall_limit_reports_the_rest_as_a_gap_socket_hook() {
+        per_syscall_limit_reports_the_rest_as_a_gap(HookChoice::Socket);
+    }
+
+    #[tokio::test]
+    async fn per_syscall_limit_reports_the_rest_as_a_gap_syscall_hook() {
+        per_syscall_limit_reports_the_rest_as_a_gap(HookChoice::Syscall);
+    }
+
     /// A transfer larger than `--max-capture-bytes-per-syscall` is copied up to the limit and
     /// the rest arrives as a gap event of the right length, counted as a truncation.
-    #[tokio::test]
-    async fn per_syscall_limit_reports_the_rest_as_a_gap() {
+    fn per_syscall_limit_reports_the_rest_as_a_gap(hook: HookChoice) {
         use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,
             max_capture_bytes_per_syscall: 16 * 1024,
+            hook,
             ..KernelLimits::default()
         };
         let mut rig = Rig::new("limit", limits);
@@ -641,13 +930,23 @@ mod tests {
         assert!(rig.capture.counters().truncations >= 1);
     }
 
-    /// Pause detaches the program: a target cgroup's traffic produces no event at all; resume
-    /// attaches it again with the same targets.
     #[tokio::test]
-    async fn detach_stops_everything_and_attach_resumes() {
+    async fn detach_stops_everything_and_attach_resumes_socket_hook() {
+        detach_stops_everything_and_attach_resumes(HookChoice::Socket);
+    }
+
+    #[tokio::test]
+    async fn detach_stops_everything_and_attach_resumes_syscall_hook() {
+        detach_stops_everything_and_attach_resumes(HookChoice::Syscall);
+    }
+
+    /// Pause detaches the programs: a target cgroup's traffic produces no event at all; resume
+    /// attaches them again with the same targets.
+    fn detach_stops_everything_and_attach_resumes(hook: HookChoice) {
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 20,
             max_target_cgroups: 16,
+            hook,
             ..KernelLimits::default()
         };
         let mut rig = Rig::new("pause", limits);
@@ -715,8 +1014,11 @@ mod tests {
                 })
             })
             .unwrap();
-        let info = capture.program().unwrap().info().unwrap();
-        let prog = info.id();
+        let prog = capture.counters.programs[0].1;
+        let info = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == prog)
+            .unwrap();
         let maps = info.map_ids().unwrap().unwrap_or_default();
         assert!(!maps.is_empty());
         let links_to = |prog: u32| {

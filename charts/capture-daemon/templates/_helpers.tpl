@@ -46,7 +46,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The only capabilities the daemon holds (README.md says why each one):
-BPF and PERFMON load the programs and attach the sys_exit raw tracepoint; SYS_PTRACE and
+BPF and PERFMON load the programs and attach the raw tracepoints; SYS_PTRACE and
 DAC_READ_SEARCH read /proc/<pid>/fd of captured processes that run as other users or hold
 capabilities the daemon lacks. SYS_RESOURCE only when legacyMemlock is set.
 */}}
