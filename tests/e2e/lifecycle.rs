@@ -248,7 +248,7 @@ fn pause_flushes_in_flight_unlinks_the_program_and_resume_picks_up_open_connecti
         linked, own.links,
         "the kernel's links to the daemon's programs are the ones it holds"
     );
-    assert_eq!(linked.len(), 1, "one raw tracepoint link: {linked:?}");
+    ensure!(!linked.is_empty(), "the daemon's programs are not linked");
 
     // A connection from outside the cgroup, opened before the pause and kept across it.
     let mut conn = HttpConnection::connect(server.addr(), IO_TIMEOUT)?;
@@ -269,7 +269,7 @@ fn pause_flushes_in_flight_unlinks_the_program_and_resume_picks_up_open_connecti
         || Ok(metric(&daemon, "capture_event_bytes_total")? >= bytes_before + partial.len() as f64),
     )?;
 
-    // Pause: the link goes from the kernel, the program and maps stay, the in-flight exchange
+    // Pause: the links go from the kernel, the programs and maps stay, the in-flight exchange
     // is written out as flushed.
     write_config(&config, "paused: true\n")?;
     let took = wait_for(
@@ -311,8 +311,8 @@ fn pause_flushes_in_flight_unlinks_the_program_and_resume_picks_up_open_connecti
     // Resume: linked again (the same program), and the connection open all along is picked up
     // mid-stream at its next request.
     write_config(&config, "paused: false\n")?;
-    let took = wait_for(PAUSE_WITHIN, "the program linked again", || {
-        Ok(links_to(&own.progs)?.len() == 1)
+    let took = wait_for(PAUSE_WITHIN, "the programs linked again", || {
+        Ok(links_to(&own.progs)?.len() == linked.len())
     })?;
     eprintln!("resumed: linked {took:?} after the file changed");
     assert_eq!(metric(&daemon, "capture_paused")?, 0.0);
