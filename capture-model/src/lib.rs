@@ -13,5 +13,6 @@ pub mod exchange;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod har;
+mod json;
 pub mod uri;
 pub mod wire;
