@@ -31,7 +31,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capture_daemon::{config::Config, export::Exporter, metrics::Metrics};
+use capture_daemon::{
+    config::Config, output::export::Exporter, output::export::metrics::ExportMetrics,
+};
 use capture_model::{
     clock::WallClock,
     exchange::{
@@ -266,9 +268,9 @@ fn run(compression: &str, exchanges: &[Exchange], wire_bytes: u64, pinned: bool)
     .unwrap();
     let settings = cfg.export.unwrap();
     let half = settings.queue_max_bytes / 2;
-    let metrics = Metrics::new();
+    let metrics = Arc::new(ExportMetrics::default());
     let (exporter, mut handle) = Exporter::start(&settings, Arc::clone(&metrics)).unwrap();
-    let m = &metrics.export;
+    let m = &metrics;
     let me = std::process::id();
     let collector_pid = collector.child.id();
     let (cpu0, ccpu0) = (cpu_seconds(me), cpu_seconds(collector_pid));
@@ -282,7 +284,7 @@ fn run(compression: &str, exchanges: &[Exchange], wire_bytes: u64, pinned: bool)
     let n = exchanges.len() as u64;
     while m.exchanges_acked.load(Relaxed) < n {
         assert_eq!(
-            m.dropped_total(capture_daemon::export::metrics::DropReason::QueueFull),
+            m.dropped_total(capture_daemon::output::export::metrics::DropReason::QueueFull),
             0
         );
         assert!(t0.elapsed() < Duration::from_secs(600), "export stalled");

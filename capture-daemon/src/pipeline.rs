@@ -9,15 +9,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
+    conn::metrics::Metrics,
     conn::{ConnTable, TableLimits},
     control::{Applied, Control},
-    ebpf::Capture,
-    export::ExportHandle,
-    intake,
-    metrics::Metrics,
-    procnet,
+    kernel::{intake, procnet, programs::Capture},
+    output::{JsonlSink, SinkError, export::ExportHandle},
     redact::RedactionPolicy,
-    sink::{JsonlSink, SinkError},
 };
 use capture_model::{clock::WallClock, exchange::Exchange};
 
@@ -102,7 +99,7 @@ impl Pipeline {
         deadline: Duration,
     ) -> anyhow::Result<()> {
         let ring = capture.take_events()?;
-        let mut ring = crate::ebpf::register(ring)?;
+        let mut ring = crate::kernel::programs::register(ring)?;
         let mut tick = tokio::time::interval(DRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drains: u32 = 0;
@@ -172,7 +169,7 @@ impl Pipeline {
         let Some(mut control) = self.control.take() else {
             return;
         };
-        if control.apply(capture, &self.metrics) == Applied::Paused {
+        if control.apply(capture) == Applied::Paused {
             while self.drain(ring, DRAIN_BATCH) {
                 self.write_done();
             }

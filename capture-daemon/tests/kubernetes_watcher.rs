@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{
-    control::{ControlMetrics, TargetSnapshot},
+use capture_daemon::control::{
+    ControlMetrics, TargetSnapshot,
     kubernetes::{
         self,
         cgroups::CgroupResolver,

@@ -19,8 +19,8 @@ use std::{
 };
 
 use capture_daemon::{
-    export::{ExportHandle, Exporter, metrics::DropReason},
-    metrics::Metrics,
+    output::export::metrics::ExportMetrics,
+    output::export::{ExportHandle, Exporter, metrics::DropReason},
 };
 use capture_model::{clock::WallClock, har, wire};
 use support::{
@@ -60,8 +60,8 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn start(flags: &[&str]) -> (Exporter, ExportHandle, Arc<Metrics>) {
-    let metrics = Metrics::new();
+fn start(flags: &[&str]) -> (Exporter, ExportHandle, Arc<ExportMetrics>) {
+    let metrics = Arc::new(ExportMetrics::default());
     let (exporter, handle) = Exporter::start(&settings(flags), Arc::clone(&metrics)).unwrap();
     (exporter, handle, metrics)
 }
@@ -153,7 +153,7 @@ fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
     }
     drop(st);
 
-    let m = &metrics.export;
+    let m = &metrics;
     wait_until(TIMEOUT, "queue empty", || m.queue_bytes() == 0);
     assert_eq!(m.exchanges_offered.load(Relaxed), 25);
     assert_eq!(m.exchanges_acked.load(Relaxed), 25);
@@ -164,7 +164,7 @@ fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
     for reason in DropReason::ALL {
         assert_eq!(m.dropped_total(reason), 0, "{reason:?}");
     }
-    let text = metrics.render();
+    let text = capture_daemon::telemetry::metrics::render_source(&*metrics);
     assert!(
         text.contains("capture_export_exchanges_acked_total 25\n"),
         "{text}"
@@ -234,9 +234,9 @@ fn mtls_presents_the_client_certificate_and_unknown_cas_are_refused() {
     ]);
     handle.offer(exchange(1, 10), &CLOCK);
     wait_until(TIMEOUT, "retries without a client cert", || {
-        metrics.export.retries.load(Relaxed) >= 2
+        metrics.retries.load(Relaxed) >= 2
     });
-    assert!(!metrics.export.connected.load(Relaxed));
+    assert!(!metrics.connected.load(Relaxed));
     stop(exporter, handle, Duration::from_millis(200));
 
     // A CA that did not sign the server's certificate: refused the same way.
@@ -257,7 +257,7 @@ fn mtls_presents_the_client_certificate_and_unknown_cas_are_refused() {
     ]);
     handle.offer(exchange(2, 10), &CLOCK);
     wait_until(TIMEOUT, "retries with an unknown CA", || {
-        metrics.export.retries.load(Relaxed) >= 2
+        metrics.retries.load(Relaxed) >= 2
     });
     stop(exporter, handle, Duration::from_millis(200));
     // The log says why, not just "transport error".
@@ -307,7 +307,7 @@ fn without_a_spool_a_full_queue_drops_and_counts() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let m = &metrics.export;
+    let m = &metrics;
     assert!(m.queue_bytes() <= 16384, "{}", m.queue_bytes());
     let full = m.dropped_total(DropReason::QueueFull);
     assert!(full > 150, "queue_full {full}");
@@ -318,7 +318,7 @@ fn without_a_spool_a_full_queue_drops_and_counts() {
         m.dropped_total(DropReason::QueueFull) + m.dropped_total(DropReason::Shutdown),
         200
     );
-    let text = metrics.render();
+    let text = capture_daemon::telemetry::metrics::render_source(&*metrics);
     assert!(
         text.contains(&format!(
             "capture_export_dropped_total{{reason=\"queue_full\"}} {full}\n"
@@ -378,16 +378,16 @@ fn spooled_batches_survive_a_restart_and_are_stored_once() {
         // Give the exporter thread time to batch and spill what it was handed: a busy machine
         // must not turn this into a queue_full test.
         wait_until(TIMEOUT, "room in the queue", || {
-            metrics.export.queue_bytes() < 12 * 1024
+            metrics.queue_bytes() < 12 * 1024
         });
         handle.offer(exchange(n, 700), &CLOCK);
         std::thread::sleep(Duration::from_millis(2));
     }
     wait_until(TIMEOUT, "spilling to the spool", || {
-        metrics.export.batches_spooled.load(Relaxed) > 0
+        metrics.batches_spooled.load(Relaxed) > 0
     });
     stop(exporter, handle, Duration::from_millis(500));
-    let m = &metrics.export;
+    let m = &metrics;
     for reason in DropReason::ALL {
         assert_eq!(m.dropped_total(reason), 0, "{reason:?}");
     }
@@ -404,7 +404,7 @@ fn spooled_batches_survive_a_restart_and_are_stored_once() {
     }
     wait_until(TIMEOUT, "65 exchanges stored", || stored(&collector) == 65);
     wait_until(TIMEOUT, "spool drained", || {
-        metrics.export.spool_batches.load(Relaxed) == 0
+        metrics.spool_batches.load(Relaxed) == 0
     });
     stop(exporter, handle, Duration::from_secs(1));
     let st = collector.state.lock().unwrap();
@@ -419,7 +419,7 @@ fn spooled_batches_survive_a_restart_and_are_stored_once() {
     let instances: BTreeSet<_> = st.stored.keys().map(|k| k.1.clone()).collect();
     assert_eq!(instances.len(), 2);
     assert_eq!(spooled_exchanges(&spool_dir), (0, 0));
-    assert_eq!(metrics.export.exchanges_acked.load(Relaxed), 65);
+    assert_eq!(metrics.exchanges_acked.load(Relaxed), 65);
 }
 
 #[test]
@@ -447,7 +447,7 @@ fn the_spool_cap_is_kept_and_what_it_refuses_is_counted() {
         handle.offer(exchange(n, 700), &CLOCK);
         std::thread::sleep(Duration::from_millis(2));
     }
-    let m = &metrics.export;
+    let m = &metrics;
     wait_until(TIMEOUT, "spool_full drops", || {
         m.dropped_total(DropReason::SpoolFull) > 0
     });

@@ -8,8 +8,8 @@ use std::{
 };
 
 use capture_daemon::{
-    export::{self, ExportHandle, Resources, ShutdownSignal, metrics::DropReason},
-    metrics::Metrics,
+    output::export::metrics::ExportMetrics,
+    output::export::{self, ExportHandle, Resources, ShutdownSignal, metrics::DropReason},
 };
 use tokio::time::Instant;
 use tonic::Code;
@@ -20,7 +20,7 @@ struct Running {
     handle: ExportHandle,
     shutdown: ShutdownSignal,
     task: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
 }
 
 fn run(state: &Shared, flags: &[&str]) -> Running {
@@ -31,7 +31,7 @@ fn run(state: &Shared, flags: &[&str]) -> Running {
     ];
     all.extend_from_slice(flags);
     let settings = settings(&all);
-    let metrics = Metrics::new();
+    let metrics = Arc::new(ExportMetrics::default());
     let parts = export::build(
         &settings,
         Arc::clone(&metrics),
@@ -120,7 +120,7 @@ async fn transient_failures_are_retried_with_jittered_exponential_backoff() {
     }
     // Full jitter: six waits drawn from [0, ceiling] do not all sit at their ceilings.
     assert!(total < ceilings.iter().sum::<Duration>(), "{total:?}");
-    let m = &r.metrics.export;
+    let m = &r.metrics;
     assert_eq!(m.retries.load(Relaxed), 6);
     assert_eq!(m.exchanges_acked.load(Relaxed), 1);
     assert!(m.connected.load(Relaxed));
@@ -163,12 +163,14 @@ async fn an_auth_refusal_is_not_retried_until_the_token_file_changes() {
         assert_eq!(st.calls[0].answer, Answer::Refused(Code::Unauthenticated));
         assert_eq!(st.stored_exchanges(), 0);
     }
-    let m = &r.metrics.export;
+    let m = &r.metrics;
     assert_eq!(m.auth_failures.load(Relaxed), 1);
     assert!(m.auth_blocked.load(Relaxed));
     assert_eq!(m.retries.load(Relaxed), 0);
     assert!(m.queue_bytes() > 0, "the batch is kept");
-    assert!(!r.metrics.render().contains("revoked-token"));
+    assert!(
+        !capture_daemon::telemetry::metrics::render_source(&*r.metrics).contains("revoked-token")
+    );
 
     // A new token: picked up at the next poll, the batch goes through.
     std::fs::write(&token, "good-token\n").unwrap();
@@ -207,7 +209,7 @@ async fn a_rejected_batch_is_dropped_and_counted_and_the_next_goes() {
         state.lock().unwrap().stored_exchanges() == 2
     })
     .await;
-    let m = &r.metrics.export;
+    let m = &r.metrics;
     assert_eq!(m.dropped_total(DropReason::Rejected), 2);
     assert_eq!(m.retries.load(Relaxed), 0);
     let calls = state.lock().unwrap().calls.clone();
@@ -234,7 +236,7 @@ async fn a_lost_acknowledgement_is_retried_and_stored_once() {
     };
     assert_eq!(calls[1].answer, Answer::Duplicate);
     assert_eq!(stored, 1);
-    let m = &r.metrics.export;
+    let m = &r.metrics;
     assert_eq!(m.batches_duplicate.load(Relaxed), 1);
     assert_eq!(m.exchanges_acked.load(Relaxed), 1);
     r.stop().await;

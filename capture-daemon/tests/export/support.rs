@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use capture_daemon::{config::Config, export::ExportSettings};
+use capture_daemon::{config::Config, output::export::ExportSettings};
 use capture_model::{
     clock::WallClock,
     exchange::{

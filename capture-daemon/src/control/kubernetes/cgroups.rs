@@ -65,11 +65,9 @@ pub enum RootError {
 impl RootError {
     /// Exit code: a missing directory is a configuration error (2), a node on cgroup v1 a
     /// runtime failure (1).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Missing(_) => 2,
-            _ => 1,
-        }
+    /// A `--cgroup-root` the operator must fix (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Missing(_))
     }
 }
 
@@ -546,13 +544,13 @@ mod tests {
     fn the_root_must_be_cgroup_v2() {
         let tmp = tempfile::tempdir().unwrap();
         let e = check_root(&tmp.path().join("missing")).unwrap_err();
-        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.is_usage(), "{e}");
         // A tmpfs/ext4 directory stands for a v1 root: no cgroup2 magic, no cgroup.controllers.
         let e = check_root(tmp.path()).unwrap_err();
         assert!(matches!(e, RootError::Version1 { .. }), "{e}");
-        assert_eq!(e.exit_code(), 1);
+        assert!(!e.is_usage());
         assert!(e.to_string().contains("cgroup v1"), "{e}");
-        let mount = crate::targets::cgroup2_mount().unwrap();
+        let mount = crate::kernel::targets::cgroup2_mount().unwrap();
         check_root(&mount).unwrap();
     }
 
@@ -561,7 +559,7 @@ mod tests {
     /// daemon's own cgroup.
     #[test]
     fn real_cgroup_v2_tree() {
-        let mount = crate::targets::cgroup2_mount().unwrap();
+        let mount = crate::kernel::targets::cgroup2_mount().unwrap();
         let top = mount.join(format!("capture-unit-k8s-{}", std::process::id()));
         let pod_rel = format!("kubepods/besteffort/pod{UID}");
         let dir = top.join(&pod_rel).join(ID);
@@ -580,12 +578,15 @@ mod tests {
         let result = std::panic::catch_unwind(|| {
             let mut r = CgroupResolver::new(top.clone());
             let got = r.resolve(UID, QosClass::BestEffort, ID).unwrap();
-            assert_eq!(got.cgroups[0].0, crate::targets::cgroup_id(&dir).unwrap());
+            assert_eq!(
+                got.cgroups[0].0,
+                crate::kernel::targets::cgroup_id(&dir).unwrap()
+            );
             // Pretend the daemon runs in it: refused.
             r.own_pid = 1;
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
             assert!(procs.is_empty());
-            let init_dir = crate::targets::pid_cgroup_dir(1, &mount).unwrap();
+            let init_dir = crate::kernel::targets::pid_cgroup_dir(1, &mount).unwrap();
             assert!(matches!(
                 r.subtree(&init_dir),
                 Err(ResolveError::OwnCgroup(_))

@@ -12,7 +12,11 @@ use std::{path::PathBuf, sync::Arc, sync::atomic::Ordering::Relaxed, time::Durat
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{audit, config::Config, control::ControlMetrics, kubernetes::pod::NamespaceFilter};
+use crate::{
+    config::Config,
+    control::{ControlMetrics, kubernetes::pod::NamespaceFilter},
+    telemetry::audit,
+};
 
 /// How often the file is looked at.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);

@@ -170,7 +170,7 @@ fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
         }
         _ => return None,
     };
-    Some(crate::procnet::unmap(SocketAddr::new(ip, port)))
+    Some(crate::kernel::procnet::unmap(SocketAddr::new(ip, port)))
 }
 
 #[cfg(test)]

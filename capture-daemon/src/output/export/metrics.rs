@@ -7,7 +7,6 @@
 //! saying how many were dropped since the last line), the counter never is.
 
 use std::{
-    fmt::Write as _,
     sync::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -15,7 +14,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus::proto::MetricType;
 use tracing::{error, warn};
+
+use crate::telemetry::metrics::{Families, Source};
 
 /// Least time between two log lines about drops of one reason.
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -187,123 +189,115 @@ impl ExportMetrics {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.last_success_unix_ms.store(ms, Relaxed);
     }
+}
 
-    /// Appends the `capture_export_*` series (nothing when no exporter is configured).
-    pub fn render(&self, out: &mut String) {
+impl Source for ExportMetrics {
+    /// The `capture_export_*` series (nothing when no exporter is configured).
+    fn collect(&self, out: &mut Families) {
         if !self.enabled.load(Relaxed) {
             return;
         }
         let g = |c: &AtomicU64| c.load(Relaxed);
         let b = |c: &AtomicBool| u64::from(c.load(Relaxed));
-        let mut one = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        one(
-            "capture_export_exchanges_total",
-            "counter",
-            "Exchanges handed to the exporter (delivered, held or dropped).",
-            g(&self.exchanges_offered).to_string(),
-        );
-        one(
-            "capture_export_batches_acked_total",
-            "counter",
-            "Batches the collector acknowledged (duplicates included).",
-            g(&self.batches_acked).to_string(),
-        );
-        one(
-            "capture_export_exchanges_acked_total",
-            "counter",
-            "Exchanges in batches the collector acknowledged.",
-            g(&self.exchanges_acked).to_string(),
-        );
-        one(
-            "capture_export_duplicate_batches_total",
-            "counter",
-            "Batches acknowledged as already stored (a retry after a lost acknowledgement).",
-            g(&self.batches_duplicate).to_string(),
-        );
-        one(
-            "capture_export_retries_total",
-            "counter",
-            "Push attempts that failed with a transient status and were retried.",
-            g(&self.retries).to_string(),
-        );
-        one(
-            "capture_export_auth_failures_total",
-            "counter",
-            "Push attempts refused as UNAUTHENTICATED or PERMISSION_DENIED.",
-            g(&self.auth_failures).to_string(),
-        );
-        one(
-            "capture_export_auth_blocked",
-            "gauge",
-            "1 while pushes wait for the token file to change after an auth failure.",
-            b(&self.auth_blocked).to_string(),
-        );
-        one(
-            "capture_export_batches_spooled_total",
-            "counter",
-            "Batches written to the spool directory.",
-            g(&self.batches_spooled).to_string(),
-        );
-        one(
-            "capture_export_queue_bytes",
-            "gauge",
-            "Bytes of exchanges held in memory by the exporter.",
-            self.queue_bytes().to_string(),
-        );
-        one(
-            "capture_export_queue_max_bytes",
-            "gauge",
-            "--export-queue-max-bytes.",
-            g(&self.queue_max_bytes).to_string(),
-        );
-        one(
-            "capture_export_spool_bytes",
-            "gauge",
-            "Bytes of batches in the spool directory.",
-            g(&self.spool_bytes).to_string(),
-        );
-        one(
-            "capture_export_spool_batches",
-            "gauge",
-            "Batches in the spool directory.",
-            g(&self.spool_batches).to_string(),
-        );
-        one(
-            "capture_export_spool_max_bytes",
-            "gauge",
-            "--spool-max-bytes (0 without a spool).",
-            g(&self.spool_max_bytes).to_string(),
-        );
-        one(
-            "capture_export_connected",
-            "gauge",
-            "1 when the last push reached the collector.",
-            b(&self.connected).to_string(),
-        );
-        let last = g(&self.last_success_unix_ms);
-        one(
-            "capture_export_last_success_timestamp_seconds",
-            "gauge",
-            "Unix time of the last acknowledged push (0: none yet).",
-            format!("{}.{:03}", last / 1000, last % 1000),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP capture_export_dropped_total Exchanges the exporter gave up on, by reason.\n# TYPE capture_export_dropped_total counter"
-        );
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "capture_export_dropped_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.dropped_total(reason)
-            );
+        for (name, help, value) in [
+            (
+                "capture_export_exchanges_total",
+                "Exchanges handed to the exporter (delivered, held or dropped).",
+                g(&self.exchanges_offered),
+            ),
+            (
+                "capture_export_batches_acked_total",
+                "Batches the collector acknowledged (duplicates included).",
+                g(&self.batches_acked),
+            ),
+            (
+                "capture_export_exchanges_acked_total",
+                "Exchanges in batches the collector acknowledged.",
+                g(&self.exchanges_acked),
+            ),
+            (
+                "capture_export_duplicate_batches_total",
+                "Batches acknowledged as already stored (a retry after a lost acknowledgement).",
+                g(&self.batches_duplicate),
+            ),
+            (
+                "capture_export_retries_total",
+                "Push attempts that failed with a transient status and were retried.",
+                g(&self.retries),
+            ),
+            (
+                "capture_export_auth_failures_total",
+                "Push attempts refused as UNAUTHENTICATED or PERMISSION_DENIED.",
+                g(&self.auth_failures),
+            ),
+            (
+                "capture_export_batches_spooled_total",
+                "Batches written to the spool directory.",
+                g(&self.batches_spooled),
+            ),
+        ] {
+            out.counter(name, help, value);
         }
+        for (name, help, value) in [
+            (
+                "capture_export_auth_blocked",
+                "1 while pushes wait for the token file to change after an auth failure.",
+                b(&self.auth_blocked),
+            ),
+            (
+                "capture_export_queue_bytes",
+                "Bytes of exchanges held in memory by the exporter.",
+                self.queue_bytes(),
+            ),
+            (
+                "capture_export_queue_max_bytes",
+                "--export-queue-max-bytes.",
+                g(&self.queue_max_bytes),
+            ),
+            (
+                "capture_export_spool_bytes",
+                "Bytes of batches in the spool directory.",
+                g(&self.spool_bytes),
+            ),
+            (
+                "capture_export_spool_batches",
+                "Batches in the spool directory.",
+                g(&self.spool_batches),
+            ),
+            (
+                "capture_export_spool_max_bytes",
+                "--spool-max-bytes (0 without a spool).",
+                g(&self.spool_max_bytes),
+            ),
+            (
+                "capture_export_connected",
+                "1 when the last push reached the collector.",
+                b(&self.connected),
+            ),
+        ] {
+            out.gauge(name, help, value);
+        }
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "milliseconds since 1970 stay exact in an f64 for millennia"
+        )]
+        let last = g(&self.last_success_unix_ms) as f64 / 1000.0;
+        out.gauge_f64(
+            "capture_export_last_success_timestamp_seconds",
+            "Unix time of the last acknowledged push (0: none yet).",
+            last,
+        );
+        let reasons: Vec<[&str; 1]> = DropReason::ALL.iter().map(|r| [r.as_str()]).collect();
+        out.labelled(
+            "capture_export_dropped_total",
+            "Exchanges the exporter gave up on, by reason.",
+            MetricType::COUNTER,
+            &["reason"],
+            reasons
+                .iter()
+                .zip(DropReason::ALL)
+                .map(|(labels, r)| (&labels[..], self.dropped_total(r))),
+        );
     }
 }
 
@@ -314,16 +308,19 @@ mod tests {
     #[test]
     fn renders_only_when_enabled_and_counts_every_drop() {
         let m = ExportMetrics::default();
-        let mut out = String::new();
-        m.render(&mut out);
-        assert!(out.is_empty());
+        let render = |m: &ExportMetrics| {
+            let mut f = Families::default();
+            m.collect(&mut f);
+            f.render()
+        };
+        assert!(render(&m).is_empty());
         m.enabled.store(true, Relaxed);
         // Logged once, counted every time.
         for _ in 0..3 {
             m.dropped(DropReason::QueueFull, 2);
         }
         m.dropped(DropReason::Shutdown, 0);
-        m.render(&mut out);
+        let out = render(&m);
         assert!(
             out.contains("capture_export_dropped_total{reason=\"queue_full\"} 6\n"),
             "{out}"

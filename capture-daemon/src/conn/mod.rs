@@ -5,6 +5,8 @@
 //! It is pure apart from the `/proc` look-up, which is injected, so it is driven in tests by
 //! hand-made events exactly as the intake drives it from the ring buffer.
 
+pub mod metrics;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
@@ -13,9 +15,9 @@ use std::{
 
 use capture_common::MutedKey;
 
-use crate::{
+use self::metrics::{Eviction, Metrics};
+use crate::kernel::{
     intake::{ConnId, Direction, Event},
-    metrics::{Eviction, Metrics},
     procnet::FdKind,
 };
 use capture_http::{

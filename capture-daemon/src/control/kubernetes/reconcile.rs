@@ -23,9 +23,9 @@ use super::{
     pod::{self, NamespaceFilter, PodView},
 };
 use crate::{
-    audit,
     control::{ControlMetrics, TargetSnapshot},
-    targets::TargetCgroup,
+    kernel::targets::TargetCgroup,
+    telemetry::audit,
 };
 use capture_model::exchange::Workload;
 
@@ -527,7 +527,7 @@ mod tests {
     use std::{os::unix::fs::MetadataExt as _, path::Path};
 
     use super::*;
-    use crate::kubernetes::pod::{ContainerView, QosClass};
+    use crate::control::kubernetes::pod::{ContainerView, QosClass};
 
     const UID: &str = "11111111-2222-3333-4444-555555555555";
     const UID2: &str = "66666666-7777-8888-9999-000000000000";

@@ -37,6 +37,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use super::metrics::ExportMetrics;
 use super::{
     Offered,
     backoff::Backoff,
@@ -46,7 +47,6 @@ use super::{
     spool::{Spool, SpoolError},
     token::{TokenFile, TokenPoll},
 };
-use crate::metrics::Metrics;
 use capture_model::wire;
 
 /// How often the token file is read again.
@@ -92,7 +92,7 @@ pub struct Delivery {
     collector: Collector,
     endpoint: String,
     token: Option<TokenFile>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
     rx: mpsc::UnboundedReceiver<Offered>,
     shutdown: watch::Receiver<Option<Duration>>,
     batcher: Batcher,
@@ -137,11 +137,11 @@ impl Progress {
 impl Delivery {
     pub fn new(
         parts: DeliveryParts,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ExportMetrics>,
         rx: mpsc::UnboundedReceiver<Offered>,
         shutdown: watch::Receiver<Option<Duration>>,
     ) -> Self {
-        let m = &metrics.export;
+        let m = &*metrics;
         m.queue_max_bytes.store(parts.queue_max_bytes, RELAXED);
         if let Some(spool) = &parts.spool {
             m.spool_max_bytes.store(spool.max_bytes(), RELAXED);
@@ -273,7 +273,7 @@ impl Delivery {
     fn accept(&mut self, offered: Offered) {
         let pb = wire::to_proto(&offered.exchange, &offered.clock);
         drop(offered.exchange);
-        self.metrics.export.sub_handoff_bytes(offered.estimate);
+        self.metrics.sub_handoff_bytes(offered.estimate);
         self.batcher.add(&pb, Instant::now(), &mut self.closed);
         self.take_closed();
     }
@@ -314,7 +314,6 @@ impl Delivery {
                 Err(corrupt) => {
                     error!(error = %corrupt, "dropping an unreadable spooled batch");
                     self.metrics
-                        .export
                         .dropped(DropReason::SpoolCorrupt, u64::from(corrupt.exchanges));
                 }
             }
@@ -360,7 +359,7 @@ impl Delivery {
         p: &mut Progress,
     ) {
         let metrics = Arc::clone(&self.metrics);
-        let m = &metrics.export;
+        let m = &*metrics;
         let status = match result {
             Ok(ack) => {
                 if ack.sequence != id.sequence {
@@ -456,13 +455,13 @@ impl Delivery {
         }
         let first = self.connected.is_none();
         self.connected = Some(connected);
-        self.metrics.export.connected.store(connected, RELAXED);
+        self.metrics.connected.store(connected, RELAXED);
         if connected {
-            crate::audit::collector_connected(&self.endpoint);
+            crate::telemetry::audit::collector_connected(&self.endpoint);
         } else if !first {
-            crate::audit::collector_disconnected(&self.endpoint, reason);
+            crate::telemetry::audit::collector_disconnected(&self.endpoint, reason);
         } else {
-            crate::audit::collector_disconnected(
+            crate::telemetry::audit::collector_disconnected(
                 &self.endpoint,
                 &format!("not reachable: {reason}"),
             );
@@ -479,7 +478,7 @@ impl Delivery {
                 info!(token_file = %token.path().display(), "token file changed; using it from now on");
                 if p.auth_blocked {
                     p.auth_blocked = false;
-                    self.metrics.export.auth_blocked.store(false, RELAXED);
+                    self.metrics.auth_blocked.store(false, RELAXED);
                     self.backoff.reset();
                     p.retry_at = None;
                 }
@@ -507,11 +506,10 @@ impl Delivery {
             let batch = &self.memory[at];
             match spool.push(batch) {
                 Ok(()) => {
-                    self.metrics.export.batches_spooled.fetch_add(1, RELAXED);
+                    self.metrics.batches_spooled.fetch_add(1, RELAXED);
                 }
                 Err(SpoolError::Full { .. }) => {
                     self.metrics
-                        .export
                         .dropped(DropReason::SpoolFull, u64::from(batch.exchanges));
                 }
                 Err(e) => {
@@ -527,7 +525,7 @@ impl Delivery {
     }
 
     fn update_gauges(&self) {
-        let m = &self.metrics.export;
+        let m = &*self.metrics;
         m.held_bytes
             .store(self.memory_bytes + self.batcher.pending_bytes(), RELAXED);
         if let Some(spool) = &self.spool {
@@ -572,7 +570,7 @@ impl Delivery {
                 None => DropReason::Shutdown,
                 Some(spool) => match spool.push(&batch) {
                     Ok(()) => {
-                        self.metrics.export.batches_spooled.fetch_add(1, RELAXED);
+                        self.metrics.batches_spooled.fetch_add(1, RELAXED);
                         spooled += n;
                         continue;
                     }
@@ -584,7 +582,7 @@ impl Delivery {
                 },
             };
             dropped += n;
-            self.metrics.export.dropped(reason, n);
+            self.metrics.dropped(reason, n);
         }
         self.update_gauges();
         if dropped > 0 {

@@ -16,11 +16,17 @@ use tracing_subscriber::{
     Layer as _, filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 
-use crate::config::LogFormat;
 use capture_model::exchange::Workload;
 
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "audit";
+
+/// `--log-format`: audit lines are JSON whatever the format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber: the log in `format` (filtered by `RUST_LOG`, default
 /// `info`), and the audit lines as JSON, unfiltered.

@@ -31,11 +31,9 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Kubeconfig { .. } => 2,
-            _ => 1,
-        }
+    /// A kubeconfig the operator must fix (exit code 2), not a failure to reach the API.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Kubeconfig { .. })
     }
 }
 

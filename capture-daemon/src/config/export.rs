@@ -1,4 +1,4 @@
-//! The exporter's settings: the `--collector*`, `--token-file`, `--spool-*`, `--daemon-id` and
+//! The exporter's settings from the command line: the `--collector*`, `--token-file`, `--spool-*`, `--daemon-id` and
 //! `--export-*` flags (and their YAML keys), validated once at start-up. Every file they name
 //! is read here, so an unreadable CA, certificate, key or token file stops the daemon with
 //! exit code 2 before anything is attached, naming the flag.
@@ -6,72 +6,21 @@
 //! Secrets (the client key, the token) are read to check them but never shown: `Debug` leaves
 //! them out and errors name the file, never its content.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use super::{batch::BatchLimits, token};
-use crate::config::{ConfigError, Flags};
-
-/// Defaults, documented in docs/configuration.md.
-pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Pushes in flight: enough to overlap the collector's fsync with the next batches (it commits
-/// concurrent batches together).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
-/// Largest `--export-batch-max-bytes`: gRPC servers refuse messages past 4 MiB by default.
-pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
-
-/// How the exporter reaches the collector and what it may hold.
-#[derive(Clone)]
-pub struct ExportSettings {
-    /// `--collector`, as given.
-    pub url: String,
-    /// Plaintext (`http://` with `--collector-insecure`).
-    pub insecure: bool,
-    /// The endpoint with its TLS configuration, checked.
-    pub endpoint: Endpoint,
-    pub token_file: Option<PathBuf>,
-    /// `--daemon-id`, or the node name.
-    pub daemon_id: String,
-    pub batch: BatchLimits,
-    pub queue_max_bytes: u64,
-    pub spool: Option<SpoolSettings>,
-    pub gzip: bool,
-    pub request_timeout: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub max_in_flight: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolSettings {
-    pub dir: PathBuf,
-    pub max_bytes: u64,
-}
-
-impl std::fmt::Debug for ExportSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportSettings")
-            .field("url", &self.url)
-            .field("insecure", &self.insecure)
-            .field("token_file", &self.token_file)
-            .field("daemon_id", &self.daemon_id)
-            .field("batch", &self.batch)
-            .field("queue_max_bytes", &self.queue_max_bytes)
-            .field("spool", &self.spool)
-            .field("gzip", &self.gzip)
-            .field("request_timeout", &self.request_timeout)
-            .field("backoff_initial", &self.backoff_initial)
-            .field("backoff_max", &self.backoff_max)
-            .field("max_in_flight", &self.max_in_flight)
-            .finish_non_exhaustive()
-    }
-}
+use super::{ConfigError, Flags};
+use crate::output::export::{
+    batch::BatchLimits,
+    settings::{
+        DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_IN_FLIGHT,
+        DEFAULT_QUEUE_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TIMEOUT, ExportSettings,
+        MAX_BATCH_BYTES, SpoolSettings,
+    },
+    token,
+};
 
 fn invalid(flag: &'static str, value: impl ToString, reason: impl ToString) -> ConfigError {
     ConfigError::Invalid {
@@ -290,7 +239,7 @@ impl ExportSettings {
             (None, None) => None,
             (Some(dir), max) => {
                 let max_bytes_spool = max.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
-                let least = max_bytes as u64 + super::spool::HEADER_LEN + 1024;
+                let least = max_bytes as u64 + crate::output::export::spool::HEADER_LEN + 1024;
                 if max_bytes_spool < least {
                     return Err(invalid(
                         "--spool-max-bytes",

@@ -10,6 +10,8 @@ use aya::{
     programs::{RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use capture_common::{MutedKey, counter};
+
+use crate::telemetry::metrics::{Families, Source};
 use tracing::{debug, warn};
 
 /// The object built by build.rs from `capture-ebpf`.
@@ -109,6 +111,41 @@ impl KernelCounterReader {
             bytes_lost: sum(counter::BYTES_LOST),
             truncations: sum(counter::TRUNCATIONS),
             conn_table_full: sum(counter::CONN_TABLE_FULL),
+        }
+    }
+}
+
+impl Source for KernelCounterReader {
+    fn collect(&self, out: &mut Families) {
+        let k = self.read();
+        for (name, help, value) in [
+            (
+                "capture_kernel_events_total",
+                "Events the kernel programs handed to the ring buffer.",
+                k.events,
+            ),
+            (
+                "capture_kernel_events_lost_total",
+                "Events the kernel could not hand over (ring buffer full).",
+                k.events_lost,
+            ),
+            (
+                "capture_kernel_bytes_lost_total",
+                "Payload bytes of the events lost in the kernel.",
+                k.bytes_lost,
+            ),
+            (
+                "capture_kernel_truncations_total",
+                "Transfers the kernel copied only in part (iovec or chunk limits); the rest is a gap.",
+                k.truncations,
+            ),
+            (
+                "capture_kernel_conn_table_full_total",
+                "Connections the kernel could not track (connection map full).",
+                k.conn_table_full,
+            ),
+        ] {
+            out.counter(name, help, value);
         }
     }
 }
@@ -372,7 +409,7 @@ mod tests {
 
     impl TestCgroup {
         fn new(tag: &str) -> Self {
-            let mount = crate::targets::cgroup2_mount().unwrap();
+            let mount = crate::kernel::targets::cgroup2_mount().unwrap();
             let dir = mount.join(format!("capture-unit-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir(&dir);
             std::fs::create_dir(&dir).unwrap();
@@ -422,7 +459,9 @@ mod tests {
             let mut capture = Capture::load(&limits).unwrap();
             let cg = TestCgroup::new(tag);
             capture
-                .set_targets(&BTreeSet::from([crate::targets::cgroup_id(&cg.0).unwrap()]))
+                .set_targets(&BTreeSet::from([
+                    crate::kernel::targets::cgroup_id(&cg.0).unwrap()
+                ]))
                 .unwrap();
             let ring = capture.take_events().unwrap();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -456,7 +495,7 @@ mod tests {
     /// positions, through write and writev), CLOSE arrive in order.
     #[tokio::test]
     async fn captures_target_cgroup_only() {
-        use crate::intake::{self, Direction, Event};
+        use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,
@@ -537,7 +576,7 @@ mod tests {
     /// the rest arrives as a gap event of the right length, counted as a truncation.
     #[tokio::test]
     async fn per_syscall_limit_reports_the_rest_as_a_gap() {
-        use crate::intake::{self, Direction, Event};
+        use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
             ring_buffer_bytes: 1 << 22,

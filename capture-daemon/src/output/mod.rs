@@ -3,7 +3,7 @@
 //! Every sink implements [`Sink`], which takes an exchange that redaction has already
 //! rewritten (DESIGN.md §3: redaction runs before any sink) and delivers it in the sink's own
 //! format: [`JsonlSink`] writes one HAR entry per line (DESIGN.md §5). The gRPC exporter
-//! (`crate::export`) is not a sink: it takes exchanges through its own bounded queue and
+//! (`crate::output::export`) is not a sink: it takes exchanges through its own bounded queue and
 //! delivers them on its own thread, so it never holds the pipeline up.
 //!
 //! Sinks may hold delivered exchanges back to send them in batches: [`Sink::flush`] sends what
@@ -11,6 +11,8 @@
 //! shutdown.
 //!
 //! Errors name where the data was going and the OS error, never what was being written.
+
+pub mod export;
 
 pub mod jsonl;
 

@@ -2,12 +2,16 @@
 //! validated once at start-up into [`Config`]. Flags win over the file. Every error names the
 //! flag (or file key) and the bad value, and the daemon exits 2 before anything is attached.
 
+pub mod export;
+pub mod reload;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::ebpf::KernelLimits;
+use crate::kernel::programs::KernelLimits;
+pub use crate::telemetry::audit::LogFormat;
 use capture_http::{http1::Http1Limits, http2::Http2Limits};
 
 /// Flags and file keys. Every field is optional here so file values and defaults can be
@@ -186,12 +190,6 @@ pub struct Flags {
     pub export_max_in_flight: Option<usize>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -219,7 +217,7 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     pub paused: bool,
     /// The gRPC exporter, when `--collector` is set.
-    pub export: Option<crate::export::ExportSettings>,
+    pub export: Option<crate::output::export::ExportSettings>,
     /// What this configuration was made from, to read the file again when it changes.
     pub source: ConfigSource,
 }
@@ -545,7 +543,7 @@ impl Config {
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_string());
-        let export = crate::export::ExportSettings::from_flags(
+        let export = crate::output::export::ExportSettings::from_flags(
             &f,
             f.node_name.as_deref().or(host_name.as_deref()),
         )?;

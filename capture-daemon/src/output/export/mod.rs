@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
+use self::metrics::ExportMetrics;
 pub use self::settings::{ExportSettings, SpoolSettings};
 use self::{
     backoff::Backoff,
@@ -42,7 +43,6 @@ use self::{
     spool::{Spool, SpoolError},
     token::{TokenError, TokenFile},
 };
-use crate::metrics::Metrics;
 use capture_model::{
     clock::WallClock,
     exchange::{Exchange, Header},
@@ -85,7 +85,7 @@ impl ExportError {
 /// The pipeline's end of the exporter: hands exchanges over without ever blocking.
 pub struct ExportHandle {
     tx: mpsc::UnboundedSender<Offered>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
     queue_max_bytes: u64,
 }
 
@@ -93,7 +93,7 @@ impl ExportHandle {
     /// Hands one redacted exchange to the exporter, or drops it (counted, logged) when the
     /// queue is full or the exporter has stopped.
     pub fn offer(&mut self, exchange: Exchange, clock: &WallClock) {
-        let m = &self.metrics.export;
+        let m = &*self.metrics;
         m.exchanges_offered.fetch_add(1, Relaxed);
         let estimate = estimate_bytes(&exchange);
         if m.queue_bytes().saturating_add(estimate) > self.queue_max_bytes {
@@ -213,12 +213,12 @@ pub struct Parts {
 /// Assembles the exporter around `channel` (already configured for the collector).
 pub fn build(
     settings: &ExportSettings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportMetrics>,
     channel: Channel,
     resources: Resources,
     instance_id: String,
 ) -> Parts {
-    metrics.export.enabled.store(true, Relaxed);
+    metrics.enabled.store(true, Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let seed = random_u64();
@@ -258,7 +258,7 @@ impl Exporter {
     /// pipeline's handle with it.
     pub fn start(
         settings: &ExportSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ExportMetrics>,
     ) -> Result<(Self, ExportHandle), ExportError> {
         let resources = Resources::open(settings)?;
         let runtime = tokio::runtime::Builder::new_current_thread()

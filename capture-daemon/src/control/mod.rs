@@ -6,26 +6,25 @@
 //! and applies changes from its own loop, because it owns the loaded programs. Each exchange's
 //! workload is looked up in the snapshot the pipeline holds: no lock on the per-exchange path.
 
+pub mod kubernetes;
+
 use std::{
     collections::{BTreeSet, HashMap},
-    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
 
-use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tokio::sync::watch;
+use tracing::error;
 
 use crate::{
-    audit,
-    config::Config,
-    ebpf::Capture,
-    kubernetes::{self, cgroups::CgroupResolver, pod::NamespaceFilter, reconcile},
-    metrics::Metrics,
-    reload::ConfigReloader,
-    targets::TargetCgroup,
+    kernel::programs::Capture,
+    telemetry::{
+        audit,
+        metrics::{Families, Health, Source},
+    },
 };
 use capture_model::exchange::{Exchange, Workload};
 
@@ -56,94 +55,75 @@ pub struct ControlMetrics {
     pub config_reload_errors: AtomicU64,
 }
 
-impl ControlMetrics {
-    pub fn render(&self, out: &mut String) {
-        let series: [(&str, &str, &str, &AtomicU64); 12] = [
-            (
-                "capture_paused",
-                "gauge",
-                "1 while capture is paused (programs detached) by the configuration's `paused`.",
-                &self.paused,
-            ),
-            (
-                "capture_target_cgroups",
-                "gauge",
-                "Cgroups in the kernel's target set.",
-                &self.target_cgroups,
-            ),
-            (
-                "capture_target_cgroups_refused_total",
-                "counter",
-                "Cgroups not captured because --max-target-cgroups was reached.",
-                &self.target_cgroups_refused,
-            ),
-            (
-                "capture_target_update_errors_total",
-                "counter",
-                "Failed updates of the kernel's target set.",
-                &self.target_update_errors,
-            ),
-            (
-                "capture_pods_opted_in",
-                "gauge",
-                "Pods of this node that are opted in (annotation and namespace).",
-                &self.pods_opted_in,
-            ),
-            (
-                "capture_opt_in_changes_total",
-                "counter",
-                "Pods opted in or out (annotation, namespace filter, deletion).",
-                &self.opt_in_changes,
-            ),
-            (
-                "capture_kubernetes_watch_errors_total",
-                "counter",
-                "Errors listing or watching pods (each followed by a backoff).",
-                &self.kubernetes_watch_errors,
-            ),
-            (
-                "capture_kubernetes_relists_total",
-                "counter",
-                "Full lists of the node's pods (start-up, and after the watch fell too far behind).",
-                &self.kubernetes_relists,
-            ),
-            (
-                "capture_cgroup_resolution_retries_total",
-                "counter",
-                "Retries to find a running container's cgroup.",
-                &self.cgroup_resolution_retries,
-            ),
-            (
-                "capture_cgroup_resolution_failures_total",
-                "counter",
-                "Running containers whose cgroup was not found (or was refused); not captured.",
-                &self.cgroup_resolution_failures,
-            ),
-            (
-                "capture_config_reloads_total",
-                "counter",
-                "Changes of the configuration file read and applied.",
-                &self.config_reloads,
-            ),
-            (
-                "capture_config_reload_errors_total",
-                "counter",
-                "Changes of the configuration file rejected as invalid (settings kept).",
-                &self.config_reload_errors,
-            ),
-        ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                value.load(Relaxed)
-            );
-        }
+impl Source for ControlMetrics {
+    fn collect(&self, out: &mut Families) {
+        out.gauge(
+            "capture_paused",
+            "1 while capture is paused (programs detached) by the configuration's `paused`.",
+            self.paused.load(Relaxed),
+        );
+        out.gauge(
+            "capture_target_cgroups",
+            "Cgroups in the kernel's target set.",
+            self.target_cgroups.load(Relaxed),
+        );
+        out.counter(
+            "capture_target_cgroups_refused_total",
+            "Cgroups not captured because --max-target-cgroups was reached.",
+            self.target_cgroups_refused.load(Relaxed),
+        );
+        out.counter(
+            "capture_target_update_errors_total",
+            "Failed updates of the kernel's target set.",
+            self.target_update_errors.load(Relaxed),
+        );
+        out.gauge(
+            "capture_pods_opted_in",
+            "Pods of this node that are opted in (annotation and namespace).",
+            self.pods_opted_in.load(Relaxed),
+        );
+        out.counter(
+            "capture_opt_in_changes_total",
+            "Pods opted in or out (annotation, namespace filter, deletion).",
+            self.opt_in_changes.load(Relaxed),
+        );
+        out.counter(
+            "capture_kubernetes_watch_errors_total",
+            "Errors listing or watching pods (each followed by a backoff).",
+            self.kubernetes_watch_errors.load(Relaxed),
+        );
+        out.counter(
+            "capture_kubernetes_relists_total",
+            "Full lists of the node's pods (start-up, and after the watch fell too far behind).",
+            self.kubernetes_relists.load(Relaxed),
+        );
+        out.counter(
+            "capture_cgroup_resolution_retries_total",
+            "Retries to find a running container's cgroup.",
+            self.cgroup_resolution_retries.load(Relaxed),
+        );
+        out.counter(
+            "capture_cgroup_resolution_failures_total",
+            "Running containers whose cgroup was not found (or was refused); not captured.",
+            self.cgroup_resolution_failures.load(Relaxed),
+        );
+        out.counter(
+            "capture_config_reloads_total",
+            "Changes of the configuration file read and applied.",
+            self.config_reloads.load(Relaxed),
+        );
+        out.counter(
+            "capture_config_reload_errors_total",
+            "Changes of the configuration file rejected as invalid (settings kept).",
+            self.config_reload_errors.load(Relaxed),
+        );
     }
 }
 
 /// The pipeline's end: the latest snapshot and pause state, applied to the programs.
 pub struct Control {
+    metrics: Arc<ControlMetrics>,
+    health: Arc<Health>,
     targets: watch::Receiver<Arc<TargetSnapshot>>,
     paused: watch::Receiver<bool>,
     targets_open: bool,
@@ -166,9 +146,13 @@ impl Control {
     pub fn new(
         targets: watch::Receiver<Arc<TargetSnapshot>>,
         paused: watch::Receiver<bool>,
+        metrics: Arc<ControlMetrics>,
+        health: Arc<Health>,
     ) -> Self {
         let current = Arc::clone(&targets.borrow());
         Self {
+            metrics,
+            health,
             targets,
             paused,
             targets_open: true,
@@ -197,7 +181,8 @@ impl Control {
     }
 
     /// Brings the kernel in line with the latest snapshot and pause state.
-    pub fn apply(&mut self, capture: &mut Capture, metrics: &Metrics) -> Applied {
+    pub fn apply(&mut self, capture: &mut Capture) -> Applied {
+        let metrics = &*self.metrics;
         let snapshot = Arc::clone(&self.targets.borrow_and_update());
         if self
             .applied
@@ -208,16 +193,15 @@ impl Control {
                 Ok(()) => self.applied = Some(Arc::clone(&snapshot)),
                 Err(e) => {
                     // Retried with the next change; the set in the kernel is what succeeded.
-                    metrics.control.target_update_errors.fetch_add(1, Relaxed);
+                    metrics.target_update_errors.fetch_add(1, Relaxed);
                     error!(error = %e, "updating the kernel's target set failed");
                 }
             }
             metrics
-                .control
                 .target_cgroups
                 .store(capture.target_count() as u64, Relaxed);
             if snapshot.synced {
-                metrics.set_ready(true);
+                self.health.set_ready(true);
             }
             self.current = snapshot;
         }
@@ -233,7 +217,7 @@ impl Control {
         match result {
             Ok(applied) => {
                 self.is_paused = paused;
-                metrics.control.paused.store(u64::from(paused), Relaxed);
+                metrics.paused.store(u64::from(paused), Relaxed);
                 if paused {
                     audit::capture_paused("config");
                 } else {
@@ -263,80 +247,6 @@ impl Control {
     }
 }
 
-/// Why live control could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Client(#[from] kubernetes::ClientError),
-}
-
-impl StartError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Client(e) => e.exit_code(),
-        }
-    }
-}
-
-/// Events buffered between the watcher and the reconciler.
-const POD_EVENT_QUEUE: usize = 1024;
-
-/// Starts what changes the daemon's state while it runs: the configuration reloader (when
-/// `--config` is given) and, with `--kubernetes`, the pod watcher and reconciler. Returns the
-/// pipeline's end.
-pub async fn start(
-    cfg: &Config,
-    static_targets: &BTreeSet<TargetCgroup>,
-    metrics: &Arc<Metrics>,
-) -> Result<Control, StartError> {
-    let control_metrics = Arc::clone(&metrics.control);
-    let initial = TargetSnapshot {
-        ids: static_targets.iter().map(|t| t.id).collect(),
-        workloads: HashMap::new(),
-        synced: !cfg.kubernetes,
-    };
-    let (targets_tx, targets_rx) = watch::channel(Arc::new(initial));
-    let (paused_tx, paused_rx) = watch::channel(cfg.paused);
-    let filter = NamespaceFilter {
-        include: cfg.namespace_include.clone(),
-        exclude: cfg.namespace_exclude.clone(),
-    };
-    let (namespaces_tx, namespaces_rx) = watch::channel(filter.clone());
-    if cfg.kubernetes {
-        let client = kubernetes::client(cfg.kubeconfig.as_deref()).await?;
-        let node = cfg.node_name.clone().unwrap_or_default();
-        let settings = reconcile::Settings {
-            node: node.clone(),
-            namespaces: filter,
-            max_targets: cfg.kernel.max_target_cgroups,
-            retain_removed: cfg.idle_timeout + std::time::Duration::from_secs(60),
-        };
-        let rec = reconcile::Reconciler::new(
-            settings,
-            CgroupResolver::new(cfg.cgroup_root.clone()),
-            static_targets,
-            targets_tx,
-            Arc::clone(&control_metrics),
-        );
-        let (events_tx, events_rx) = mpsc::channel(POD_EVENT_QUEUE);
-        info!(node = %node, cgroup_root = %cfg.cgroup_root.display(), "watching this node's pods");
-        tokio::spawn(kubernetes::watch::watch_pods(
-            client,
-            node,
-            events_tx,
-            Arc::clone(&control_metrics),
-        ));
-        tokio::spawn(kubernetes::watch::reconcile(rec, events_rx, namespaces_rx));
-    } else {
-        // Static targets never change: the pipeline keeps the initial snapshot.
-        drop((targets_tx, namespaces_rx));
-    }
-    if let Some(reloader) = ConfigReloader::new(cfg, paused_tx, namespaces_tx, control_metrics) {
-        tokio::spawn(reloader.run());
-    }
-    Ok(Control::new(targets_rx, paused_rx))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +268,7 @@ mod tests {
         );
         let (_t, trx) = watch::channel(Arc::new(snap));
         let (_p, prx) = watch::channel(false);
-        let control = Control::new(trx, prx);
+        let control = Control::new(trx, prx, Arc::default(), Arc::default());
         let mut ex = Exchange {
             protocol: Protocol::H1,
             request: Request {
