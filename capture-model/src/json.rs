@@ -64,12 +64,16 @@ fn needs_escape(word: u64) -> bool {
 /// escape) and is cut back after, so a huge body never needs six times its size at once.
 const BLOCK: usize = 512;
 
+/// The window a word with escapes is expanded in: 8 escapes of at most 7 bytes (the length
+/// is masked to 3 bits, so the compiler knows the bound) and the last 8-byte store.
+const WINDOW: usize = 64;
+
 /// Appends the contents of a JSON string for `text` (no quotes).
 pub(crate) fn escaped(out: &mut Vec<u8>, text: &str) {
     for block in text.as_bytes().chunks(BLOCK) {
         let start = out.len();
-        // Six bytes per input byte at most, and room for the last 8-byte store.
-        out.resize(start + block.len() * 6 + 8, 0);
+        // Six bytes per input byte at most, and room for the last window.
+        out.resize(start + block.len() * 6 + WINDOW, 0);
         let buf = &mut out[start..];
         let mut pos = 0;
         let mut words = block.chunks_exact(8);
@@ -77,28 +81,32 @@ pub(crate) fn escaped(out: &mut Vec<u8>, text: &str) {
             let mut word = [0_u8; 8];
             word.copy_from_slice(chunk);
             if needs_escape(u64::from_le_bytes(word)) {
-                for &b in &word {
-                    pos = put(buf, pos, b);
-                }
+                pos += expand(&mut buf[pos..pos + WINDOW], &word);
             } else {
                 buf[pos..pos + 8].copy_from_slice(&word);
                 pos += 8;
             }
         }
-        for &b in words.remainder() {
-            pos = put(buf, pos, b);
-        }
+        pos += expand(&mut buf[pos..pos + WINDOW], words.remainder());
         out.truncate(start + pos);
     }
 }
 
-/// Stores byte `b` as it appears in a JSON string at `buf[pos..]` (8 bytes written, the
-/// escape's length kept), and returns the position after it.
+/// Writes `bytes` (at most 8) as they appear in a JSON string into `window`, each byte one
+/// 8-byte store from [`ESCAPED`] with its length kept; returns the length written. The
+/// indices stay below [`WINDOW`] by construction, so the stores need no bounds checks.
 #[inline(always)]
-fn put(buf: &mut [u8], pos: usize, b: u8) -> usize {
-    let escaped = &ESCAPED[usize::from(b)];
-    buf[pos..pos + 8].copy_from_slice(escaped);
-    pos + usize::from(escaped[7])
+fn expand(window: &mut [u8], bytes: &[u8]) -> usize {
+    let Ok(window) = <&mut [u8; WINDOW]>::try_from(window) else {
+        return 0;
+    };
+    let mut p = 0;
+    for &b in bytes.iter().take(8) {
+        let escaped = &ESCAPED[usize::from(b)];
+        window[p..p + 8].copy_from_slice(escaped);
+        p += usize::from(escaped[7] & 7);
+    }
+    p
 }
 
 /// Appends `text` as a JSON string.
