@@ -124,7 +124,7 @@ async fn run(in_flight: usize, encrypted: bool, duration: Duration, pinned: bool
         }));
     }
     tokio::time::sleep(warmup).await;
-    let pid = collector.child.id();
+    let pid = collector.child.pid();
     let (start_acked, start_ticks, start) = (
         acked.load(Ordering::Relaxed),
         cpu_ticks(pid),
@@ -161,7 +161,7 @@ fn start_pinned(data: &std::path::Path, tls: &std::path::Path, extra: &[&str]) -
     // The collector binary is started by `Collector::start`; pin it after the fact (taskset
     // -p applies to every thread with -a).
     let collector = Collector::start(data, tls, extra);
-    let pid = collector.child.id().to_string();
+    let pid = collector.child.pid().to_string();
     let status = Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &pid])
         .stdout(std::process::Stdio::null())

@@ -921,7 +921,7 @@ async fn sigterm_ends_watch_streams_and_exits_cleanly() {
         .await
         .unwrap();
     assert!(stream.message().await.unwrap().is_some());
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(collector.child.id()).unwrap());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(collector.child.pid()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await

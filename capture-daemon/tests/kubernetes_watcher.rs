@@ -1,5 +1,5 @@
 //! The pod watcher and reconciler against a fake Kubernetes API server that serves real Pod
-//! JSON over HTTP (`capture_e2e::kube_api`), with the container cgroups laid out as fixture
+//! JSON over HTTP (`capture_test_support::kube_api`), with the container cgroups laid out as fixture
 //! directory trees: the published target set must be exactly right through add, annotate,
 //! un-annotate, container restart, outages (500s, dropped connections), 410 Gone relists,
 //! a daemon restart and delete.
@@ -22,7 +22,7 @@ use capture_daemon::control::{
         watch::{reconcile, watch_pods},
     },
 };
-use capture_e2e::kube_api::{FakeKubeApi, Outage, TestPod};
+use capture_test_support::kube_api::{FakeKubeApi, Outage, TestPod};
 use tokio::{sync::watch, task::JoinHandle};
 
 const NODE: &str = "node-1";

@@ -9,11 +9,13 @@ use crate::exchange::{
     Workload,
 };
 
-fn h(name: &str, value: &str) -> Header {
+/// A header field.
+pub fn h(name: &str, value: &str) -> Header {
     Header::new(name, value)
 }
 
-fn body(data: &[u8]) -> Body {
+/// A body captured whole: `data`, of that size on the wire.
+pub fn body(data: &[u8]) -> Body {
     Body {
         data: data.to_vec(),
         wire_size: data.len() as u64,
@@ -21,8 +23,9 @@ fn body(data: &[u8]) -> Body {
     }
 }
 
+/// A socket address; panics on a malformed one (fixtures are literals).
 #[expect(clippy::unwrap_used, reason = "fixed, valid socket addresses")]
-fn addr(s: &str) -> SocketAddr {
+pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 

@@ -22,6 +22,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     clock::WallClock,
     exchange::{Body, ConnMeta, Exchange, Header, HttpVersion, Request, Response, header_value},
@@ -51,6 +53,60 @@ pub fn entry_json_line(ex: &Exchange, clock: &WallClock) -> String {
     // Only UTF-8 is written (escapes are ASCII, text is `str`); the lossy branch is never
     // taken.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `_replay`: what the `capture replay` tool did with one recorded request. Written beside the
+/// entry of the exchange it sent (or skipped) by [`write_entry_with_replay`], read back by
+/// [`crate::har_read`]; the diff engine pairs replayed entries by `pair_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    /// Identifies the recorded entry this one replays: the same in every replay of the same
+    /// recording, whatever the target.
+    pub pair_id: String,
+    /// Where the recorded entry came from (`FILE:line`).
+    pub source: String,
+    /// The `--target` URL the request was sent to.
+    pub target: String,
+    pub verdict: ReplayVerdict,
+    /// Why the request was skipped or failed (a fixed word, never a value from the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Names of the credentials re-injected into the request (never their values).
+    #[serde(default)]
+    pub injected: Vec<String>,
+}
+
+/// The outcome of replaying one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayVerdict {
+    /// Sent, and a whole response came back.
+    Sent,
+    /// Not sent: unsafe method, missing credential, incomplete recording, streaming gRPC.
+    Skipped,
+    /// Sent, but no whole response came back (connection refused, reset, timeout).
+    Error,
+}
+
+/// [`write_entry`] with a `_replay` object after the other fields: the line `capture replay`
+/// writes for each request.
+#[expect(
+    clippy::expect_used,
+    reason = "Replay is plain strings, an enum and a list, written to a Vec: serde_json cannot \
+              fail on it"
+)]
+pub fn write_entry_with_replay(
+    ex: &Exchange,
+    clock: &WallClock,
+    replay: &Replay,
+    out: &mut Vec<u8>,
+) {
+    write_entry(ex, clock, out);
+    // The entry ends with its closing brace; `_replay` goes in as its last field.
+    out.pop();
+    out.extend_from_slice(b",\"_replay\":");
+    serde_json::to_writer(&mut *out, replay).expect("a Replay serialises");
+    out.push(b'}');
 }
 
 /// The absolute URL of a request, as HAR `request.url` wants it (RFC 9112 §3.3 reconstructs
@@ -569,7 +625,6 @@ fn write_decoding(out: &mut Vec<u8>, body: &Body) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
 
     use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
     use serde_json::{Value, json};
@@ -577,27 +632,11 @@ mod tests {
     use super::*;
     use crate::{
         exchange::{Incomplete, Protocol, Role, Timing, Workload},
-        fixtures::{representative, representative_redacted},
+        fixtures::{addr, body, h, representative, representative_redacted},
     };
 
     /// 2024-05-01T12:00:00.123Z at monotonic 5 s.
     const CLOCK: WallClock = WallClock::with_offset_ns(1_714_564_800_123_000_000 - 5_000_000_000);
-
-    fn h(name: &str, value: &str) -> Header {
-        Header::new(name, value)
-    }
-
-    fn body(data: &[u8]) -> Body {
-        Body {
-            data: data.to_vec(),
-            wire_size: data.len() as u64,
-            ..Body::default()
-        }
-    }
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
 
     fn line(ex: &Exchange) -> String {
         entry_json_line(ex, &CLOCK)
@@ -1218,6 +1257,37 @@ mod tests {
         ex.request.body.decoded_from = Some("br".into());
         ex.response = None;
         assert_eq!(line(&ex), serde_line(&ex));
+    }
+
+    #[test]
+    fn replay_line_is_byte_for_byte_the_serde_line() {
+        let replays = [
+            Replay {
+                pair_id: "p-1".into(),
+                source: "in.jsonl:3".into(),
+                target: "http://127.0.0.1:8080".into(),
+                verdict: ReplayVerdict::Sent,
+                reason: None,
+                injected: vec!["authorization".into()],
+            },
+            Replay {
+                pair_id: "p-\"2\"".into(),
+                source: String::new(),
+                target: "t".into(),
+                verdict: ReplayVerdict::Skipped,
+                reason: Some("unsafe_method".into()),
+                injected: Vec::new(),
+            },
+        ];
+        for ex in variants() {
+            for replay in &replays {
+                let mut ours = b"earlier\n".to_vec();
+                write_entry_with_replay(&ex, &CLOCK, replay, &mut ours);
+                let mut theirs = b"earlier\n".to_vec();
+                serde_reference::write_entry_with_replay(&ex, &CLOCK, replay, &mut theirs);
+                assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+            }
+        }
     }
 
     proptest::proptest! {

@@ -2,7 +2,7 @@
 //!
 //! [`exchange`] is the decoded request/response pair that the daemon's decoders produce and its
 //! redaction rewrites; [`har`] renders it as a HAR 1.2 entry (the JSONL output and the
-//! collector's export); [`wire`] converts it to and from the `capture.v1` protobuf form that
+//! collector's export) and [`har_read`] reads such entries back (replay and diff); [`wire`] converts it to and from the `capture.v1` protobuf form that
 //! travels from the daemon to the collector; [`clock`] turns the kernel's monotonic timestamps
 //! into wall-clock time. No eBPF, Kubernetes or async runtime here: the collector and the
 //! `capture` CLI depend on this crate, never on the daemon.
@@ -13,6 +13,7 @@ pub mod exchange;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod har;
+pub mod har_read;
 mod json;
 pub mod uri;
 pub mod wire;

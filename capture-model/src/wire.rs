@@ -341,7 +341,7 @@ fn quote(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::{collection::vec, option, prelude::*, strategy::ValueTree as _};
 
     use super::*;
@@ -501,7 +501,8 @@ mod tests {
         })
     }
 
-    fn exchange() -> impl Strategy<Value = Exchange> {
+    /// Any exchange, edge cases included (also the HAR reader's round-trip property).
+    pub(crate) fn exchange() -> impl Strategy<Value = Exchange> {
         (
             prop_oneof![Just(Protocol::H1), Just(Protocol::H2), Just(Protocol::Grpc)],
             request(),

@@ -11,14 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use tempfile::TempDir;
 
 use crate::env::workspace_root;
-use crate::process::{ChildProcess, run};
+use capture_test_support::{ChildProcess, TestPki, run};
+use tempfile::TempDir;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,50 +46,6 @@ pub fn collector_binary(root: &Path) -> Result<PathBuf> {
                 target.display()
             )
         })
-}
-
-/// A CA and a server certificate for `localhost` and `127.0.0.1`, in PEM files.
-#[derive(Debug)]
-pub struct TestPki {
-    dir: TempDir,
-}
-
-impl TestPki {
-    pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("capture-e2e-pki-")
-            .tempdir()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "capture e2e CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "capture e2e collector");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
-        fs::write(dir.path().join("ca.pem"), ca.pem())?;
-        fs::write(dir.path().join("server.pem"), cert.pem())?;
-        fs::write(dir.path().join("server.key"), key.serialize_pem())?;
-        Ok(Self { dir })
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    pub fn server_cert(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-
-    pub fn server_key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
 }
 
 /// A `capture-collector serve` process over TLS on 127.0.0.1. Its data directory lives as long

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use crate::cgroup::TestCgroup;
 use crate::env::{daemon_binary, workspace_root};
 use crate::net::{free_port, http_get};
-use crate::process::ChildProcess;
+use capture_test_support::ChildProcess;
 
 /// How long `/readyz` may take: a debug build loads and verifies the programs slowly, and
 /// the machine may be busy compiling.

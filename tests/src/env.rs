@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use capture_test_support::running_in_ci;
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -50,11 +51,6 @@ pub fn missing_capabilities() -> Option<String> {
         Ok(root) => Some(format!("{} is not a cgroup v2 hierarchy", root.display())),
         Err(err) => Some(format!("{err:#}")),
     }
-}
-
-/// True when CI is running us: a skip there must be a failure.
-pub fn running_in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 /// Gate for every test that needs root, BPF and cgroup v2.

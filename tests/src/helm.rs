@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::env::running_in_ci;
-use crate::process::run_unchecked;
+use capture_test_support::run_unchecked;
+use capture_test_support::running_in_ci;
 
 /// The PyPI package and its pinned version (`import helm_python`).
 pub const HELM_SDK_PACKAGE: &str = "helm-python-sdk";

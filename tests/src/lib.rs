@@ -6,9 +6,12 @@
 //!   output and stops it with SIGTERM ([`Finished::assert_clean`] holds the end-of-test checks).
 //! - [`PythonServer`] and [`Nginx`] are the servers; [`curl`] is the usual client and
 //!   [`HttpConnection`] the raw one (pipelining, connections older than the daemon).
-//! - [`kube_api`] is a fake Kubernetes API server (pods list and watch) for `--kubernetes`.
+//! - [`kube_api`] is a fake Kubernetes API server (pods list and watch) for `--kubernetes`,
+//!   and [`TestPki`], [`ChildProcess`] come from the shared `capture-test-support` crate.
 //! - [`Collector`] runs the real `capture-collector` over TLS ([`TestPki`] makes its
 //!   certificates) for the delivery tests.
+//! - [`JsonService`] is the two-version JSON service of the replay/diff tests and demo, and
+//!   [`cli_binary`] finds the `capture` CLI.
 //! - [`har`] reads the captured HAR entries; [`capture_environment_ready`] decides whether a
 //!   test can run here (root, cgroup v2), failing rather than skipping under `CI=true`.
 //! - [`helm`] drives Helm's own engine (helm-python-sdk) to render, lint and install charts;
@@ -27,22 +30,23 @@ pub mod fixtures;
 pub mod har;
 pub mod helm;
 pub mod k8s;
-pub mod kube_api;
 mod net;
-mod process;
+mod replay;
 mod servers;
 
 use std::process::Command;
 
+pub use capture_test_support::{
+    ChildProcess, TestPki, kube_api, run, run_unchecked, running_in_ci,
+};
 pub use cgroup::TestCgroup;
-pub use collector::{Collector, TestPki, collector_binary, har_entry_texts};
+pub use collector::{Collector, collector_binary, har_entry_texts};
 pub use daemon::{Daemon, DaemonBuilder, Finished, Metrics, parse_exchanges};
 pub use env::{
-    capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, running_in_ci,
-    workspace_root,
+    capture_environment_ready, cgroup2_root, daemon_binary, missing_capabilities, workspace_root,
 };
 pub use net::{HttpConnection, HttpResponse, free_port, http_get, wait_for_port};
-pub use process::{ChildProcess, run, run_unchecked};
+pub use replay::{JsonService, Received, cli_binary};
 pub use servers::{
     BIG_LEN, COOKIE_BODY, H2cUpgradeServer, JSON_BODY, NGINX_JSON_BODY, Nginx, PythonServer,
     big_body, gzip_plain, nginx_body,

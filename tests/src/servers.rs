@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use crate::cgroup::TestCgroup;
 use crate::net::{free_port, wait_for_port};
-use crate::process::ChildProcess;
+use capture_test_support::ChildProcess;
 
 const PYTHON_SERVER: &str = include_str!("../fixtures/http_server.py");
 const H2C_UPGRADE_SERVER: &str = include_str!("../fixtures/h2c_upgrade_server.py");

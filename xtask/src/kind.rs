@@ -52,6 +52,12 @@ const KIND_CONFIG: &str = "charts/kind/kind-config.yaml";
 const COLLECTOR_MANIFEST: &str = "charts/kind/collector.yaml";
 const DEMO_MANIFEST: &str = "charts/kind/demo.yaml";
 const DEMO_CLIENT_MANIFEST: &str = "charts/kind/demo-client.yaml";
+const DIFF_MANIFEST: &str = "charts/kind/demo-diff.yaml";
+const DIFF_CLIENT_MANIFEST: &str = "charts/kind/demo-diff-client.yaml";
+const JSON_SERVICE: &str = "tests/fixtures/json_service.py";
+/// Local ports of the port-forwards to json-service v1 and v2.
+const V1_PORT: u16 = 18081;
+const V2_PORT: u16 = 18082;
 const VALUES: &str = "charts/kind/values.yaml";
 const CHART: &str = "charts/capture-daemon";
 
@@ -216,6 +222,22 @@ impl Runner {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs with the terminal and returns the exit code; `dry_code` in a dry run.
+    fn status(&self, argv: Vec<String>, dry_code: i32) -> anyhow::Result<i32> {
+        self.show(shell_line(&argv));
+        if self.dry_run {
+            return Ok(dry_code);
+        }
+        let status = self
+            .command(&argv)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {}", argv[0]))?;
+        status
+            .code()
+            .with_context(|| format!("{} was killed: {status}", argv[0]))
     }
 
     /// Whether `argv` succeeds (quietly); false in a dry run.
@@ -582,31 +604,201 @@ fn demo(r: &Runner) -> anyhow::Result<()> {
     ]))?;
 
     r.say("captured exchanges");
-    let Some(lines) = lines else {
-        return Ok(());
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = 0;
-    while seen < DEMO_EXCHANGES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => {
-                seen += 1;
-                println!("{}", describe_exchange(&line));
+    if let Some(lines) = lines {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < DEMO_EXCHANGES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.trim().is_empty() => {}
+                Ok(line) => {
+                    seen += 1;
+                    println!("{}", describe_exchange(&line));
+                }
+                Err(_) => bail!(
+                    "{seen} of {DEMO_EXCHANGES} exchanges arrived within 60 s; see \
+                     kubectl --context {CONTEXT} --namespace {NAMESPACE} logs daemonset/{RELEASE}"
+                ),
             }
-            Err(_) => bail!(
-                "{seen} of {DEMO_EXCHANGES} exchanges arrived within 60 s; see \
-                 kubectl --context {CONTEXT} --namespace {NAMESPACE} logs daemonset/{RELEASE}"
-            ),
+        }
+        println!(
+            "\nAll of them, as a HAR file:\n  kubectl --context {CONTEXT} --namespace {NAMESPACE} exec deployment/{COLLECTOR} -- \
+             {} export --data {COLLECTOR_DATA} --org {ORG} --har /dev/stdout",
+            image::COLLECTOR_PATH
+        );
+    }
+    smart_diff(r)
+}
+
+/// The second act: json-service v1 and v2 as two Deployments, v1's traffic captured and
+/// exported from the collector, replayed twice against v1 and once against v2 (each with its
+/// routing key in `baggage`, so the daemon attributes the replayed traffic to a sandbox), and
+/// diffed: the price change red, the volatile fields green (docs/replay-and-diff.md).
+fn smart_diff(r: &Runner) -> anyhow::Result<()> {
+    let state = state_dir(&r.root);
+    r.say("Smart Diff: json-service v1 and v2");
+    let script = if r.dry_run {
+        String::new()
+    } else {
+        fs::read_to_string(r.root.join(JSON_SERVICE))
+            .with_context(|| format!("reading {JSON_SERVICE}"))?
+    };
+    r.apply(&[json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "json-service", "namespace": DEMO_NAMESPACE},
+        "data": {"json_service.py": script},
+    })])?;
+    r.run(kubectl(&["apply", "--filename", DIFF_MANIFEST]))?;
+    for version in ["v1", "v2"] {
+        r.run(kubectl(&[
+            "--namespace",
+            DEMO_NAMESPACE,
+            "rollout",
+            "status",
+            &format!("deployment/json-service-{version}"),
+            "--timeout",
+            "180s",
+        ]))?;
+    }
+
+    r.say("traffic to v1, captured by the daemon");
+    r.run(kubectl(&[
+        "--namespace",
+        DEMO_NAMESPACE,
+        "delete",
+        "job",
+        "diff-client",
+        "--ignore-not-found",
+        "--wait",
+    ]))?;
+    r.run(kubectl(&["apply", "--filename", DIFF_CLIENT_MANIFEST]))?;
+    r.run(kubectl(&[
+        "--namespace",
+        DEMO_NAMESPACE,
+        "wait",
+        "--for=condition=complete",
+        "job/diff-client",
+        "--timeout",
+        "180s",
+    ]))?;
+
+    r.say("v1's captured traffic, exported from the collector");
+    let har = r.output(
+        kubectl(&[
+            "--namespace",
+            NAMESPACE,
+            "exec",
+            &format!("deployment/{COLLECTOR}"),
+            "--",
+            image::COLLECTOR_PATH,
+            "export",
+            "--data",
+            COLLECTOR_DATA,
+            "--org",
+            ORG,
+            "--har",
+            "/dev/stdout",
+        ]),
+        r#"{"log":{"entries":[]}}"#,
+    )?;
+    let recorded = state.join("recorded-v1.jsonl");
+    if !r.dry_run {
+        let lines = v1_entries(&har)?;
+        if lines.is_empty() {
+            bail!(
+                "the collector holds no exchange of json-service-v1 yet; run the demo again in a few seconds"
+            );
+        }
+        fs::write(&recorded, lines.join("\n") + "\n")
+            .with_context(|| format!("writing {}", recorded.display()))?;
+        println!(
+            "{} exchanges of json-service-v1 -> {}",
+            lines.len(),
+            recorded.display()
+        );
+    }
+
+    r.say("replay: twice against v1, once against v2, each with its routing key");
+    let mut forwards = Vec::new();
+    for (version, port) in [("v1", V1_PORT), ("v2", V2_PORT)] {
+        forwards.push(r.spawn(
+            kubectl(&[
+                "--namespace",
+                DEMO_NAMESPACE,
+                "port-forward",
+                &format!("service/json-service-{version}"),
+                &format!("{port}:8080"),
+            ]),
+            Stdio::null(),
+        )?);
+        if !r.dry_run {
+            capture_e2e::wait_for_port(port, Duration::from_secs(30))
+                .with_context(|| format!("kubectl port-forward to json-service-{version}"))?;
         }
     }
-    println!(
-        "\nAll of them, as a HAR file:\n  kubectl --context {CONTEXT} --namespace {NAMESPACE} exec deployment/{COLLECTOR} -- \
-         {} export --data {COLLECTOR_DATA} --org {ORG} --har /dev/stdout",
-        image::COLLECTOR_PATH
-    );
+    r.run(argv(&["cargo", "build", "--package", "capture-cli"]))?;
+    let capture = r.rel(&r.root.join("target/debug/capture"));
+    let output = |name: &str| r.rel(&state.join(format!("replay-{name}.jsonl")));
+    for (name, port, key) in [
+        ("v1-a", V1_PORT, "sandbox-v1"),
+        ("v1-b", V1_PORT, "sandbox-v1"),
+        ("v2", V2_PORT, "sandbox-v2"),
+    ] {
+        r.run(vec![
+            capture.clone(),
+            "replay".into(),
+            "--input".into(),
+            r.rel(&recorded),
+            "--target".into(),
+            format!("http://127.0.0.1:{port}"),
+            "--routing-key".into(),
+            key.into(),
+            "--output".into(),
+            output(name),
+        ])?;
+    }
+
+    r.say("diff: baseline v1, candidate v2, noise from the second v1 run");
+    let code = r.status(
+        vec![
+            capture,
+            "diff".into(),
+            "--baseline".into(),
+            output("v1-a"),
+            "--candidate".into(),
+            output("v2"),
+            "--noise".into(),
+            output("v1-b"),
+            "--json".into(),
+            r.rel(&state.join("diff-report.json")),
+        ],
+        1,
+    )?;
+    drop(forwards);
+    if code != 1 {
+        bail!("capture diff exited {code}; the price change of v2 should have made it 1 (red)");
+    }
     Ok(())
+}
+
+/// The entries of a HAR file (`capture-collector export`) captured from json-service-v1, one
+/// JSON text each.
+fn v1_entries(har: &str) -> anyhow::Result<Vec<String>> {
+    let file: Value = serde_json::from_str(har).context("the collector's export is not JSON")?;
+    let entries = file
+        .pointer("/log/entries")
+        .and_then(Value::as_array)
+        .context("the collector's export has no log.entries")?;
+    Ok(entries
+        .iter()
+        .filter(|e| {
+            e.pointer("/_capture/workload/owner_name")
+                .and_then(Value::as_str)
+                == Some("json-service-v1")
+        })
+        .map(Value::to_string)
+        .collect())
 }
 
 /// A thread forwarding the child's stdout lines.
@@ -901,8 +1093,57 @@ mod tests {
                 format!(
                     "{k} --namespace capture-demo wait --for=condition=complete job/demo-client --timeout 180s"
                 ),
+                format!("{k} apply -f - <<< ConfigMap capture-demo/json-service"),
+                format!("{k} apply --filename charts/kind/demo-diff.yaml"),
+                format!(
+                    "{k} --namespace capture-demo rollout status deployment/json-service-v1 --timeout 180s"
+                ),
+                format!(
+                    "{k} --namespace capture-demo rollout status deployment/json-service-v2 --timeout 180s"
+                ),
+                format!(
+                    "{k} --namespace capture-demo delete job diff-client --ignore-not-found --wait"
+                ),
+                format!("{k} apply --filename charts/kind/demo-diff-client.yaml"),
+                format!(
+                    "{k} --namespace capture-demo wait --for=condition=complete job/diff-client --timeout 180s"
+                ),
+                format!(
+                    "{k} --namespace capture-system exec deployment/capture-collector -- /usr/local/bin/capture-collector export --data /var/lib/capture-collector --org demo --har /dev/stdout"
+                ),
+                format!(
+                    "{k} --namespace capture-demo port-forward service/json-service-v1 18081:8080 &"
+                ),
+                format!(
+                    "{k} --namespace capture-demo port-forward service/json-service-v2 18082:8080 &"
+                ),
+                "cargo build --package capture-cli".to_owned(),
+                format!(
+                    "target/debug/capture replay --input {state}/recorded-v1.jsonl --target http://127.0.0.1:18081 --routing-key sandbox-v1 --output {state}/replay-v1-a.jsonl"
+                ),
+                format!(
+                    "target/debug/capture replay --input {state}/recorded-v1.jsonl --target http://127.0.0.1:18081 --routing-key sandbox-v1 --output {state}/replay-v1-b.jsonl"
+                ),
+                format!(
+                    "target/debug/capture replay --input {state}/recorded-v1.jsonl --target http://127.0.0.1:18082 --routing-key sandbox-v2 --output {state}/replay-v2.jsonl"
+                ),
+                format!(
+                    "target/debug/capture diff --baseline {state}/replay-v1-a.jsonl --candidate {state}/replay-v2.jsonl --noise {state}/replay-v1-b.jsonl --json {state}/diff-report.json"
+                ),
             ]
         );
+    }
+
+    #[test]
+    fn diff_demo_keeps_only_json_service_v1_entries() {
+        let har = r#"{"log":{"entries":[
+            {"_capture":{"workload":{"owner_name":"json-service-v1"}},"n":1},
+            {"_capture":{"workload":{"owner_name":"demo-server"}},"n":2},
+            {"_capture":{"workload":{"owner_name":"json-service-v2"}},"n":3}]}}"#;
+        let lines = v1_entries(har).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("\"n\":1"), "{lines:?}");
+        assert!(v1_entries("{}").is_err());
     }
 
     #[test]

@@ -5,8 +5,10 @@
 mod bench;
 mod bench_export;
 mod demo;
+mod demo_diff;
 mod image;
 mod kind;
+mod modcycles;
 mod setup;
 
 use std::{
@@ -28,11 +30,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DemoAct {
+    /// Record a JSON service, replay it against two versions and diff: the change is red,
+    /// the noise green.
+    Diff,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Install the prerequisites and build the eBPF programs and the daemon.
     BuildEbpf,
-    /// Capture a bundled server and client in a fresh cgroup and show the exchanges.
-    Demo,
+    /// Capture a bundled server and client in a fresh cgroup and show the exchanges;
+    /// `demo diff`: record, replay against two versions and diff.
+    Demo {
+        #[command(subcommand)]
+        act: Option<DemoAct>,
+    },
     /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
     Test {
         /// Seconds each fuzz target runs (0 skips fuzzing).
@@ -68,12 +81,19 @@ fn main() -> anyhow::Result<()> {
                 root.join("target/debug/capture-daemon").display()
             );
         }
-        Cmd::Demo => {
+        Cmd::Demo { act } => {
             setup::toolchain()?;
             setup::test_tools()?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
-            demo::run(&root)?;
+            match act {
+                None => demo::run(&root)?,
+                Some(DemoAct::Diff) => {
+                    cargo(&root, &["build", "-p", "capture-cli"])?;
+                    set_env("CAPTURE_CLI_BIN", &root.join("target/debug/capture"));
+                    demo_diff::run(&root)?;
+                }
+            }
         }
         Cmd::Test { fuzz_seconds } => {
             setup::toolchain()?;
@@ -81,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             setup::chart_test_tools(&root)?;
             check_root_for_ci()?;
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            modcycles::check(&root.join("capture-daemon/src"))?;
+            modcycles::check_layering(&root, "capture-collector")?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
@@ -90,6 +112,9 @@ fn main() -> anyhow::Result<()> {
                 "CAPTURE_COLLECTOR_BIN",
                 &root.join("target/debug/capture-collector"),
             );
+            // The replay tests (tests/e2e/replay.rs) run the capture CLI.
+            cargo(&root, &["build", "-p", "capture-cli"])?;
+            set_env("CAPTURE_CLI_BIN", &root.join("target/debug/capture"));
             cargo(&root, &["test", "--no-fail-fast"])?;
             if fuzz_seconds > 0 {
                 setup::cargo_fuzz()?;
@@ -142,8 +167,7 @@ fn set_env(key: &str, value: &Path) {
 
 /// Under CI the BPF tests must run for real: refuse to go on when they cannot.
 fn check_root_for_ci() -> anyhow::Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if ci && !nix_is_root() {
+    if capture_e2e::running_in_ci() && !nix_is_root() {
         bail!("CI=true but not running as root: the eBPF end-to-end tests cannot run; run as root");
     }
     Ok(())

@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "nghttp2-client",
     "python3-h2",
+    // promtool, which checks the daemon's /metrics (tests/e2e/metrics.rs).
+    "prometheus",
 ];
 /// Debian packages for the chart tests and the kind flow: a Python venv for the Helm SDK,
 /// setpriv (util-linux) for the capability test, openssl to verify the kind TLS material.

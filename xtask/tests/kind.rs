@@ -122,7 +122,8 @@ fn dry_runs_print_the_plan_and_run_nothing() -> anyhow::Result<()> {
         (
             "demo",
             "+ kubectl --context kind-capture --namespace capture-system get daemonset capture-daemon  # only checks",
-            "+ kubectl --context kind-capture --namespace capture-demo wait --for=condition=complete job/demo-client --timeout 180s",
+            // The Smart Diff act ends the demo.
+            "+ target/debug/capture diff --baseline ",
         ),
         ("down", "+ kind delete cluster --name capture", "+ rm -r "),
     ] {

@@ -3,11 +3,12 @@
 //! realistic exchanges.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use capture_test_support::ChildProcess;
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -58,7 +59,7 @@ pub fn path(p: &Path) -> &str {
 
 /// A `capture-collector serve` child with dev TLS, on a port of its choosing.
 pub struct Collector {
-    pub child: Child,
+    pub child: ChildProcess,
     pub addr: SocketAddr,
     pub ca: PathBuf,
     pub metrics: Option<SocketAddr>,
@@ -68,22 +69,24 @@ pub struct Collector {
 impl Collector {
     pub fn start(data: &Path, tls: &Path, extra: &[&str]) -> Self {
         let stderr = data.with_extension(format!("stderr-{}", rand_suffix()));
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data",
-                path(data),
-                "--dev-tls",
-                path(tls),
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn capture-collector serve");
-        let stdout = child.stdout.take().unwrap();
+        let mut child = ChildProcess::spawn(
+            Command::new(BIN)
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data",
+                    path(data),
+                    "--dev-tls",
+                    path(tls),
+                ])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&stderr).unwrap()),
+            "capture-collector serve",
+        )
+        .expect("spawn capture-collector serve");
+        let stdout = child.child_mut().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -99,8 +102,7 @@ impl Collector {
             let line = match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => line,
                 Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    child.kill();
                     panic!(
                         "collector did not start: {}",
                         std::fs::read_to_string(&stderr).unwrap_or_default()
@@ -128,8 +130,7 @@ impl Collector {
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     pub fn logs(&self) -> String {
@@ -143,8 +144,7 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         let _ = std::fs::remove_file(&self.stderr);
     }
 }

@@ -11,11 +11,33 @@ use std::{
 use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
 use serde::{Serialize, Serializer};
 
-use super::{BodyText, Edges, body_text, content_type, len_size, ms, request_url, size};
+use super::{BodyText, Replay, Edges, body_text, content_type, len_size, ms, request_url, size};
 use crate::{
     clock::WallClock,
     exchange::{Body, Exchange, Header, Request, Response, header_value},
 };
+
+/// The entry of `ex` with its `_replay`, as `serde_json` writes it.
+pub(super) fn write_entry_with_replay(
+    ex: &Exchange,
+    clock: &WallClock,
+    replay: &Replay,
+    out: &mut Vec<u8>,
+) {
+    #[derive(Serialize)]
+    struct WithReplay<'a> {
+        #[serde(flatten)]
+        entry: HarEntry<'a>,
+        #[serde(rename = "_replay")]
+        replay: &'a Replay,
+    }
+    let url = request_url(&ex.request, &ex.conn);
+    let entry = WithReplay {
+        entry: HarEntry::new(ex, clock, &url),
+        replay,
+    };
+    serde_json::to_writer(out, &entry).unwrap();
+}
 
 /// The entry of `ex` as `serde_json` writes it.
 pub(super) fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {

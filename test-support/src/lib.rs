@@ -1,0 +1,17 @@
+//! Test support shared by the daemon's, the collector's and the end-to-end tests: a fake
+//! Kubernetes API server ([`kube_api`]), a throw-away PKI ([`TestPki`]), child processes that
+//! are killed and reaped when their guard drops ([`ChildProcess`]), and the one definition of
+//! "running under CI" ([`running_in_ci`]) that xtask and every test gate agree on.
+
+pub mod kube_api;
+mod pki;
+mod process;
+
+pub use pki::TestPki;
+pub use process::{ChildProcess, run, run_unchecked};
+
+/// True when CI is running us (`CI` set to anything but empty, `0` or `false`): a test that
+/// cannot run here must fail then, never skip.
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}

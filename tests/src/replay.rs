@@ -1,0 +1,144 @@
+//! What the replay and diff tests and `cargo xtask demo diff` need: the `capture` binary and
+//! the two-version JSON service (`fixtures/json_service.py`).
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::cgroup::TestCgroup;
+use crate::net::{free_port, wait_for_port};
+use capture_test_support::ChildProcess;
+
+const JSON_SERVICE: &str = include_str!("../fixtures/json_service.py");
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `capture` CLI to test: `$CAPTURE_CLI_BIN`, else the newest of
+/// `<target>/{release,debug}/capture`.
+pub fn cli_binary(root: &Path) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("CAPTURE_CLI_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("CAPTURE_CLI_BIN={} does not exist", bin.display());
+        }
+        return Ok(bin);
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("capture"))
+        .filter_map(|path| {
+            let modified = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            Some((modified, path))
+        })
+        .max_by_key(|(modified, _): &(SystemTime, PathBuf)| *modified)
+        .map(|(_, path)| path)
+        .with_context(|| {
+            format!(
+                "no capture binary under {}/{{release,debug}}: run `cargo build -p capture-cli` first or set CAPTURE_CLI_BIN",
+                target.display()
+            )
+        })
+}
+
+/// One request as the JSON service received it (its `--log`).
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Unix seconds.
+    pub t: f64,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Lowercase name → value.
+    pub headers: serde_json::Map<String, Value>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(Value::as_str)
+    }
+}
+
+/// `fixtures/json_service.py` in version 1 or 2 on 127.0.0.1, logging what it receives.
+#[derive(Debug)]
+pub struct JsonService {
+    process: ChildProcess,
+    port: u16,
+    dir: TempDir,
+}
+
+impl JsonService {
+    /// Starts version `version` inside `cgroup`, or outside any test cgroup when `None`.
+    pub fn start(cgroup: Option<&TestCgroup>, version: u8) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("capture-e2e-json-service-")
+            .tempdir()?;
+        let script = dir.path().join("json_service.py");
+        fs::write(&script, JSON_SERVICE)?;
+        let port = free_port()?;
+        let python = std::env::var("CAPTURE_E2E_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let mut cmd = match cgroup {
+            Some(cgroup) => cgroup.command(&python),
+            None => Command::new(&python),
+        };
+        cmd.arg(&script)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--version",
+                &version.to_string(),
+            ])
+            .arg("--log")
+            .arg(dir.path().join("received.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.path().join("stderr"))?);
+        let mut process = ChildProcess::spawn(&mut cmd, "python json_service.py")?;
+        if let Err(err) = wait_for_port(port, START_TIMEOUT) {
+            process.kill();
+            let stderr = fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+            return Err(err.context(format!("json service did not start; stderr:\n{stderr}")));
+        }
+        Ok(Self { process, port, dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn received(&self) -> Result<Vec<Received>> {
+        let path = self.dir.path().join("received.jsonl");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).context("reading the json service's log"),
+        };
+        text.lines()
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).context("json service log line")?;
+                Ok(Received {
+                    t: v["t"].as_f64().context("t")?,
+                    method: v["method"].as_str().context("method")?.to_owned(),
+                    path: v["path"].as_str().context("path")?.to_owned(),
+                    headers: v["headers"].as_object().cloned().unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+}
