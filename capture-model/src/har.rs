@@ -1285,7 +1285,10 @@ mod tests {
                 write_entry_with_replay(&ex, &CLOCK, replay, &mut ours);
                 let mut theirs = b"earlier\n".to_vec();
                 serde_reference::write_entry_with_replay(&ex, &CLOCK, replay, &mut theirs);
-                assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(theirs).unwrap()
+                );
             }
         }
     }

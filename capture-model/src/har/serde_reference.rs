@@ -11,7 +11,7 @@ use std::{
 use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
 use serde::{Serialize, Serializer};
 
-use super::{BodyText, Replay, Edges, body_text, content_type, len_size, ms, request_url, size};
+use super::{BodyText, Edges, Replay, body_text, content_type, len_size, ms, request_url, size};
 use crate::{
     clock::WallClock,
     exchange::{Body, Exchange, Header, Request, Response, header_value},
