@@ -18,8 +18,7 @@ use tracing::warn;
 
 use crate::{
     org::OrgName,
-    seal::SealKey,
-    store::{self, StoreError},
+    storage::{Selection, Storage, StorageError},
 };
 
 /// How much an export wrote.
@@ -35,17 +34,16 @@ pub struct Exported {
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("reading the store: {0}")]
-    Store(StoreError),
+    Store(StorageError),
     #[error("writing {}: {}", .0.display(), .1)]
     Write(PathBuf, io::Error),
 }
 
 /// Writes the HAR of `org` to `out`.
-pub fn write_har(
-    data_dir: &Path,
+pub async fn write_har(
+    storage: &Storage,
     org: &OrgName,
-    key: Option<&SealKey>,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Exported, ExportError> {
     let output = |e| ExportError::Write(PathBuf::from("the HAR"), e);
     let clock = WallClock::with_offset_ns(0);
@@ -58,15 +56,19 @@ pub fn write_har(
     )
     .map_err(output)?;
     let mut io_error = None;
-    let read = store::read_batches(data_dir, org, key, |batch| {
-        summary.batches += 1;
-        for exchange in batch.exchanges {
-            let exchange = match wire::from_proto(exchange) {
+    let mut last_batch = None;
+    let read = storage
+        .read(org, &Selection::default(), &mut |stored| {
+            if last_batch != Some(stored.batch) {
+                last_batch = Some(stored.batch);
+                summary.batches += 1;
+            }
+            let exchange = match wire::from_proto(stored.exchange) {
                 Ok(exchange) => exchange,
                 Err(e) => {
                     summary.unreadable += 1;
-                    warn!(org = %org, daemon = %batch.daemon_id, sequence = batch.sequence, error = %e, "stored exchange unreadable; left out");
-                    continue;
+                    warn!(org = %org, daemon = %stored.daemon_id, error = %e, "stored exchange unreadable; left out");
+                    return Ok(());
                 }
             };
             line.clear();
@@ -78,12 +80,12 @@ pub fn write_har(
             har::write_entry(&exchange, &clock, &mut line);
             if let Err(e) = out.write_all(&line) {
                 io_error = Some(e);
-                return Err(StoreError::Closed);
+                return Err(StorageError::Io("writing the HAR".into()));
             }
             summary.exchanges += 1;
-        }
-        Ok(())
-    });
+            Ok(())
+        })
+        .await;
     if let Some(e) = io_error {
         return Err(output(e));
     }
@@ -95,16 +97,14 @@ pub fn write_har(
 
 /// Writes the HAR of `org` to `path` whole or not at all (a temporary file renamed over it),
 /// or to standard output when `path` is `-`.
-pub fn export_to(
-    data_dir: &Path,
+pub async fn export_to(
+    storage: &Storage,
     org: &OrgName,
-    key: Option<&SealKey>,
     path: &Path,
 ) -> Result<Exported, ExportError> {
     if path == Path::new("-") {
-        let stdout = io::stdout();
-        let mut out = io::BufWriter::new(stdout.lock());
-        return write_har(data_dir, org, key, &mut out);
+        let mut out = io::BufWriter::new(io::stdout());
+        return write_har(storage, org, &mut out).await;
     }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -115,7 +115,7 @@ pub fn export_to(
         .map_or_else(|| "export.har".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = |e| ExportError::Write(path.to_owned(), e);
-    let result = (|| {
+    let result = async {
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -124,10 +124,12 @@ pub fn export_to(
             .open(&tmp)
             .map_err(write)?;
         let mut out = io::BufWriter::with_capacity(256 * 1024, file);
-        let summary = write_har(data_dir, org, key, &mut out).map_err(|e| match e {
-            ExportError::Write(_, e) => write(e),
-            other => other,
-        })?;
+        let summary = write_har(storage, org, &mut out)
+            .await
+            .map_err(|e| match e {
+                ExportError::Write(_, e) => write(e),
+                other => other,
+            })?;
         let file = out
             .into_inner()
             .map_err(io::IntoInnerError::into_error)
@@ -135,7 +137,8 @@ pub fn export_to(
         file.sync_all().map_err(write)?;
         fs::rename(&tmp, path).map_err(write)?;
         Ok(summary)
-    })();
+    }
+    .await;
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -1,41 +1,45 @@
 //! `capture-collector`: serve the ingest endpoint, manage tokens, export and watch.
 //!
 //! ```text
-//! capture-collector serve  --listen ADDR --data DIR (--tls-cert FILE --tls-key FILE | --dev-tls DIR)
-//!                          [--encryption-key FILE]
-//! capture-collector token  create|list|revoke --data DIR --org NAME [TOKEN-PREFIX]
-//! capture-collector export --data DIR --org NAME --har FILE [--encryption-key FILE]
+//! capture-collector serve  --listen ADDR (--data DIR | --store file:DIR | --store postgres://…)
+//!                          (--tls-cert FILE --tls-key FILE | --dev-tls DIR) [--encryption-key FILE]
+//!                          [--retention DUR] [--org-retention ORG=DUR]...
+//! capture-collector token  create|list|revoke (--data DIR | --store URL) --org NAME [TOKEN-PREFIX]
+//! capture-collector export (--data DIR | --store URL) --org NAME --har FILE [--encryption-key FILE]
 //! capture-collector watch  --collector https://HOST:PORT --token-file FILE [--ca FILE]
 //!                          [--namespace NS] [--workload NAME] [--routing-key KEY] [--headers-only]
+//! capture-collector diff   ((--data DIR | --store URL) --org NAME | --collector URL --token-file FILE)
+//!                          --baseline SELECTOR --candidate SELECTOR [--noise SELECTOR]...
+//!                          [--model NAME] [--json FILE] [--fail-on red|yellow]
 //! ```
 //!
 //! Exit codes: 0 success, 2 usage or configuration error (the message names the flag and the
-//! value), 1 runtime failure.
+//! value), 1 runtime failure; `diff` also exits 1 when something is red.
 #![forbid(unsafe_code)]
 
 use std::{
-    fs::OpenOptions,
+    collections::HashMap,
     io::Write as _,
     net::SocketAddr,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
+    time::Duration,
 };
 
 use capture_collector::{
     export,
+    metrics::Metrics,
     org::OrgName,
-    seal::{self, KeyError, SealKey},
+    seal::SealKey,
     server::{self, Limits, ServerConfig},
-    store::{self, StoreConfig},
+    storage::{Access, DbOptions, Location, Retention, Storage, StorageConfig, StorageError},
     tls,
-    tokens::{self, Revoked, TokenError, TokenStore},
+    tokens::Revoked,
     watch_client::{self, WatchArgs, WatchError},
 };
 use capture_proto::v1::WatchRequest;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nix::fcntl::{Flock, FlockArg};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -53,7 +57,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve Ingest and Watch over TLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Issue, list and revoke tokens (local administration of the data directory).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -61,6 +65,53 @@ enum Command {
     Export(ExportArgs),
     /// Follow an organisation's exchanges live, one line each.
     Watch(WatchCliArgs),
+    /// Smart Diff of stored traffic: a baseline selection against a candidate selection, with
+    /// the organisation's noise model. Exit 0: nothing red; 1: red (or yellow with
+    /// --fail-on yellow) or a runtime failure; 2: bad input.
+    Diff(Box<DiffArgs>),
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// Where the traffic is, when run next to the store (or give --collector).
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The organisation (local runs; remotely the token names it).
+    #[arg(long, value_name = "NAME")]
+    org: Option<OrgName>,
+    /// Run the diff on this collector (`https://HOST:PORT`) over its authenticated API.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["data", "store"], requires = "token_file")]
+    collector: Option<String>,
+    /// File holding the token (with --collector).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate to trust (PEM, with --collector); the system roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// The baseline traffic: `routing-key=K,workload=W,namespace=NS,since=T,until=T` (RFC 3339
+    /// times; every key given must match).
+    #[arg(long, value_name = "SELECTOR")]
+    baseline: capture_collector::diff::Selector,
+    /// The candidate traffic, as --baseline.
+    #[arg(long, value_name = "SELECTOR")]
+    candidate: capture_collector::diff::Selector,
+    /// The baseline's traffic seen again (A/A): learned as noise and merged into the stored
+    /// model before the diff. Repeatable.
+    #[arg(long, value_name = "SELECTOR")]
+    noise: Vec<capture_collector::diff::Selector>,
+    /// Name of the organisation's noise model to use and update.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    model: String,
+    /// Also write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// What makes the exit code 1: a red finding, or also yellow ones.
+    #[arg(long, value_name = "red|yellow", default_value = "red")]
+    fail_on: capture_diff::FailOn,
+    /// Exchanges one selection may hold (local runs; a collector has its own limit).
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_diff_exchanges: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,9 +126,8 @@ struct ServeArgs {
     /// Address to listen on (`0.0.0.0:4317`, `[::]:4317`; port 0 picks one and prints it).
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Data directory: tokens, storage segments, the key check.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Server certificate chain (PEM).
     #[arg(
         long,
@@ -93,9 +143,24 @@ struct ServeArgs {
     /// in DIR, and print the CA's path.
     #[arg(long, value_name = "DIR")]
     dev_tls: Option<PathBuf>,
-    /// Seal every stored record with this 32-byte key (raw or hex; the file must be 0600).
-    #[arg(long, value_name = "FILE")]
-    encryption_key: Option<PathBuf>,
+    /// Keep exchanges this long (`30d`, `12h`), for organisations without their own period;
+    /// everything is kept when not given.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    /// An organisation's own retention period (`acme=7d`); repeatable.
+    #[arg(long, value_name = "ORG=DURATION", value_parser = parse_org_retention)]
+    org_retention: Vec<(OrgName, Duration)>,
+    /// How often retention is enforced.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    retention_interval: Duration,
+    /// Rows one PostgreSQL retention delete removes at most.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    retention_batch: u32,
+    /// PostgreSQL: how often a watched organisation's shared log is read when no notification
+    /// came (notifications wake watchers at once; this covers a listener reconnecting).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    watch_poll: Duration,
     /// Serve Prometheus metrics on /metrics at this address.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -120,6 +185,10 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_watchers: u64,
+    /// Exchanges one Smart Diff selection may hold; a bigger one is refused.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_diff_exchanges: u64,
     /// Log format on standard error (audit lines are always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -140,26 +209,81 @@ enum TokenCommand {
     },
 }
 
+/// Where the data is: every subcommand that stores or reads takes these.
+#[derive(Args)]
+struct StoreArgs {
+    /// Data directory of the embedded store (the same as `--store file:DIR`).
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
+    data: Option<PathBuf>,
+    /// `file:DIR` (the embedded store) or `postgres://USER@HOST:PORT/DB?sslmode=…` (`postgres://`
+    /// alone: everything from the PG* environment). A password is better given with
+    /// --db-password-file or PGPASSWORD than in the URL.
+    #[arg(long, value_name = "URL", env = "CAPTURE_COLLECTOR_STORE")]
+    store: Option<Location>,
+    /// Seal every stored record with this 32-byte key (raw or hex; the file must be 0600).
+    /// Required with PostgreSQL, except for `token`.
+    #[arg(long, value_name = "FILE")]
+    encryption_key: Option<PathBuf>,
+    /// PostgreSQL: a file whose first line is the password.
+    #[arg(long, value_name = "FILE", env = "CAPTURE_COLLECTOR_DB_PASSWORD_FILE")]
+    db_password_file: Option<PathBuf>,
+    /// PostgreSQL: connections in this collector's pool.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    db_max_connections: u32,
+}
+
+impl StoreArgs {
+    fn config(&self, segment_bytes: u64, watch_poll: Duration) -> Result<StorageConfig, Failure> {
+        let (location, flag) = match (&self.data, &self.store) {
+            (Some(dir), None) => (
+                Location::File(dir.clone()),
+                format!("--data {}", dir.display()),
+            ),
+            (None, Some(location)) => (location.clone(), format!("--store {location}")),
+            _ => return Err(Failure::Usage("give --data DIR or --store URL".into())),
+        };
+        Ok(StorageConfig {
+            location,
+            flag,
+            key: load_key(self.encryption_key.as_deref())?,
+            key_flag: self.encryption_key.clone(),
+            segment_bytes,
+            db: DbOptions {
+                password_file: self.db_password_file.clone(),
+                max_connections: self.db_max_connections,
+                watch_poll,
+            },
+        })
+    }
+}
+
+fn parse_org_retention(s: &str) -> Result<(OrgName, Duration), String> {
+    let (org, period) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give ORG=DURATION"))?;
+    let org = OrgName::parse(org).map_err(|e| e.to_string())?;
+    let period = humantime::parse_duration(period).map_err(|e| format!("{period:?}: {e}"))?;
+    Ok((org, period))
+}
+
 #[derive(Args)]
 struct TokenArgs {
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     #[arg(long, value_name = "NAME")]
     org: OrgName,
 }
 
 #[derive(Args)]
 struct ExportArgs {
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
     #[arg(long, value_name = "NAME")]
     org: OrgName,
     /// Output file (`-` for standard output); written whole or not at all.
     #[arg(long, value_name = "FILE")]
     har: PathBuf,
-    /// The key the data was stored with.
-    #[arg(long, value_name = "FILE")]
-    encryption_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -204,7 +328,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token(command) => {
             init_logging(LogFormat::Text, "info");
             token(command)
@@ -216,6 +340,10 @@ fn main() -> ExitCode {
         Command::Watch(args) => {
             init_logging(LogFormat::Text, "warn");
             watch(args)
+        }
+        Command::Diff(args) => {
+            init_logging(LogFormat::Text, "warn");
+            return diff(&args);
         }
     };
     match result {
@@ -240,26 +368,24 @@ fn load_key(path: Option<&Path>) -> Result<Option<Arc<SealKey>>, Failure> {
     .transpose()
 }
 
-/// Checks `key` against the data directory (see `seal::check_data_dir`).
-fn check_key(
-    data: &Path,
-    key: Option<&SealKey>,
-    key_path: Option<&Path>,
-    writable: bool,
-) -> Result<(), Failure> {
-    let has_data = store::has_data(data).map_err(|e| Failure::Runtime(e.to_string()))?;
-    seal::check_data_dir(data, key, has_data, writable).map_err(|e| match e {
-        KeyError::KeyRequired => Failure::Usage(format!("--data {}: {e}", data.display())),
-        KeyError::WriteCheck(..) | KeyError::Read(_) => Failure::Runtime(e.to_string()),
-        _ => Failure::Usage(format!(
-            "--encryption-key {}: {e}",
-            key_path.map_or_else(String::new, |p| p.display().to_string())
-        )),
-    })
+fn storage_failure(e: StorageError) -> Failure {
+    if e.is_config() {
+        Failure::Usage(e.to_string())
+    } else {
+        Failure::Runtime(e.to_string())
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let key = load_key(args.encryption_key.as_deref())?;
+    let store = args.store.config(args.segment_bytes, args.watch_poll)?;
     let (identity, dev_ca) = match (&args.tls_cert, &args.tls_key, &args.dev_tls) {
         (Some(cert), Some(key), _) => (
             tls::load(cert, key)
@@ -277,47 +403,24 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             ));
         }
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&args.data)
-        .map_err(|e| Failure::Usage(format!("--data {}: {e}", args.data.display())))?;
-    // One server per data directory: two writers would interleave records.
-    let lock_path = args.data.join("lock");
-    let lock_file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Failure::Usage(format!("--data {}: {e}", args.data.display())))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        Failure::Runtime(format!(
-            "--data {}: another collector is serving this directory",
-            args.data.display()
-        ))
-    })?;
-    check_key(
-        &args.data,
-        key.as_deref(),
-        args.encryption_key.as_deref(),
-        true,
-    )?;
     init_logging(args.log_format, "info");
     let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let config = ServerConfig {
         listen: args.listen,
         identity,
-        store: StoreConfig {
-            data_dir: args.data.clone(),
-            segment_bytes: args.segment_bytes,
+        store,
+        retention: Retention {
+            default: args.retention,
+            per_org: args.org_retention.into_iter().collect::<HashMap<_, _>>(),
+            interval: args.retention_interval,
+            batch_rows: args.retention_batch,
         },
-        key,
         limits: Limits {
             max_batch_bytes: usize_of(args.max_batch_bytes),
             max_batch_exchanges: usize_of(args.max_batch_exchanges),
             watch_buffer: usize_of(args.watch_buffer),
             max_watchers: usize_of(args.max_watchers),
+            max_diff_exchanges: usize_of(args.max_diff_exchanges),
         },
         metrics_addr: args.metrics_addr,
     };
@@ -326,11 +429,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))?;
     runtime.block_on(async move {
-        let tokens = Arc::new(TokenStore::new(&args.data));
-        let running = server::start(config, tokens).await.map_err(|e| match e {
+        let running = server::start(config).await.map_err(|e| match e {
             server::ServeError::Listen(..) | server::ServeError::Metrics(..) => {
                 Failure::Usage(e.to_string())
             }
+            server::ServeError::Store(e) => storage_failure(e),
             e => Failure::Runtime(e.to_string()),
         })?;
         // Plain lines on stdout for scripts (and tests) to read.
@@ -368,93 +471,203 @@ async fn shutdown_signal() {
     }
 }
 
-fn token_failure(e: TokenError) -> Failure {
-    match e {
-        TokenError::NoMatch { .. } | TokenError::Ambiguous { .. } => {
-            Failure::Usage(format!("TOKEN-PREFIX: {e}"))
-        }
-        e => Failure::Runtime(e.to_string()),
-    }
-}
-
 fn token(command: TokenCommand) -> Result<(), Failure> {
-    match command {
-        TokenCommand::Create(args) => {
-            let (token, record) = tokens::create(&args.data, &args.org).map_err(token_failure)?;
-            info!(target: "audit", event = "token_create", org = %args.org, token = %record.masked, "token issued");
-            println!("{token}");
-            eprintln!(
-                "token {} issued for organisation {}; it is shown only this once",
-                record.masked, args.org
-            );
-            Ok(())
-        }
-        TokenCommand::List(args) => {
-            let listed = tokens::list(&args.data, &args.org).map_err(token_failure)?;
-            println!("{:<16}  {:<20}  STATUS", "TOKEN", "CREATED");
-            for t in listed {
-                let status = t
-                    .revoked
-                    .as_ref()
-                    .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
-                println!("{:<16}  {:<20}  {status}", t.masked, t.created);
+    let args = match &command {
+        TokenCommand::Create(args) | TokenCommand::List(args) => args,
+        TokenCommand::Revoke { args, .. } => args,
+    };
+    let config = args.store.config(64 << 20, Duration::from_secs(1))?;
+    let org = args.org.clone();
+    runtime()?.block_on(async move {
+        let storage = Storage::open(config, Metrics::new(), Access::Admin)
+            .await
+            .map_err(storage_failure)?;
+        let result = match command {
+            TokenCommand::Create(_) => {
+                let (token, record) = storage.create_token(&org).await.map_err(storage_failure)?;
+                info!(target: "audit", event = "token_create", org = %org, token = %record.masked, "token issued");
+                println!("{token}");
+                eprintln!(
+                    "token {} issued for organisation {org}; it is shown only this once",
+                    record.masked
+                );
+                Ok(())
             }
-            Ok(())
-        }
-        TokenCommand::Revoke { args, prefix } => {
-            match tokens::revoke(&args.data, &args.org, &prefix).map_err(token_failure)? {
-                Revoked::Now(t) => {
-                    info!(target: "audit", event = "token_revoke", org = %args.org, token = %t.masked, "token revoked");
-                    println!("revoked {}", t.masked);
+            TokenCommand::List(_) => {
+                let listed = storage.list_tokens(&org).await.map_err(storage_failure)?;
+                println!("{:<16}  {:<20}  STATUS", "TOKEN", "CREATED");
+                for t in listed {
+                    let status = t
+                        .revoked
+                        .as_ref()
+                        .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
+                    println!("{:<16}  {:<20}  {status}", t.masked, t.created);
                 }
-                Revoked::Already(t) => println!("{} was already revoked", t.masked),
+                Ok(())
             }
-            Ok(())
-        }
-    }
+            TokenCommand::Revoke { prefix, .. } => {
+                match storage.revoke_token(&org, &prefix).await.map_err(|e| {
+                    if e.is_config() {
+                        Failure::Usage(format!("TOKEN-PREFIX: {e}"))
+                    } else {
+                        Failure::Runtime(e.to_string())
+                    }
+                })? {
+                    Revoked::Now(t) => {
+                        info!(target: "audit", event = "token_revoke", org = %org, token = %t.masked, "token revoked");
+                        println!("revoked {}", t.masked);
+                    }
+                    Revoked::Already(t) => println!("{} was already revoked", t.masked),
+                }
+                Ok(())
+            }
+        };
+        storage.close().await;
+        result
+    })
 }
 
 fn export(args: &ExportArgs) -> Result<(), Failure> {
-    if !args.data.is_dir() {
-        return Err(Failure::Usage(format!(
-            "--data {}: not a directory",
-            args.data.display()
-        )));
-    }
-    let key = load_key(args.encryption_key.as_deref())?;
-    check_key(
-        &args.data,
-        key.as_deref(),
-        args.encryption_key.as_deref(),
-        false,
-    )?;
-    let has_store = store::orgs_dir(&args.data).join(args.org.as_str()).is_dir();
-    let has_tokens = !tokens::list(&args.data, &args.org)
-        .map_err(token_failure)?
-        .is_empty();
-    if !has_store && !has_tokens {
-        return Err(Failure::Usage(format!(
-            "--org {}: no such organisation in {}",
-            args.org,
-            args.data.display()
-        )));
-    }
-    let summary = export::export_to(&args.data, &args.org, key.as_deref(), &args.har)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
-    eprintln!(
-        "exported {} exchanges ({} batches) of organisation {} to {}",
-        summary.exchanges,
-        summary.batches,
-        args.org,
-        args.har.display()
-    );
-    if summary.unreadable > 0 {
+    let config = args.store.config(64 << 20, Duration::from_secs(1))?;
+    let flag = config.flag.clone();
+    runtime()?.block_on(async move {
+        let storage = Storage::open(config, Metrics::new(), Access::Read)
+            .await
+            .map_err(storage_failure)?;
+        if !storage.has_org(&args.org).await.map_err(storage_failure)? {
+            storage.close().await;
+            return Err(Failure::Usage(format!(
+                "--org {}: no such organisation in {}",
+                args.org,
+                flag.split_once(' ').map_or(flag.as_str(), |(_, v)| v)
+            )));
+        }
+        let summary = export::export_to(&storage, &args.org, &args.har).await;
+        storage.close().await;
+        let summary = summary.map_err(|e| Failure::Runtime(e.to_string()))?;
         eprintln!(
-            "{} stored exchanges could not be read and were left out",
-            summary.unreadable
+            "exported {} exchanges ({} batches) of organisation {} to {}",
+            summary.exchanges,
+            summary.batches,
+            args.org,
+            args.har.display()
         );
+        if summary.unreadable > 0 {
+            eprintln!(
+                "{} stored exchanges could not be read and were left out",
+                summary.unreadable
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs the diff locally or on a collector, prints the summary, writes the JSON, and exits
+/// 0 / 1 / 2 as `capture diff` does.
+fn diff(args: &DiffArgs) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(diff_report(args)));
+    let report = match result {
+        Ok(report) => report,
+        Err(Failure::Usage(m)) => {
+            eprintln!("capture-collector: {m}");
+            return ExitCode::from(2);
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("capture-collector: {m}");
+            return ExitCode::from(1);
+        }
+    };
+    use std::io::IsTerminal as _;
+    print!(
+        "{}",
+        report.render_terminal(std::io::stdout().is_terminal())
+    );
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(&report)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                capture_collector::seal::write_atomically(path, &json, 0o600)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            eprintln!("capture-collector: --json {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
     }
-    Ok(())
+    ExitCode::from(u8::try_from(report.exit_code(args.fail_on)).unwrap_or(1))
+}
+
+async fn diff_report(args: &DiffArgs) -> Result<capture_diff::Report, Failure> {
+    use capture_collector::diff::{self, DiffError};
+    if let Some(collector) = &args.collector {
+        let token_file = args
+            .token_file
+            .as_deref()
+            .ok_or_else(|| Failure::Usage("--collector needs --token-file".into()))?;
+        let (channel, header) = watch_client::connect(collector, token_file, args.ca.as_deref())
+            .await
+            .map_err(|e| match e {
+                WatchError::Usage(m) => Failure::Usage(m),
+                WatchError::Runtime(m) => Failure::Runtime(m),
+            })?;
+        let mut client = capture_proto::v1::diff_client::DiffClient::with_interceptor(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+                Ok(request)
+            },
+        )
+        .max_decoding_message_size(256 << 20);
+        let response = client
+            .diff(capture_proto::v1::DiffRequest {
+                baseline: Some(args.baseline.to_proto()),
+                candidate: Some(args.candidate.to_proto()),
+                noise: args.noise.iter().map(diff::Selector::to_proto).collect(),
+                model: args.model.clone(),
+            })
+            .await
+            .map_err(|status| {
+                let message = format!("{collector}: {}", watch_client::describe(&status));
+                match status.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => {
+                        Failure::Usage(message)
+                    }
+                    _ => Failure::Runtime(message),
+                }
+            })?
+            .into_inner();
+        return serde_json::from_str(&response.report_json)
+            .map_err(|e| Failure::Runtime(format!("{collector}: the report does not read: {e}")));
+    }
+    let org = args
+        .org
+        .clone()
+        .ok_or_else(|| Failure::Usage("--org is required with --data or --store".into()))?;
+    let config = args.store.config(64 << 20, Duration::from_secs(1))?;
+    let storage = Storage::open(config, Metrics::new(), Access::Read)
+        .await
+        .map_err(storage_failure)?;
+    let request = diff::DiffRequest {
+        baseline: args.baseline.clone(),
+        candidate: args.candidate.clone(),
+        noise: args.noise.clone(),
+        model: args.model.clone(),
+        max_exchanges: usize::try_from(args.max_diff_exchanges).unwrap_or(usize::MAX),
+    };
+    let report = diff::run(
+        &storage,
+        &org,
+        &request,
+        &capture_diff::DiffOptions::default(),
+    )
+    .await;
+    storage.close().await;
+    report.map_err(|e| match e {
+        DiffError::BadRequest(_) | DiffError::TooLarge { .. } => Failure::Usage(e.to_string()),
+        e => Failure::Runtime(e.to_string()),
+    })
 }
 
 fn watch(args: WatchCliArgs) -> Result<(), Failure> {

@@ -99,6 +99,16 @@ pub struct Metrics {
     pub watch_lagged: AtomicU64,
     /// Torn records cut off the end of a segment at start-up.
     pub torn_records: AtomicU64,
+    /// Segments the file store removed for retention.
+    pub retention_segments_removed: AtomicU64,
+    /// Exchanges the PostgreSQL store deleted for retention.
+    pub retention_exchanges_removed: AtomicU64,
+    /// Retention runs that failed (logged; the next run tries again).
+    pub retention_failures: AtomicU64,
+    /// Smart Diff requests answered with a report.
+    pub diffs_run: AtomicU64,
+    /// Smart Diff requests refused: a selection past `--max-diff-exchanges`.
+    pub diffs_too_large: AtomicU64,
 }
 
 impl Metrics {
@@ -178,6 +188,31 @@ impl Metrics {
             "capture_collector_torn_records_total",
             "Torn records cut off the end of a segment at start-up.",
             g(&self.torn_records),
+        );
+        counter(
+            "capture_collector_retention_segments_removed_total",
+            "Storage segments removed for retention (file store).",
+            g(&self.retention_segments_removed),
+        );
+        counter(
+            "capture_collector_retention_exchanges_removed_total",
+            "Exchanges deleted for retention (PostgreSQL store).",
+            g(&self.retention_exchanges_removed),
+        );
+        counter(
+            "capture_collector_diffs_total",
+            "Smart Diff requests answered with a report.",
+            g(&self.diffs_run),
+        );
+        counter(
+            "capture_collector_diffs_too_large_total",
+            "Smart Diff requests refused: a selection past --max-diff-exchanges.",
+            g(&self.diffs_too_large),
+        );
+        counter(
+            "capture_collector_retention_failures_total",
+            "Retention runs that failed.",
+            g(&self.retention_failures),
         );
         let _ = writeln!(
             out,

@@ -20,6 +20,7 @@ use std::{
 
 use ring::{
     aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    hkdf,
     rand::{SecureRandom as _, SystemRandom},
 };
 
@@ -34,7 +35,10 @@ const CHECK_AAD: &[u8] = b"capture-collector key check";
 pub enum KeyError {
     #[error("cannot read it: {0}")]
     Read(io::Error),
-    #[error("its mode is {0:o}: the key file must be readable by its owner only (chmod 600 FILE)")]
+    #[error(
+        "its mode is {0:o}: the key file must be readable by its owner only (chmod 600 FILE), \
+         or also by this process's own group (a Kubernetes Secret mounted with fsGroup)"
+    )]
     Permissions(u32),
     #[error("it must hold 32 bytes, raw or as 64 hexadecimal digits")]
     Length,
@@ -56,7 +60,12 @@ pub struct OpenError;
 pub struct SealKey {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// HKDF-SHA256 pseudo-random key the per-organisation keys are expanded from.
+    prk: hkdf::Prk,
 }
+
+/// HKDF salt of the per-organisation keys (RFC 5869 §3.1: a fixed, application-specific salt).
+const ORG_KEY_SALT: &[u8] = b"capture-collector organisation keys v1";
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,11 +75,14 @@ impl std::fmt::Debug for SealKey {
 
 impl SealKey {
     /// Reads the key file: 32 raw bytes, or 64 hex digits with optional surrounding
-    /// whitespace. The file must not be readable by group or others.
+    /// whitespace. Others may have no access at all, and the group none but read, and read
+    /// only when the file's group is this process's effective group: that is how the kubelet
+    /// mounts a Secret for a pod with `fsGroup` (it adds group read for the pod's own group).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let meta = fs::metadata(path).map_err(KeyError::Read)?;
         let mode = meta.mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let own_group = meta.gid() == nix::unistd::getegid().as_raw();
+        if mode & 0o037 != 0 || (mode & 0o040 != 0 && !own_group) {
             return Err(KeyError::Permissions(mode));
         }
         let bytes = fs::read(path).map_err(KeyError::Read)?;
@@ -94,10 +106,50 @@ impl SealKey {
                 .map_err(|_| KeyError::Length)?
         };
         let key = UnboundKey::new(&CHACHA20_POLY1305, &raw).map_err(|_| KeyError::Length)?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, ORG_KEY_SALT).extract(&raw);
         Ok(Self {
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
+            prk,
         })
+    }
+
+    /// The organisation's own key, expanded from this one with HKDF-SHA256 (info: the
+    /// organisation name). The PostgreSQL store seals each organisation's rows under its own
+    /// key, so a row read under another organisation's key never opens.
+    pub fn for_org(&self, org: &str) -> Result<Self, OpenError> {
+        let info = [b"org\0".as_slice(), org.as_bytes()];
+        let okm = self
+            .prk
+            .expand(&info, &CHACHA20_POLY1305)
+            .map_err(|_| OpenError)?;
+        let mut raw = [0_u8; 32];
+        okm.fill(&mut raw).map_err(|_| OpenError)?;
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &raw).map_err(|_| OpenError)?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, ORG_KEY_SALT).extract(&raw);
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            rng: SystemRandom::new(),
+            prk,
+        })
+    }
+
+    /// Seals `plaintext` into a new buffer.
+    pub fn seal_vec(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+        self.seal(aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// The sealed key check (see [`check_data_dir`]), for stores that keep it elsewhere.
+    pub fn key_check(&self) -> Result<Vec<u8>, OpenError> {
+        self.seal_vec(CHECK_AAD, CHECK_TEXT)
+    }
+
+    /// Whether `sealed` is the key check sealed under this key.
+    pub fn verifies_check(&self, sealed: &[u8]) -> bool {
+        let mut sealed = sealed.to_vec();
+        matches!(self.open(CHECK_AAD, &mut sealed), Ok(text) if text == CHECK_TEXT)
     }
 
     /// Appends `nonce | seal(plaintext) | tag` to `out`.
@@ -222,6 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn organisation_keys_differ_and_are_stable() {
+        let master = key(7);
+        let a = master.for_org("a").unwrap();
+        let sealed = a.seal_vec(b"x", b"secret").unwrap();
+        let mut copy = sealed.clone();
+        assert_eq!(
+            master.for_org("a").unwrap().open(b"x", &mut copy).unwrap(),
+            b"secret"
+        );
+        let mut copy = sealed.clone();
+        assert!(master.for_org("b").unwrap().open(b"x", &mut copy).is_err());
+        let mut copy = sealed;
+        assert!(master.open(b"x", &mut copy).is_err());
+        assert!(master.verifies_check(&master.key_check().unwrap()));
+        assert!(!key(8).verifies_check(&master.key_check().unwrap()));
+    }
+
+    #[test]
     fn key_file_forms_and_permissions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
@@ -237,6 +307,26 @@ mod tests {
             SealKey::load(&path),
             Err(KeyError::Permissions(0o644))
         ));
+        // Group read for this process's own group (Kubernetes fsGroup) is accepted; group
+        // write, or group read for another group, is not.
+        write_atomically(&path, &[1; 32], 0o440).unwrap();
+        std::os::unix::fs::chown(&path, None, Some(nix::unistd::getegid().as_raw())).unwrap();
+        SealKey::load(&path).unwrap();
+        // Set after writing: the umask would take the group write bit off at creation.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o460)).unwrap();
+        assert!(matches!(
+            SealKey::load(&path),
+            Err(KeyError::Permissions(0o460))
+        ));
+        if nix::unistd::geteuid().is_root() {
+            write_atomically(&path, &[1; 32], 0o440).unwrap();
+            let other = nix::unistd::getegid().as_raw() + 1;
+            std::os::unix::fs::chown(&path, None, Some(other)).unwrap();
+            assert!(matches!(
+                SealKey::load(&path),
+                Err(KeyError::Permissions(0o440))
+            ));
+        }
         assert!(matches!(
             SealKey::from_bytes(&[b'z'; 64]),
             Err(KeyError::Length)

@@ -1,5 +1,6 @@
-//! The gRPC server: `Ingest.Push` stores batches, `Watch.Watch` streams them live, both over
-//! rustls TLS and both behind the bearer token check.
+//! The gRPC server: `Ingest.Push` stores batches, `Watch.Watch` streams them live,
+//! `Diff.Diff` runs the Smart Diff over stored traffic (`diff`), all over rustls TLS and all
+//! behind the bearer token check.
 //!
 //! Every call passes the token interceptor first, before its message is decoded: a call
 //! without a valid, unrevoked token is `UNAUTHENTICATED`, logged as an audit line (without the
@@ -25,7 +26,8 @@ use std::{
 };
 
 use capture_proto::v1::{
-    self as pb, ExchangeBatch, PushAck, WatchRequest, WatchResponse,
+    self as pb, DiffResponse, ExchangeBatch, PushAck, WatchRequest, WatchResponse,
+    diff_server::{Diff, DiffServer},
     ingest_server::{Ingest, IngestServer},
     watch_server::{Watch, WatchServer},
 };
@@ -47,10 +49,10 @@ use tracing::{error, info, warn};
 use crate::{
     metrics::{self, AuthFailure, Metrics, Rejection},
     org::OrgName,
-    seal::SealKey,
-    store::{Appended, BatchId, Store, StoreConfig, StoreError},
+    storage::{Access, Retention, Storage, StorageConfig, StorageError},
+    store::Appended,
     tls::ServerIdentity,
-    tokens::{Caller, TokenStore},
+    tokens::Caller,
 };
 
 /// Longest `daemon_id` accepted (a DNS name: node names are).
@@ -74,6 +76,8 @@ pub struct Limits {
     pub watch_buffer: usize,
     /// Watch streams open at once, over all organisations (`--max-watchers`).
     pub max_watchers: usize,
+    /// Exchanges one Smart Diff selection may hold (`--max-diff-exchanges`).
+    pub max_diff_exchanges: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +87,7 @@ impl Default for Limits {
             max_batch_exchanges: 4096,
             watch_buffer: 1024,
             max_watchers: 256,
+            max_diff_exchanges: crate::diff::DEFAULT_MAX_EXCHANGES,
         }
     }
 }
@@ -91,8 +96,8 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub identity: ServerIdentity,
-    pub store: StoreConfig,
-    pub key: Option<Arc<SealKey>>,
+    pub store: StorageConfig,
+    pub retention: Retention,
     pub limits: Limits,
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -106,7 +111,7 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(tonic::transport::Error),
     #[error("storage: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] StorageError),
     #[error("server: {0}")]
     Transport(tonic::transport::Error),
     #[error("server task: {0}")]
@@ -131,7 +136,7 @@ fn bearer(value: &str) -> Option<&str> {
 /// Checks `authorization: Bearer <token>` on every call.
 #[derive(Clone)]
 struct Auth {
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
 }
 
@@ -146,7 +151,7 @@ impl Interceptor for Auth {
             .map(str::to_owned);
         let outcome = match token {
             None => Err(AuthFailure::Missing),
-            Some(token) => self.tokens.authenticate(&token).map(|c| (c, token)),
+            Some(token) => self.storage.authenticate(&token).map(|c| (c, token)),
         };
         match outcome {
             Ok((caller, token)) => {
@@ -183,13 +188,96 @@ struct Published {
     exchange: pb::Exchange,
 }
 
-/// The live stream of each organisation.
+/// The live stream of each organisation. With the file store the pushes of this collector
+/// are published as they are stored; with PostgreSQL one tail task per watched organisation
+/// reads the shared log from a cursor (woken by notifications, polling otherwise), so
+/// watchers see what every replica stored.
 struct Hub {
     capacity: usize,
     orgs: Mutex<std::collections::HashMap<OrgName, broadcast::Sender<Arc<Published>>>>,
+    /// Organisations with a tail task running, and the task.
+    tails: tokio::sync::Mutex<std::collections::HashMap<OrgName, JoinHandle<()>>>,
 }
 
+/// Exchanges a tail reads in one query.
+const TAIL_BATCH: i64 = 512;
+
 impl Hub {
+    /// Subscribes to `org`'s stream; with PostgreSQL also makes sure a tail runs, starting at
+    /// the end of the log as it is now, before this returns: nothing stored later is missed.
+    async fn subscribe_to(
+        self: &Arc<Self>,
+        org: &OrgName,
+        storage: &Arc<Storage>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<broadcast::Receiver<Arc<Published>>, StorageError> {
+        let Storage::Postgres(pg) = &**storage else {
+            return Ok(self.subscribe(org));
+        };
+        let mut tails = self.tails.lock().await;
+        let live = self.subscribe(org);
+        if tails.get(org).is_none_or(JoinHandle::is_finished) {
+            let cursor = pg.head(org).await?;
+            let task = tokio::spawn(Arc::clone(self).tail(
+                org.clone(),
+                Arc::clone(storage),
+                cursor,
+                shutdown.clone(),
+            ));
+            tails.insert(org.clone(), task);
+        }
+        Ok(live)
+    }
+
+    async fn tail(
+        self: Arc<Self>,
+        org: OrgName,
+        storage: Arc<Storage>,
+        mut cursor: crate::storage::postgres::Cursor,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let Storage::Postgres(pg) = &*storage else {
+            return;
+        };
+        let waker = pg.waker(&org);
+        let sender = self.sender(&org);
+        loop {
+            tokio::select! {
+                () = waker.notified() => {}
+                () = tokio::time::sleep(pg.watch_poll()) => {}
+                _ = shutdown.changed() => return,
+            }
+            {
+                let mut tails = self.tails.lock().await;
+                if sender.receiver_count() == 0 {
+                    tails.remove(&org);
+                    return;
+                }
+            }
+            loop {
+                match pg.read_after(&org, cursor, TAIL_BATCH).await {
+                    Ok((exchanges, next)) => {
+                        let full = exchanges.len() as i64 == TAIL_BATCH;
+                        cursor = next;
+                        for stored in exchanges {
+                            let _ = sender.send(Arc::new(Published {
+                                daemon_id: Arc::from(stored.daemon_id.as_str()),
+                                exchange: stored.exchange,
+                            }));
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(org = %org, error = %e, "reading the shared log for watchers failed; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     fn sender(&self, org: &OrgName) -> broadcast::Sender<Arc<Published>> {
         let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
         orgs.entry(org.clone())
@@ -217,7 +305,7 @@ impl Hub {
 }
 
 struct IngestService {
-    store: Arc<Store>,
+    store: Arc<Storage>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     max_exchanges: usize,
@@ -245,6 +333,10 @@ impl IngestService {
         if batch.sequence == 0 {
             return Err(malformed("sequence starts at 1".into()));
         }
+        // PostgreSQL's bigint holds the sequence; no daemon gets near it.
+        if i64::try_from(batch.sequence).is_err() {
+            return Err(malformed("sequence must be below 2^63".into()));
+        }
         if batch.exchanges.len() > self.max_exchanges {
             return Err(self.reject(
                 Rejection::TooManyExchanges,
@@ -270,20 +362,19 @@ impl Ingest for IngestService {
         let caller = caller(&request)?;
         let batch = request.into_inner();
         self.validate(&batch)?;
-        let id = BatchId {
-            daemon_id: batch.daemon_id.clone(),
-            instance_id: batch.instance_id.clone(),
-            sequence: batch.sequence,
-        };
         let encoded = batch.encode_to_vec();
         let sequence = batch.sequence;
-        match self.store.append(&caller.org, id, encoded).await {
-            Ok(Appended::Stored { .. }) => {
+        match self.store.push(&caller.org, &batch, encoded).await {
+            Ok(Appended::Stored { bytes }) => {
                 let stored = batch.exchanges.len();
                 Metrics::add(&self.metrics.batches_stored, 1);
                 Metrics::add(&self.metrics.exchanges_stored, stored as u64);
-                self.hub
-                    .publish(&caller.org, &batch.daemon_id, batch.exchanges);
+                if let Storage::File(_) = &*self.store {
+                    self.hub
+                        .publish(&caller.org, &batch.daemon_id, batch.exchanges);
+                } else {
+                    Metrics::add(&self.metrics.bytes_stored, bytes);
+                }
                 Ok(Response::new(PushAck {
                     sequence,
                     duplicate: false,
@@ -399,7 +490,7 @@ impl Filter {
 
 struct WatchService {
     hub: Arc<Hub>,
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
     watchers: Arc<AtomicUsize>,
     max_watchers: usize,
@@ -452,7 +543,14 @@ impl Watch for WatchService {
         };
         info!(target: "audit", event = "watch_start", org = %caller.org, token = %caller.token, peer = ?peer, "watch stream opened");
         // Subscribed before the call returns: nothing stored after it is missed.
-        let live = self.hub.subscribe(&caller.org);
+        let live = self
+            .hub
+            .subscribe_to(&caller.org, &self.storage, &self.shutdown)
+            .await
+            .map_err(|e| {
+                error!(org = %caller.org, error = %e, "watch: reading the store failed");
+                Status::unavailable("the collector could not read its store; retry later")
+            })?;
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         let watcher = Watcher {
             caller,
@@ -460,7 +558,7 @@ impl Watch for WatchService {
             filter,
             live,
             tx,
-            tokens: Arc::clone(&self.tokens),
+            storage: Arc::clone(&self.storage),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
             _slot: slot,
@@ -476,7 +574,7 @@ struct Watcher {
     filter: Filter,
     live: broadcast::Receiver<Arc<Published>>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
-    tokens: Arc<TokenStore>,
+    storage: Arc<Storage>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
     _slot: WatcherSlot,
@@ -494,7 +592,7 @@ impl Watcher {
                     break;
                 }
                 _ = recheck.tick() => {
-                    if self.tokens.authenticate(&self.token.0).is_err() {
+                    if self.storage.authenticate(&self.token.0).is_err() {
                         info!(target: "audit", event = "watch_end", org = %self.caller.org, token = %self.caller.token, reason = "token no longer valid", "watch stream closed");
                         let _ = self.tx.send(Err(Status::unauthenticated("token revoked"))).await;
                         return;
@@ -537,18 +635,82 @@ impl Watcher {
     }
 }
 
+/// `Diff.Diff`: the Smart Diff over the caller's organisation's stored traffic.
+struct DiffService {
+    storage: Arc<Storage>,
+    metrics: Arc<Metrics>,
+    max_exchanges: usize,
+}
+
+#[tonic::async_trait]
+impl Diff for DiffService {
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<DiffResponse>, Status> {
+        use crate::diff::{self, DiffError, Selector};
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let selector = |s: Option<&pb::Selector>, name: &str| {
+            s.ok_or_else(|| format!("{name} is required"))
+                .and_then(Selector::from_proto)
+                .map_err(|e| Status::invalid_argument(format!("{name}: {e}")))
+        };
+        let run = diff::DiffRequest {
+            baseline: selector(request.baseline.as_ref(), "baseline")?,
+            candidate: selector(request.candidate.as_ref(), "candidate")?,
+            noise: request
+                .noise
+                .iter()
+                .map(|s| selector(Some(s), "noise"))
+                .collect::<Result<_, _>>()?,
+            model: request.model,
+            max_exchanges: self.max_exchanges,
+        };
+        info!(target: "audit", event = "diff", org = %caller.org, token = %caller.token, "smart diff requested");
+        match diff::run(
+            &self.storage,
+            &caller.org,
+            &run,
+            &capture_diff::DiffOptions::default(),
+        )
+        .await
+        {
+            Ok(report) => {
+                Metrics::add(&self.metrics.diffs_run, 1);
+                let report_json = serde_json::to_string(&report)
+                    .map_err(|e| Status::internal(format!("rendering the report: {e}")))?;
+                Ok(Response::new(DiffResponse { report_json }))
+            }
+            Err(DiffError::BadRequest(m)) => Err(Status::invalid_argument(m)),
+            Err(e @ DiffError::TooLarge { .. }) => {
+                Metrics::add(&self.metrics.diffs_too_large, 1);
+                Err(Status::resource_exhausted(e.to_string()))
+            }
+            Err(e) => {
+                error!(org = %caller.org, error = %e, "smart diff failed");
+                Err(Status::unavailable(
+                    "the collector could not read its store; retry later",
+                ))
+            }
+        }
+    }
+}
+
 type IngestSvc = InterceptedService<IngestServer<IngestService>, Auth>;
+type DiffSvc = InterceptedService<DiffServer<DiffService>, Auth>;
 type WatchSvc = InterceptedService<WatchServer<WatchService>, Auth>;
 type BoxFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
 
-/// Routes calls to the two services by path, and counts the batches the gRPC decoder refused
+/// Routes calls to the three services by path, and counts the batches the gRPC decoder refused
 /// for `--max-batch-bytes`: tonic answers those with `OUT_OF_RANGE` before any handler runs,
 /// and no handler of ours uses that code.
 #[derive(Clone)]
 struct Dispatch {
     ingest: IngestSvc,
     watch: WatchSvc,
+    diff: DiffSvc,
     metrics: Arc<Metrics>,
 }
 
@@ -582,6 +744,9 @@ impl tower::Service<http::Request<Body>> for Dispatch {
         } else if path.starts_with("/capture.v1.Watch/") {
             let future = self.watch.call(request);
             Box::pin(async move { Ok(future.await?.map(Body::new)) })
+        } else if path.starts_with("/capture.v1.Diff/") {
+            let future = self.diff.call(request);
+            Box::pin(async move { Ok(future.await?.map(Body::new)) })
         } else {
             Box::pin(std::future::ready(Ok(Status::unimplemented(
                 "no such service",
@@ -599,7 +764,9 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
-    store: Arc<Store>,
+    store: Arc<Storage>,
+    hub: Arc<Hub>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -607,14 +774,22 @@ impl Running {
     pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
         let served = self.task.await;
-        let store = self.store;
-        tokio::task::spawn_blocking(move || {
-            if let Ok(store) = Arc::try_unwrap(store) {
-                store.close();
+        if let Some(retention) = self.retention {
+            retention.abort();
+            let _ = retention.await;
+        }
+        for (_, tail) in self.hub.tails.lock().await.drain() {
+            tail.abort();
+            let _ = tail.await;
+        }
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => store.close().await,
+            Err(store) => {
+                if let Storage::Postgres(pg) = &*store {
+                    pg.shutdown().await;
+                }
             }
-        })
-        .await
-        .ok();
+        }
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServeError::Transport(e)),
@@ -624,15 +799,30 @@ impl Running {
 }
 
 /// Opens the store, binds, and serves on a task.
-pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Running, ServeError> {
+pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
     let metrics = Metrics::new();
-    let store_config = config.store.clone();
-    let key = config.key.clone();
-    let store_metrics = Arc::clone(&metrics);
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config, key, store_metrics))
-        .await
-        .map_err(|e| ServeError::Store(StoreError::Poisoned(e.to_string())))??;
-    let store = Arc::new(store);
+    let store =
+        Arc::new(Storage::open(config.store.clone(), Arc::clone(&metrics), Access::Serve).await?);
+    let retention = config.retention.is_set().then(|| {
+        let store = Arc::clone(&store);
+        let retention = config.retention.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(retention.interval.max(Duration::from_secs(1)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match store.enforce_retention(&retention).await {
+                    Ok(0) => {}
+                    Ok(removed) => info!(removed, "retention enforced"),
+                    Err(e) => {
+                        Metrics::add(&metrics.retention_failures, 1);
+                        error!(error = %e, "enforcing retention failed; trying again next time");
+                    }
+                }
+            }
+        })
+    });
     let metrics_addr = match config.metrics_addr {
         Some(addr) => Some(
             metrics::serve(addr, Arc::clone(&metrics))
@@ -651,9 +841,10 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
     let hub = Arc::new(Hub {
         capacity: config.limits.watch_buffer.max(1),
         orgs: Mutex::new(std::collections::HashMap::new()),
+        tails: tokio::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let auth = Auth {
-        tokens: Arc::clone(&tokens),
+        storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
     };
     let ingest = IngestServer::new(IngestService {
@@ -667,8 +858,8 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
     // decompressed batch.
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let watch = WatchServer::new(WatchService {
-        hub,
-        tokens,
+        hub: Arc::clone(&hub),
+        storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         watchers: Arc::new(AtomicUsize::new(0)),
         max_watchers: config.limits.max_watchers,
@@ -680,9 +871,17 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
             &config.identity.key_pem,
         ))
         .timeout(Duration::from_secs(10));
+    let diff = DiffServer::new(DiffService {
+        storage: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        max_exchanges: config.limits.max_diff_exchanges,
+    })
+    // A report can be large; the limit is on the selections (--max-diff-exchanges).
+    .max_encoding_message_size(256 << 20);
     let dispatch = Dispatch {
         ingest: InterceptedService::new(ingest, auth.clone()),
-        watch: InterceptedService::new(watch, auth),
+        watch: InterceptedService::new(watch, auth.clone()),
+        diff: InterceptedService::new(diff, auth),
         metrics: Arc::clone(&metrics),
     };
     let server = Server::builder()
@@ -710,5 +909,7 @@ pub async fn start(config: ServerConfig, tokens: Arc<TokenStore>) -> Result<Runn
         shutdown,
         task,
         store,
+        hub,
+        retention,
     })
 }

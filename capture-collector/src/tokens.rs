@@ -54,6 +54,33 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// A record read back from another store: salt and HMAC as stored (unpadded base64url).
+    pub(crate) fn from_parts(
+        org: String,
+        masked: String,
+        salt: String,
+        hmac: String,
+        created: String,
+        revoked: Option<String>,
+    ) -> Self {
+        Self {
+            org,
+            masked,
+            salt,
+            hmac,
+            created,
+            revoked,
+        }
+    }
+
+    pub(crate) fn salt(&self) -> &str {
+        &self.salt
+    }
+
+    pub(crate) fn hmac(&self) -> &str {
+        &self.hmac
+    }
+
     fn verifies(&self, token: &str) -> bool {
         let (Ok(salt), Ok(tag)) = (
             URL_SAFE_NO_PAD.decode(&self.salt),
@@ -166,8 +193,8 @@ fn update<T>(
     Ok(result)
 }
 
-/// Issues a token for `org`: returns the token (shown once, never stored) and its record.
-pub fn create(data_dir: &Path, org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
+/// A new token for `org` and its record; nothing is stored yet.
+pub(crate) fn issue(org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
     let rng = SystemRandom::new();
     let mut random = [0_u8; RANDOM_BYTES];
     let mut salt = [0_u8; SALT_BYTES];
@@ -183,6 +210,12 @@ pub fn create(data_dir: &Path, org: &OrgName) -> Result<(String, TokenRecord), T
         created: now_rfc3339(),
         revoked: None,
     };
+    Ok((token, record))
+}
+
+/// Issues a token for `org`: returns the token (shown once, never stored) and its record.
+pub fn create(data_dir: &Path, org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
+    let (token, record) = issue(org)?;
     let stored = record.clone();
     update(data_dir, move |file| {
         file.tokens.push(stored);
@@ -207,46 +240,87 @@ pub enum Revoked {
     Already(TokenRecord),
 }
 
-/// Revokes the one token of `org` that `given` designates: the whole token, its masked form
-/// (`…` or `...`), or a prefix of the masked form. Several active matches are an error.
-pub fn revoke(data_dir: &Path, org: &OrgName, given: &str) -> Result<Revoked, TokenError> {
+/// Which record a revocation designates (see [`pick`]).
+pub(crate) enum Pick {
+    Now(usize),
+    Already(usize),
+}
+
+/// The one token of `org` that `given` designates: the whole token, its masked form (`…` or
+/// `...`), or a prefix of the masked form. Several active matches are an error.
+pub(crate) fn pick(tokens: &[TokenRecord], org: &OrgName, given: &str) -> Result<Pick, TokenError> {
     let given = given.trim().replace("...", "…");
-    update(data_dir, |file| {
-        let matches = |t: &TokenRecord| {
-            t.org == org.as_str()
-                && if well_formed(&given) {
-                    t.verifies(&given)
-                } else if given.contains('…') {
-                    t.masked == given
-                } else {
-                    !given.is_empty() && t.masked.starts_with(&given)
-                }
-        };
-        let active: Vec<usize> = (0..file.tokens.len())
-            .filter(|&i| matches(&file.tokens[i]) && file.tokens[i].revoked.is_none())
-            .collect();
-        match active.as_slice() {
-            [i] => {
-                let t = &mut file.tokens[*i];
-                t.revoked = Some(now_rfc3339());
-                Ok(Revoked::Now(t.clone()))
+    let matches = |t: &TokenRecord| {
+        t.org == org.as_str()
+            && if well_formed(&given) {
+                t.verifies(&given)
+            } else if given.contains('…') {
+                t.masked == given
+            } else {
+                !given.is_empty() && t.masked.starts_with(&given)
             }
-            [] => file
-                .tokens
-                .iter()
-                .find(|t| matches(t))
-                .map(|t| Revoked::Already(t.clone()))
-                .ok_or_else(|| TokenError::NoMatch {
-                    org: org.to_string(),
-                    prefix: given.clone(),
-                }),
-            many => Err(TokenError::Ambiguous {
+    };
+    let active: Vec<usize> = (0..tokens.len())
+        .filter(|&i| matches(&tokens[i]) && tokens[i].revoked.is_none())
+        .collect();
+    match active.as_slice() {
+        [i] => Ok(Pick::Now(*i)),
+        [] => tokens
+            .iter()
+            .position(matches)
+            .map(Pick::Already)
+            .ok_or_else(|| TokenError::NoMatch {
                 org: org.to_string(),
                 prefix: given.clone(),
-                count: many.len(),
             }),
+        many => Err(TokenError::Ambiguous {
+            org: org.to_string(),
+            prefix: given.clone(),
+            count: many.len(),
+        }),
+    }
+}
+
+/// Revokes the one token of `org` that `given` designates (see [`pick`]).
+pub fn revoke(data_dir: &Path, org: &OrgName, given: &str) -> Result<Revoked, TokenError> {
+    update(data_dir, |file| match pick(&file.tokens, org, given)? {
+        Pick::Now(i) => {
+            let t = &mut file.tokens[i];
+            t.revoked = Some(now_rfc3339());
+            Ok(Revoked::Now(t.clone()))
         }
+        Pick::Already(i) => Ok(Revoked::Already(file.tokens[i].clone())),
     })
+}
+
+/// The caller `token` speaks for among `records` (those with its masked form).
+pub(crate) fn verify<'a>(
+    token: &str,
+    records: impl IntoIterator<Item = &'a TokenRecord>,
+) -> Result<Caller, AuthFailure> {
+    if !well_formed(token) {
+        return Err(AuthFailure::Malformed);
+    }
+    let masked = mask(token);
+    let record = records
+        .into_iter()
+        .filter(|t| t.masked == masked)
+        .find(|t| t.verifies(token))
+        .ok_or(AuthFailure::Unknown)?;
+    if record.revoked.is_some() {
+        return Err(AuthFailure::Revoked);
+    }
+    let org = OrgName::parse(&record.org).map_err(|_| AuthFailure::StoreUnreadable)?;
+    Ok(Caller { org, token: masked })
+}
+
+/// Whether `token` has the form of one of ours, and its masked form.
+pub(crate) fn masked_if_well_formed(token: &str) -> Option<String> {
+    well_formed(token).then(|| mask(token))
+}
+
+pub(crate) fn now() -> String {
+    now_rfc3339()
 }
 
 /// Who a valid token speaks for.
@@ -319,17 +393,7 @@ impl TokenStore {
             tracing::error!(error = %e, "token file unreadable; refusing every call");
             AuthFailure::StoreUnreadable
         })?;
-        let masked = mask(token);
-        let record = tokens
-            .iter()
-            .filter(|t| t.masked == masked)
-            .find(|t| t.verifies(token))
-            .ok_or(AuthFailure::Unknown)?;
-        if record.revoked.is_some() {
-            return Err(AuthFailure::Revoked);
-        }
-        let org = OrgName::parse(&record.org).map_err(|_| AuthFailure::StoreUnreadable)?;
-        Ok(Caller { org, token: masked })
+        verify(token, tokens.iter())
     }
 }
 

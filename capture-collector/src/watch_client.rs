@@ -16,8 +16,8 @@ use capture_model::{clock::WallClock, exchange::Exchange, har, wire};
 use capture_proto::v1::{WatchRequest, watch_client::WatchClient};
 use tonic::{
     Code, Request,
-    metadata::MetadataValue,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
+    metadata::{Ascii, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 /// What to follow and how to print it.
@@ -40,32 +40,35 @@ pub enum WatchError {
     Runtime(String),
 }
 
-/// Connects, streams, and prints until the collector ends the stream (or stdout closes).
-pub async fn run(args: WatchArgs) -> Result<(), WatchError> {
-    if !args.collector.starts_with("https://") {
+/// A TLS channel to `collector` and the `authorization` value of the token in `token_file`:
+/// what `watch` and `diff --collector` both start with.
+pub async fn connect(
+    collector: &str,
+    token_file: &std::path::Path,
+    ca: Option<&std::path::Path>,
+) -> Result<(Channel, MetadataValue<Ascii>), WatchError> {
+    if !collector.starts_with("https://") {
         return Err(WatchError::Usage(format!(
-            "--collector {}: must be https://HOST:PORT (the collector only speaks TLS)",
-            args.collector
+            "--collector {collector}: must be https://HOST:PORT (the collector only speaks TLS)"
         )));
     }
-    let token = std::fs::read_to_string(&args.token_file).map_err(|e| {
-        WatchError::Usage(format!("--token-file {}: {e}", args.token_file.display()))
-    })?;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| WatchError::Usage(format!("--token-file {}: {e}", token_file.display())))?;
     let token = token.trim();
     if token.is_empty() {
         return Err(WatchError::Usage(format!(
             "--token-file {}: the file is empty",
-            args.token_file.display()
+            token_file.display()
         )));
     }
-    let header: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+    let header: MetadataValue<Ascii> = format!("Bearer {token}").parse().map_err(|_| {
         WatchError::Usage(format!(
             "--token-file {}: not a token (unprintable characters)",
-            args.token_file.display()
+            token_file.display()
         ))
     })?;
     let mut tls = ClientTlsConfig::new();
-    tls = match &args.ca {
+    tls = match ca {
         Some(ca) => {
             let pem = std::fs::read(ca)
                 .map_err(|e| WatchError::Usage(format!("--ca {}: {e}", ca.display())))?;
@@ -73,18 +76,20 @@ pub async fn run(args: WatchArgs) -> Result<(), WatchError> {
         }
         None => tls.with_native_roots(),
     };
-    let endpoint = Endpoint::from_shared(args.collector.clone())
-        .map_err(|e| WatchError::Usage(format!("--collector {}: {e}", args.collector)))?
+    let endpoint = Endpoint::from_shared(collector.to_owned())
+        .map_err(|e| WatchError::Usage(format!("--collector {collector}: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .tls_config(tls)
         .map_err(|e| WatchError::Usage(format!("--ca: {e}")))?;
     let channel = endpoint.connect().await.map_err(|e| {
-        WatchError::Runtime(format!(
-            "connecting to {}: {}",
-            args.collector,
-            error_chain(&e)
-        ))
+        WatchError::Runtime(format!("connecting to {collector}: {}", error_chain(&e)))
     })?;
+    Ok((channel, header))
+}
+
+/// Connects, streams, and prints until the collector ends the stream (or stdout closes).
+pub async fn run(args: WatchArgs) -> Result<(), WatchError> {
+    let (channel, header) = connect(&args.collector, &args.token_file, args.ca.as_deref()).await?;
     let mut client = WatchClient::with_interceptor(channel, move |mut request: Request<()>| {
         request
             .metadata_mut()
@@ -134,7 +139,7 @@ pub async fn run(args: WatchArgs) -> Result<(), WatchError> {
     }
 }
 
-fn describe(status: &tonic::Status) -> String {
+pub fn describe(status: &tonic::Status) -> String {
     match status.code() {
         Code::Unauthenticated => format!(
             "the collector refused the token: {} (is it revoked, or for another collector?)",

@@ -796,3 +796,197 @@ fn the_readme_documents_every_value() -> Result<()> {
     }
     Ok(())
 }
+
+// ---- charts/capture-collector: replicas of the collector on one PostgreSQL database ----
+
+fn collector_chart() -> PathBuf {
+    workspace_root().join("charts/capture-collector")
+}
+
+fn collector_full_values() -> PathBuf {
+    collector_chart().join("ci/full-values.yaml")
+}
+
+fn render_collector(sdk: &HelmSdk, values: Option<&Path>) -> Result<RenderedChart> {
+    RenderedChart::render(sdk, &collector_chart(), values)
+}
+
+fn typed<'a, T>(
+    chart: &'a RenderedChart,
+    pick: impl Fn(&'a capture_e2e::k8s::Object) -> Option<&'a T>,
+) -> Result<&'a T> {
+    let mut found = chart.objects.iter().filter_map(|(_, _, o)| pick(o));
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(one),
+        _ => bail!("not exactly one object of the kind"),
+    }
+}
+
+#[test]
+fn collector_chart_lints_clean_for_default_and_full_values() -> Result<()> {
+    let sdk = require_helm_sdk!();
+    for values in [None, Some(collector_full_values())] {
+        let report = sdk.lint(&collector_chart(), values.as_deref(), NAMESPACE)?;
+        assert_eq!(report.total_charts_linted, 1);
+        assert!(
+            report.problems().is_empty() && report.errors.is_empty(),
+            "helm lint --strict with {values:?}: {report:#?}"
+        );
+    }
+    Ok(())
+}
+
+/// Two replicas by default, a PodDisruptionBudget that keeps one serving, the database URL in
+/// a Secret (never in the pod spec), the key and the password as read-only files, not
+/// privileged; every flag the chart passes is one `capture-collector serve` knows.
+#[test]
+fn collector_chart_runs_replicas_on_a_database_secret() -> Result<()> {
+    use capture_e2e::k8s::Object;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let sdk = require_helm_sdk!();
+    let help = run(
+        Command::new(capture_e2e::collector_binary(&workspace_root())?).args(["serve", "--help"]),
+        Duration::from_secs(30),
+    )?;
+    let help = String::from_utf8(help.stdout)?;
+    for (label, values, replicas, min_available) in [
+        ("default values", None, 2, 1),
+        ("ci/full-values.yaml", Some(collector_full_values()), 3, 2),
+    ] {
+        let chart = render_collector(&sdk, values.as_deref())?;
+        assert_eq!(
+            chart.kinds(),
+            ["Deployment", "PodDisruptionBudget", "Secret", "Service"],
+            "{label}"
+        );
+        let deployment = typed(&chart, |o| match o {
+            Object::Deployment(d) => Some(d.as_ref()),
+            _ => None,
+        })?;
+        let spec = &deployment.spec;
+        assert_eq!(spec.replicas, Some(replicas), "{label}");
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .context("pod labels")?;
+        let pdb = typed(&chart, |o| match o {
+            Object::PodDisruptionBudget(p) => Some(p.as_ref()),
+            _ => None,
+        })?;
+        let pdb_spec = pdb.spec.as_ref().context("pdb spec")?;
+        assert_eq!(
+            pdb_spec.min_available,
+            Some(IntOrString::Int(min_available)),
+            "{label}"
+        );
+        let selector = pdb_spec
+            .selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .context("pdb selector")?;
+        assert!(!selector.is_empty());
+        for (k, v) in &selector {
+            assert_eq!(
+                pod_labels.get(k),
+                Some(v),
+                "{label}: the PDB selects the pods"
+            );
+        }
+
+        let pod = spec.template.spec.as_ref().context("pod spec")?;
+        let [container] = pod.containers.as_slice() else {
+            bail!("{label}: one container");
+        };
+        let args = container.args.clone().unwrap_or_default();
+        assert_eq!(args[..3], ["serve", "--listen", "0.0.0.0:4317"], "{label}");
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(flag.as_str()),
+                "{label}: serve does not know {flag}"
+            );
+        }
+        assert!(
+            !args.iter().any(|a| a.contains("postgres://")),
+            "{label}: URL in args"
+        );
+        let env = container.env.clone().unwrap_or_default();
+        let store = env
+            .iter()
+            .find(|e| e.name == "CAPTURE_COLLECTOR_STORE")
+            .context("CAPTURE_COLLECTOR_STORE")?;
+        assert!(store.value.is_none(), "{label}: the URL is not inline");
+        let secret_ref = store
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .context("secretKeyRef")?;
+        assert_eq!(secret_ref.key, "url");
+        let secret = typed(&chart, |o| match o {
+            Object::Secret(s) => Some(s.as_ref()),
+            _ => None,
+        })?;
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some(secret_ref.name.as_str()),
+            "{label}"
+        );
+        let url = secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get("url"))
+            .context("url in the Secret")?;
+        assert!(url.starts_with("postgres://"), "{label}: {url}");
+        assert!(
+            help.contains("CAPTURE_COLLECTOR_STORE"),
+            "serve reads --store from the env"
+        );
+
+        let security = container
+            .security_context
+            .as_ref()
+            .context("securityContext")?;
+        assert_eq!(security.privileged, Some(false));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+        assert!(mounts.iter().all(|m| m.read_only == Some(true)), "{label}");
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        let key = volumes
+            .iter()
+            .find(|v| v.name == "key")
+            .and_then(|v| v.secret.as_ref())
+            .context("key volume")?;
+        assert_eq!(
+            key.default_mode,
+            Some(0o400),
+            "the collector refuses a readable key"
+        );
+        let has_password = env
+            .iter()
+            .any(|e| e.name == "CAPTURE_COLLECTOR_DB_PASSWORD_FILE");
+        assert_eq!(has_password, values.is_some(), "{label}");
+        if values.is_some() {
+            assert_eq!(flag_values(&args, "--org-retention"), ["acme=7d"]);
+            assert_eq!(flag_values(&args, "--retention"), ["30d"]);
+        }
+    }
+    // An existing Secret replaces the rendered one.
+    let (_dir, values) = values_file("database:\n  existingSecret: my-db\n")?;
+    let chart = render_collector(&sdk, Some(&values))?;
+    assert_eq!(
+        chart.kinds(),
+        ["Deployment", "PodDisruptionBudget", "Service"]
+    );
+    let (_dir, values) = values_file("replicaCount: 0\n")?;
+    assert!(
+        render_collector(&sdk, Some(&values)).is_err(),
+        "the schema refuses 0 replicas"
+    );
+    Ok(())
+}

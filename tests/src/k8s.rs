@@ -8,6 +8,7 @@ use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value};
@@ -25,6 +26,7 @@ pub enum Object {
     ServiceAccount(Box<ServiceAccount>),
     ClusterRole(Box<ClusterRole>),
     ClusterRoleBinding(Box<ClusterRoleBinding>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
     /// `monitoring.coreos.com/v1` ServiceMonitor: not in k8s-openapi, kept as JSON for
     /// structural checks.
     ServiceMonitor(Value),
@@ -61,6 +63,9 @@ impl Object {
             (ClusterRole::API_VERSION, ClusterRole::KIND) => Self::ClusterRole(strict(doc)?),
             (ClusterRoleBinding::API_VERSION, ClusterRoleBinding::KIND) => {
                 Self::ClusterRoleBinding(strict(doc)?)
+            }
+            (PodDisruptionBudget::API_VERSION, PodDisruptionBudget::KIND) => {
+                Self::PodDisruptionBudget(strict(doc)?)
             }
             ("monitoring.coreos.com/v1", "ServiceMonitor") => Self::ServiceMonitor(doc.clone()),
             (api_version, kind) => bail!("unexpected object {api_version} {kind}"),

@@ -20,7 +20,9 @@ pub(crate) const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages the demo, the e2e tests and the benchmarks run. python3-h2: the HTTP/2
 /// server the `Upgrade: h2c` test talks to (nginx and nghttpd only do prior knowledge);
-/// nghttp2-client: h2load, the HTTP/2 benchmark's load generator.
+/// nghttp2-client: h2load, the HTTP/2 benchmark's load generator; postgresql: the server
+/// binaries the collector's PostgreSQL tests and benchmark start in a temporary directory
+/// (`initdb`/`pg_ctl` as the `postgres` user; the package's own cluster is not used).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "nginx-light",
@@ -28,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "nghttp2-client",
     "python3-h2",
+    "postgresql",
     // promtool, which checks the daemon's /metrics (tests/e2e/metrics.rs).
     "prometheus",
 ];
@@ -89,7 +92,7 @@ pub(crate) fn bpf_linker_install() -> (Vec<String>, Vec<(String, String)>) {
     (args, envs)
 }
 
-/// What the demo, tests and benchmarks drive: curl, nginx, wrk, python3, h2load.
+/// What the demo, tests and benchmarks drive: curl, nginx, wrk, python3, h2load, PostgreSQL.
 pub fn test_tools() -> anyhow::Result<()> {
     apt_install(TEST_PACKAGES, "the demo, tests and benchmarks run them")?;
     // nginx-light's package may start a system nginx on port 80; ours run on their own ports.

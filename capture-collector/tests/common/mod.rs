@@ -3,6 +3,8 @@
 //! realistic exchanges.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pg;
+
 use capture_test_support::ChildProcess;
 use std::{
     io::{BufRead as _, BufReader},
@@ -44,7 +46,15 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Issues a token for `org` through the CLI.
 pub fn token(data: &Path, org: &str) -> String {
-    let out = run(&["token", "create", "--data", path(data), "--org", org]);
+    token_in(&["--data", path(data)], org)
+}
+
+/// Issues a token for `org` through the CLI, in the store named by `store` (`--data DIR`, or
+/// `--store URL` and its flags).
+pub fn token_in(store: &[&str], org: &str) -> String {
+    let mut args = vec!["token", "create", "--org", org];
+    args.extend_from_slice(store);
+    let out = run(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -68,18 +78,17 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(data: &Path, tls: &Path, extra: &[&str]) -> Self {
-        let stderr = data.with_extension(format!("stderr-{}", rand_suffix()));
+        Self::start_in(&["--data", path(data)], tls, extra)
+    }
+
+    /// A collector on the store named by `store` (`--data DIR`, or `--store URL` and its
+    /// flags); its log goes beside `tls`.
+    pub fn start_in(store: &[&str], tls: &Path, extra: &[&str]) -> Self {
+        let stderr = tls.with_extension(format!("stderr-{}", rand_suffix()));
         let mut child = ChildProcess::spawn(
             Command::new(BIN)
-                .args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data",
-                    path(data),
-                    "--dev-tls",
-                    path(tls),
-                ])
+                .args(["serve", "--listen", "127.0.0.1:0", "--dev-tls", path(tls)])
+                .args(store)
                 .args(extra)
                 .stdout(Stdio::piped())
                 .stderr(std::fs::File::create(&stderr).unwrap()),
@@ -346,15 +355,18 @@ pub fn batch(
 /// Exports `org` through the CLI and returns the parsed HAR and the raw text.
 pub fn export(data: &Path, org: &str, extra: &[&str]) -> (serde_json::Value, String) {
     let har = data.with_extension(format!("{org}.har"));
-    let mut args = vec![
-        "export",
-        "--data",
-        path(data),
-        "--org",
-        org,
-        "--har",
-        path(&har),
-    ];
+    export_in(&["--data", path(data)], &har, org, extra)
+}
+
+/// Exports `org` from the store named by `store` through the CLI, via the file `har`.
+pub fn export_in(
+    store: &[&str],
+    har: &Path,
+    org: &str,
+    extra: &[&str],
+) -> (serde_json::Value, String) {
+    let mut args = vec!["export", "--org", org, "--har", path(har)];
+    args.extend_from_slice(store);
     args.extend_from_slice(extra);
     let out = run(&args);
     assert!(
@@ -362,8 +374,8 @@ pub fn export(data: &Path, org: &str, extra: &[&str]) -> (serde_json::Value, Str
         "export: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&har).unwrap();
-    let _ = std::fs::remove_file(&har);
+    let text = std::fs::read_to_string(har).unwrap();
+    let _ = std::fs::remove_file(har);
     (
         serde_json::from_str(&text).expect("the export is JSON"),
         text,
