@@ -24,6 +24,10 @@
     reason = "a benchmark: a failed unwrap is a failed run; sched_setaffinity needs libc"
 )]
 
+/// The daemon's allocator, so the exporter's CPU is the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

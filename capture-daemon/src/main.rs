@@ -7,6 +7,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: decoding and writing an exchange allocates a few dozen
+/// small strings and buffers, and glibc spent about a third of the HTTP/1 decoder's time on
+/// them (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use capture_daemon::{
     Failure,
     config::{Config, ConfigError, LogFormat},

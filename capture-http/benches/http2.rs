@@ -12,6 +12,10 @@
 //!
 //! Run with `cargo bench -p capture-http --bench http2`.
 
+/// The daemon's allocator, so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::time::Instant;
 

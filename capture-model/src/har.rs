@@ -3,10 +3,12 @@
 //!
 //! [`write_entry`] appends one (already redacted) [`Exchange`] as one line of JSON to a byte
 //! buffer, with the fields in HAR order; [`entry_json_line`] returns that line as a `String`
-//! and [`entry`] gives the same object as a [`serde_json::Value`]. The entry is a tree of
-//! `Serialize` structs that borrow from the exchange and is written straight into the buffer:
-//! the only text built on the way is the URL and the query parameters that need
-//! percent-decoding (base64 bodies, dates and addresses are formatted as they are written).
+//! and [`entry`] gives the same object as a [`serde_json::Value`]. The entry is written by
+//! hand, field by field, straight from the borrowed exchange into the buffer (`crate::json`:
+//! bulk-copy escaping, SIMD base64 that is never escaped again, shortest floats): the only
+//! text built on the way is the URL and the query parameters that need percent-decoding. The
+//! bytes are exactly those `serde_json` wrote for the same entry when it was a tree of
+//! `Serialize` structs; the tests keep that tree (`serde_reference`) as the oracle.
 //! Choices the HAR spec leaves open, and kept the same everywhere:
 //! - optional HAR fields (`postData`, `serverIPAddress`, `connection`, `content.encoding`) are
 //!   absent when they do not apply; HAR fields that must be present but are unknown take the
@@ -16,45 +18,31 @@
 //!   `_capture` fields are always present, with `null` for a value that is not known.
 
 use std::{
-    borrow::Cow,
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::WallClock,
     exchange::{Body, ConnMeta, Exchange, Header, HttpVersion, Request, Response, header_value},
+    json,
     uri::scheme_end,
 };
+
+#[cfg(test)]
+mod serde_reference;
 
 /// The HAR entry of `ex` as a JSON value.
 #[expect(
     clippy::expect_used,
-    reason = "the entry is plain structs of strings, numbers, bools and lists: nothing in it \
-              can fail to serialise (serde_json only fails on non-string map keys)"
+    reason = "write_entry writes one JSON object; the tests parse every variant of it"
 )]
 pub fn entry(ex: &Exchange, clock: &WallClock) -> serde_json::Value {
-    let url = request_url(&ex.request, &ex.conn);
-    serde_json::to_value(HarEntry::new(ex, clock, &url)).expect("HAR entry serialises")
-}
-
-/// Appends the HAR entry of `ex` to `out` as one line of JSON, without a trailing newline.
-/// JSON strings escape control characters, so the line never contains a line break.
-///
-/// Nothing is allocated on the way but the URL and percent-decoded query parameters (and
-/// `out` growing): reuse `out` across entries.
-#[expect(
-    clippy::expect_used,
-    reason = "the entry is plain structs of strings, numbers, bools and lists, written to a \
-              Vec: nothing in it can fail to serialise (serde_json only fails on non-string \
-              map keys and on I/O errors, which a Vec has none of)"
-)]
-pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
-    let url = request_url(&ex.request, &ex.conn);
-    serde_json::to_writer(out, &HarEntry::new(ex, clock, &url)).expect("HAR entry serialises");
+    let mut line = Vec::new();
+    write_entry(ex, clock, &mut line);
+    serde_json::from_slice(&line).expect("a HAR line is JSON")
 }
 
 /// The HAR entry of `ex` as one line of JSON, without a trailing newline (see
@@ -62,7 +50,8 @@ pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
 pub fn entry_json_line(ex: &Exchange, clock: &WallClock) -> String {
     let mut out = Vec::new();
     write_entry(ex, clock, &mut out);
-    // serde_json writes UTF-8 only; the lossy branch is never taken.
+    // Only UTF-8 is written (escapes are ASCII, text is `str`); the lossy branch is never
+    // taken.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -99,19 +88,12 @@ pub enum ReplayVerdict {
     Error,
 }
 
-#[derive(Serialize)]
-struct WithReplay<'a> {
-    #[serde(flatten)]
-    entry: HarEntry<'a>,
-    #[serde(rename = "_replay")]
-    replay: &'a Replay,
-}
-
 /// [`write_entry`] with a `_replay` object after the other fields: the line `capture replay`
 /// writes for each request.
 #[expect(
     clippy::expect_used,
-    reason = "as write_entry: plain structs written to a Vec cannot fail to serialise"
+    reason = "Replay is plain strings, an enum and a list, written to a Vec: serde_json cannot \
+              fail on it"
 )]
 pub fn write_entry_with_replay(
     ex: &Exchange,
@@ -119,12 +101,12 @@ pub fn write_entry_with_replay(
     replay: &Replay,
     out: &mut Vec<u8>,
 ) {
-    let url = request_url(&ex.request, &ex.conn);
-    let entry = WithReplay {
-        entry: HarEntry::new(ex, clock, &url),
-        replay,
-    };
-    serde_json::to_writer(out, &entry).expect("HAR entry serialises");
+    write_entry(ex, clock, out);
+    // The entry ends with its closing brace; `_replay` goes in as its last field.
+    out.pop();
+    out.extend_from_slice(b",\"_replay\":");
+    serde_json::to_writer(&mut *out, replay).expect("a Replay serialises");
+    out.push(b'}');
 }
 
 /// The absolute URL of a request, as HAR `request.url` wants it (RFC 9112 §3.3 reconstructs
@@ -195,87 +177,6 @@ fn request_authority<'a>(request: &'a Request, conn: &ConnMeta) -> Authority<'a>
     }
 }
 
-/// Serialises a `Display` value as a JSON string, written piece by piece (no `String`).
-fn display<T: fmt::Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HarEntry<'a> {
-    #[serde(serialize_with = "display")]
-    started_date_time: humantime::Rfc3339Timestamp,
-    time: f64,
-    request: HarRequest<'a>,
-    response: HarResponse<'a>,
-    cache: Empty,
-    timings: Timings,
-    #[serde(rename = "serverIPAddress", skip_serializing_if = "Option::is_none")]
-    server_ip_address: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    connection: Option<&'a str>,
-    #[serde(rename = "_capture")]
-    capture: Capture<'a>,
-    #[serde(rename = "_trailers", skip_serializing_if = "NameValues::is_empty")]
-    trailers: NameValues<'a>,
-    #[serde(rename = "_grpc", skip_serializing_if = "Option::is_none")]
-    grpc: Option<GrpcOut<'a>>,
-}
-
-/// `_grpc`: every field present, `null` when not known (no trailers seen, no message).
-#[derive(Serialize)]
-struct GrpcOut<'a> {
-    service: &'a str,
-    method: &'a str,
-    status: Option<u32>,
-    message: Option<&'a str>,
-}
-
-impl<'a> GrpcOut<'a> {
-    fn new(g: &'a crate::exchange::Grpc) -> Self {
-        Self {
-            service: &g.service,
-            method: &g.method,
-            status: g.status,
-            message: g.message.as_deref(),
-        }
-    }
-}
-
-impl<'a> HarEntry<'a> {
-    /// `url` is [`request_url`] of the exchange.
-    fn new(ex: &'a Exchange, clock: &WallClock, url: &'a str) -> Self {
-        let timing = Edges::new(ex);
-        let started = clock.to_system_time(ex.timing.request_start_ns);
-        Self {
-            // WallClock clamps to years 1970..=9999, which humantime always formats; the
-            // format is UTC with a `Z`, whatever the local time zone.
-            started_date_time: humantime::format_rfc3339_millis(started),
-            time: ms(timing.total_ns()),
-            request: HarRequest::new(&ex.request, url),
-            response: ex
-                .response
-                .as_ref()
-                .map_or_else(HarResponse::none, HarResponse::new),
-            cache: Empty {},
-            timings: Timings {
-                blocked: -1,
-                dns: -1,
-                connect: -1,
-                send: ms(timing.send_ns()),
-                wait: ms(timing.wait_ns()),
-                receive: ms(timing.receive_ns()),
-                ssl: -1,
-            },
-            server_ip_address: ex.conn.dst.map(|dst| dst.ip()),
-            connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
-            capture: Capture::new(ex),
-            trailers: NameValues(ex.response.as_ref().map_or(&[], |r| &r.trailers)),
-            grpc: ex.grpc.as_ref().map(GrpcOut::new),
-        }
-    }
-}
-
 /// The exchange's edges made monotonic, so the HAR timings are never negative and add up to
 /// `time`. A response that starts before the request ends (an early 4xx, HTTP/2 streaming) has
 /// `wait` 0; a missing response has `wait` and `receive` 0.
@@ -336,171 +237,6 @@ fn len_size(bytes: usize) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-#[derive(Serialize)]
-struct NameValue<'a> {
-    name: Cow<'a, str>,
-    value: Cow<'a, str>,
-}
-
-/// Header (or trailer) fields as a HAR list of `{"name", "value"}` objects.
-struct NameValues<'a>(&'a [Header]);
-
-impl NameValues<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Serialize for NameValues<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|h| NameValue {
-            name: Cow::Borrowed(&h.name),
-            value: Cow::Borrowed(&h.value),
-        }))
-    }
-}
-
-/// The decoded `name=value` pairs of a URL's query (application/x-www-form-urlencoded), as a
-/// HAR list. Names and values are borrowed from the URL unless they need decoding.
-struct QueryString<'a>(&'a str);
-
-impl Serialize for QueryString<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let query = self.0.split_once('?').map_or("", |(_, rest)| {
-            rest.split_once('#').map_or(rest, |(query, _)| query)
-        });
-        serializer.collect_seq(
-            form_urlencoded::parse(query.as_bytes()).map(|(name, value)| NameValue { name, value }),
-        )
-    }
-}
-
-/// `{}` (HAR `cache`: nothing is known about caches).
-#[derive(Serialize)]
-struct Empty {}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HarRequest<'a> {
-    method: &'a str,
-    url: &'a str,
-    http_version: &'static str,
-    /// Always empty: `Cookie` is always redacted.
-    cookies: &'static [NameValue<'static>],
-    headers: NameValues<'a>,
-    query_string: QueryString<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    post_data: Option<PostData<'a>>,
-    headers_size: i64,
-    body_size: i64,
-    #[serde(rename = "_trailers", skip_serializing_if = "NameValues::is_empty")]
-    trailers: NameValues<'a>,
-}
-
-impl<'a> HarRequest<'a> {
-    fn new(request: &'a Request, url: &'a str) -> Self {
-        let body = &request.body;
-        // A request has a body when it sent body bytes (RFC 9112 §6.3); GET/HEAD usually don't.
-        let post_data = (body.wire_size > 0 || !body.data.is_empty()).then(|| {
-            let text = body_text(body);
-            PostData {
-                mime_type: content_type(&request.headers),
-                encoding: text.encoding(),
-                text,
-            }
-        });
-        Self {
-            method: &request.method,
-            url,
-            http_version: request.version.as_str(),
-            cookies: &[],
-            headers: NameValues(&request.headers),
-            query_string: QueryString(url),
-            post_data,
-            headers_size: size(request.headers_size),
-            body_size: size(body.wire_size),
-            trailers: NameValues(&request.trailers),
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PostData<'a> {
-    mime_type: &'a str,
-    text: BodyText<'a>,
-    #[serde(rename = "_encoding", skip_serializing_if = "Option::is_none")]
-    encoding: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HarResponse<'a> {
-    status: u16,
-    status_text: &'a str,
-    http_version: &'static str,
-    /// Always empty: `Set-Cookie` is always redacted.
-    cookies: &'static [NameValue<'static>],
-    headers: NameValues<'a>,
-    content: Content<'a>,
-    #[serde(rename = "redirectURL")]
-    redirect_url: &'a str,
-    headers_size: i64,
-    body_size: i64,
-}
-
-impl<'a> HarResponse<'a> {
-    fn new(response: &'a Response) -> Self {
-        let text = body_text(&response.body);
-        Self {
-            status: response.status,
-            status_text: &response.reason,
-            http_version: response.version.as_str(),
-            cookies: &[],
-            headers: NameValues(&response.headers),
-            content: Content {
-                size: len_size(response.body.data.len()),
-                mime_type: content_type(&response.headers),
-                encoding: text.encoding(),
-                text,
-            },
-            redirect_url: header_value(&response.headers, "location").unwrap_or(""),
-            headers_size: size(response.headers_size),
-            body_size: size(response.body.wire_size),
-        }
-    }
-
-    /// HAR convention for a request that got no response (as browsers write it).
-    fn none() -> Self {
-        Self {
-            status: 0,
-            status_text: "",
-            http_version: "",
-            cookies: &[],
-            headers: NameValues(&[]),
-            content: Content {
-                size: 0,
-                mime_type: "",
-                text: BodyText::Text(""),
-                encoding: None,
-            },
-            redirect_url: "",
-            headers_size: -1,
-            body_size: -1,
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Content<'a> {
-    size: i64,
-    mime_type: &'a str,
-    text: BodyText<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encoding: Option<&'static str>,
-}
-
 fn content_type(headers: &[Header]) -> &str {
     header_value(headers, "content-type").unwrap_or("")
 }
@@ -517,15 +253,6 @@ impl BodyText<'_> {
         match self {
             Self::Text(_) => None,
             Self::Base64(_) => Some("base64"),
-        }
-    }
-}
-
-impl Serialize for BodyText<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Text(text) => serializer.serialize_str(text),
-            Self::Base64(data) => serializer.collect_str(&Base64Display::new(data, &BASE64)),
         }
     }
 }
@@ -584,136 +311,322 @@ fn looks_textual(text: &str) -> bool {
     }
     !nul && controls * 32 <= chars
 }
+/// Appends the HAR entry of `ex` to `out` as one line of JSON, without a trailing newline.
+/// JSON strings escape control characters, so the line never contains a line break.
+///
+/// Nothing is allocated on the way but the URL and percent-decoded query parameters (and
+/// `out` growing): reuse `out` across entries.
+pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
+    let url = request_url(&ex.request, &ex.conn);
+    let edges = Edges::new(ex);
+    let started = clock.to_system_time(ex.timing.request_start_ns);
+    // Room for the fixed text and the bodies; strings that need escaping grow it further.
+    out.reserve(
+        1024 + ex.request.body.data.len() * 4 / 3
+            + ex.response
+                .as_ref()
+                .map_or(0, |r| r.body.data.len() * 4 / 3),
+    );
 
-#[derive(Serialize)]
-struct Timings {
-    blocked: i8,
-    dns: i8,
-    connect: i8,
-    send: f64,
-    wait: f64,
-    receive: f64,
-    ssl: i8,
-}
-
-#[derive(Serialize)]
-struct Capture<'a> {
-    workload: WorkloadOut<'a>,
-    conn: ConnOut,
-    pid: u32,
-    protocol: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    routing_key: Option<&'a str>,
-    redacted: &'a [String],
-    truncated: Truncated,
-    original_size: OriginalSize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    incomplete: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_decoding: Option<ContentDecoding<'a>>,
-}
-impl<'a> Capture<'a> {
-    fn new(ex: &'a Exchange) -> Self {
-        let w = &ex.workload;
-        let response_body = ex.response.as_ref().map(|r| &r.body);
-        let decoding = ContentDecoding {
-            request: Decoding::of(&ex.request.body),
-            response: response_body.and_then(Decoding::of),
-        };
-        Self {
-            workload: WorkloadOut {
-                namespace: w.namespace.as_deref(),
-                pod: w.pod.as_deref(),
-                container: w.container.as_deref(),
-                owner_kind: w.owner_kind.as_deref(),
-                owner_name: w.owner_name.as_deref(),
-                node: w.node.as_deref(),
-            },
-            conn: ConnOut {
-                src: ex.conn.src,
-                dst: ex.conn.dst,
-                role: ex.conn.role.map(|r| r.as_str()),
-            },
-            pid: ex.pid,
-            protocol: ex.protocol.as_str(),
-            routing_key: ex.routing_key.as_deref(),
-            redacted: &ex.redacted,
-            truncated: Truncated {
-                request: ex.request.body.truncated,
-                response: response_body.is_some_and(|b| b.truncated),
-            },
-            original_size: OriginalSize {
-                request: ex.request.body.wire_size,
-                response: response_body.map(|b| b.wire_size),
-            },
-            incomplete: ex.incomplete.map(|i| i.as_str()),
-            content_decoding: (decoding.request.is_some() || decoding.response.is_some())
-                .then_some(decoding),
+    out.extend_from_slice(b"{\"startedDateTime\":");
+    // WallClock clamps to years 1970..=9999, which humantime always formats; the format is
+    // UTC with a `Z`, whatever the local time zone.
+    json::display_plain(out, &humantime::format_rfc3339_millis(started));
+    out.extend_from_slice(b",\"time\":");
+    json::float(out, ms(edges.total_ns()));
+    out.extend_from_slice(b",\"request\":");
+    write_request(out, &ex.request, &url);
+    out.extend_from_slice(b",\"response\":");
+    match &ex.response {
+        Some(response) => write_response(out, response),
+        // HAR convention for a request that got no response (as browsers write it).
+        None => out.extend_from_slice(
+            b"{\"status\":0,\"statusText\":\"\",\"httpVersion\":\"\",\"cookies\":[],\
+              \"headers\":[],\"content\":{\"size\":0,\"mimeType\":\"\",\"text\":\"\"},\
+              \"redirectURL\":\"\",\"headersSize\":-1,\"bodySize\":-1}",
+        ),
+    }
+    out.extend_from_slice(
+        b",\"cache\":{},\"timings\":{\"blocked\":-1,\"dns\":-1,\"connect\":-1,\"send\":",
+    );
+    json::float(out, ms(edges.send_ns()));
+    out.extend_from_slice(b",\"wait\":");
+    json::float(out, ms(edges.wait_ns()));
+    out.extend_from_slice(b",\"receive\":");
+    json::float(out, ms(edges.receive_ns()));
+    out.extend_from_slice(b",\"ssl\":-1}");
+    match ex.conn.dst.map(|dst| dst.ip()) {
+        Some(IpAddr::V4(ip)) => {
+            out.extend_from_slice(b",\"serverIPAddress\":\"");
+            write_ipv4(out, ip);
+            out.push(b'"');
         }
+        Some(ip) => {
+            out.extend_from_slice(b",\"serverIPAddress\":");
+            json::display_plain(out, &ip);
+        }
+        None => {}
+    }
+    if !ex.conn.id.is_empty() {
+        out.extend_from_slice(b",\"connection\":");
+        json::string(out, &ex.conn.id);
+    }
+    out.extend_from_slice(b",\"_capture\":");
+    write_capture(out, ex);
+    if let Some(trailers) = ex.response.as_ref().map(|r| &r.trailers)
+        && !trailers.is_empty()
+    {
+        out.extend_from_slice(b",\"_trailers\":");
+        write_name_values(out, trailers);
+    }
+    if let Some(grpc) = &ex.grpc {
+        // `_grpc`: every field present, `null` when not known (no trailers seen, no message).
+        out.extend_from_slice(b",\"_grpc\":{\"service\":");
+        json::string(out, &grpc.service);
+        out.extend_from_slice(b",\"method\":");
+        json::string(out, &grpc.method);
+        out.extend_from_slice(b",\"status\":");
+        json::opt_int(out, grpc.status);
+        out.extend_from_slice(b",\"message\":");
+        json::opt_string(out, grpc.message.as_deref());
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+fn write_request(out: &mut Vec<u8>, request: &Request, url: &str) {
+    out.extend_from_slice(b"{\"method\":");
+    json::string(out, &request.method);
+    out.extend_from_slice(b",\"url\":");
+    json::string(out, url);
+    out.extend_from_slice(b",\"httpVersion\":\"");
+    out.extend_from_slice(request.version.as_str().as_bytes());
+    // `cookies` is always empty: `Cookie` is always redacted.
+    out.extend_from_slice(b"\",\"cookies\":[],\"headers\":");
+    write_name_values(out, &request.headers);
+    out.extend_from_slice(b",\"queryString\":");
+    write_query_string(out, url);
+    let body = &request.body;
+    // A request has a body when it sent body bytes (RFC 9112 §6.3); GET/HEAD usually don't.
+    if body.wire_size > 0 || !body.data.is_empty() {
+        out.extend_from_slice(b",\"postData\":{\"mimeType\":");
+        json::string(out, content_type(&request.headers));
+        out.extend_from_slice(b",\"text\":");
+        let text = body_text(body);
+        write_body_text(out, &text);
+        if let Some(encoding) = text.encoding() {
+            out.extend_from_slice(b",\"_encoding\":");
+            json::string(out, encoding);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"headersSize\":");
+    json::int(out, size(request.headers_size));
+    out.extend_from_slice(b",\"bodySize\":");
+    json::int(out, size(body.wire_size));
+    if !request.trailers.is_empty() {
+        out.extend_from_slice(b",\"_trailers\":");
+        write_name_values(out, &request.trailers);
+    }
+    out.push(b'}');
+}
+
+fn write_response(out: &mut Vec<u8>, response: &Response) {
+    out.extend_from_slice(b"{\"status\":");
+    json::int(out, response.status);
+    out.extend_from_slice(b",\"statusText\":");
+    json::string(out, &response.reason);
+    out.extend_from_slice(b",\"httpVersion\":\"");
+    out.extend_from_slice(response.version.as_str().as_bytes());
+    // `cookies` is always empty: `Set-Cookie` is always redacted.
+    out.extend_from_slice(b"\",\"cookies\":[],\"headers\":");
+    write_name_values(out, &response.headers);
+    out.extend_from_slice(b",\"content\":{\"size\":");
+    json::int(out, len_size(response.body.data.len()));
+    out.extend_from_slice(b",\"mimeType\":");
+    json::string(out, content_type(&response.headers));
+    out.extend_from_slice(b",\"text\":");
+    let text = body_text(&response.body);
+    write_body_text(out, &text);
+    if let Some(encoding) = text.encoding() {
+        out.extend_from_slice(b",\"encoding\":");
+        json::string(out, encoding);
+    }
+    out.extend_from_slice(b"},\"redirectURL\":");
+    json::string(
+        out,
+        header_value(&response.headers, "location").unwrap_or(""),
+    );
+    out.extend_from_slice(b",\"headersSize\":");
+    json::int(out, size(response.headers_size));
+    out.extend_from_slice(b",\"bodySize\":");
+    json::int(out, size(response.body.wire_size));
+    out.push(b'}');
+}
+
+fn write_body_text(out: &mut Vec<u8>, text: &BodyText<'_>) {
+    match text {
+        BodyText::Text(text) => json::string(out, text),
+        BodyText::Base64(data) => json::base64(out, data),
     }
 }
 
-#[derive(Serialize)]
-struct WorkloadOut<'a> {
-    namespace: Option<&'a str>,
-    pod: Option<&'a str>,
-    container: Option<&'a str>,
-    owner_kind: Option<&'a str>,
-    owner_name: Option<&'a str>,
-    node: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-/// Addresses serialise as their `Display` text (`10.0.0.1:80`, `[fd00::1]:443`).
-struct ConnOut {
-    src: Option<SocketAddr>,
-    dst: Option<SocketAddr>,
-    role: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Truncated {
-    request: bool,
-    response: bool,
-}
-
-#[derive(Serialize)]
-struct OriginalSize {
-    request: u64,
-    /// `None` (null) when there is no response.
-    response: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct ContentDecoding<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<Decoding<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<Decoding<'a>>,
-}
-
-#[derive(Serialize)]
-struct Decoding<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decoded_from: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decode_error: Option<&'a str>,
-}
-
-impl<'a> Decoding<'a> {
-    fn of(body: &'a Body) -> Option<Self> {
-        let decoding = Self {
-            decoded_from: body.decoded_from.as_deref(),
-            decode_error: body.decode_error.as_deref(),
-        };
-        (decoding.decoded_from.is_some() || decoding.decode_error.is_some()).then_some(decoding)
+/// Header (or trailer) fields as a HAR list of `{"name", "value"}` objects.
+fn write_name_values(out: &mut Vec<u8>, headers: &[Header]) {
+    out.push(b'[');
+    for (i, header) in headers.iter().enumerate() {
+        write_name_value(out, i, &header.name, &header.value);
     }
+    out.push(b']');
+}
+
+/// The `i`th `{"name", "value"}` object of a list.
+#[inline]
+fn write_name_value(out: &mut Vec<u8>, i: usize, name: &str, value: &str) {
+    if i > 0 {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"name\":");
+    json::string(out, name);
+    out.extend_from_slice(b",\"value\":");
+    json::string(out, value);
+    out.push(b'}');
+}
+
+/// The decoded `name=value` pairs of a URL's query (application/x-www-form-urlencoded), as a
+/// HAR list. Names and values are borrowed from the URL unless they need decoding.
+fn write_query_string(out: &mut Vec<u8>, url: &str) {
+    let query = url.split_once('?').map_or("", |(_, rest)| {
+        rest.split_once('#').map_or(rest, |(query, _)| query)
+    });
+    out.push(b'[');
+    for (i, (name, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
+        write_name_value(out, i, &name, &value);
+    }
+    out.push(b']');
+}
+
+fn write_capture(out: &mut Vec<u8>, ex: &Exchange) {
+    let w = &ex.workload;
+    out.extend_from_slice(b"{\"workload\":{\"namespace\":");
+    json::opt_string(out, w.namespace.as_deref());
+    out.extend_from_slice(b",\"pod\":");
+    json::opt_string(out, w.pod.as_deref());
+    out.extend_from_slice(b",\"container\":");
+    json::opt_string(out, w.container.as_deref());
+    out.extend_from_slice(b",\"owner_kind\":");
+    json::opt_string(out, w.owner_kind.as_deref());
+    out.extend_from_slice(b",\"owner_name\":");
+    json::opt_string(out, w.owner_name.as_deref());
+    out.extend_from_slice(b",\"node\":");
+    json::opt_string(out, w.node.as_deref());
+    // Addresses are written as their `Display` text (`10.0.0.1:80`, `[fd00::1]:443`).
+    out.extend_from_slice(b"},\"conn\":{\"src\":");
+    write_opt_addr(out, ex.conn.src);
+    out.extend_from_slice(b",\"dst\":");
+    write_opt_addr(out, ex.conn.dst);
+    out.extend_from_slice(b",\"role\":");
+    json::opt_string(out, ex.conn.role.map(|r| r.as_str()));
+    out.extend_from_slice(b"},\"pid\":");
+    json::int(out, ex.pid);
+    out.extend_from_slice(b",\"protocol\":");
+    json::string(out, ex.protocol.as_str());
+    if let Some(key) = &ex.routing_key {
+        out.extend_from_slice(b",\"routing_key\":");
+        json::string(out, key);
+    }
+    out.extend_from_slice(b",\"redacted\":[");
+    for (i, name) in ex.redacted.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::string(out, name);
+    }
+    let response_body = ex.response.as_ref().map(|r| &r.body);
+    out.extend_from_slice(b"],\"truncated\":{\"request\":");
+    json::bool(out, ex.request.body.truncated);
+    out.extend_from_slice(b",\"response\":");
+    json::bool(out, response_body.is_some_and(|b| b.truncated));
+    out.extend_from_slice(b"},\"original_size\":{\"request\":");
+    json::int(out, ex.request.body.wire_size);
+    out.extend_from_slice(b",\"response\":");
+    // null when there is no response.
+    json::opt_int(out, response_body.map(|b| b.wire_size));
+    out.push(b'}');
+    if let Some(incomplete) = ex.incomplete {
+        out.extend_from_slice(b",\"incomplete\":");
+        json::string(out, incomplete.as_str());
+    }
+    let request_decoding = has_decoding(&ex.request.body);
+    let response_decoding = response_body.filter(|b| has_decoding(b));
+    if request_decoding || response_decoding.is_some() {
+        out.extend_from_slice(b",\"content_decoding\":{");
+        if request_decoding {
+            out.extend_from_slice(b"\"request\":");
+            write_decoding(out, &ex.request.body);
+        }
+        if let Some(body) = response_decoding {
+            if request_decoding {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"response\":");
+            write_decoding(out, body);
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+fn write_opt_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    match addr {
+        // `a.b.c.d:port`, as `Display` writes it, without the formatting machinery.
+        Some(SocketAddr::V4(v4)) => {
+            out.push(b'"');
+            write_ipv4(out, *v4.ip());
+            out.push(b':');
+            json::int(out, v4.port());
+            out.push(b'"');
+        }
+        Some(addr) => json::display_plain(out, &addr),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `a.b.c.d`, as `Display` writes an IPv4 address.
+fn write_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        json::int(out, octet);
+    }
+}
+
+fn has_decoding(body: &Body) -> bool {
+    body.decoded_from.is_some() || body.decode_error.is_some()
+}
+
+/// `{"decoded_from"?, "decode_error"?}` of a body that has at least one of them.
+fn write_decoding(out: &mut Vec<u8>, body: &Body) {
+    out.push(b'{');
+    if let Some(from) = &body.decoded_from {
+        out.extend_from_slice(b"\"decoded_from\":");
+        json::string(out, from);
+    }
+    if let Some(error) = &body.decode_error {
+        if body.decoded_from.is_some() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"decode_error\":");
+        json::string(out, error);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
 
-    use base64::Engine as _;
+    use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
     use serde_json::{Value, json};
 
     use super::*;
@@ -1313,6 +1226,121 @@ mod tests {
             let parsed: Value = serde_json::from_str(&line).unwrap();
             assert_eq!(parsed, value(&ex), "{line}");
             assert_har_entry(&parsed);
+        }
+    }
+
+    /// The line as `serde_json` wrote it from the `Serialize` tree the writer replaced.
+    fn serde_line(ex: &Exchange) -> String {
+        let mut out = Vec::new();
+        serde_reference::write_entry(ex, &CLOCK, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hand_written_line_is_byte_for_byte_the_serde_line() {
+        for ex in variants() {
+            assert_eq!(line(&ex), serde_line(&ex));
+        }
+        let mut ex = representative();
+        ex.grpc = Some(crate::exchange::Grpc {
+            service: "shop.Orders".into(),
+            method: "Get".into(),
+            status: Some(5),
+            message: Some("not \"found\"".into()),
+        });
+        ex.request.body.decode_error = Some("bad gzip".into());
+        if let Some(response) = &mut ex.response {
+            response.body.decode_error = Some("also bad".into());
+        }
+        assert_eq!(line(&ex), serde_line(&ex));
+        ex.grpc = Some(crate::exchange::Grpc::default());
+        ex.request.body.decoded_from = Some("br".into());
+        ex.response = None;
+        assert_eq!(line(&ex), serde_line(&ex));
+    }
+
+    #[test]
+    fn replay_line_is_byte_for_byte_the_serde_line() {
+        let replays = [
+            Replay {
+                pair_id: "p-1".into(),
+                source: "in.jsonl:3".into(),
+                target: "http://127.0.0.1:8080".into(),
+                verdict: ReplayVerdict::Sent,
+                reason: None,
+                injected: vec!["authorization".into()],
+            },
+            Replay {
+                pair_id: "p-\"2\"".into(),
+                source: String::new(),
+                target: "t".into(),
+                verdict: ReplayVerdict::Skipped,
+                reason: Some("unsafe_method".into()),
+                injected: Vec::new(),
+            },
+        ];
+        for ex in variants() {
+            for replay in &replays {
+                let mut ours = b"earlier\n".to_vec();
+                write_entry_with_replay(&ex, &CLOCK, replay, &mut ours);
+                let mut theirs = b"earlier\n".to_vec();
+                serde_reference::write_entry_with_replay(&ex, &CLOCK, replay, &mut theirs);
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    String::from_utf8(theirs).unwrap()
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text in every string of the entry, arbitrary bytes in the bodies and
+        /// arbitrary edges: the hand-written line is the serde line.
+        #[test]
+        fn hand_written_line_matches_serde_for_any_content(
+            text in proptest::collection::vec(".{0,24}", 12),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            textual in proptest::bool::ANY,
+            edges in proptest::collection::vec(0_u64..1 << 40, 4),
+            sizes in proptest::collection::vec(proptest::num::u64::ANY, 3),
+            truncated in proptest::bool::ANY,
+        ) {
+            let mut ex = representative();
+            let t = |i: usize| text[i].clone();
+            ex.request.method = t(0);
+            ex.request.target = format!("/{}?{}", t(1), t(2));
+            ex.request.headers.push(h(&t(3), &t(4)));
+            ex.request.headers_size = sizes[0];
+            ex.request.body = Body {
+                data: if textual { t(5).into_bytes() } else { body.clone() },
+                wire_size: sizes[1],
+                truncated,
+                decoded_from: None,
+                decode_error: Some(t(6)).filter(|e| !e.is_empty()),
+            };
+            ex.workload.pod = Some(t(7));
+            ex.redacted = vec![t(8), t(9)];
+            ex.routing_key = Some(t(10)).filter(|k| k.len() % 2 == 0);
+            ex.conn.id = t(11);
+            ex.timing = Timing {
+                request_start_ns: edges[0],
+                request_end_ns: edges[1],
+                response_start_ns: Some(edges[2]),
+                response_end_ns: Some(edges[3]),
+            };
+            if let Some(response) = &mut ex.response {
+                response.reason = t(4);
+                response.headers_size = sizes[2];
+                response.body = Body {
+                    data: body,
+                    wire_size: sizes[0],
+                    truncated: !truncated,
+                    decoded_from: Some(t(3)),
+                    decode_error: None,
+                };
+                response.trailers = vec![h(&t(2), &t(1))];
+            }
+            proptest::prop_assert_eq!(line(&ex), serde_line(&ex));
         }
     }
 

@@ -14,5 +14,6 @@ pub mod exchange;
 pub mod fixtures;
 pub mod har;
 pub mod har_read;
+mod json;
 pub mod uri;
 pub mod wire;

@@ -1,7 +1,9 @@
 //! The exchange model in the `capture.v1` wire form (proto/capture/v1/capture.proto), and back.
 //!
 //! [`to_proto`] is what a daemon sends to the collector; [`from_proto`] is how the collector
-//! reads it, so both render HAR entries with the one renderer in [`crate::har`].
+//! reads it, so both render HAR entries with the one renderer in [`crate::har`]. [`Encoder`]
+//! writes the bytes of `to_proto` straight from the borrowed exchange, without building the
+//! message (the daemon's exporter encodes every exchange this way).
 //!
 //! Timing: the model holds `CLOCK_MONOTONIC` nanoseconds of the node; the wire holds Unix
 //! nanoseconds, converted with the daemon's [`WallClock`]. [`from_proto`] puts the Unix
@@ -16,9 +18,13 @@
 //! malformed address, a status beyond `u16` or a missing request is a [`WireError`], never a
 //! panic. An absent `connection`, `workload` or body reads as empty, as proto3 has it.
 
+mod encode;
+
 use std::net::SocketAddr;
 
 use capture_proto::v1 as pb;
+
+pub use encode::Encoder;
 
 use crate::{
     clock::WallClock,
@@ -579,6 +585,52 @@ pub(crate) mod tests {
             let decoded: pb::Exchange = prost::Message::decode(bytes.as_slice())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(decoded, wire);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The borrowed encoder writes exactly prost's bytes of `to_proto`.
+        #[test]
+        fn encoder_writes_the_bytes_of_to_proto(ex in exchange()) {
+            let expected = prost::Message::encode_to_vec(&to_proto(&ex, &CLOCK));
+            let encoder = Encoder::new(&ex, &CLOCK);
+            prop_assert_eq!(encoder.encoded_len(), expected.len());
+            let mut bytes = b"earlier".to_vec();
+            encoder.encode(&mut bytes);
+            prop_assert_eq!(&bytes[..7], b"earlier");
+            prop_assert_eq!(&bytes[7..], expected.as_slice());
+        }
+    }
+
+    #[test]
+    fn encoder_writes_defaults_as_prost_does() {
+        // Zero timestamps, empty strings and an empty exchange: every proto3 default left out,
+        // every optional and message field written.
+        let mut ex = crate::fixtures::representative();
+        ex.timing = Timing::default();
+        ex.pid = 0;
+        ex.cgroup_id = 0;
+        ex.conn = ConnMeta::default();
+        ex.request.method = String::new();
+        ex.request.headers = vec![Header::new("", "")];
+        ex.redacted = vec![String::new()];
+        ex.routing_key = Some(String::new());
+        ex.workload = Workload {
+            pod: Some(String::new()),
+            ..Workload::default()
+        };
+        ex.grpc = Some(Grpc {
+            status: Some(0),
+            message: Some(String::new()),
+            ..Grpc::default()
+        });
+        for clock in [CLOCK, UNIX] {
+            let expected = prost::Message::encode_to_vec(&to_proto(&ex, &clock));
+            let mut bytes = Vec::new();
+            Encoder::new(&ex, &clock).encode(&mut bytes);
+            assert_eq!(bytes, expected);
         }
     }
 

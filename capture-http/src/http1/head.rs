@@ -46,17 +46,12 @@ pub(super) fn find_blank_line(prev: &[u8], data: &[u8]) -> Option<usize> {
             prev.len().checked_sub(from_end).map(|j| prev[j])
         }
     };
-    let mut from = 0;
-    while let Some(off) = data[from..].iter().position(|&b| b == b'\n') {
-        let i = from + off;
-        match at(i, 1) {
-            Some(b'\n') => return Some(i + 1),
-            Some(b'\r') if at(i, 2) == Some(b'\n') => return Some(i + 1),
-            _ => {}
-        }
-        from = i + 1;
-    }
-    None
+    // memchr finds the line ends with SIMD: a head is a few hundred bytes of short lines.
+    memchr::memchr_iter(b'\n', data).find_map(|i| match at(i, 1) {
+        Some(b'\n') => Some(i + 1),
+        Some(b'\r') if at(i, 2) == Some(b'\n') => Some(i + 1),
+        _ => None,
+    })
 }
 
 /// The last up to two bytes of `buf`.
@@ -245,7 +240,12 @@ fn to_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
         .iter()
         .map(|h| Header {
             name: h.name.to_owned(),
-            value: String::from_utf8_lossy(h.value).into_owned(),
+            // Values are nearly always UTF-8 (ASCII): the check is one fast pass, and only the
+            // rare other value pays for the lossy conversion.
+            value: std::str::from_utf8(h.value).map_or_else(
+                |_| String::from_utf8_lossy(h.value).into_owned(),
+                str::to_owned,
+            ),
         })
         .collect()
 }

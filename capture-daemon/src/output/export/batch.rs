@@ -12,10 +12,11 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut as _, Bytes};
+use capture_model::wire;
 use capture_proto::v1;
 use prost::{
     Message as _,
-    encoding::{WireType, encode_key},
+    encoding::{WireType, encode_key, encode_varint},
 };
 use tokio::time::Instant;
 use tonic::{
@@ -25,6 +26,36 @@ use tonic::{
 
 /// Field number of `ExchangeBatch.exchanges`.
 const EXCHANGES_FIELD: u32 = 4;
+
+/// Something that writes the bytes of one `capture.v1.Exchange` message: the exporter's
+/// [`wire::Encoder`], which encodes straight from the borrowed model, or a built message.
+pub trait ExchangeBytes {
+    /// Bytes of the message, without a length delimiter.
+    fn encoded_len(&self) -> usize;
+    /// Appends exactly [`Self::encoded_len`] bytes.
+    fn encode(&self, buf: &mut Vec<u8>);
+}
+
+impl ExchangeBytes for wire::Encoder<'_> {
+    fn encoded_len(&self) -> usize {
+        self.encoded_len()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        self.encode(buf);
+    }
+}
+
+impl ExchangeBytes for v1::Exchange {
+    fn encoded_len(&self) -> usize {
+        prost::Message::encoded_len(self)
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        // Writing to a Vec cannot run out of room.
+        let _ = prost::Message::encode(self, buf);
+    }
+}
 
 /// Which batch: the daemon run that formed it and its number within the run.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,7 +155,7 @@ impl Batcher {
     }
 
     /// Adds one exchange; batches it closes (none, one or two) go to `closed`.
-    pub fn add(&mut self, ex: &v1::Exchange, now: Instant, closed: &mut Vec<EncodedBatch>) {
+    pub fn add(&mut self, ex: &impl ExchangeBytes, now: Instant, closed: &mut Vec<EncodedBatch>) {
         let len = ex.encoded_len();
         // Key (1 byte for field 4) + length varint + message.
         let framed = 1 + prost::length_delimiter_len(len) + len;
@@ -136,8 +167,8 @@ impl Batcher {
         }
         self.buf.reserve(framed);
         encode_key(EXCHANGES_FIELD, WireType::LengthDelimited, &mut self.buf);
-        // Writing to a Vec cannot run out of room.
-        let _ = ex.encode_length_delimited(&mut self.buf);
+        encode_varint(len as u64, &mut self.buf);
+        ex.encode(&mut self.buf);
         self.count += 1;
         if self.count >= self.limits.max_exchanges || self.buf.len() >= self.limits.max_bytes {
             closed.extend(self.close());

@@ -271,10 +271,11 @@ impl Delivery {
 
     /// Converts one exchange from the pipeline and adds it to the open batch.
     fn accept(&mut self, offered: Offered) {
-        let pb = wire::to_proto(&offered.exchange, &offered.clock);
-        drop(offered.exchange);
         self.metrics.sub_handoff_bytes(offered.estimate);
-        self.batcher.add(&pb, Instant::now(), &mut self.closed);
+        // Encoded straight from the borrowed exchange: no message copy of its headers and
+        // bodies on the way.
+        let encoder = wire::Encoder::new(&offered.exchange, &offered.clock);
+        self.batcher.add(&encoder, Instant::now(), &mut self.closed);
         self.take_closed();
     }
 
