@@ -12,7 +12,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::cgroup::TestCgroup;
-use crate::net::{free_port, wait_for_port};
+
 use capture_test_support::ChildProcess;
 
 const JSON_SERVICE: &str = include_str!("../fixtures/json_service.py");
@@ -81,30 +81,43 @@ impl JsonService {
             .tempdir()?;
         let script = dir.path().join("json_service.py");
         fs::write(&script, JSON_SERVICE)?;
-        let port = free_port()?;
         let python = std::env::var("CAPTURE_E2E_PYTHON").unwrap_or_else(|_| "python3".to_owned());
         let mut cmd = match cgroup {
             Some(cgroup) => cgroup.command(&python),
             None => Command::new(&python),
         };
+        // Port 0: the service binds a port of the kernel's choosing and prints it, so no other
+        // process can hold the port the test then talks to.
         cmd.arg(&script)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--version",
-                &version.to_string(),
-            ])
+            .args(["--port", "0", "--version", &version.to_string()])
             .arg("--log")
             .arg(dir.path().join("received.jsonl"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(fs::File::create(dir.path().join("stderr"))?);
         let mut process = ChildProcess::spawn(&mut cmd, "python json_service.py")?;
-        if let Err(err) = wait_for_port(port, START_TIMEOUT) {
+        let stdout = process
+            .child_mut()
+            .stdout
+            .take()
+            .context("json service stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let port = rx.recv_timeout(START_TIMEOUT).ok().and_then(|line| {
+            line.trim()
+                .strip_prefix("listening on ")?
+                .parse::<u16>()
+                .ok()
+        });
+        let Some(port) = port else {
             process.kill();
             let stderr = fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-            return Err(err.context(format!("json service did not start; stderr:\n{stderr}")));
-        }
+            bail!("json service did not start within {START_TIMEOUT:?}; stderr:\n{stderr}");
+        };
         Ok(Self { process, port, dir })
     }
 

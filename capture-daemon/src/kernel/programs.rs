@@ -293,14 +293,20 @@ impl Source for KernelCounterReader {
             [(&[self.hook.label()][..], 1)],
         );
         let stats = self.program_stats();
-        out.labelled(
-            "capture_kernel_program_run_ns_total",
+        // Seconds, not nanoseconds: Prometheus names carry base units (promtool rejects `_ns`).
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds stay exact in an f64 for over 100 days of program run time"
+        )]
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        out.labelled_f64(
+            "capture_kernel_program_run_seconds_total",
             "Time the kernel programs ran, counted while kernel.bpf_stats_enabled is 1.",
             MetricType::COUNTER,
             &["program"],
             stats
                 .iter()
-                .map(|(name, s)| (std::slice::from_ref(name), s.run_time_ns)),
+                .map(|(name, s)| (std::slice::from_ref(name), seconds(s.run_time_ns))),
         );
         out.labelled(
             "capture_kernel_program_runs_total",

@@ -67,6 +67,18 @@ impl Families {
         self.push(name, help, kind, label_names, samples);
     }
 
+    /// A family with labels whose values are not counts (seconds, for example).
+    pub fn labelled_f64<'v>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        label_names: &[&str],
+        samples: impl IntoIterator<Item = (&'v [&'v str], f64)>,
+    ) {
+        self.push(name, help, kind, label_names, samples);
+    }
+
     fn push<'v>(
         &mut self,
         name: &str,

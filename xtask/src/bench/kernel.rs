@@ -199,7 +199,7 @@ pub(crate) fn run(
             let run = ProgramRun {
                 setup,
                 wrk,
-                run_ns: metrics.sum("capture_kernel_program_run_ns_total"),
+                run_ns: metrics.sum("capture_kernel_program_run_seconds_total") * 1e9,
                 runs: metrics.sum("capture_kernel_program_runs_total"),
                 events_lost: metrics.sum("capture_kernel_events_lost_total"),
             };
