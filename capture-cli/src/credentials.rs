@@ -26,25 +26,14 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Names in `_capture.redacted` that are not credentials: connection-specific fields (RFC 9110
-/// §7.6.1) the client sets itself, response-only cookies, and URL userinfo (never sent as a
-/// field).
-const NOT_CREDENTIALS: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "set-cookie",
-    "set-cookie2",
-    "url:userinfo",
-];
+/// Names in `_capture.redacted` that are not credentials, besides the connection-specific
+/// fields the client sets itself (`is_hop_by_hop`): response-only cookies, and URL userinfo
+/// (never sent as a field).
+const NOT_CREDENTIALS: [&str; 3] = ["set-cookie", "set-cookie2", "url:userinfo"];
 
 /// Whether a redacted name needs a credential to replay the request.
 pub fn needs_credential(redacted: &str) -> bool {
-    !NOT_CREDENTIALS.contains(&redacted)
+    !(capture_model::exchange::is_hop_by_hop(redacted) || NOT_CREDENTIALS.contains(&redacted))
 }
 
 /// The credentials given on the command line, by lowercase name.

@@ -363,21 +363,9 @@ fn pair_id(index: usize, ex: &Exchange) -> String {
 /// RFC 9110 §9.2.1.
 const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
 
-/// Fields the client sets itself or that are about the hop (RFC 9110 §7.6.1), plus
+/// Fields the client sets itself (besides the connection-specific ones, `is_hop_by_hop`), plus
 /// `accept-encoding`: responses are asked for uncompressed so bodies compare as captured.
-const NOT_FORWARDED: [&str; 11] = [
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "accept-encoding",
-    "baggage",
-];
+const NOT_FORWARDED: [&str; 4] = ["host", "content-length", "accept-encoding", "baggage"];
 
 /// Number of gRPC length-prefixed messages in `data`, `None` when it is not a whole sequence.
 fn grpc_messages(data: &[u8]) -> Option<usize> {
@@ -520,7 +508,10 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
                 None => h.value.clone(),
             });
         }
-        if lower.starts_with(':') || NOT_FORWARDED.contains(&lower.as_str()) {
+        if lower.starts_with(':')
+            || capture_model::exchange::is_hop_by_hop(&lower)
+            || NOT_FORWARDED.contains(&lower.as_str())
+        {
             continue;
         }
         let (Ok(name), Ok(value)) = (

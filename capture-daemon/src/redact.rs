@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use capture_model::uri::scheme_end;
 
-use capture_model::exchange::{Exchange, Header};
+use capture_model::exchange::{Exchange, Header, is_hop_by_hop};
 
 /// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2).
 const CREDENTIAL_FIELDS: [&str; 6] = [
@@ -35,18 +35,6 @@ const CREDENTIAL_FIELDS: [&str; 6] = [
     "proxy-authorization",
     "set-cookie",
     "set-cookie2",
-];
-
-/// Connection-specific fields (RFC 9110 §7.6.1; RFC 9113 §8.2.2 forbids them in HTTP/2).
-/// `Proxy-Connection` is not standard but is sent by old clients with the same meaning.
-const HOP_BY_HOP_FIELDS: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
 
 /// Fields whose value is a URI reference that may carry userinfo or query parameters.
@@ -142,7 +130,7 @@ impl RedactionPolicy {
             }
             let name = field.name.to_ascii_lowercase();
             let remove = CREDENTIAL_FIELDS.contains(&name.as_str())
-                || HOP_BY_HOP_FIELDS.contains(&name.as_str())
+                || is_hop_by_hop(&name)
                 || options.contains(&name)
                 || self.extra_headers.contains(&name);
             if remove {

@@ -88,17 +88,6 @@ pub const VOLATILE_HEADERS: [&str; 27] = [
     "x-response-time",
 ];
 
-/// Connection-specific fields (RFC 9110 §7.6.1): about the hop, not the response.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// A response seen as a document.
 #[derive(Clone, Debug)]
 pub struct Doc {
@@ -281,7 +270,7 @@ fn diff_headers(
 ) {
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     for name in names {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if capture_model::exchange::is_hop_by_hop(name) {
             continue;
         }
         let volatile =

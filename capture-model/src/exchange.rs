@@ -65,6 +65,24 @@ impl Header {
     }
 }
 
+/// Connection-specific fields (RFC 9110 §7.6.1; RFC 9113 §8.2.2 forbids them in HTTP/2), in
+/// lowercase. `Proxy-Connection` is not standard but is sent by old clients with the same
+/// meaning. Redaction removes them, replay never forwards them, the diff ignores them.
+pub const HOP_BY_HOP_FIELDS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether the lowercase field name `name` is one of [`HOP_BY_HOP_FIELDS`].
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP_FIELDS.contains(&name)
+}
+
 /// Finds the first header named `name` (ASCII case-insensitive).
 pub fn header_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
     headers
