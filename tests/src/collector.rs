@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,30 +22,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The collector to test: `$CAPTURE_COLLECTOR_BIN`, else the newest of
 /// `<target>/{release,debug}/capture-collector`.
 pub fn collector_binary(root: &Path) -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("CAPTURE_COLLECTOR_BIN") {
-        let bin = PathBuf::from(bin);
-        if !bin.is_file() {
-            bail!("CAPTURE_COLLECTOR_BIN={} does not exist", bin.display());
-        }
-        return Ok(bin);
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("capture-collector"))
-        .filter_map(|path| {
-            let modified = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-            Some((modified, path))
-        })
-        .max_by_key(|(modified, _): &(SystemTime, PathBuf)| *modified)
-        .map(|(_, path)| path)
-        .with_context(|| {
-            format!(
-                "no capture-collector binary under {}/{{release,debug}}: run `cargo build -p capture-collector` first or set CAPTURE_COLLECTOR_BIN",
-                target.display()
-            )
-        })
+    crate::env::built_binary(
+        root,
+        "capture-collector",
+        "capture-collector",
+        "CAPTURE_COLLECTOR_BIN",
+    )
 }
 
 /// A `capture-collector serve` process over TLS on 127.0.0.1. Its data directory lives as long

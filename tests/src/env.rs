@@ -76,10 +76,22 @@ pub fn capture_environment_ready() -> Result<bool> {
 /// The daemon to test: `$CAPTURE_DAEMON_BIN`, else the newest of
 /// `<target>/{release,debug}/capture-daemon` (`<target>` = `$CARGO_TARGET_DIR` or `<root>/target`).
 pub fn daemon_binary(root: &Path) -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("CAPTURE_DAEMON_BIN") {
+    built_binary(
+        root,
+        "capture-daemon",
+        "capture-daemon",
+        "CAPTURE_DAEMON_BIN",
+    )
+}
+
+/// A binary of this workspace to test: `$env_var` when set (it must exist), else the newest of
+/// `<target>/{release,debug}/<name>` (`<target>` = `$CARGO_TARGET_DIR` or `<root>/target`).
+/// The error says to build `package` or set `env_var`.
+pub fn built_binary(root: &Path, name: &str, package: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
-            bail!("CAPTURE_DAEMON_BIN={} does not exist", bin.display());
+            bail!("{env_var}={} does not exist", bin.display());
         }
         return Ok(bin);
     }
@@ -87,7 +99,7 @@ pub fn daemon_binary(root: &Path) -> Result<PathBuf> {
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let newest = ["release", "debug"]
         .iter()
-        .map(|profile| target.join(profile).join("capture-daemon"))
+        .map(|profile| target.join(profile).join(name))
         .filter_map(|path| {
             let modified = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
             Some((modified, path))
@@ -96,7 +108,7 @@ pub fn daemon_binary(root: &Path) -> Result<PathBuf> {
     match newest {
         Some((_, path)) => Ok(path),
         None => bail!(
-            "no capture-daemon binary under {}/{{release,debug}}: run `cargo build -p capture-daemon` first or set CAPTURE_DAEMON_BIN",
+            "no {name} binary under {}/{{release,debug}}: run `cargo build -p {package}` first or set {env_var}",
             target.display()
         ),
     }

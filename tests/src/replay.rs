@@ -5,7 +5,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -21,30 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `capture` CLI to test: `$CAPTURE_CLI_BIN`, else the newest of
 /// `<target>/{release,debug}/capture`.
 pub fn cli_binary(root: &Path) -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("CAPTURE_CLI_BIN") {
-        let bin = PathBuf::from(bin);
-        if !bin.is_file() {
-            bail!("CAPTURE_CLI_BIN={} does not exist", bin.display());
-        }
-        return Ok(bin);
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    ["release", "debug"]
-        .iter()
-        .map(|profile| target.join(profile).join("capture"))
-        .filter_map(|path| {
-            let modified = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-            Some((modified, path))
-        })
-        .max_by_key(|(modified, _): &(SystemTime, PathBuf)| *modified)
-        .map(|(_, path)| path)
-        .with_context(|| {
-            format!(
-                "no capture binary under {}/{{release,debug}}: run `cargo build -p capture-cli` first or set CAPTURE_CLI_BIN",
-                target.display()
-            )
-        })
+    crate::env::built_binary(root, "capture", "capture-cli", "CAPTURE_CLI_BIN")
 }
 
 /// One request as the JSON service received it (its `--log`).
