@@ -15,6 +15,8 @@
 
 pub mod diff;
 pub mod export;
+pub mod guard;
+pub mod ingest;
 pub mod metrics;
 pub mod org;
 pub mod seal;

@@ -29,13 +29,14 @@ use std::{
 
 use capture_collector::{
     export,
+    guard::AuthLimits,
     metrics::Metrics,
     org::OrgName,
     seal::SealKey,
     server::{self, Limits, ServerConfig},
     storage::{Access, DbOptions, Location, Retention, Storage, StorageConfig, StorageError},
     tls,
-    tokens::Revoked,
+    tokens::{self, Revoked, Scope},
     watch_client::{self, WatchArgs, WatchError},
 };
 use capture_proto::v1::WatchRequest;
@@ -189,6 +190,31 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_diff_exchanges: u64,
+    /// Failed authentications a peer address may make in a row before its calls are refused
+    /// unread (RESOURCE_EXHAUSTED) until it regains tries.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    auth_failure_burst: u32,
+    /// Failed authentications a peer address regains per minute.
+    #[arg(long, value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    auth_failures_per_minute: u32,
+    /// Peer addresses the failed-authentication limit tracks at most.
+    #[arg(long, value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(16..=10_000_000))]
+    auth_max_peers: u64,
+    /// Refusal audit lines (unauthenticated, out of scope, rate-limited) written per second at
+    /// most; the rest are counted and the next line says how many were left out.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    audit_refusals_per_second: u32,
+    /// Longest a client may take to finish its TLS handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// TLS handshakes under way at once; a connection past it is closed unanswered.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_pending_handshakes: u64,
     /// Log format on standard error (audit lines are always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -197,7 +223,15 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Issue a token for an organisation; it is printed once, on standard output.
-    Create(TokenArgs),
+    Create {
+        #[command(flatten)]
+        args: TokenArgs,
+        /// What the token may do: `ingest` (push batches: what a node's daemon needs),
+        /// `read` (watch, diff), `admin` (token management; no RPC takes it today).
+        /// Repeatable or comma-separated. Default: `ingest` only.
+        #[arg(long, value_name = "SCOPE", value_delimiter = ',')]
+        scope: Vec<Scope>,
+    },
     /// List an organisation's tokens, masked.
     List(TokenArgs),
     /// Revoke the token given whole, masked, or by a prefix of its masked form.
@@ -421,6 +455,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             watch_buffer: usize_of(args.watch_buffer),
             max_watchers: usize_of(args.max_watchers),
             max_diff_exchanges: usize_of(args.max_diff_exchanges),
+            auth: AuthLimits {
+                burst: args.auth_failure_burst,
+                per_minute: args.auth_failures_per_minute,
+                max_peers: usize_of(args.auth_max_peers),
+                audit_per_second: args.audit_refusals_per_second,
+            },
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            max_pending_handshakes: usize_of(args.max_pending_handshakes),
         },
         metrics_addr: args.metrics_addr,
     };
@@ -473,8 +515,8 @@ async fn shutdown_signal() {
 
 fn token(command: TokenCommand) -> Result<(), Failure> {
     let args = match &command {
-        TokenCommand::Create(args) | TokenCommand::List(args) => args,
-        TokenCommand::Revoke { args, .. } => args,
+        TokenCommand::List(args) => args,
+        TokenCommand::Create { args, .. } | TokenCommand::Revoke { args, .. } => args,
     };
     let config = args.store.config(64 << 20, Duration::from_secs(1))?;
     let org = args.org.clone();
@@ -483,25 +525,46 @@ fn token(command: TokenCommand) -> Result<(), Failure> {
             .await
             .map_err(storage_failure)?;
         let result = match command {
-            TokenCommand::Create(_) => {
-                let (token, record) = storage.create_token(&org).await.map_err(storage_failure)?;
-                info!(target: "audit", event = "token_create", org = %org, token = %record.masked, "token issued");
+            TokenCommand::Create { scope, .. } => {
+                // Least privilege by default: a token given to a node pushes and reads nothing.
+                let scopes = if scope.is_empty() {
+                    vec![Scope::Ingest]
+                } else {
+                    scope
+                };
+                let (token, record) = storage
+                    .create_token(&org, &scopes)
+                    .await
+                    .map_err(storage_failure)?;
+                let scopes = tokens::scopes_to_string(&record.effective_scopes());
+                info!(target: "audit", event = "token_create", org = %org, token = %record.masked, scopes = %scopes, "token issued");
                 println!("{token}");
                 eprintln!(
-                    "token {} issued for organisation {org}; it is shown only this once",
+                    "token {} issued for organisation {org} with scopes {scopes}; it is shown only this once",
                     record.masked
                 );
                 Ok(())
             }
             TokenCommand::List(_) => {
                 let listed = storage.list_tokens(&org).await.map_err(storage_failure)?;
-                println!("{:<16}  {:<20}  STATUS", "TOKEN", "CREATED");
+                println!(
+                    "{:<16}  {:<20}  {:<28}  STATUS",
+                    "TOKEN", "CREATED", "SCOPES"
+                );
                 for t in listed {
                     let status = t
                         .revoked
                         .as_ref()
                         .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
-                    println!("{:<16}  {:<20}  {status}", t.masked, t.created);
+                    let mut scopes = tokens::scopes_to_string(&t.effective_scopes());
+                    if t.is_legacy() {
+                        // Issued before scopes: replace it (docs/collector.md, "Token scopes").
+                        scopes.push_str(" (legacy)");
+                    }
+                    println!(
+                        "{:<16}  {:<20}  {:<28}  {status}",
+                        t.masked, t.created, scopes
+                    );
                 }
                 Ok(())
             }
@@ -542,6 +605,9 @@ fn export(args: &ExportArgs) -> Result<(), Failure> {
                 flag.split_once(' ').map_or(flag.as_str(), |(_, v)| v)
             )));
         }
+        // A read of the whole organisation: audited like watch and diff. It needs the store
+        // itself (no token: the RPCs do not export), so the line names the local access.
+        info!(target: "audit", event = "export", org = %args.org, token = "(none: local store access)", out = %args.har.display(), "export started");
         let summary = export::export_to(&storage, &args.org, &args.har).await;
         storage.close().await;
         let summary = summary.map_err(|e| Failure::Runtime(e.to_string()))?;

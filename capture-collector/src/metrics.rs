@@ -25,15 +25,18 @@ pub enum Rejection {
     TooManyExchanges,
     /// A batch or exchange the wire contract does not allow.
     Malformed,
+    /// Not a protobuf `ExchangeBatch` at all (refused by the gRPC decoder).
+    Undecodable,
     /// The store could not write it (the client retries).
     Storage,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::BatchTooLarge,
         Self::TooManyExchanges,
         Self::Malformed,
+        Self::Undecodable,
         Self::Storage,
     ];
 
@@ -42,6 +45,7 @@ impl Rejection {
             Self::BatchTooLarge => "batch_too_large",
             Self::TooManyExchanges => "too_many_exchanges",
             Self::Malformed => "malformed",
+            Self::Undecodable => "invalid_protobuf",
             Self::Storage => "storage_error",
         }
     }
@@ -81,6 +85,26 @@ impl AuthFailure {
     }
 }
 
+/// The RPCs, as the `rpc` label of `capture_collector_scope_denied_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    Push,
+    Watch,
+    Diff,
+}
+
+impl Rpc {
+    pub const ALL: [Self; 3] = [Self::Push, Self::Watch, Self::Diff];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Push => "push",
+            Self::Watch => "watch",
+            Self::Diff => "diff",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub batches_stored: AtomicU64,
@@ -88,8 +112,25 @@ pub struct Metrics {
     pub exchanges_stored: AtomicU64,
     /// Bytes appended to segments (records with their framing, sealed size when encrypted).
     pub bytes_stored: AtomicU64,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; 5],
     auth_rejected: [AtomicU64; 5],
+    /// Calls refused for a token without the RPC's scope, by RPC and missing scope.
+    scope_denied: [AtomicU64; 9],
+    /// Calls refused because their peer failed to authenticate too often (`--auth-failure-*`).
+    pub auth_rate_limited: AtomicU64,
+    /// Failed authentications of a peer not tracked because the table was full
+    /// (`--auth-max-peers`).
+    pub auth_peers_untracked: AtomicU64,
+    /// Refusal audit lines left out (`--audit-refusals-per-second`).
+    pub audit_suppressed: AtomicU64,
+    /// TLS handshakes that did not finish within `--tls-handshake-timeout`.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// TLS handshakes that failed (not TLS, bad version, the client gave up...).
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections closed unanswered: `--max-pending-handshakes` were under way.
+    pub tls_handshakes_refused: AtomicU64,
+    /// TLS handshakes under way now.
+    pub tls_handshakes_pending: AtomicU64,
     /// Watch streams open now.
     pub watchers: AtomicU64,
     /// Watch streams refused by `--max-watchers`.
@@ -137,6 +178,22 @@ impl Metrics {
         if let Some(i) = AuthFailure::ALL.iter().position(|r| *r == why) {
             self.auth_rejected[i].fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn scope_denied(&self, rpc: Rpc, scope: crate::tokens::Scope) {
+        if let Some(i) = Self::scope_index(rpc, scope) {
+            self.scope_denied[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn scope_denials(&self, rpc: Rpc, scope: crate::tokens::Scope) -> u64 {
+        Self::scope_index(rpc, scope).map_or(0, |i| self.scope_denied[i].load(Relaxed))
+    }
+
+    fn scope_index(rpc: Rpc, scope: crate::tokens::Scope) -> Option<usize> {
+        let r = Rpc::ALL.iter().position(|x| *x == rpc)?;
+        let s = crate::tokens::Scope::ALL.iter().position(|x| *x == scope)?;
+        Some(r * crate::tokens::Scope::ALL.len() + s)
     }
 
     /// The Prometheus text exposition of every counter.
@@ -214,6 +271,59 @@ impl Metrics {
             "Retention runs that failed.",
             g(&self.retention_failures),
         );
+        counter(
+            "capture_collector_auth_rate_limited_total",
+            "Calls refused unread: their peer failed to authenticate too often.",
+            g(&self.auth_rate_limited),
+        );
+        counter(
+            "capture_collector_auth_peers_untracked_total",
+            "Failed authentications of peers not tracked: the table was full (--auth-max-peers).",
+            g(&self.auth_peers_untracked),
+        );
+        counter(
+            "capture_collector_audit_suppressed_total",
+            "Refusal audit lines left out by --audit-refusals-per-second.",
+            g(&self.audit_suppressed),
+        );
+        counter(
+            "capture_collector_tls_handshake_timeouts_total",
+            "TLS handshakes that did not finish within --tls-handshake-timeout.",
+            g(&self.tls_handshake_timeouts),
+        );
+        counter(
+            "capture_collector_tls_handshake_failures_total",
+            "TLS handshakes that failed.",
+            g(&self.tls_handshake_failures),
+        );
+        counter(
+            "capture_collector_tls_handshakes_refused_total",
+            "Connections closed unanswered: --max-pending-handshakes were under way.",
+            g(&self.tls_handshakes_refused),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_collector_tls_handshakes_pending TLS handshakes under way.\n\
+             # TYPE capture_collector_tls_handshakes_pending gauge\n\
+             capture_collector_tls_handshakes_pending {}",
+            g(&self.tls_handshakes_pending)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP capture_collector_scope_denied_total Calls refused: the token lacks the RPC's scope.\n\
+             # TYPE capture_collector_scope_denied_total counter"
+        );
+        for rpc in Rpc::ALL {
+            for scope in crate::tokens::Scope::ALL {
+                let _ = writeln!(
+                    out,
+                    "capture_collector_scope_denied_total{{rpc=\"{}\",scope=\"{}\"}} {}",
+                    rpc.as_str(),
+                    scope.as_str(),
+                    self.scope_denials(rpc, scope)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP capture_collector_watchers Watch streams open.\n\

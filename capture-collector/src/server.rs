@@ -22,7 +22,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use capture_proto::v1::{
@@ -31,33 +31,31 @@ use capture_proto::v1::{
     ingest_server::{Ingest, IngestServer},
     watch_server::{Watch, WatchServer},
 };
-use prost::Message as _;
 use tokio::{
     net::TcpListener,
     sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Response, Status,
     body::Body,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::Server,
 };
 use tracing::{error, info, warn};
 
 use crate::{
-    metrics::{self, AuthFailure, Metrics, Rejection},
+    guard::{AuditDecision, AuditLimiter, AuthLimits, PeerLimiter, PeerState},
+    ingest::{self, IngestError},
+    metrics::{self, AuthFailure, Metrics, Rejection, Rpc},
     org::OrgName,
     storage::{Access, Retention, Storage, StorageConfig, StorageError},
-    store::Appended,
     tls::ServerIdentity,
-    tokens::Caller,
+    tokens::{Caller, Scope},
 };
 
-/// Longest `daemon_id` accepted (a DNS name: node names are).
-const MAX_DAEMON_ID: usize = 253;
-const MAX_INSTANCE_ID: usize = 128;
 /// Longest value of a watch filter field.
 const MAX_FILTER: usize = 253;
 /// How often a watch stream re-checks that its token is still valid.
@@ -78,6 +76,13 @@ pub struct Limits {
     pub max_watchers: usize,
     /// Exchanges one Smart Diff selection may hold (`--max-diff-exchanges`).
     pub max_diff_exchanges: usize,
+    /// Failed authentications per peer, and refusal audit lines (`--auth-*`, `--audit-*`).
+    pub auth: AuthLimits,
+    /// Longest a TLS handshake may take (`--tls-handshake-timeout`).
+    pub tls_handshake_timeout: Duration,
+    /// TLS handshakes under way at once; connections past it are closed unanswered
+    /// (`--max-pending-handshakes`).
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +93,9 @@ impl Default for Limits {
             watch_buffer: 1024,
             max_watchers: 256,
             max_diff_exchanges: crate::diff::DEFAULT_MAX_EXCHANGES,
+            auth: AuthLimits::default(),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
         }
     }
 }
@@ -109,7 +117,7 @@ pub enum ServeError {
     #[error("--metrics-addr {0}: {1}")]
     Metrics(SocketAddr, std::io::Error),
     #[error("TLS: {0}")]
-    Tls(tonic::transport::Error),
+    Tls(String),
     #[error("storage: {0}")]
     Store(#[from] StorageError),
     #[error("server: {0}")]
@@ -133,16 +141,60 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Checks `authorization: Bearer <token>` on every call.
+/// Checks `authorization: Bearer <token>` on every call, then that the token has the scope
+/// of the service it is installed on (one `Auth` per service).
 #[derive(Clone)]
 struct Auth {
     storage: Arc<Storage>,
     metrics: Arc<Metrics>,
+    limiter: Arc<PeerLimiter>,
+    audit: Arc<AuditLimiter>,
+    rpc: Rpc,
+    required: Scope,
+}
+
+impl Auth {
+    /// Writes a refusal audit line unless `--audit-refusals-per-second` is spent.
+    fn audit(&self, now: Instant, line: impl FnOnce()) {
+        match self.audit.decide(now) {
+            AuditDecision::Write { suppressed_before } => {
+                if suppressed_before > 0 {
+                    warn!(
+                        target: "audit",
+                        event = "audit_suppressed",
+                        suppressed = suppressed_before,
+                        "refusal audit lines left out (--audit-refusals-per-second)"
+                    );
+                }
+                line();
+            }
+            AuditDecision::Suppress => Metrics::add(&self.metrics.audit_suppressed, 1),
+        }
+    }
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
+        let now = Instant::now();
+        let rpc = self.rpc.as_str();
+        if let Some(ip) = peer.map(|p| p.ip())
+            && self.limiter.allow(ip, now) == PeerState::Limited
+        {
+            Metrics::add(&self.metrics.auth_rate_limited, 1);
+            self.audit(now, || {
+                warn!(
+                    target: "audit",
+                    event = "auth_rate_limited",
+                    rpc,
+                    peer = ?peer,
+                    "call refused unread: too many failed authentications from this address"
+                );
+            });
+            return Err(Status::resource_exhausted(
+                "too many failed authentications from this address; retry later",
+            ));
+        }
         let token = request
             .metadata()
             .get("authorization")
@@ -154,6 +206,26 @@ impl Interceptor for Auth {
             Some(token) => self.storage.authenticate(&token).map(|c| (c, token)),
         };
         match outcome {
+            Ok((caller, _)) if !caller.may(self.required) => {
+                let scope = self.required.as_str();
+                self.metrics.scope_denied(self.rpc, self.required);
+                self.audit(now, || {
+                    warn!(
+                        target: "audit",
+                        event = "scope_denied",
+                        org = %caller.org,
+                        token = %caller.token,
+                        rpc,
+                        scope,
+                        peer = ?peer,
+                        "call refused: the token lacks the scope"
+                    );
+                });
+                Err(Status::permission_denied(format!(
+                    "this token may not call {rpc}: it lacks the {scope} scope \
+                     (issue one with `token create --scope {scope}`)"
+                )))
+            }
             Ok((caller, token)) => {
                 request.extensions_mut().insert(caller);
                 request.extensions_mut().insert(BearerToken(token));
@@ -161,13 +233,21 @@ impl Interceptor for Auth {
             }
             Err(why) => {
                 self.metrics.auth_rejected(why);
-                warn!(
-                    target: "audit",
-                    event = "auth_rejected",
-                    reason = why.as_str(),
-                    peer = ?peer,
-                    "call refused: unauthenticated"
-                );
+                if let Some(ip) = peer.map(|p| p.ip())
+                    && !self.limiter.failed(ip, now)
+                {
+                    Metrics::add(&self.metrics.auth_peers_untracked, 1);
+                }
+                self.audit(now, || {
+                    warn!(
+                        target: "audit",
+                        event = "auth_rejected",
+                        reason = why.as_str(),
+                        rpc,
+                        peer = ?peer,
+                        "call refused: unauthenticated"
+                    );
+                });
                 Err(Status::unauthenticated("missing, unknown or revoked token"))
             }
         }
@@ -311,91 +391,38 @@ struct IngestService {
     max_exchanges: usize,
 }
 
-impl IngestService {
-    fn reject(&self, why: Rejection, status: Status) -> Status {
-        self.metrics.rejected(why);
-        status
-    }
-
-    fn validate(&self, batch: &ExchangeBatch) -> Result<(), Status> {
-        let malformed =
-            |message: String| self.reject(Rejection::Malformed, Status::invalid_argument(message));
-        if batch.daemon_id.is_empty() || batch.daemon_id.len() > MAX_DAEMON_ID {
-            return Err(malformed(format!(
-                "daemon_id must be 1 to {MAX_DAEMON_ID} bytes"
-            )));
-        }
-        if batch.instance_id.is_empty() || batch.instance_id.len() > MAX_INSTANCE_ID {
-            return Err(malformed(format!(
-                "instance_id must be 1 to {MAX_INSTANCE_ID} bytes"
-            )));
-        }
-        if batch.sequence == 0 {
-            return Err(malformed("sequence starts at 1".into()));
-        }
-        // PostgreSQL's bigint holds the sequence; no daemon gets near it.
-        if i64::try_from(batch.sequence).is_err() {
-            return Err(malformed("sequence must be below 2^63".into()));
-        }
-        if batch.exchanges.len() > self.max_exchanges {
-            return Err(self.reject(
-                Rejection::TooManyExchanges,
-                Status::invalid_argument(format!(
-                    "{} exchanges in one batch; this collector takes at most {} \
-                     (--max-batch-exchanges)",
-                    batch.exchanges.len(),
-                    self.max_exchanges
-                )),
-            ));
-        }
-        for (i, exchange) in batch.exchanges.iter().enumerate() {
-            capture_model::wire::check(exchange)
-                .map_err(|e| malformed(format!("exchange {i}: {e}")))?;
-        }
-        Ok(())
-    }
-}
-
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn push(&self, request: Request<ExchangeBatch>) -> Result<Response<PushAck>, Status> {
         let caller = caller(&request)?;
         let batch = request.into_inner();
-        self.validate(&batch)?;
-        let encoded = batch.encode_to_vec();
-        let sequence = batch.sequence;
-        match self.store.push(&caller.org, &batch, encoded).await {
-            Ok(Appended::Stored { bytes }) => {
-                let stored = batch.exchanges.len();
-                Metrics::add(&self.metrics.batches_stored, 1);
-                Metrics::add(&self.metrics.exchanges_stored, stored as u64);
-                if let Storage::File(_) = &*self.store {
-                    self.hub
-                        .publish(&caller.org, &batch.daemon_id, batch.exchanges);
-                } else {
-                    Metrics::add(&self.metrics.bytes_stored, bytes);
+        match ingest::ingest(
+            &self.store,
+            &self.metrics,
+            &caller.org,
+            batch,
+            self.max_exchanges,
+        )
+        .await
+        {
+            Ok(done) => {
+                if !done.ack.duplicate {
+                    if let Storage::File(_) = &*self.store {
+                        self.hub
+                            .publish(&caller.org, &done.daemon_id, done.exchanges);
+                    } else {
+                        Metrics::add(&self.metrics.bytes_stored, done.bytes);
+                    }
                 }
-                Ok(Response::new(PushAck {
-                    sequence,
-                    duplicate: false,
-                    stored: u32::try_from(stored).unwrap_or(u32::MAX),
-                }))
+                Ok(Response::new(done.ack))
             }
-            Ok(Appended::Duplicate) => {
-                Metrics::add(&self.metrics.batches_duplicate, 1);
-                Ok(Response::new(PushAck {
-                    sequence,
-                    duplicate: true,
-                    stored: 0,
-                }))
-            }
-            Err(e) => {
+            Err(IngestError::Storage(e)) => {
                 error!(org = %caller.org, error = %e, "storing a batch failed");
-                Err(self.reject(
-                    Rejection::Storage,
-                    Status::unavailable("the collector could not store the batch; retry later"),
+                Err(Status::unavailable(
+                    "the collector could not store the batch; retry later",
                 ))
             }
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
         }
     }
 }
@@ -703,9 +730,9 @@ type WatchSvc = InterceptedService<WatchServer<WatchService>, Auth>;
 type BoxFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
 
-/// Routes calls to the three services by path, and counts the batches the gRPC decoder refused
-/// for `--max-batch-bytes`: tonic answers those with `OUT_OF_RANGE` before any handler runs,
-/// and no handler of ours uses that code.
+/// Routes calls to the three services by path, and counts the batches the gRPC decoder refused:
+/// for `--max-batch-bytes` tonic answers `OUT_OF_RANGE`, for bytes that do not decode
+/// `INTERNAL`, both before any handler runs, and the Ingest handler uses neither code.
 #[derive(Clone)]
 struct Dispatch {
     ingest: IngestSvc,
@@ -731,13 +758,17 @@ impl tower::Service<http::Request<Body>> for Dispatch {
             let metrics = Arc::clone(&self.metrics);
             Box::pin(async move {
                 let response = future.await?;
-                let out_of_range = response
-                    .headers()
-                    .get("grpc-status")
-                    .is_some_and(|v| v.as_bytes() == b"11");
-                if out_of_range {
-                    metrics.rejected(Rejection::BatchTooLarge);
-                    warn!("batch refused: larger than --max-batch-bytes");
+                match response.headers().get("grpc-status").map(|v| v.as_bytes()) {
+                    Some(b"11") => {
+                        metrics.rejected(Rejection::BatchTooLarge);
+                        warn!("batch refused: larger than --max-batch-bytes");
+                    }
+                    // The handler never answers INTERNAL: the decoder refused the message.
+                    Some(b"13") => {
+                        metrics.rejected(Rejection::Undecodable);
+                        warn!("batch refused: not a protobuf ExchangeBatch");
+                    }
+                    _ => {}
                 }
                 Ok(response.map(Body::new))
             })
@@ -753,6 +784,100 @@ impl tower::Service<http::Request<Body>> for Dispatch {
             )
             .into_http())))
         }
+    }
+}
+
+/// The rustls acceptor for the server identity: TLS 1.2 and 1.3 with ring, ALPN `h2`.
+fn tls_acceptor(identity: &ServerIdentity) -> Result<TlsAcceptor, ServeError> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_slice_iter(&identity.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Tls(format!("the certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&identity.key_pem)
+        .map_err(|e| ServeError::Tls(format!("the key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServeError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The handshake limits of the accept loop.
+struct Handshakes {
+    timeout: Duration,
+    pending: Arc<tokio::sync::Semaphore>,
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts TCP connections and runs each TLS handshake on a task of its own, within
+/// `--tls-handshake-timeout` and at most `--max-pending-handshakes` at once (a connection past
+/// that is closed unanswered); finished handshakes go to the gRPC server. A client that never
+/// finishes its handshake holds one slot for the timeout, and nothing else: it never reaches
+/// the server, and other clients' handshakes go on beside it.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Handshakes,
+    conns: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limits.pending).try_acquire_owned() else {
+            Metrics::add(&metrics.tls_handshakes_refused, 1);
+            warn!(%peer, "connection closed unanswered: --max-pending-handshakes under way");
+            drop(tcp);
+            continue;
+        };
+        // Nagle's algorithm with delayed ACKs holds each ack back ~40 ms.
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
+        let acceptor = acceptor.clone();
+        let conns = conns.clone();
+        let metrics = Arc::clone(&metrics);
+        let timeout = limits.timeout;
+        tokio::spawn(async move {
+            Metrics::add(&metrics.tls_handshakes_pending, 1);
+            let outcome = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+            metrics
+                .tls_handshakes_pending
+                .fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            match outcome {
+                Ok(Ok(tls)) => {
+                    let _ = conns.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => {
+                    Metrics::add(&metrics.tls_handshake_failures, 1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    Metrics::add(&metrics.tls_handshake_timeouts, 1);
+                    tracing::debug!(%peer, "TLS handshake timed out (--tls-handshake-timeout)");
+                }
+            }
+        });
     }
 }
 
@@ -843,9 +968,15 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
         orgs: Mutex::new(std::collections::HashMap::new()),
         tails: tokio::sync::Mutex::new(std::collections::HashMap::new()),
     });
-    let auth = Auth {
+    let limiter = Arc::new(PeerLimiter::new(&config.limits.auth));
+    let audit = Arc::new(AuditLimiter::new(config.limits.auth.audit_per_second));
+    let auth = |rpc: Rpc, required: Scope| Auth {
         storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
+        limiter: Arc::clone(&limiter),
+        audit: Arc::clone(&audit),
+        rpc,
+        required,
     };
     let ingest = IngestServer::new(IngestService {
         store: Arc::clone(&store),
@@ -865,12 +996,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
         max_watchers: config.limits.max_watchers,
         shutdown: shutdown_rx.clone(),
     });
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            &config.identity.cert_pem,
-            &config.identity.key_pem,
-        ))
-        .timeout(Duration::from_secs(10));
+    let acceptor = tls_acceptor(&config.identity)?;
     let diff = DiffServer::new(DiffService {
         storage: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
@@ -879,28 +1005,34 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
     // A report can be large; the limit is on the selections (--max-diff-exchanges).
     .max_encoding_message_size(256 << 20);
     let dispatch = Dispatch {
-        ingest: InterceptedService::new(ingest, auth.clone()),
-        watch: InterceptedService::new(watch, auth.clone()),
-        diff: InterceptedService::new(diff, auth),
+        ingest: InterceptedService::new(ingest, auth(Rpc::Push, Scope::Ingest)),
+        watch: InterceptedService::new(watch, auth(Rpc::Watch, Scope::Read)),
+        diff: InterceptedService::new(diff, auth(Rpc::Diff, Scope::Read)),
         metrics: Arc::clone(&metrics),
     };
-    let server = Server::builder()
-        .tls_config(tls)
-        .map_err(ServeError::Tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let server = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let (conns, incoming) = mpsc::channel(64);
+    tokio::spawn(accept_tls(
+        listener,
+        acceptor,
+        Handshakes {
+            timeout: config.limits.tls_handshake_timeout,
+            pending: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_pending_handshakes.max(1),
+            )),
+        },
+        conns,
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    ));
     let mut stop = shutdown_rx;
-    let task = tokio::spawn(
-        server.serve_with_incoming_shutdown(
-            dispatch,
-            // Nagle's algorithm with delayed ACKs holds each ack back ~40 ms.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            async move {
-                let _ = stop.changed().await;
-            },
-        ),
-    );
+    let task = tokio::spawn(server.serve_with_incoming_shutdown(
+        dispatch,
+        ReceiverStream::new(incoming),
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
     info!(%addr, "collector listening (TLS)");
     Ok(Running {
         addr,

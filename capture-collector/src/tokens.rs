@@ -7,11 +7,24 @@
 //! random characters, enough to tell tokens apart and to find the candidate record without
 //! hashing every entry; the HMAC is then verified in constant time.
 //!
+//! Each token carries scopes (see [`Scope`]): `ingest` to push, `read` to watch and diff,
+//! `admin` for token management (the collector has no token-management RPC: `admin` is
+//! defined for the CLI's records and refused by every RPC). A record without a `scopes`
+//! field was issued before scopes existed and keeps what every token could do then: `ingest`
+//! and `read` ([`LEGACY_SCOPES`]).
+//!
+//! Unknown and revoked tokens take the same path at the same cost: exactly one HMAC
+//! verification per candidate record with the token's masked form, and one against a fixed
+//! decoy record when there is none, so a well-formed token always costs at least one HMAC
+//! and the outcome is decided only after it ([`hmac_computations`] counts them for the
+//! tests).
+//!
 //! The server re-reads the file whenever it changes (checked with one `stat` per call), so
 //! `token revoke` takes effect on the next call without a restart, and a watch stream is cut
 //! within a second.
 
 use std::{
+    fmt,
     fs::{self, OpenOptions},
     io,
     os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
@@ -38,6 +51,91 @@ const SALT_BYTES: usize = 16;
 const FILE: &str = "tokens.json";
 const LOCK: &str = "tokens.lock";
 
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `Ingest.Push`: what a node's daemon needs, and all it needs.
+    Ingest,
+    /// `Watch.Watch` and `Diff.Diff`: reading the organisation's traffic.
+    Read,
+    /// Token management. No RPC manages tokens (the CLI works on the store directly), so no
+    /// RPC accepts this scope; it is recorded for the day one does.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Self; 3] = [Self::Ingest, Self::Read, Self::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingest => "ingest",
+            Self::Read => "read",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a scope: give ingest, read or admin")]
+pub struct BadScope(pub String);
+
+impl std::str::FromStr for Scope {
+    type Err = BadScope;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ingest" => Ok(Self::Ingest),
+            "read" => Ok(Self::Read),
+            "admin" => Ok(Self::Admin),
+            other => Err(BadScope(other.chars().take(40).collect())),
+        }
+    }
+}
+
+/// What a token issued before scopes existed may do: what every token could then.
+pub const LEGACY_SCOPES: &[Scope] = &[Scope::Ingest, Scope::Read];
+
+/// Scopes as stored: sorted, without duplicates, comma-separated (`ingest,read`).
+pub fn scopes_to_string(scopes: &[Scope]) -> String {
+    let mut sorted = scopes.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The stored form back; an empty string is no scope at all.
+pub fn scopes_from_string(s: &str) -> Result<Vec<Scope>, BadScope> {
+    let mut out = s
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<Scope>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+thread_local! {
+    /// HMAC verifications done on this thread (tests compare the cost of refusals with it).
+    static HMAC_COMPUTATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many token HMACs this thread has verified.
+pub fn hmac_computations() -> u64 {
+    HMAC_COMPUTATIONS.with(std::cell::Cell::get)
+}
+
 /// One issued token, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -51,6 +149,10 @@ pub struct TokenRecord {
     /// RFC 3339 time of revocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<String>,
+    /// What it may do; absent on records issued before scopes existed, which keep
+    /// [`LEGACY_SCOPES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
 }
 
 impl TokenRecord {
@@ -62,6 +164,7 @@ impl TokenRecord {
         hmac: String,
         created: String,
         revoked: Option<String>,
+        scopes: Option<Vec<Scope>>,
     ) -> Self {
         Self {
             org,
@@ -70,7 +173,20 @@ impl TokenRecord {
             hmac,
             created,
             revoked,
+            scopes,
         }
+    }
+
+    /// What the token may do (the legacy set for a record without scopes).
+    pub fn effective_scopes(&self) -> Vec<Scope> {
+        self.scopes
+            .clone()
+            .unwrap_or_else(|| LEGACY_SCOPES.to_vec())
+    }
+
+    /// Whether the record was issued before scopes existed.
+    pub fn is_legacy(&self) -> bool {
+        self.scopes.is_none()
     }
 
     pub(crate) fn salt(&self) -> &str {
@@ -82,6 +198,7 @@ impl TokenRecord {
     }
 
     fn verifies(&self, token: &str) -> bool {
+        HMAC_COMPUTATIONS.with(|n| n.set(n.get() + 1));
         let (Ok(salt), Ok(tag)) = (
             URL_SAFE_NO_PAD.decode(&self.salt),
             URL_SAFE_NO_PAD.decode(&self.hmac),
@@ -194,7 +311,7 @@ fn update<T>(
 }
 
 /// A new token for `org` and its record; nothing is stored yet.
-pub(crate) fn issue(org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
+pub(crate) fn issue(org: &OrgName, scopes: &[Scope]) -> Result<(String, TokenRecord), TokenError> {
     let rng = SystemRandom::new();
     let mut random = [0_u8; RANDOM_BYTES];
     let mut salt = [0_u8; SALT_BYTES];
@@ -209,13 +326,18 @@ pub(crate) fn issue(org: &OrgName) -> Result<(String, TokenRecord), TokenError> 
         hmac: URL_SAFE_NO_PAD.encode(tag.as_ref()),
         created: now_rfc3339(),
         revoked: None,
+        scopes: Some(scopes_from_string(&scopes_to_string(scopes)).unwrap_or_default()),
     };
     Ok((token, record))
 }
 
 /// Issues a token for `org`: returns the token (shown once, never stored) and its record.
-pub fn create(data_dir: &Path, org: &OrgName) -> Result<(String, TokenRecord), TokenError> {
-    let (token, record) = issue(org)?;
+pub fn create(
+    data_dir: &Path,
+    org: &OrgName,
+    scopes: &[Scope],
+) -> Result<(String, TokenRecord), TokenError> {
+    let (token, record) = issue(org, scopes)?;
     let stored = record.clone();
     update(data_dir, move |file| {
         file.tokens.push(stored);
@@ -293,7 +415,27 @@ pub fn revoke(data_dir: &Path, org: &OrgName, given: &str) -> Result<Revoked, To
     })
 }
 
+/// A record no token verifies against, checked when no record has the token's masked form,
+/// so that an unknown token costs the HMAC a known one does.
+fn decoy() -> &'static TokenRecord {
+    static DECOY: std::sync::OnceLock<TokenRecord> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| TokenRecord {
+        org: String::new(),
+        masked: String::new(),
+        salt: URL_SAFE_NO_PAD.encode([0x5a_u8; SALT_BYTES]),
+        // 32 zero bytes: the tag of no token (finding one is breaking HMAC-SHA256).
+        hmac: URL_SAFE_NO_PAD.encode([0_u8; 32]),
+        created: String::new(),
+        revoked: None,
+        scopes: Some(Vec::new()),
+    })
+}
+
 /// The caller `token` speaks for among `records` (those with its masked form).
+///
+/// Every candidate with the token's masked form is verified (no early exit), and the decoy
+/// when there is none: an unknown token, a forged one sharing a masked form, and a revoked
+/// one all cost the same HMACs before the outcome is known.
 pub(crate) fn verify<'a>(
     token: &str,
     records: impl IntoIterator<Item = &'a TokenRecord>,
@@ -302,16 +444,28 @@ pub(crate) fn verify<'a>(
         return Err(AuthFailure::Malformed);
     }
     let masked = mask(token);
-    let record = records
-        .into_iter()
-        .filter(|t| t.masked == masked)
-        .find(|t| t.verifies(token))
-        .ok_or(AuthFailure::Unknown)?;
+    let mut found: Option<&TokenRecord> = None;
+    let mut checked = 0_usize;
+    for record in records.into_iter().filter(|t| t.masked == masked) {
+        checked += 1;
+        if record.verifies(token) && found.is_none() {
+            found = Some(record);
+        }
+    }
+    if checked == 0 {
+        // Never verifies; computed for its cost only.
+        let _ = decoy().verifies(token);
+    }
+    let record = found.ok_or(AuthFailure::Unknown)?;
     if record.revoked.is_some() {
         return Err(AuthFailure::Revoked);
     }
     let org = OrgName::parse(&record.org).map_err(|_| AuthFailure::StoreUnreadable)?;
-    Ok(Caller { org, token: masked })
+    Ok(Caller {
+        org,
+        token: masked,
+        scopes: record.effective_scopes(),
+    })
 }
 
 /// Whether `token` has the form of one of ours, and its masked form.
@@ -329,6 +483,14 @@ pub struct Caller {
     pub org: OrgName,
     /// The masked token, for audit lines.
     pub token: String,
+    /// What the token may do.
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
 }
 
 /// Identity of the token file's contents: a rename (every write) or an edit changes it.
@@ -410,11 +572,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let store = TokenStore::new(d);
-        let (a1, rec) = create(d, &org("a")).unwrap();
+        let (a1, rec) = create(d, &org("a"), &[Scope::Ingest]).unwrap();
         assert!(well_formed(&a1), "{a1}");
         assert_eq!(rec.masked, mask(&a1));
-        let (a2, _) = create(d, &org("a")).unwrap();
-        let (b1, _) = create(d, &org("b")).unwrap();
+        let (a2, _) = create(d, &org("a"), &[Scope::Ingest]).unwrap();
+        let (b1, _) = create(d, &org("b"), &[Scope::Ingest]).unwrap();
         assert_eq!(store.authenticate(&a1).unwrap().org, org("a"));
         assert_eq!(store.authenticate(&b1).unwrap().org, org("b"));
 
@@ -459,7 +621,7 @@ mod tests {
     fn unknown_and_malformed_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::new(dir.path());
-        let (token, _) = create(dir.path(), &org("a")).unwrap();
+        let (token, _) = create(dir.path(), &org("a"), &[Scope::Ingest]).unwrap();
         // Same masked form, different middle: found by mask, refused by the HMAC.
         let mut forged = token.clone().into_bytes();
         forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
@@ -480,5 +642,77 @@ mod tests {
             store.authenticate(&token),
             Err(AuthFailure::StoreUnreadable)
         ));
+    }
+
+    /// An unknown token (no record with its masked form), a forged one (same masked form,
+    /// wrong HMAC), a revoked one and a valid one: each costs exactly one HMAC verification
+    /// and takes the same path; only the outcome differs.
+    #[test]
+    fn unknown_forged_revoked_and_valid_cost_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = TokenStore::new(d);
+        let (valid, _) = create(d, &org("a"), &[Scope::Ingest]).unwrap();
+        let (revoked, _) = create(d, &org("a"), &[Scope::Read]).unwrap();
+        assert!(matches!(
+            revoke(d, &org("a"), &revoked).unwrap(),
+            Revoked::Now(_)
+        ));
+        let (unknown, _) = issue(&org("a"), &[Scope::Ingest]).unwrap();
+        let mut forged = valid.clone().into_bytes();
+        forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        // Warm the cache: the file is read once.
+        let _ = store.authenticate(&valid);
+        let cost = |token: &str| {
+            let before = hmac_computations();
+            let outcome = store.authenticate(token).map(|c| c.scopes);
+            (hmac_computations() - before, outcome)
+        };
+        let mut outcomes = Vec::new();
+        for _ in 0..100 {
+            for token in [&unknown, &forged, &revoked, &valid] {
+                let (n, outcome) = cost(token);
+                assert_eq!(n, 1, "{outcome:?}");
+                outcomes.push(outcome);
+            }
+        }
+        assert!(matches!(outcomes[0], Err(AuthFailure::Unknown)));
+        assert!(matches!(outcomes[1], Err(AuthFailure::Unknown)));
+        assert!(matches!(outcomes[2], Err(AuthFailure::Revoked)));
+        assert_eq!(outcomes[3].as_ref().unwrap(), &vec![Scope::Ingest]);
+        // A malformed token is refused before any HMAC.
+        assert_eq!(cost("cap_short").0, 0);
+    }
+
+    #[test]
+    fn scopes_are_stored_and_legacy_records_keep_ingest_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let store = TokenStore::new(d);
+        let (both, rec) = create(d, &org("a"), &[Scope::Read, Scope::Ingest, Scope::Read]).unwrap();
+        assert_eq!(rec.scopes, Some(vec![Scope::Ingest, Scope::Read]));
+        assert_eq!(
+            store.authenticate(&both).unwrap().scopes,
+            vec![Scope::Ingest, Scope::Read]
+        );
+        // A record written before scopes existed: no `scopes` field.
+        let (old, _) = create(d, &org("a"), &[Scope::Admin]).unwrap();
+        let text = fs::read_to_string(d.join(FILE)).unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["tokens"][1].as_object_mut().unwrap().remove("scopes");
+        fs::write(d.join(FILE), serde_json::to_vec(&json).unwrap()).unwrap();
+        let caller = store.authenticate(&old).unwrap();
+        assert_eq!(caller.scopes, LEGACY_SCOPES.to_vec());
+        assert!(list(d, &org("a")).unwrap()[1].is_legacy());
+        assert_eq!(
+            scopes_to_string(&[Scope::Read, Scope::Ingest]),
+            "ingest,read"
+        );
+        assert_eq!(
+            scopes_from_string("read, ingest,read").unwrap(),
+            vec![Scope::Ingest, Scope::Read]
+        );
+        assert!(scopes_from_string("write").is_err());
     }
 }

@@ -688,9 +688,12 @@ async fn postgres_start_up_migrates_and_needs_a_key() {
     let first = store.collector(&[]);
     let second = store.collector(&[]);
     assert_eq!(
-        pg.psql("startup", "SELECT version, success FROM _sqlx_migrations")
-            .trim(),
-        "1|t"
+        pg.psql(
+            "startup",
+            "SELECT version, success FROM _sqlx_migrations ORDER BY version"
+        )
+        .trim(),
+        "1|t\n2|t"
     );
     drop((first, second));
     let url = pg.database("nokey");
@@ -806,4 +809,171 @@ fn store_urls_are_checked() {
     let out = run(&["token", "list", "--org", "acme"]);
     assert_eq!(out.status.code(), Some(2));
     let _ = wire::to_proto;
+}
+
+/// Token scopes, the same on both stores: every RPC with a token of each scope, a token
+/// without the scope refused with PERMISSION_DENIED before its message is read, counted by
+/// RPC and missing scope, and audited with the masked token; allowed reads audited with the
+/// masked token too. A record from before scopes (no scopes field / NULL column) keeps ingest
+/// and read, and `token list` shows every token's scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_scopes_gate_every_rpc_on_both_stores() {
+    use capture_proto::v1::diff_client::DiffClient;
+    let test = "scopes";
+    for (name, store) in both(test) {
+        let ingest_only = token_scoped(&store.args(), "acme", "");
+        let read_only = token_scoped(&store.args(), "acme", "read");
+        let admin_only = token_scoped(&store.args(), "acme", "admin");
+        let both_scopes = token_scoped(&store.args(), "acme", "read,ingest");
+        let legacy = token_scoped(&store.args(), "acme", "ingest");
+        // Make the last one a record from before scopes existed.
+        let legacy_masked = capture_collector::tokens::mask(&legacy);
+        match &store.location {
+            Location::File(dir) => {
+                let file = dir.join("tokens.json");
+                let mut json: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+                for t in json["tokens"].as_array_mut().unwrap() {
+                    if t["masked"] == legacy_masked.as_str() {
+                        t.as_object_mut().unwrap().remove("scopes").unwrap();
+                    }
+                }
+                std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+            }
+            Location::Postgres(_) => {
+                store._pg.as_ref().unwrap().psql(
+                    test,
+                    &format!("UPDATE tokens SET scopes = NULL WHERE masked = '{legacy_masked}'"),
+                );
+            }
+        }
+        let listed = run(&[&["token", "list", "--org", "acme"][..], &store.args()].concat());
+        let listed = String::from_utf8(listed.stdout).unwrap();
+        let line = |token: &str| {
+            let masked = capture_collector::tokens::mask(token);
+            listed
+                .lines()
+                .find(|l| l.starts_with(&masked))
+                .unwrap_or_else(|| panic!("{name}: {masked} not listed: {listed}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert!(listed.starts_with("TOKEN"), "{name}: {listed}");
+        assert_eq!(line(&ingest_only)[2..], ["ingest", "active"], "{name}");
+        assert_eq!(line(&read_only)[2..], ["read", "active"], "{name}");
+        assert_eq!(line(&admin_only)[2..], ["admin", "active"], "{name}");
+        assert_eq!(line(&both_scopes)[2..], ["ingest,read", "active"], "{name}");
+        assert_eq!(
+            line(&legacy)[2..],
+            ["ingest,read", "(legacy)", "active"],
+            "{name}"
+        );
+        // No token is printed by the listing.
+        for t in [&ingest_only, &read_only, &admin_only, &both_scopes, &legacy] {
+            assert!(!listed.contains(&t[8..]), "{name}: {listed}");
+        }
+
+        let collector = store.collector(&["--metrics-addr", "127.0.0.1:0"]);
+        let channel = collector.channel().await;
+        let tokens = [
+            ("ingest", &ingest_only, [true, false, false]),
+            ("read", &read_only, [false, true, true]),
+            ("admin", &admin_only, [false, false, false]),
+            ("ingest,read", &both_scopes, [true, true, true]),
+            ("legacy", &legacy, [true, true, true]),
+        ];
+        let mut seq = 0;
+        for (label, token, [may_push, may_watch, may_diff]) in tokens {
+            seq += 1;
+            let pushed = ingest(&channel, token)
+                .push(batch("node-a", "run-1", seq, 0..1))
+                .await;
+            match (may_push, pushed) {
+                (true, Ok(ack)) => assert_eq!(ack.into_inner().stored, 1, "{name} {label}"),
+                (false, Err(s)) => {
+                    assert_eq!(s.code(), Code::PermissionDenied, "{name} {label}: {s:?}");
+                    assert!(s.message().contains("ingest scope"), "{name}: {s:?}");
+                }
+                (want, got) => panic!("{name} {label}: push allowed={want}, got {got:?}"),
+            }
+            let watched = watch(&channel, token)
+                .watch(pb::WatchRequest::default())
+                .await;
+            match (may_watch, watched) {
+                (true, Ok(_)) => {}
+                (false, Err(s)) => {
+                    assert_eq!(s.code(), Code::PermissionDenied, "{name} {label}: {s:?}");
+                    assert!(s.message().contains("read scope"), "{name}: {s:?}");
+                }
+                (want, got) => panic!(
+                    "{name} {label}: watch allowed={want}, got {:?}",
+                    got.map(|_| ())
+                ),
+            }
+            let diffed = DiffClient::with_interceptor(channel.clone(), bearer(token))
+                .diff(pb::DiffRequest {
+                    baseline: Some(pb::Selector {
+                        namespace: "shop".into(),
+                        ..pb::Selector::default()
+                    }),
+                    candidate: Some(pb::Selector {
+                        namespace: "pay".into(),
+                        ..pb::Selector::default()
+                    }),
+                    ..pb::DiffRequest::default()
+                })
+                .await;
+            match (may_diff, diffed) {
+                (true, Ok(report)) => {
+                    assert!(
+                        !report.into_inner().report_json.is_empty(),
+                        "{name} {label}"
+                    )
+                }
+                (false, Err(s)) => {
+                    assert_eq!(s.code(), Code::PermissionDenied, "{name} {label}: {s:?}");
+                }
+                (want, got) => panic!("{name} {label}: diff allowed={want}, got {got:?}"),
+            }
+        }
+        let metrics = http_get(collector.metrics.unwrap(), "/metrics");
+        for (rpc, scope, n) in [
+            ("push", "ingest", 2),
+            ("push", "read", 0),
+            ("watch", "read", 2),
+            ("watch", "ingest", 0),
+            ("diff", "read", 2),
+            ("diff", "admin", 0),
+        ] {
+            let want = format!(
+                "capture_collector_scope_denied_total{{rpc=\"{rpc}\",scope=\"{scope}\"}} {n}\n"
+            );
+            assert!(metrics.contains(&want), "{name}: {want} in {metrics}");
+        }
+        // The refusals and every read are audited with the masked token, never the token.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let logs = collector.logs();
+        let audit: Vec<serde_json::Value> = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "audit")
+            .collect();
+        let events = |event: &str, token: &str| {
+            let masked = capture_collector::tokens::mask(token);
+            audit
+                .iter()
+                .filter(|v| v["event"] == event && v["token"] == masked.as_str())
+                .count()
+        };
+        assert_eq!(events("scope_denied", &read_only), 1, "{name}: {logs}");
+        assert_eq!(events("scope_denied", &ingest_only), 2, "{name}: {logs}");
+        assert_eq!(events("scope_denied", &admin_only), 3, "{name}: {logs}");
+        for t in [&read_only, &both_scopes, &legacy] {
+            assert_eq!(events("watch_start", t), 1, "{name}: {logs}");
+            assert_eq!(events("diff", t), 1, "{name}: {logs}");
+        }
+        for t in [&ingest_only, &read_only, &admin_only, &both_scopes, &legacy] {
+            assert!(!logs.contains(&t[8..]), "{name}: a token in the log");
+        }
+    }
 }

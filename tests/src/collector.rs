@@ -157,9 +157,10 @@ impl Collector {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    /// `capture-collector token create`: a new token of `org`.
+    /// `capture-collector token create --scope ingest`: a new token of `org`, as a node's
+    /// daemon holds it.
     pub fn create_token(&self, org: &str) -> Result<String> {
-        let out = self.admin(&["token", "create", "--org", org])?;
+        let out = self.admin(&["token", "create", "--org", org, "--scope", "ingest"])?;
         let token = out.trim();
         if token.is_empty() || token.contains(char::is_whitespace) {
             bail!("token create printed {out:?}");

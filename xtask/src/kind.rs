@@ -434,6 +434,9 @@ fn up(r: &Runner) -> anyhow::Result<()> {
             COLLECTOR_DATA,
             "--org",
             ORG,
+            // The DaemonSet's Secret: push only.
+            "--scope",
+            "ingest",
         ]),
         "TOKEN",
     )?;

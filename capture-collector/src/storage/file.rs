@@ -24,7 +24,7 @@ use crate::{
     org::OrgName,
     seal::{self, SealKey, write_atomically},
     store::{self, Appended, BatchId, Store, StoreConfig},
-    tokens::{self, Caller, Revoked, TokenRecord, TokenStore},
+    tokens::{self, Caller, Revoked, Scope, TokenRecord, TokenStore},
 };
 
 /// Model files start with this byte: 0 plaintext (a directory without a key), 1 sealed.
@@ -184,8 +184,9 @@ impl FileStorage {
     pub(super) fn create_token(
         &self,
         org: &OrgName,
+        scopes: &[Scope],
     ) -> Result<(String, TokenRecord), StorageError> {
-        Ok(tokens::create(&self.data_dir, org)?)
+        Ok(tokens::create(&self.data_dir, org, scopes)?)
     }
 
     pub(super) fn list_tokens(&self, org: &OrgName) -> Result<Vec<TokenRecord>, StorageError> {

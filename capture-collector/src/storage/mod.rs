@@ -22,7 +22,7 @@ use crate::{
     org::OrgName,
     seal::{KeyError, SealKey},
     store::{Appended, StoreError},
-    tokens::{Caller, Revoked, TokenError, TokenRecord},
+    tokens::{Caller, Revoked, Scope, TokenError, TokenRecord},
 };
 
 /// Where the collector keeps its data: `--store file:DIR` (or `--data DIR`) or
@@ -326,10 +326,15 @@ impl Storage {
         }
     }
 
-    pub async fn create_token(&self, org: &OrgName) -> Result<(String, TokenRecord), StorageError> {
+    /// Issues a token for `org` with `scopes` (stored sorted, without duplicates).
+    pub async fn create_token(
+        &self,
+        org: &OrgName,
+        scopes: &[Scope],
+    ) -> Result<(String, TokenRecord), StorageError> {
         match self {
-            Self::File(s) => s.create_token(org),
-            Self::Postgres(s) => s.create_token(org).await,
+            Self::File(s) => s.create_token(org, scopes),
+            Self::Postgres(s) => s.create_token(org, scopes).await,
         }
     }
 

@@ -45,13 +45,20 @@ use crate::{
     org::OrgName,
     seal::SealKey,
     store::Appended,
-    tokens::{self, Caller, Pick, Revoked, TokenRecord},
+    tokens::{self, Caller, Pick, Revoked, Scope, TokenRecord},
 };
 
 /// The channel pushes notify, with the organisation as payload.
 const CHANNEL: &str = "capture_exchanges";
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "token scopes",
+        include_str!("migrations/0002_token_scopes.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -522,13 +529,13 @@ impl PgStorage {
     ) -> Result<Vec<(i64, TokenRecord)>, StorageError> {
         let sql = match (masked.is_some(), for_update) {
             (false, false) => {
-                "SELECT id, org, masked, salt, hmac, created, revoked FROM tokens WHERE org = $1 ORDER BY id"
+                "SELECT id, org, masked, salt, hmac, created, revoked, scopes FROM tokens WHERE org = $1 ORDER BY id"
             }
             (false, true) => {
-                "SELECT id, org, masked, salt, hmac, created, revoked FROM tokens WHERE org = $1 ORDER BY id FOR UPDATE"
+                "SELECT id, org, masked, salt, hmac, created, revoked, scopes FROM tokens WHERE org = $1 ORDER BY id FOR UPDATE"
             }
             (true, _) => {
-                "SELECT id, org, masked, salt, hmac, created, revoked FROM tokens WHERE org = $1 AND masked = $2 ORDER BY id"
+                "SELECT id, org, masked, salt, hmac, created, revoked, scopes FROM tokens WHERE org = $1 AND masked = $2 ORDER BY id"
             }
         };
         let rows = sqlx::query(sql)
@@ -538,6 +545,14 @@ impl PgStorage {
             .await?;
         rows.into_iter()
             .map(|row| {
+                let scopes: Option<String> = row.try_get(7)?;
+                let scopes = scopes
+                    .map(|s| tokens::scopes_from_string(&s))
+                    .transpose()
+                    .map_err(|e| StorageError::Decode {
+                        what: "a token's scopes".into(),
+                        reason: e.to_string(),
+                    })?;
                 Ok((
                     row.try_get(0)?,
                     TokenRecord::from_parts(
@@ -547,6 +562,7 @@ impl PgStorage {
                         row.try_get(4)?,
                         row.try_get(5)?,
                         row.try_get(6)?,
+                        scopes,
                     ),
                 ))
             })
@@ -556,17 +572,19 @@ impl PgStorage {
     pub(super) async fn create_token(
         &self,
         org: &OrgName,
+        scopes: &[Scope],
     ) -> Result<(String, TokenRecord), StorageError> {
-        let (token, record) = tokens::issue(org)?;
+        let (token, record) = tokens::issue(org, scopes)?;
         let mut tx = org_tx(&self.pool, org).await?;
         sqlx::query(
-            "INSERT INTO tokens (org, masked, salt, hmac, created) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO tokens (org, masked, salt, hmac, created, scopes) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(org.as_str())
         .bind(&record.masked)
         .bind(record.salt())
         .bind(record.hmac())
         .bind(&record.created)
+        .bind(tokens::scopes_to_string(&record.effective_scopes()))
         .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO token_index (masked, org) VALUES ($1, $2) ON CONFLICT DO NOTHING")
@@ -615,24 +633,30 @@ impl PgStorage {
         Ok(revoked)
     }
 
+    /// The records with `masked`. An unknown masked form runs the same queries as a known
+    /// one (the record query against a placeholder organisation, which finds nothing), so an
+    /// unknown and a revoked token cost the same round trips.
     async fn candidates(&self, masked: &str) -> Result<Vec<TokenRecord>, StorageError> {
-        let orgs: Vec<String> = sqlx::query_scalar("SELECT org FROM token_index WHERE masked = $1")
-            .bind(masked)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut orgs: Vec<String> =
+            sqlx::query_scalar("SELECT org FROM token_index WHERE masked = $1")
+                .bind(masked)
+                .fetch_all(&self.pool)
+                .await?;
+        let placeholder = orgs.is_empty();
+        if placeholder {
+            orgs.push("0".to_owned());
+        }
         let mut out = Vec::new();
         for org in orgs {
             let Ok(org) = OrgName::parse(&org) else {
                 continue;
             };
             let mut tx = org_tx(&self.pool, &org).await?;
-            out.extend(
-                Self::token_records(&mut tx, &org, Some(masked), false)
-                    .await?
-                    .into_iter()
-                    .map(|(_, r)| r),
-            );
+            let records = Self::token_records(&mut tx, &org, Some(masked), false).await?;
             tx.commit().await?;
+            if !placeholder {
+                out.extend(records.into_iter().map(|(_, r)| r));
+            }
         }
         Ok(out)
     }

@@ -50,9 +50,18 @@ pub fn token(data: &Path, org: &str) -> String {
 }
 
 /// Issues a token for `org` through the CLI, in the store named by `store` (`--data DIR`, or
-/// `--store URL` and its flags).
+/// `--store URL` and its flags), with the scopes `ingest` and `read`: these tests push and
+/// watch with one token (the scope tests issue their own).
 pub fn token_in(store: &[&str], org: &str) -> String {
+    token_scoped(store, org, "ingest,read")
+}
+
+/// Issues a token for `org` with `scopes` (`--scope` as given; empty: the default).
+pub fn token_scoped(store: &[&str], org: &str, scopes: &str) -> String {
     let mut args = vec!["token", "create", "--org", org];
+    if !scopes.is_empty() {
+        args.extend_from_slice(&["--scope", scopes]);
+    }
     args.extend_from_slice(store);
     let out = run(&args);
     assert!(
