@@ -208,6 +208,11 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     audit_refusals_per_second: u32,
+    /// Pushes read, decoded and stored at once; more wait their turn (their bodies unread).
+    /// With --max-batch-bytes this bounds the memory batches take.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_concurrent_pushes: u64,
     /// Longest a client may take to finish its TLS handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     tls_handshake_timeout: Duration,
@@ -461,6 +466,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 max_peers: usize_of(args.auth_max_peers),
                 audit_per_second: args.audit_refusals_per_second,
             },
+            max_concurrent_pushes: usize_of(args.max_concurrent_pushes),
             tls_handshake_timeout: args.tls_handshake_timeout,
             max_pending_handshakes: usize_of(args.max_pending_handshakes),
         },

@@ -123,6 +123,8 @@ pub struct Metrics {
     pub auth_peers_untracked: AtomicU64,
     /// Refusal audit lines left out (`--audit-refusals-per-second`).
     pub audit_suppressed: AtomicU64,
+    /// Pushes that waited for a slot (`--max-concurrent-pushes`).
+    pub pushes_queued: AtomicU64,
     /// TLS handshakes that did not finish within `--tls-handshake-timeout`.
     pub tls_handshake_timeouts: AtomicU64,
     /// TLS handshakes that failed (not TLS, bad version, the client gave up...).
@@ -285,6 +287,11 @@ impl Metrics {
             "capture_collector_audit_suppressed_total",
             "Refusal audit lines left out by --audit-refusals-per-second.",
             g(&self.audit_suppressed),
+        );
+        counter(
+            "capture_collector_pushes_queued_total",
+            "Pushes that waited for a slot: --max-concurrent-pushes were being stored.",
+            g(&self.pushes_queued),
         );
         counter(
             "capture_collector_tls_handshake_timeouts_total",

@@ -78,6 +78,10 @@ pub struct Limits {
     pub max_diff_exchanges: usize,
     /// Failed authentications per peer, and refusal audit lines (`--auth-*`, `--audit-*`).
     pub auth: AuthLimits,
+    /// Pushes read, decoded and stored at once; more wait their turn, their bodies left
+    /// unread in HTTP/2 flow control (`--max-concurrent-pushes`). With `max_batch_bytes`
+    /// this bounds the memory batches take.
+    pub max_concurrent_pushes: usize,
     /// Longest a TLS handshake may take (`--tls-handshake-timeout`).
     pub tls_handshake_timeout: Duration,
     /// TLS handshakes under way at once; connections past it are closed unanswered
@@ -94,6 +98,7 @@ impl Default for Limits {
             max_watchers: 256,
             max_diff_exchanges: crate::diff::DEFAULT_MAX_EXCHANGES,
             auth: AuthLimits::default(),
+            max_concurrent_pushes: 16,
             tls_handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
         }
@@ -739,6 +744,8 @@ struct Dispatch {
     watch: WatchSvc,
     diff: DiffSvc,
     metrics: Arc<Metrics>,
+    /// `--max-concurrent-pushes`.
+    pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl tower::Service<http::Request<Body>> for Dispatch {
@@ -754,9 +761,25 @@ impl tower::Service<http::Request<Body>> for Dispatch {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
         if path.starts_with("/capture.v1.Ingest/") {
+            // Authenticated here (the interceptor runs in `call`); the body is read only
+            // when the future is polled, after a push slot is free.
             let future = self.ingest.call(request);
             let metrics = Arc::clone(&self.metrics);
+            let pushes = Arc::clone(&self.pushes);
             Box::pin(async move {
+                let _slot = match Arc::clone(&pushes).try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        Metrics::add(&metrics.pushes_queued, 1);
+                        match pushes.acquire_owned().await {
+                            Ok(slot) => slot,
+                            Err(_) => {
+                                return Ok(Status::unavailable("the collector is shutting down")
+                                    .into_http());
+                            }
+                        }
+                    }
+                };
                 let response = future.await?;
                 match response.headers().get("grpc-status").map(|v| v.as_bytes()) {
                     Some(b"11") => {
@@ -1009,6 +1032,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
         watch: InterceptedService::new(watch, auth(Rpc::Watch, Scope::Read)),
         diff: InterceptedService::new(diff, auth(Rpc::Diff, Scope::Read)),
         metrics: Arc::clone(&metrics),
+        pushes: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_pushes.max(1),
+        )),
     };
     let server = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
     let (conns, incoming) = mpsc::channel(64);
