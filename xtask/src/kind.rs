@@ -1060,7 +1060,7 @@ mod tests {
                 format!("{k} apply -f - <<< Namespace capture-system, Secret capture-system/capture-collector-tls, ConfigMap capture-system/capture-collector-ca"),
                 format!("{k} apply --filename charts/kind/collector.yaml"),
                 format!("{k} --namespace capture-system rollout status deployment/capture-collector --timeout 180s"),
-                format!("{k} --namespace capture-system exec deployment/capture-collector -- /usr/local/bin/capture-collector token create --data /var/lib/capture-collector --org demo"),
+                format!("{k} --namespace capture-system exec deployment/capture-collector -- /usr/local/bin/capture-collector token create --data /var/lib/capture-collector --org demo --scope ingest"),
                 format!("{k} apply -f - <<< Secret capture-system/capture-daemon-token"),
                 format!("{python} tests/fixtures/helm_chart.py install charts/capture-daemon --values charts/kind/values.yaml --name capture-daemon --namespace capture-system --kube-context kind-capture"),
                 format!("{k} --namespace capture-system rollout status daemonset/capture-daemon --timeout 180s"),
