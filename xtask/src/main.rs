@@ -120,7 +120,8 @@ fn main() -> anyhow::Result<()> {
             // target, the fuzz crate is its own nightly workspace.
             clippy_kernel(&root)?;
             setup::cargo_fuzz()?;
-            clippy_fuzz(&root)?;
+            clippy_fuzz(&root, "capture-http/fuzz")?;
+            clippy_fuzz(&root, "capture-collector/fuzz")?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
             // The delivery tests (tests/e2e/export.rs) run the real collector.
@@ -157,7 +158,10 @@ fn main() -> anyhow::Result<()> {
                 .env("CAPTURE_E2E_KERNEL_HOOK", "syscall")
                 .current_dir(&root))?;
             for target in FUZZ_TARGETS {
-                fuzz(&root, target, fuzz_seconds)?;
+                fuzz(&root, "capture-http/fuzz", target, fuzz_seconds)?;
+            }
+            for target in COLLECTOR_FUZZ_TARGETS {
+                fuzz(&root, "capture-collector/fuzz", target, fuzz_seconds)?;
             }
             if fuzz_seconds == 0 {
                 println!(
@@ -245,6 +249,11 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// `capture-http/fuzz/seeds/<target>`.
 const FUZZ_TARGETS: [&str; 2] = ["http1", "http2"];
 
+/// The fuzz targets of `capture-collector/fuzz` (the ingest path from arbitrary protobuf
+/// bytes); seeds in `capture-collector/fuzz/seeds/<target>`, written by
+/// `cargo run -p capture-collector --example fuzz_seeds`.
+const COLLECTOR_FUZZ_TARGETS: [&str; 1] = ["ingest"];
+
 /// Clippy on the kernel programs, built for the BPF target exactly as `aya-build` builds them
 /// (nightly, `build-std=core`, the `bpf_target_arch` cfg), in a target directory of its own.
 fn clippy_kernel(root: &Path) -> anyhow::Result<()> {
@@ -276,11 +285,12 @@ fn clippy_kernel(root: &Path) -> anyhow::Result<()> {
     run(&mut cmd)
 }
 
-/// Clippy on the fuzz targets (their own workspace, nightly for libfuzzer-sys).
-fn clippy_fuzz(root: &Path) -> anyhow::Result<()> {
+/// Clippy on the fuzz targets of `crate_dir` (their own workspace, nightly for
+/// libfuzzer-sys).
+fn clippy_fuzz(root: &Path, crate_dir: &str) -> anyhow::Result<()> {
     let mut cmd = nightly_cargo();
     cmd.args(["clippy", "--all-targets", "--", "-D", "warnings"])
-        .current_dir(root.join("capture-http/fuzz"));
+        .current_dir(root.join(crate_dir));
     run(&mut cmd)
 }
 
@@ -298,8 +308,8 @@ fn nightly_cargo() -> Command {
 /// Runs `target` over its committed seeds (each must pass), then fuzzes it for `seconds`.
 /// The seeds are copied into a temporary corpus so that what libFuzzer adds never touches the
 /// checkout.
-fn fuzz(root: &Path, target: &str, seconds: u32) -> anyhow::Result<()> {
-    let fuzz_dir = root.join("capture-http/fuzz");
+fn fuzz(root: &Path, crate_dir: &str, target: &str, seconds: u32) -> anyhow::Result<()> {
+    let fuzz_dir = root.join(crate_dir);
     let seeds = fuzz_dir.join("seeds").join(target);
     let count = std::fs::read_dir(&seeds)
         .with_context(|| format!("reading the seed corpus {}", seeds.display()))?
