@@ -1,7 +1,8 @@
 //! What keeps a hostile client from wearing the collector down: a per-peer limit on failed
 //! authentications, and a limit on how many refusal audit lines are written.
 //!
-//! Failed authentications are counted per peer IP address in a token bucket: a peer may fail
+//! Failed authentications are counted per peer IP address (an IPv6 peer by its /64) in a
+//! token bucket: a peer may fail
 //! `burst` times in a row, then gets one more try every `60 / per_minute` seconds. While its
 //! bucket is empty every call from that address is refused (`RESOURCE_EXHAUSTED`) before its
 //! token is looked at, valid or not, so guessing costs the collector no HMAC and the guesser
@@ -19,6 +20,22 @@ use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+/// The address a peer's failures are counted under: IPv4 as is (and IPv4-mapped IPv6 as its
+/// IPv4), IPv6 by its /64, which one host or one network usually holds whole, so rotating
+/// through a prefix's addresses gains nothing.
+pub fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// The limits of [`PeerLimiter`] and [`AuditLimiter`]; each is a flag of `serve`.
 #[derive(Clone, Debug)]
@@ -81,6 +98,7 @@ impl PeerLimiter {
 
     /// Whether `peer` may try to authenticate now.
     pub fn allow(&self, peer: IpAddr, now: Instant) -> PeerState {
+        let peer = peer_key(peer);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         match peers.get_mut(&peer) {
             None => PeerState::Allowed,
@@ -98,6 +116,7 @@ impl PeerLimiter {
     /// Records a failed authentication by `peer`. Returns `false` when the table was full and
     /// the peer is not tracked.
     pub fn failed(&self, peer: IpAddr, now: Instant) -> bool {
+        let peer = peer_key(peer);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if !peers.contains_key(&peer) && peers.len() >= self.max_peers {
             // Forget the peers whose bucket has refilled: they are as good as new.
@@ -222,6 +241,31 @@ mod tests {
         // ...and is once the others have recovered.
         assert!(l.failed(c, t0 + Duration::from_secs(10)));
         assert_eq!(l.tracked(), 1);
+    }
+
+    #[test]
+    fn ipv6_peers_count_by_their_64() {
+        let l = PeerLimiter::new(&AuthLimits {
+            burst: 2,
+            per_minute: 1,
+            max_peers: 16,
+            audit_per_second: 1,
+        });
+        let t0 = Instant::now();
+        assert!(l.failed("2001:db8:1:2::1".parse().unwrap(), t0));
+        assert!(l.failed("2001:db8:1:2:ffff::9".parse().unwrap(), t0));
+        assert_eq!(
+            l.allow("2001:db8:1:2::77".parse().unwrap(), t0),
+            PeerState::Limited
+        );
+        assert_eq!(
+            l.allow("2001:db8:1:3::1".parse().unwrap(), t0),
+            PeerState::Allowed
+        );
+        assert_eq!(
+            peer_key("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
