@@ -95,6 +95,9 @@ pub struct Flags {
     /// Largest request or response head (start line + headers) accepted (default 64 KiB).
     #[arg(long = "max-header-bytes", value_name = "N")]
     pub max_header_bytes: Option<usize>,
+    /// Most field lines in one request or response head or trailer section (default 512).
+    #[arg(long = "max-header-fields", value_name = "N")]
+    pub max_header_fields: Option<usize>,
     /// Most requests waiting for their responses on one connection (default 64).
     #[arg(long = "max-pipelined", value_name = "N")]
     pub max_pipelined: Option<usize>,
@@ -296,6 +299,7 @@ impl Flags {
             max_connections,
             max_conn_buffer_bytes,
             max_header_bytes,
+            max_header_fields,
             max_pipelined,
             idle_timeout,
             shutdown_deadline,
@@ -461,6 +465,12 @@ impl Config {
                 "must be at least 256",
             ));
         }
+        let max_header_fields = f
+            .max_header_fields
+            .unwrap_or(http1_defaults.max_header_fields);
+        if max_header_fields == 0 {
+            return Err(invalid("--max-header-fields", 0, "must be at least 1"));
+        }
         let max_pipelined = f.max_pipelined.unwrap_or(http1_defaults.max_pipelined);
         if max_pipelined == 0 {
             return Err(invalid("--max-pipelined", 0, "must be at least 1"));
@@ -600,6 +610,7 @@ impl Config {
                 max_body_bytes,
                 max_header_bytes,
                 max_pipelined,
+                max_header_fields,
             },
             idle_timeout,
             shutdown_deadline,
