@@ -747,6 +747,20 @@ fn rapid_resets_stream_ids_near_two_to_the_31_and_a_settings_flood() -> Result<(
         frame(&mut out, HEADERS, END_HEADERS, id, &request_block("/reset"));
         frame(&mut out, RST_STREAM, 0, id, &8u32.to_be_bytes()); // CANCEL
     }
+    // Then 300 streams opened and left open: past --max-h2-streams they are counted and
+    // ignored.
+    for i in 0..300 {
+        let id = 2 * (RESETS + i) + 1;
+        frame(&mut out, HEADERS, END_HEADERS, id, &request_block("/open"));
+    }
+    s.write_all(&out)?;
+    scene.wait_metric(r#"capture_h2_limit_hits_total{limit="streams"}"#, 1.0)?;
+    // Reset them: the 100 tracked are written, and there is room for the streams below.
+    let mut out = Vec::new();
+    for i in 0..300 {
+        let id = 2 * (RESETS + i) + 1;
+        frame(&mut out, RST_STREAM, 0, id, &8u32.to_be_bytes());
+    }
     s.write_all(&out)?;
     // 100,000 SETTINGS frames, each changing the header table size and the frame size: nothing
     // of them is kept.
@@ -794,8 +808,22 @@ fn rapid_resets_stream_ids_near_two_to_the_31_and_a_settings_flood() -> Result<(
         .iter()
         .filter(|e| path(e).is_ok_and(|p| p == "/reset"))
         .count();
-    eprintln!("rapid resets: {resets} exchanges written for {RESETS} reset streams");
-    ensure!(resets as u32 <= RESETS);
+    // Each reset stream is written once, as the exchange it was (a request, no response):
+    // output grows with the input, nothing is held.
+    ensure!(
+        resets as u32 == RESETS,
+        "{resets} exchanges for {RESETS} reset streams"
+    );
+    let open = scene
+        .daemon
+        .exchanges()?
+        .iter()
+        .filter(|e| path(e).is_ok_and(|p| p == "/open"))
+        .count();
+    ensure!(
+        open == 100,
+        "{open} of the 300 open streams written, --max-h2-streams 100"
+    );
     scene.finish("rapid resets, 2^31 stream ids, SETTINGS flood")
 }
 
