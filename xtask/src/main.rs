@@ -242,8 +242,8 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The fuzz targets of `capture-http/fuzz`; each has a committed seed corpus in
-/// `capture-http/fuzz/seeds/<target>`.
-const FUZZ_TARGETS: [&str; 2] = ["http1", "http2"];
+/// `capture-http/fuzz/seeds/<target>` (runs and findings: docs/fuzzing.md).
+const FUZZ_TARGETS: [&str; 6] = ["http1", "http2", "h2_frames", "hpack", "body", "har_read"];
 
 /// Clippy on the kernel programs, built for the BPF target exactly as `aya-build` builds them
 /// (nightly, `build-std=core`, the `bpf_target_arch` cfg), in a target directory of its own.
