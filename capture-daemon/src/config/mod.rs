@@ -754,6 +754,27 @@ mod tests {
     }
 
     #[test]
+    fn header_field_cap_from_flag_and_file() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert_eq!(c.http1.max_header_fields, 512);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "target-pid: [7]\nmax-header-fields: 64\n").unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.http1.max_header_fields, 64);
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-header-fields",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(c.http1.max_header_fields, 9);
+        let e = parse(&["--target-pid", "1", "--max-header-fields", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--max-header-fields"), "{e}");
+    }
+
+    #[test]
     fn unknown_flag_is_one_line_naming_it() {
         let e = parse(&["--target-pid", "1", "--bogus"])
             .unwrap_err()
