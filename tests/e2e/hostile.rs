@@ -367,7 +367,7 @@ fn an_endless_chunked_body_is_cut_at_max_body_bytes() -> Result<()> {
     let _serial = serial();
     let scene = Scene::start(&[])?;
     let mut s = scene.connect()?;
-    s.write_all(b"GET /endless?ms=3000 HTTP/1.1\r\nHost: hostile\r\n\r\n")?;
+    s.write_all(b"GET /endless?ms=3000&min=8388608 HTTP/1.1\r\nHost: hostile\r\n\r\n")?;
     let reader = std::thread::spawn(move || drain(s, Duration::from_secs(30)));
     // While it streams: the cap is hit, and another connection is captured.
     scene.wait_metric("capture_body_truncations_total", 1.0)?;
@@ -376,7 +376,7 @@ fn an_endless_chunked_body_is_cut_at_max_body_bytes() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     ensure!(moved > 6 * MAX_BODY as u64, "only {moved} bytes streamed");
-    let e = scene.exchange("/endless?ms=3000")?;
+    let e = scene.exchange("/endless?ms=3000&min=8388608")?;
     let b = brief(&e);
     let body = response_body(&e)?;
     ensure!(
