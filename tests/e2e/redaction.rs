@@ -121,7 +121,8 @@ fn login_bodies_are_redacted_in_the_output_and_at_the_collector() -> Result<()> 
         RUN_TIMEOUT,
     )?;
     // Form, as a browser posts a login form (curl -d sends x-www-form-urlencoded).
-    let form_login = format!("username=alice&password={form_pw}&Client-Secret={form_secret}&next=%2Fhome");
+    let form_login =
+        format!("username=alice&password={form_pw}&Client-Secret={form_secret}&next=%2Fhome");
     run(
         curl(Some(&cgroup))
             .args(["-d", &form_login])
@@ -191,10 +192,7 @@ fn login_bodies_are_redacted_in_the_output_and_at_the_collector() -> Result<()> 
         .replace("\"\u{0}\"", "\"[REDACTED]\"");
     assert_eq!(String::from_utf8(request_body(json)?)?, want_json);
     assert_eq!(String::from_utf8(response_body(json)?)?, want_json);
-    assert_eq!(
-        body_fields(json),
-        ["body:password", "body:refresh_token"]
-    );
+    assert_eq!(body_fields(json), ["body:password", "body:refresh_token"]);
     // Sizes are the captured ones, before redaction.
     assert_eq!(
         i64_at(json, "/response/content/size")?,
@@ -215,10 +213,7 @@ fn login_bodies_are_redacted_in_the_output_and_at_the_collector() -> Result<()> 
         str_at(form, "/request/postData/mimeType")?,
         "application/x-www-form-urlencoded"
     );
-    assert_eq!(
-        body_fields(form),
-        ["body:client_secret", "body:password"]
-    );
+    assert_eq!(body_fields(form), ["body:client_secret", "body:password"]);
 
     let multipart = entry_for(entries, "/echo?kind=multipart")?;
     let sent = String::from_utf8(request_body(multipart)?)?;
@@ -247,11 +242,7 @@ fn defaults_off_keeps_passwords_and_configured_fields_still_go() -> Result<()> {
     let server = PythonServer::start(None)?;
     let daemon = Daemon::builder()
         .target_cgroup(&cgroup)
-        .args([
-            "--no-default-body-redaction",
-            "--redact-body-field",
-            "otp",
-        ])
+        .args(["--no-default-body-redaction", "--redact-body-field", "otp"])
         .start()?;
     let password = unique_marker("kept-password");
     let otp = unique_marker("otp");
