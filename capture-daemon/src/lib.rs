@@ -176,6 +176,7 @@ async fn capture(
     for t in &targets {
         audit::target_added(&node, t.id, &t.dir);
     }
+    release_startup_memory();
     let mut pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics)).with_control(control);
     let (exporter, export_shutdown) = match exporter {
         Some((exporter, handle)) => {
@@ -213,6 +214,19 @@ async fn capture(
     drop(capture);
     info!("programs detached; exiting");
     Ok(())
+}
+
+/// Hands the memory freed since start-up back to the OS. Loading the programs parses the
+/// kernel's BTF and the eBPF object (about 30 MiB, freed once they are attached); mimalloc, the
+/// daemon's allocator, keeps freed pages for reuse, so without this they stayed in the
+/// daemon's RSS for its whole life (74 MiB idle against 45 MiB, docs/benchmarks.md).
+fn release_startup_memory() {
+    // SAFETY: `mi_collect` takes no pointers; it only walks mimalloc's own free lists, and is
+    // a no-op for memory mimalloc does not manage (a test binary on the system allocator).
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
 }
 
 /// Events buffered between the watcher and the reconciler.
