@@ -109,6 +109,10 @@ pub struct Flags {
     /// and how much work each wakeup does.
     #[arg(long = "drain-interval", value_name = "DURATION")]
     pub drain_interval: Option<String>,
+    /// Linux scheduling policy of the daemon's threads: `batch` (default; SCHED_BATCH, never
+    /// preempts the workload when it wakes) or `normal` (SCHED_OTHER).
+    #[arg(long = "cpu-scheduling", value_name = "batch|normal")]
+    pub cpu_scheduling: Option<String>,
     /// Node name reported in `_capture.workload.node` (default: the host name).
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -234,6 +238,8 @@ pub struct Config {
     pub shutdown_deadline: Duration,
     /// `--drain-interval`.
     pub drain_interval: Duration,
+    /// `--cpu-scheduling batch`: run as SCHED_BATCH.
+    pub sched_batch: bool,
     pub node_name: Option<String>,
     pub http2: Http2Limits,
     pub kubernetes: bool,
@@ -313,6 +319,7 @@ impl Flags {
             idle_timeout,
             shutdown_deadline,
             drain_interval,
+            cpu_scheduling,
             node_name,
             max_h2_header_list_bytes,
             max_h2_streams,
@@ -585,6 +592,17 @@ impl Config {
                 "must be between 1ms and 1s",
             ));
         }
+        let sched_batch = match f.cpu_scheduling.as_deref().unwrap_or("batch") {
+            "batch" => true,
+            "normal" => false,
+            other => {
+                return Err(invalid(
+                    "--cpu-scheduling",
+                    other,
+                    "expected batch or normal",
+                ));
+            }
+        };
         let http2 = http2_limits(&f, max_body_bytes)?;
         for name in &f.redact_header {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -630,6 +648,7 @@ impl Config {
             idle_timeout,
             shutdown_deadline,
             drain_interval,
+            sched_batch,
             node_name: f.node_name,
             http2,
             kubernetes,
@@ -722,7 +741,16 @@ mod tests {
         assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.drain_interval, Duration::from_millis(2));
+        assert!(c.sched_batch);
         assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn cpu_scheduling_is_batch_or_normal() {
+        let c = parse(&["--target-pid", "1", "--cpu-scheduling", "normal"]).unwrap();
+        assert!(!c.sched_batch);
+        let e = parse(&["--target-pid", "1", "--cpu-scheduling", "idle"]).unwrap_err();
+        assert!(e.to_string().contains("--cpu-scheduling"), "{e}");
     }
 
     #[test]
