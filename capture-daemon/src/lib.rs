@@ -83,10 +83,6 @@ impl Failure {
 /// then flushes and detaches within `--shutdown-deadline`.
 pub fn run(cfg: Config) -> Result<(), Failure> {
     audit::init_logging(cfg.log_format);
-    // Before any thread is started: threads inherit the policy.
-    if cfg.sched_batch {
-        batch_scheduling();
-    }
     let targets =
         targets::resolve(&cfg.target_cgroups, &cfg.target_pids).map_err(Failure::usage)?;
     if cfg.kubernetes {
@@ -104,6 +100,11 @@ pub fn run(cfg: Config) -> Result<(), Failure> {
             JsonlSink::open(path).map_err(|e| Failure::Usage(format!("--output {path}: {e}")))?
         }
     };
+    // After the usage checks (a usage error stays one line), before any thread is started:
+    // threads inherit the policy.
+    if cfg.sched_batch {
+        batch_scheduling();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -245,7 +246,7 @@ fn batch_scheduling() {
     #[allow(unsafe_code)]
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
     if rc == 0 {
-        info!("running as SCHED_BATCH (--cpu-scheduling batch)");
+        tracing::debug!("running as SCHED_BATCH (--cpu-scheduling batch)");
     } else {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
