@@ -236,8 +236,8 @@ fn release_startup_memory() {
 
 /// Runs this thread (and so every thread started after it) as SCHED_BATCH: the daemon then
 /// never preempts a workload thread when it wakes for its next drain. On a saturated node its
-/// bursts otherwise stall the workload's threads on that core (docs/benchmarks.md, +5 % of
-/// throughput in the saturated wrk run). Its share of the CPU is unchanged. Needs no privilege;
+/// bursts otherwise stall the workload's threads on that core (docs/benchmarks.md: 0 to +5 % of
+/// throughput in the saturated wrk runs, near the noise). Its share of the CPU is unchanged. Needs no privilege;
 /// a failure is logged and the daemon runs on as SCHED_OTHER.
 fn batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };
