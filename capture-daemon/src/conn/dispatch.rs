@@ -361,7 +361,8 @@ impl ConnTable {
         let max = self.limits.http1.max_body_bytes;
         let truncated = |b: &capture_model::exchange::Body| {
             b.truncated
-                && (b.wire_size > max as u64 || (b.decoded_from.is_some() && b.data.len() >= max))
+                && (b.wire_size > max as u64
+                    || (b.decoded_from.is_some() && b.decoded_size() >= max as u64))
         };
         if truncated(&ex.request.body) {
             Metrics::add(&self.metrics.body_truncations, 1);
