@@ -41,7 +41,7 @@ use aya_ebpf::{
 };
 use capture_common::{
     ConnKey, ConnState, EVENT_HEADER_LEN, EventHeader, MAX_CHUNK, MAX_CHUNKS_PER_CALL, MAX_IOVECS,
-    MutedKey, NO_FD, OpenAddrs, SockAddr, counter, direction, flags, kind,
+    MutedKey, NO_FD, OpenAddrs, SockAddr, UNROLLED_STEPS, counter, direction, flags, kind,
 };
 
 /// cgroup v2 ids (directory inode numbers) to capture; user space keeps it equal to the
@@ -453,9 +453,12 @@ extern "C" fn copy_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 /// Copies `total` bytes from `src` (a plain buffer when `iovcnt == 0`, else an iovec array),
-/// in chunk events, then reports whatever a limit left uncopied as one gap event.
+/// in chunk events, then reports whatever a limit left uncopied as one gap event. `LOOP`: with
+/// `bpf_loop` (Linux 5.17+), else a loop of at most `UNROLLED_STEPS` steps the verifier walks
+/// step by step (bounded loops, 5.3+); the loader picks the program variant by probing for the
+/// helper.
 #[inline(always)]
-fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64) {
+fn emit_transfer<const LOOP: bool>(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64) {
     let plain = iovcnt == 0;
     let Some(st) = COPY.get_ptr_mut(0) else {
         return;
@@ -476,18 +479,28 @@ fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64)
     // SAFETY: per-CPU map value, see copy_step. Written through the raw pointer and read back
     // volatile below: the callback changes it behind any reference we could hold.
     unsafe { st.write(state) };
-    // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its state
-    // from COPY, not from the context pointer.
     // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
     let steps =
         unsafe { core::ptr::read_volatile(&MAX_CHUNKS) + core::ptr::read_volatile(&MAX_IOVS) };
-    unsafe {
-        bpf_loop(
-            steps,
-            copy_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+    if LOOP {
+        // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its
+        // state from COPY, not from the context pointer.
+        unsafe {
+            bpf_loop(
+                steps,
+                copy_step as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+    } else {
+        let mut i = 0;
+        while i < UNROLLED_STEPS && i < steps {
+            if copy_step(i, core::ptr::null_mut()) != 0 {
+                break;
+            }
+            i += 1;
+        }
     }
     // SAFETY: as above; the callback has finished with it.
     let done = unsafe { core::ptr::read_volatile(&raw const (*st).done) };
@@ -563,7 +576,7 @@ fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
         bump(counter::UNKNOWN_SYSCALL, 1);
         return;
     }
-    on_transfer(&regs, dir, via, ret as u64, cgroup_id, sk);
+    on_transfer::<true>(&regs, dir, via, ret as u64, cgroup_id, sk);
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`: the handshake
@@ -690,6 +703,18 @@ fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> b
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    on_sys_exit::<true>(&ctx)
+}
+
+/// `sys_exit` for kernels without `bpf_loop` (before 5.17): the copy loop is bounded by
+/// `UNROLLED_STEPS` and checked step by step by the verifier.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_unrolled(ctx: RawTracePointContext) -> i32 {
+    on_sys_exit::<false>(&ctx)
+}
+
+#[inline(always)]
+fn on_sys_exit<const LOOP: bool>(ctx: &RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let regs = Regs(ctx.arg::<u64>(0));
     let ret = ctx.arg::<i64>(1);
@@ -710,14 +735,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(cgroup_id) = targeted() else {
         return 0;
     };
-    on_transfer(&regs, dir, via, ret as u64, cgroup_id, 0);
+    on_transfer::<LOOP>(&regs, dir, via, ret as u64, cgroup_id, 0);
     0
 }
 
 /// `n` bytes moved through fd `arg(0)`; `sk` is the socket on the socket hooks, 0 on the
 /// syscall hook.
 #[inline(always)]
-fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) {
+fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
@@ -756,7 +781,7 @@ fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) 
         emit_chunk(&hdr, pos, 0, n, false, flags::LIMIT_HIT);
         return;
     }
-    emit_transfer(&hdr, pos, src, iovcnt, n);
+    emit_transfer::<LOOP>(&hdr, pos, src, iovcnt, n);
 }
 
 /// connect, accept/accept4 (a connection opens) and close (it ends).
@@ -891,6 +916,28 @@ fn on_close(fd: u32) {
     if muted == 0 {
         emit_close(&key, generation, 0);
     }
+}
+
+// ---- Probes ---------------------------------------------------------------------------------
+
+/// Never attached: the loader loads it to learn whether the kernel has `bpf_loop` (5.17+),
+/// which decides between `sys_exit` and `sys_exit_unrolled`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn probe_bpf_loop(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: one call of a callback that does nothing.
+    unsafe {
+        bpf_loop(
+            1,
+            probe_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    0
+}
+
+extern "C" fn probe_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    1
 }
 
 // ---- The floor, for the benchmark -----------------------------------------------------------

@@ -67,14 +67,21 @@ impl Hook {
     }
 
     /// (program, raw tracepoint) pairs: the one place that says what each hook attaches.
-    fn attachments(self, floor: Option<Floor>) -> &'static [(&'static str, &'static str)] {
+    fn attachments(
+        self,
+        floor: Option<Floor>,
+        copy_loop: CopyLoop,
+    ) -> &'static [(&'static str, &'static str)] {
         match (self, floor) {
             (Self::SocketTracepoints, None) => &[
                 ("sock_state", "inet_sock_set_state"),
                 ("sock_send", "sock_send_length"),
                 ("sock_recv", "sock_recv_length"),
             ],
-            (Self::SyscallTracepoint, None) => &[("sys_exit", "sys_exit")],
+            (Self::SyscallTracepoint, None) => match copy_loop {
+                CopyLoop::BpfLoop => &[("sys_exit", "sys_exit")],
+                CopyLoop::Unrolled => &[("sys_exit_unrolled", "sys_exit")],
+            },
             (_, Some(Floor::Empty)) => &[
                 ("floor_empty", "sock_send_length"),
                 ("floor_empty", "sock_recv_length"),
@@ -84,6 +91,54 @@ impl Hook {
                 ("floor_copy", "sock_recv_length"),
             ],
         }
+    }
+}
+
+/// How the programs loop over a transfer's chunks and iovecs, chosen at load by probing the
+/// kernel for the `bpf_loop` helper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyLoop {
+    /// `bpf_loop` (Linux 5.17+): the verifier checks the step once; the step count is only
+    /// bounded by the configuration.
+    BpfLoop,
+    /// A loop the verifier walks step by step, for older kernels: at most
+    /// [`capture_common::UNROLLED_STEPS`] chunks and iovecs per syscall, whatever the
+    /// configuration says; the rest is a gap, counted as a truncation.
+    Unrolled,
+}
+
+impl CopyLoop {
+    /// The metric label and log value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BpfLoop => "bpf_loop",
+            Self::Unrolled => "unrolled",
+        }
+    }
+}
+
+/// The oldest kernel the programs load on: the BPF ring buffer came in Linux 5.8. (5.10 is the
+/// oldest tested, in `cargo xtask vm-test`.)
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// `major.minor` of a kernel release string such as `6.1.0-41-cloud-amd64`.
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Refuses a kernel older than [`MIN_KERNEL`], naming both versions, before anything is
+/// loaded. A release that does not parse is let through: the load itself will say what is
+/// missing.
+pub fn check_kernel_version(release: &str) -> Result<(), EbpfError> {
+    match parse_release(release) {
+        Some(found) if found < MIN_KERNEL => Err(EbpfError::KernelTooOld {
+            found: release.trim().to_owned(),
+            min: format!("{}.{}", MIN_KERNEL.0, MIN_KERNEL.1),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -120,10 +175,12 @@ pub enum EbpfError {
     )]
     Permission(String),
     #[error(
-        "the kernel does not support what capture needs ({0}); it needs Linux 5.17 or newer \
-         with BPF ring buffers, bpf_loop and raw tracepoints"
+        "the kernel does not support what capture needs ({0}); it needs Linux 5.8 or newer \
+         with BPF ring buffers and raw tracepoints"
     )]
     Unsupported(String),
+    #[error("Linux {found} is too old for capture: the minimum is Linux {min} (BPF ring buffer)")]
+    KernelTooOld { found: String, min: String },
     #[error("loading the eBPF programs failed: {0}")]
     Load(String),
 }
@@ -185,6 +242,7 @@ pub struct Capture {
     target_set: BTreeSet<u64>,
     hook: Hook,
     floor: Option<Floor>,
+    copy_loop: CopyLoop,
     /// The attachments, one per (program, tracepoint); empty while paused (detached).
     links: Vec<(&'static str, RawTracePointLinkId)>,
 }
@@ -196,6 +254,7 @@ pub struct KernelCounterReader {
     /// (program name, kernel program id) of the attached hook's programs.
     programs: Vec<(&'static str, u32)>,
     hook: Hook,
+    copy_loop: CopyLoop,
 }
 
 /// A program's time inside the kernel, as `kernel.bpf_stats_enabled` accounts it (zero while
@@ -292,6 +351,14 @@ impl Source for KernelCounterReader {
             &["hook"],
             [(&[self.hook.label()][..], 1)],
         );
+        out.labelled(
+            "capture_kernel_copy_loop_info",
+            "How the kernel programs loop over a transfer's chunks: bpf_loop (Linux 5.17+) or \
+             unrolled (older kernels; at most 320 chunks and iovecs per syscall).",
+            MetricType::GAUGE,
+            &["loop"],
+            [(&[self.copy_loop.label()][..], 1)],
+        );
         let stats = self.program_stats();
         // Seconds, not nanoseconds: Prometheus names carry base units (promtool rejects `_ns`).
         #[expect(
@@ -325,10 +392,22 @@ impl Capture {
     /// hook `limits.hook` allows, probing in order of preference. Until targets are set
     /// nothing is captured: every program returns at its first check.
     pub fn load(limits: &KernelLimits) -> Result<Self, EbpfError> {
+        Self::load_with(limits, None)
+    }
+
+    /// [`Capture::load`], with the copy loop forced (tests run the unrolled variant on a
+    /// kernel that has `bpf_loop`).
+    pub fn load_with(
+        limits: &KernelLimits,
+        force_loop: Option<CopyLoop>,
+    ) -> Result<Self, EbpfError> {
         let ring_buffer_bytes = limits.ring_buffer_bytes;
         if OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_err(|e| EbpfError::Load(format!("reading /proc/sys/kernel/osrelease: {e}")))?;
+        check_kernel_version(&release)?;
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
         if let Err(e) = nix::sys::resource::setrlimit(
             nix::sys::resource::Resource::RLIMIT_MEMLOCK,
@@ -347,6 +426,10 @@ impl Capture {
             .override_global("MAX_IOVS", &limits.max_iovecs, true)
             .load(OBJECT)
             .map_err(classify_load_error)?;
+        let copy_loop = match force_loop {
+            Some(l) => l,
+            None => probe_copy_loop(&mut ebpf)?,
+        };
         let candidates: &[Hook] = match (limits.floor, limits.hook) {
             // The floor programs live on the socket tracepoints only.
             (Some(_), _) | (None, HookChoice::Socket) => &[Hook::SocketTracepoints],
@@ -355,7 +438,7 @@ impl Capture {
         };
         let mut chosen = None;
         for (i, &hook) in candidates.iter().enumerate() {
-            match attach_hook(&mut ebpf, hook, limits.floor) {
+            match attach_hook(&mut ebpf, hook, limits.floor, copy_loop) {
                 Ok(links) => {
                     chosen = Some((hook, links));
                     break;
@@ -370,9 +453,27 @@ impl Capture {
         let Some((hook, links)) = chosen else {
             return Err(EbpfError::Unsupported("no kernel hook to try".into()));
         };
-        info!(hook = hook.label(), floor = ?limits.floor, "kernel programs attached");
+        info!(
+            hook = hook.label(),
+            copy_loop = copy_loop.label(),
+            kernel = release.trim(),
+            floor = ?limits.floor,
+            "kernel programs attached"
+        );
+        if copy_loop == CopyLoop::Unrolled
+            && limits.max_chunks() + limits.max_iovecs > capture_common::UNROLLED_STEPS
+        {
+            warn!(
+                max_chunks = limits.max_chunks(),
+                max_iovecs = limits.max_iovecs,
+                steps = capture_common::UNROLLED_STEPS,
+                "this kernel has no bpf_loop: at most {} chunks and iovecs per syscall are \
+                 copied, the rest is a gap (capture_kernel_truncations_total)",
+                capture_common::UNROLLED_STEPS
+            );
+        }
         let mut programs = Vec::new();
-        for (name, _) in hook.attachments(limits.floor) {
+        for (name, _) in hook.attachments(limits.floor, copy_loop) {
             if programs.iter().any(|(n, _)| n == name) {
                 continue;
             }
@@ -392,6 +493,7 @@ impl Capture {
                 .map_err(|e| EbpfError::Load(format!("COUNTERS: {e}")))?,
             programs,
             hook,
+            copy_loop,
         });
         Ok(Self {
             ebpf,
@@ -401,8 +503,14 @@ impl Capture {
             target_set: BTreeSet::new(),
             hook,
             floor: limits.floor,
+            copy_loop,
             links,
         })
+    }
+
+    /// How the programs loop over a transfer's chunks.
+    pub fn copy_loop(&self) -> CopyLoop {
+        self.copy_loop
     }
 
     /// The hook the programs are attached to.
@@ -429,7 +537,7 @@ impl Capture {
     /// Attaches the programs again after [`Capture::detach`].
     pub fn attach(&mut self) -> Result<(), EbpfError> {
         if self.links.is_empty() {
-            self.links = attach_hook(&mut self.ebpf, self.hook, self.floor)?;
+            self.links = attach_hook(&mut self.ebpf, self.hook, self.floor, self.copy_loop)?;
         }
         Ok(())
     }
@@ -509,10 +617,11 @@ fn attach_hook(
     ebpf: &mut Ebpf,
     hook: Hook,
     floor: Option<Floor>,
+    copy_loop: CopyLoop,
 ) -> Result<Vec<(&'static str, RawTracePointLinkId)>, EbpfError> {
     let mut links = Vec::new();
     let mut result = Ok(());
-    for &(name, tracepoint) in hook.attachments(floor) {
+    for &(name, tracepoint) in hook.attachments(floor, copy_loop) {
         let step = raw_tracepoint(ebpf, name).and_then(|program| {
             if program.fd().is_err() {
                 program
@@ -540,6 +649,27 @@ fn attach_hook(
         return Err(e);
     }
     Ok(links)
+}
+
+/// Loads the never-attached `probe_bpf_loop` program: the verifier accepts it only where the
+/// kernel has `bpf_loop`. A permission problem is not an answer and is reported as such.
+fn probe_copy_loop(ebpf: &mut Ebpf) -> Result<CopyLoop, EbpfError> {
+    let program = raw_tracepoint(ebpf, "probe_bpf_loop")?;
+    match program.load() {
+        Ok(()) => {
+            program
+                .unload()
+                .map_err(|e| classify_program_error("probe_bpf_loop", &e))?;
+            Ok(CopyLoop::BpfLoop)
+        }
+        Err(e) => match classify_program_error("probe_bpf_loop", &e) {
+            e @ EbpfError::Permission(_) => Err(e),
+            e => {
+                debug!(reason = %e, "no bpf_loop: the copy loop is unrolled");
+                Ok(CopyLoop::Unrolled)
+            }
+        },
+    }
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(
@@ -697,7 +827,14 @@ mod tests {
 
     impl Rig {
         fn new(tag: &str, limits: KernelLimits) -> Self {
-            let mut capture = Capture::load(&limits).unwrap();
+            Self::with_loop(tag, limits, None)
+        }
+
+        fn with_loop(tag: &str, limits: KernelLimits, copy_loop: Option<CopyLoop>) -> Self {
+            let mut capture = Capture::load_with(&limits, copy_loop).unwrap();
+            if let Some(l) = copy_loop {
+                assert_eq!(capture.copy_loop(), l);
+            }
             let cg = TestCgroup::new(&format!("{tag}-{}", capture.hook().label()));
             capture
                 .set_targets(&BTreeSet::from([
@@ -781,18 +918,62 @@ mod tests {
 
     #[tokio::test]
     async fn captures_target_cgroup_only_socket_hook() {
-        captures_target_cgroup_only(HookChoice::Socket);
+        captures_target_cgroup_only(HookChoice::Socket, None);
     }
 
     #[tokio::test]
     async fn captures_target_cgroup_only_syscall_hook() {
-        captures_target_cgroup_only(HookChoice::Syscall);
+        captures_target_cgroup_only(HookChoice::Syscall, None);
+    }
+
+    /// The copy loop of kernels without `bpf_loop` (before 5.17), forced on this one.
+    #[tokio::test]
+    async fn captures_target_cgroup_only_syscall_hook_unrolled() {
+        captures_target_cgroup_only(HookChoice::Syscall, Some(CopyLoop::Unrolled));
+    }
+
+    /// The probe finds `bpf_loop` on a kernel that has it (5.17+) and not on older ones.
+    #[tokio::test]
+    async fn copy_loop_is_probed() {
+        let capture = Capture::load(&KernelLimits {
+            ring_buffer_bytes: 1 << 16,
+            ..KernelLimits::default()
+        })
+        .unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let expected = if parse_release(&release).unwrap() >= (5, 17) {
+            CopyLoop::BpfLoop
+        } else {
+            CopyLoop::Unrolled
+        };
+        assert_eq!(capture.copy_loop(), expected, "kernel {release}");
+    }
+
+    #[test]
+    fn kernel_version_floor() {
+        assert_eq!(parse_release("6.1.0-41-cloud-amd64\n"), Some((6, 1)));
+        assert_eq!(parse_release("5.10.0-35-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("6.18.44-fc-v1300"), Some((6, 18)));
+        assert_eq!(parse_release("4.19+"), Some((4, 19)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(check_kernel_version("5.8.0").is_ok());
+        assert!(check_kernel_version("5.10.0-35-amd64").is_ok());
+        assert!(check_kernel_version("weird").is_ok());
+        let err = check_kernel_version("5.4.0-150-generic\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Linux 5.4.0-150-generic is too old for capture: the minimum is Linux 5.8 (BPF ring buffer)"
+        );
+        assert_eq!(
+            check_kernel_version("4.19.0").unwrap_err().to_string(),
+            "Linux 4.19.0 is too old for capture: the minimum is Linux 5.8 (BPF ring buffer)"
+        );
     }
 
     /// The kernel side end to end: only the target cgroup is seen; OPEN, DATA (exact bytes and
     /// positions, through write and writev), CLOSE arrive in order. The socket hooks name both
     /// ends from the socket.
-    fn captures_target_cgroup_only(hook: HookChoice) {
+    fn captures_target_cgroup_only(hook: HookChoice, copy_loop: Option<CopyLoop>) {
         use crate::kernel::intake::{self, Direction, Event};
 
         let limits = KernelLimits {
@@ -800,7 +981,7 @@ mod tests {
             hook,
             ..KernelLimits::default()
         };
-        let mut rig = Rig::new("ebpf", limits);
+        let mut rig = Rig::with_loop("ebpf", limits, copy_loop);
         let port = rig.port;
         let mut outside = python_client(None, port, "outside-marker");
         rig.serve("outside-marker-a-bc".len());
@@ -933,6 +1114,75 @@ mod tests {
         assert_eq!(egress[0], (0, 16_384, 16_384), "{egress:?}");
         assert_eq!(egress[1], (16_384, 40_000 - 16_384, 0), "{egress:?}");
         assert_eq!(egress[2].0, 40_000, "{egress:?}");
+        assert!(rig.capture.counters().truncations >= 1);
+    }
+
+    /// Without `bpf_loop` the copy stops after `UNROLLED_STEPS` steps (one per iovec loaded,
+    /// one per chunk), whatever `--max-iovecs` allows: a writev of 400 one-byte iovecs is
+    /// copied for its first 160 bytes, the other 240 arrive as one gap, counted.
+    #[tokio::test]
+    async fn unrolled_copy_stops_at_its_step_bound() {
+        use crate::kernel::intake::{self, Direction, Event};
+
+        assert_eq!(capture_common::UNROLLED_STEPS, 320);
+        let limits = KernelLimits {
+            ring_buffer_bytes: 1 << 22,
+            max_iovecs: 1000,
+            hook: HookChoice::Syscall,
+            ..KernelLimits::default()
+        };
+        let mut rig = Rig::with_loop("unrolled", limits, Some(CopyLoop::Unrolled));
+        let port = rig.port;
+        let script = format!(
+            "import os,socket; s=socket.create_connection(('127.0.0.1',{port})); \
+             os.writev(s.fileno(), [bytes([65 + i % 26]) for i in range(400)]); \
+             s.recv(100); s.close()"
+        );
+        let mut client = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "echo $$ > {}/cgroup.procs && exec python3 -c \"{script}\"",
+                    rig.cg.0.display()
+                ),
+            ])
+            .spawn()
+            .unwrap();
+        let sent = rig.serve(400);
+        let pid = client.id();
+        assert!(client.wait().unwrap().success());
+        let records = rig.records();
+        let events: Vec<Event<'_>> = records.iter().map(|r| intake::parse(r).unwrap()).collect();
+        let socket = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Open { conn, .. } if conn.tgid == pid => Some(*conn),
+                _ => None,
+            })
+            .expect("OPEN event");
+        let mut copied = Vec::new();
+        let mut gaps = Vec::new();
+        for e in &events {
+            if let Event::Data {
+                conn,
+                direction: Direction::Egress,
+                pos,
+                len,
+                payload,
+                ..
+            } = e
+                && *conn == socket
+            {
+                if payload.is_empty() {
+                    gaps.push((*pos, *len));
+                } else {
+                    assert_eq!(*pos, copied.len() as u64);
+                    copied.extend_from_slice(payload);
+                }
+            }
+        }
+        assert_eq!(copied, sent[..160]);
+        assert_eq!(gaps, [(160, 240)]);
         assert!(rig.capture.counters().truncations >= 1);
     }
 
