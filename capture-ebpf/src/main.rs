@@ -729,7 +729,7 @@ fn on_sys_exit<const LOOP: bool>(ctx: &RawTracePointContext) -> i32 {
         }
         return 0;
     };
-    if ret <= 0 {
+    if ret <= 0 || peeked(&regs, nr) {
         return 0;
     }
     let Some(cgroup_id) = targeted() else {
@@ -737,6 +737,20 @@ fn on_sys_exit<const LOOP: bool>(ctx: &RawTracePointContext) -> i32 {
     };
     on_transfer::<LOOP>(&regs, dir, via, ret as u64, cgroup_id, 0);
     0
+}
+
+/// A `recvfrom(fd, buf, len, flags, ...)` or `recvmsg(fd, msg, flags)` with `MSG_PEEK`: the
+/// bytes stay in the socket and the read that takes them is the one to count (the socket hooks
+/// get the flags from their tracepoint). Counting a peek would put its bytes in the stream
+/// twice: curl peeks one byte to check that a kept-alive connection is still open.
+#[inline(always)]
+fn peeked(regs: &Regs, nr: i64) -> bool {
+    let flags = match nr {
+        arch::RECVFROM => regs.arg(3),
+        arch::RECVMSG => regs.arg(2),
+        _ => return false,
+    };
+    flags as u32 & MSG_PEEK != 0
 }
 
 /// `n` bytes moved through fd `arg(0)`; `sk` is the socket on the socket hooks, 0 on the

@@ -506,6 +506,86 @@ fn pipelined_requests_in_one_write() -> Result<()> {
     done.assert_clean()
 }
 
+/// A client that peeks before it reads (curl peeks one byte to check that a kept-alive
+/// connection is still open) must have each byte captured once: a peek leaves the bytes in the
+/// socket. Both kernel hooks run this (the syscall pass of `cargo xtask test` too); counting the
+/// peek put its bytes into the stream twice on the syscall hook and broke the framing.
+#[test]
+fn peeked_bytes_are_captured_once() -> Result<()> {
+    require_capture_environment!();
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(None)?;
+    let daemon = Daemon::start(&cgroup)?;
+
+    // recv(MSG_PEEK) and recvmsg(MSG_PEEK) of part of each response, then the real reads.
+    let script = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port))
+out = []
+for i, path in enumerate(["/peek/1", "/peek/2", "/peek/3"]):
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    want = len(f"path={path}\n")
+    s.settimeout(10)
+    buf = b""
+    while b"\r\n\r\n" not in buf or len(buf.split(b"\r\n\r\n", 1)[1]) < want:
+        if i == 1:
+            s.recvmsg(7, 0, socket.MSG_PEEK)
+        else:
+            s.recv(5, socket.MSG_PEEK)
+        buf += s.recv(3)
+    out.append(buf.split(b"\r\n\r\n", 1)[1].decode())
+s.close()
+sys.stdout.write("".join(out))
+"#;
+    let addr = server.addr();
+    let out = run(
+        cgroup.command("python3").args([
+            "-c",
+            script,
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ]),
+        RUN_TIMEOUT,
+    )?;
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "path=/peek/1\npath=/peek/2\npath=/peek/3\n"
+    );
+    daemon.wait_for_exchanges(3, WRITE_TIMEOUT)?;
+
+    let done = daemon.finish()?;
+    let got: Vec<(&str, i64, Vec<u8>)> = done
+        .exchanges
+        .iter()
+        .map(|e| Ok((path(e)?, i64_at(e, "/response/status")?, response_body(e)?)))
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        got,
+        [
+            ("/peek/1", 200, b"path=/peek/1\n".to_vec()),
+            ("/peek/2", 200, b"path=/peek/2\n".to_vec()),
+            ("/peek/3", 200, b"path=/peek/3\n".to_vec()),
+        ]
+    );
+    for entry in &done.exchanges {
+        assert_eq!(
+            str_at(entry, "/_capture/conn/role")?,
+            "client",
+            "{}",
+            brief(entry)
+        );
+        assert!(
+            entry
+                .pointer("/_capture/incomplete")
+                .is_none_or(Value::is_null),
+            "{}",
+            brief(entry)
+        );
+    }
+    done.assert_clean()
+}
+
 #[test]
 fn keep_alive_200_requests_on_one_connection() -> Result<()> {
     require_capture_environment!();

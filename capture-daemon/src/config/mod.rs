@@ -104,6 +104,15 @@ pub struct Flags {
     /// How long SIGTERM may spend flushing before the daemon exits anyway, e.g. `5s` (default 5s).
     #[arg(long = "shutdown-deadline", value_name = "DURATION")]
     pub shutdown_deadline: Option<String>,
+    /// How often the kernel ring buffer is drained, e.g. `2ms` (default 2ms, 1ms to 1s). The
+    /// kernel never wakes the daemon for data, so this bounds how late an exchange is written
+    /// and how much work each wakeup does.
+    #[arg(long = "drain-interval", value_name = "DURATION")]
+    pub drain_interval: Option<String>,
+    /// Linux scheduling policy of the daemon's threads: `batch` (default; SCHED_BATCH, never
+    /// preempts the workload when it wakes) or `normal` (SCHED_OTHER).
+    #[arg(long = "cpu-scheduling", value_name = "batch|normal")]
+    pub cpu_scheduling: Option<String>,
     /// Node name reported in `_capture.workload.node` (default: the host name).
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -203,6 +212,12 @@ pub struct Flags {
     pub export_max_in_flight: Option<usize>,
 }
 
+/// `--drain-interval` default: short enough that one wakeup's work (a few hundred exchanges at
+/// tens of thousands per second) never holds a busy core for long; see docs/benchmarks.md.
+pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(2);
+const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -221,6 +236,10 @@ pub struct Config {
     pub http1: Http1Limits,
     pub idle_timeout: Duration,
     pub shutdown_deadline: Duration,
+    /// `--drain-interval`.
+    pub drain_interval: Duration,
+    /// `--cpu-scheduling batch`: run as SCHED_BATCH.
+    pub sched_batch: bool,
     pub node_name: Option<String>,
     pub http2: Http2Limits,
     pub kubernetes: bool,
@@ -299,6 +318,8 @@ impl Flags {
             max_pipelined,
             idle_timeout,
             shutdown_deadline,
+            drain_interval,
+            cpu_scheduling,
             node_name,
             max_h2_header_list_bytes,
             max_h2_streams,
@@ -559,6 +580,29 @@ impl Config {
             f.shutdown_deadline.as_deref(),
             Duration::from_secs(5),
         )?;
+        let drain_interval = duration(
+            "--drain-interval",
+            f.drain_interval.as_deref(),
+            DEFAULT_DRAIN_INTERVAL,
+        )?;
+        if !(MIN_DRAIN_INTERVAL..=MAX_DRAIN_INTERVAL).contains(&drain_interval) {
+            return Err(invalid(
+                "--drain-interval",
+                f.drain_interval.as_deref().unwrap_or_default(),
+                "must be between 1ms and 1s",
+            ));
+        }
+        let sched_batch = match f.cpu_scheduling.as_deref().unwrap_or("batch") {
+            "batch" => true,
+            "normal" => false,
+            other => {
+                return Err(invalid(
+                    "--cpu-scheduling",
+                    other,
+                    "expected batch or normal",
+                ));
+            }
+        };
         let http2 = http2_limits(&f, max_body_bytes)?;
         for name in &f.redact_header {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -603,6 +647,8 @@ impl Config {
             },
             idle_timeout,
             shutdown_deadline,
+            drain_interval,
+            sched_batch,
             node_name: f.node_name,
             http2,
             kubernetes,
@@ -694,7 +740,27 @@ mod tests {
         assert!(c.export.is_none());
         assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.drain_interval, Duration::from_millis(2));
+        assert!(c.sched_batch);
         assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn cpu_scheduling_is_batch_or_normal() {
+        let c = parse(&["--target-pid", "1", "--cpu-scheduling", "normal"]).unwrap();
+        assert!(!c.sched_batch);
+        let e = parse(&["--target-pid", "1", "--cpu-scheduling", "idle"]).unwrap_err();
+        assert!(e.to_string().contains("--cpu-scheduling"), "{e}");
+    }
+
+    #[test]
+    fn drain_interval_is_bounded() {
+        let c = parse(&["--target-pid", "1", "--drain-interval", "10ms"]).unwrap();
+        assert_eq!(c.drain_interval, Duration::from_millis(10));
+        for bad in ["500us", "2s", "soon"] {
+            let e = parse(&["--target-pid", "1", "--drain-interval", bad]).unwrap_err();
+            assert!(e.to_string().contains("--drain-interval"), "{bad}: {e}");
+        }
     }
 
     #[test]
