@@ -33,11 +33,11 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
-    macros::{map, raw_tracepoint},
+    macros::{fexit, kprobe, kretprobe, map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use capture_common::{
     ConnKey, ConnState, EVENT_HEADER_LEN, EventHeader, MAX_CHUNK, MAX_CHUNKS_PER_CALL, MAX_IOVECS,
@@ -86,6 +86,23 @@ static SK_V6_DADDR: u32 = 56;
 #[unsafe(no_mangle)]
 static SK_V6_SADDR: u32 = 72;
 
+/// kprobe and fentry hooks (kernels before 6.3): offsets the loader reads from the kernel's
+/// BTF. `struct socket`'s `sk`; `struct task_struct`'s `stack` (0: unknown, the hooks do
+/// nothing); and the user registers' place on the task's kernel stack (`task_pt_regs()`:
+/// stack + THREAD_SIZE - padding - sizeof(struct pt_regs)). These hooks cannot use
+/// `bpf_task_pt_regs` (5.15+) on the older kernels they exist for.
+#[unsafe(no_mangle)]
+static SOCKET_SK: u32 = 24;
+#[unsafe(no_mangle)]
+static TASK_STACK: u32 = 0;
+#[unsafe(no_mangle)]
+static STACK_TO_REGS: u32 = 16384 - 168;
+
+/// kprobe hook: the socket and flags of each thread's `sock_sendmsg`/`sock_recvmsg` in
+/// progress, from entry to return. Only target processes are stashed.
+#[map]
+static STASH: LruHashMap<u64, Stashed> = LruHashMap::with_max_entries(16384, 0);
+
 /// The state of the copy in progress, for the `bpf_loop` callback. In a map rather than on the
 /// caller's stack so the callback starts from the same verifier state whichever syscall path
 /// called it; on the stack each path made the verifier re-walk the callback until it ran out
@@ -95,6 +112,13 @@ static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Stashed {
+    sock: u64,
+    flags: u64,
+}
 
 /// A TCP socket seen by `sock_state` or by a transfer.
 #[repr(C)]
@@ -187,6 +211,31 @@ impl Regs {
         // SAFETY: both helpers take no pointer from us; the result is only read through
         // bpf_probe_read_kernel.
         Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64)
+    }
+
+    /// The current task's user registers, found on its kernel stack as `task_pt_regs()` does,
+    /// with the offsets the loader read from BTF; None when it could not read them.
+    #[inline(always)]
+    fn from_task_stack() -> Option<Self> {
+        // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
+        let (stack_off, to_regs) = unsafe {
+            (
+                core::ptr::read_volatile(&TASK_STACK),
+                core::ptr::read_volatile(&STACK_TO_REGS),
+            )
+        };
+        if stack_off == 0 {
+            return None;
+        }
+        // SAFETY: the helper takes no argument; the task is only read through
+        // bpf_probe_read_kernel, which fails cleanly.
+        let task = unsafe { bpf_get_current_task() };
+        let stack =
+            unsafe { bpf_probe_read_kernel((task + u64::from(stack_off)) as *const u64) }.ok()?;
+        if stack == 0 {
+            return None;
+        }
+        Some(Self(stack + u64::from(to_regs)))
     }
 
     #[inline(always)]
@@ -322,6 +371,11 @@ fn output_copy<const N: usize>(hdr: &EventHeader, src: u64, n: usize) -> bool {
     };
     let base = record.as_mut_ptr();
     let mut h = *hdr;
+    // The clamp must survive: LLVM knows every caller passes `n <= N` and would drop it, and
+    // verifiers before 6.x then follow an impossible path (Linux 6.1 saw `n == 16384` reach
+    // the 8 KiB record, after comparisons whose ranges contradict, and refused the program).
+    // SAFETY: a read of a local; volatile only so that LLVM cannot reason about its value.
+    let n = unsafe { core::ptr::read_volatile(&n) };
     let n = if n > N { N } else { n };
     // SAFETY: the record is EVENT_HEADER_LEN + N bytes and 8-aligned; the copy writes at most
     // N bytes after the header and fails cleanly on unmapped user memory.
@@ -568,6 +622,12 @@ fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
     };
     let sk = ctx.arg::<u64>(0);
     let regs = Regs::current();
+    transfer_in_syscall::<true>(&regs, dir, ret as u64, cgroup_id, sk);
+}
+
+/// `n` bytes moved through `sk` inside the syscall whose registers are `regs`.
+#[inline(always)]
+fn transfer_in_syscall<const LOOP: bool>(regs: &Regs, dir: u8, n: u64, cgroup_id: u64, sk: u64) {
     let Some((sys_dir, via)) = transfer_syscall(regs.nr()) else {
         bump(counter::UNKNOWN_SYSCALL, 1);
         return;
@@ -576,7 +636,147 @@ fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
         bump(counter::UNKNOWN_SYSCALL, 1);
         return;
     }
-    on_transfer::<true>(&regs, dir, via, ret as u64, cgroup_id, sk);
+    on_transfer::<LOOP>(regs, dir, via, n, cgroup_id, sk);
+}
+
+// ---- fentry and kprobe hooks (kernels before 6.3) ------------------------------------------
+//
+// `int sock_sendmsg(struct socket *sock, struct msghdr *msg)` and
+// `int sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags)`: every socket write
+// and read of a process goes through them, as the socket tracepoints do from 6.3. The byte
+// count is their return value, so the programs run at return (fexit; kprobe entry stashes the
+// arguments for the kretprobe). `sock->sk` is the connection's socket; the syscall's
+// arguments come from the task's saved user registers, as on the other hooks.
+
+/// `ret` bytes moved through `sock` (a `struct socket *`) in the current task's syscall.
+#[inline(always)]
+fn on_sock_call<const LOOP: bool>(sock: u64, ret: i32, msg_flags: u32, dir: u8) {
+    if ret <= 0 {
+        return;
+    }
+    if dir == direction::INGRESS && msg_flags & MSG_PEEK != 0 {
+        return;
+    }
+    let Some(cgroup_id) = targeted() else {
+        return;
+    };
+    // SAFETY: a constant the loader may have rewritten; volatile so it is not folded.
+    let sk_off = unsafe { core::ptr::read_volatile(&SOCKET_SK) };
+    // SAFETY: kernel memory through bpf_probe_read_kernel, which fails cleanly.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel((sock + u64::from(sk_off)) as *const u64) })
+    else {
+        return;
+    };
+    let Some(regs) = Regs::from_task_stack() else {
+        return;
+    };
+    transfer_in_syscall::<LOOP>(&regs, dir, ret as u64, cgroup_id, sk);
+}
+
+#[inline(always)]
+fn fexit_send<const LOOP: bool>(ctx: &FExitContext) -> i32 {
+    // (sock, msg) then the return value.
+    on_sock_call::<LOOP>(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(2) as i32,
+        0,
+        direction::EGRESS,
+    );
+    0
+}
+
+#[inline(always)]
+fn fexit_recv<const LOOP: bool>(ctx: &FExitContext) -> i32 {
+    // (sock, msg, flags) then the return value.
+    on_sock_call::<LOOP>(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(3) as i32,
+        ctx.arg::<u64>(2) as u32,
+        direction::INGRESS,
+    );
+    0
+}
+
+#[fexit(function = "sock_sendmsg")]
+pub fn fexit_sock_send(ctx: FExitContext) -> i32 {
+    fexit_send::<true>(&ctx)
+}
+
+#[fexit(function = "sock_recvmsg")]
+pub fn fexit_sock_recv(ctx: FExitContext) -> i32 {
+    fexit_recv::<true>(&ctx)
+}
+
+#[fexit(function = "sock_sendmsg")]
+pub fn fexit_sock_send_unrolled(ctx: FExitContext) -> i32 {
+    fexit_send::<false>(&ctx)
+}
+
+#[fexit(function = "sock_recvmsg")]
+pub fn fexit_sock_recv_unrolled(ctx: FExitContext) -> i32 {
+    fexit_recv::<false>(&ctx)
+}
+
+/// Entry of `sock_sendmsg`/`sock_recvmsg`: stashes the socket (and recvmsg's flags) of a
+/// target process's thread for the return probe.
+#[inline(always)]
+fn kprobe_stash(ctx: &ProbeContext, has_flags: bool) -> u32 {
+    if targeted().is_none() {
+        return 0;
+    }
+    let Some(sock) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let flags = if has_flags {
+        ctx.arg::<u64>(2).unwrap_or(0)
+    } else {
+        0
+    };
+    let _ = STASH.insert(bpf_get_current_pid_tgid(), Stashed { sock, flags }, 0);
+    0
+}
+
+#[inline(always)]
+fn kretprobe_io<const LOOP: bool>(ctx: &RetProbeContext, dir: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(stashed) = (unsafe { STASH.get(id) }).copied() else {
+        return 0;
+    };
+    let _ = STASH.remove(id);
+    let ret = ctx.ret::<u64>() as i32;
+    on_sock_call::<LOOP>(stashed.sock, ret, stashed.flags as u32, dir);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_sock_send(ctx: ProbeContext) -> u32 {
+    kprobe_stash(&ctx, false)
+}
+
+#[kprobe]
+pub fn kprobe_sock_recv(ctx: ProbeContext) -> u32 {
+    kprobe_stash(&ctx, true)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_send(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<true>(&ctx, direction::EGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_recv(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<true>(&ctx, direction::INGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_send_unrolled(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<false>(&ctx, direction::EGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_recv_unrolled(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<false>(&ctx, direction::INGRESS)
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`: the handshake
