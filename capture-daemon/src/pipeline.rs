@@ -66,7 +66,16 @@ impl Pipeline {
         );
         Self {
             table,
-            redaction: RedactionPolicy::new(&cfg.redact_headers, &cfg.redact_query),
+            // --headers-only drops bodies after redaction: nothing to look for in them.
+            redaction: RedactionPolicy::new(&cfg.redact_headers, &cfg.redact_query)
+                .with_body_fields(
+                    if cfg.headers_only {
+                        &[]
+                    } else {
+                        &cfg.redact_body_fields
+                    },
+                    cfg.default_body_redaction && !cfg.headers_only,
+                ),
             sink,
             clock: WallClock::now(),
             metrics,

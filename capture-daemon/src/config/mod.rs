@@ -53,6 +53,19 @@ pub struct Flags {
     #[arg(long = "redact-query", value_name = "PARAM")]
     #[serde(default)]
     pub redact_query: Vec<String>,
+    /// Also replace the value of this body field in JSON, form and multipart bodies
+    /// (repeatable, case-insensitive, `-` and `_` alike).
+    #[arg(long = "redact-body-field", value_name = "NAME")]
+    #[serde(default)]
+    pub redact_body_field: Vec<String>,
+    /// Do not redact the default body fields (password, secret, access_token, ...); only the
+    /// --redact-body-field names. Credentials in bodies then leave the node.
+    #[arg(
+        long = "no-default-body-redaction",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub no_default_body_redaction: Option<bool>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address.
     #[arg(long = "metrics-addr", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
@@ -229,6 +242,10 @@ pub struct Config {
     pub headers_only: bool,
     pub redact_headers: Vec<String>,
     pub redact_query: Vec<String>,
+    /// `--redact-body-field` names.
+    pub redact_body_fields: Vec<String>,
+    /// Whether the default body fields are redacted (not `--no-default-body-redaction`).
+    pub default_body_redaction: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub kernel: KernelLimits,
@@ -305,6 +322,7 @@ impl Flags {
             kubernetes,
             output,
             headers_only,
+            no_default_body_redaction,
             max_body_bytes,
             metrics_addr,
             log_format,
@@ -354,6 +372,7 @@ impl Flags {
             target_pid,
             redact_header,
             redact_query,
+            redact_body_field,
             namespace_include,
             namespace_exclude
         );
@@ -615,6 +634,18 @@ impl Config {
                 return Err(invalid("--redact-query", p, "must not be empty"));
             }
         }
+        for name in &f.redact_body_field {
+            if name.trim().is_empty() {
+                return Err(invalid("--redact-body-field", name, "must not be empty"));
+            }
+            if name.trim().len() > crate::redact::body::MAX_BODY_FIELD_LEN {
+                return Err(invalid(
+                    "--redact-body-field",
+                    name,
+                    "longer than 128 bytes",
+                ));
+            }
+        }
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_string());
@@ -636,6 +667,8 @@ impl Config {
             headers_only: f.headers_only.unwrap_or(false),
             redact_headers: f.redact_header,
             redact_query: f.redact_query,
+            redact_body_fields: f.redact_body_field,
+            default_body_redaction: !f.no_default_body_redaction.unwrap_or(false),
             metrics_addr,
             log_format,
             kernel,
@@ -857,6 +890,48 @@ mod tests {
         assert_eq!(c.output.as_deref(), Some("/tmp/x.jsonl"));
         assert_eq!(c.http1.max_body_bytes, 20);
         assert_eq!(c.redact_headers, vec!["X-Api-Key".to_string()]);
+    }
+
+    #[test]
+    fn body_redaction_flags_and_file_keys() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert!(c.default_body_redaction);
+        assert!(c.redact_body_fields.is_empty());
+        let c = parse(&[
+            "--target-pid",
+            "1",
+            "--redact-body-field",
+            "pin",
+            "--redact-body-field",
+            "otp",
+            "--no-default-body-redaction",
+        ])
+        .unwrap();
+        assert!(!c.default_body_redaction);
+        assert_eq!(c.redact_body_fields, ["pin", "otp"]);
+        let e = parse(&["--target-pid", "1", "--redact-body-field", " "]).unwrap_err();
+        assert!(e.to_string().contains("--redact-body-field"), "{e}");
+        let long = "x".repeat(129);
+        let e = parse(&["--target-pid", "1", "--redact-body-field", &long]).unwrap_err();
+        assert!(e.to_string().contains("--redact-body-field"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "target-pid: [7]\nredact-body-field: [pin]\nno-default-body-redaction: true\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.redact_body_fields, ["pin"]);
+        assert!(!c.default_body_redaction);
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--no-default-body-redaction=false",
+        ])
+        .unwrap();
+        assert!(c.default_body_redaction);
     }
 
     #[test]

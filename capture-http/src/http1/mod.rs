@@ -206,6 +206,7 @@ impl CappedBody {
                 truncated: !complete,
                 decoded_from: None,
                 decode_error: None,
+                decoded_size: None,
             };
         }
         let decoded = decode_content(content_encoding, &self.data, complete, max);
@@ -215,6 +216,7 @@ impl CappedBody {
             wire_size: self.wire_size,
             decoded_from: decoded.decoded_from,
             decode_error: decoded.decode_error,
+            decoded_size: None,
         }
     }
 }
