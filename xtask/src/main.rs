@@ -10,6 +10,7 @@ mod image;
 mod kind;
 mod modcycles;
 mod setup;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -62,6 +63,14 @@ enum Cmd {
         /// (untargeted getppid, program run time against the floor).
         #[arg(long)]
         kernel_only: bool,
+    },
+    /// The kernel side on Debian's own kernels (default 6.1 and 5.10), each booted under qemu
+    /// with the host's filesystem shared: which hook each kernel gets, the kernel tests, and
+    /// an HTTP/1 and an h2c capture checked exactly.
+    VmTest {
+        /// A kernel version to boot (6.1, 5.10 or 6.12); repeatable.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
     },
     /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
     /// (annotated app, traffic, captured exchanges), `down`.
@@ -172,6 +181,12 @@ fn main() -> anyhow::Result<()> {
                 &root.join("target/release/capture-collector"),
             );
             bench::run(&root, quick, kernel_only)?;
+        }
+        Cmd::VmTest { kernels } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            setup::vm_tools()?;
+            vmtest::run(&root, &kernels)?;
         }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }

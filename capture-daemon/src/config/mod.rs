@@ -86,12 +86,13 @@ pub struct Flags {
     #[arg(long = "max-iovecs", value_name = "N")]
     pub max_iovecs: Option<u32>,
     /// Kernel hook: `auto` (the socket tracepoints where the kernel has them, else the
-    /// syscall tracepoint), `socket` or `syscall` (forces the last resort, for testing).
-    /// The environment variable serves test harnesses (default auto).
+    /// syscall tracepoint), or one of `socket`, `syscall`, `fentry`, `kprobe` forced (for
+    /// testing; `fentry` and `kprobe` are experimental). The environment variable serves test
+    /// harnesses (default auto).
     #[arg(
         long = "kernel-hook",
         env = "CAPTURE_KERNEL_HOOK",
-        value_name = "auto|socket|syscall"
+        value_name = "auto|socket|fentry|kprobe|syscall"
     )]
     pub kernel_hook: Option<String>,
     /// Benchmark only: attach a program that does nothing (`empty`) or only copies (`copy`)
