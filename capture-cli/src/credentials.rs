@@ -31,9 +31,13 @@ impl std::fmt::Debug for Secret {
 /// (never sent as a field).
 const NOT_CREDENTIALS: [&str; 3] = ["set-cookie", "set-cookie2", "url:userinfo"];
 
-/// Whether a redacted name needs a credential to replay the request.
+/// Whether a redacted name needs a credential to replay the request. Body fields
+/// (`body:password`) do not: the body is replayed as recorded, with the redaction marker in
+/// place of the value (there is no field-level injection into bodies).
 pub fn needs_credential(redacted: &str) -> bool {
-    !(capture_model::exchange::is_hop_by_hop(redacted) || NOT_CREDENTIALS.contains(&redacted))
+    !(capture_model::exchange::is_hop_by_hop(redacted)
+        || NOT_CREDENTIALS.contains(&redacted)
+        || redacted.starts_with("body:"))
 }
 
 /// The credentials given on the command line, by lowercase name.
@@ -126,5 +130,6 @@ mod tests {
         assert!(!needs_credential("connection"));
         assert!(!needs_credential("set-cookie"));
         assert!(!needs_credential("url:userinfo"));
+        assert!(!needs_credential("body:password"));
     }
 }

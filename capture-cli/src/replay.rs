@@ -563,6 +563,7 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
             truncated: false,
             decoded_from: request.body.decoded_from.clone(),
             decode_error: None,
+            decoded_size: None,
         },
         trailers: Vec::new(),
     };
@@ -697,6 +698,7 @@ async fn send(
         truncated,
         decoded_from: None,
         decode_error: None,
+        decoded_size: None,
     };
     decode_content(&headers, &mut body, plan.max_body);
     let status = parts.status;

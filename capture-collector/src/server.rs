@@ -485,6 +485,8 @@ impl Filter {
                 truncated: b.truncated,
                 decoded_from: b.decoded_from.clone(),
                 decode_error: b.decode_error.clone(),
+                // As the daemon's --headers-only: no data, no decoded size.
+                decoded_size: None,
             })
         };
         pb::Exchange {

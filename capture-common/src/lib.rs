@@ -19,6 +19,10 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 256;
 pub const MAX_IOVECS: u32 = 64;
 /// Upper bound on chunks + iovecs per syscall: `bpf_loop` accepts at most 1 << 23 iterations.
 pub const MAX_LOOP_STEPS: u32 = 1 << 23;
+/// Upper bound on chunks + iovecs per syscall on kernels without `bpf_loop` (before 5.17),
+/// where the verifier walks every step of the copy loop: a limit of the kernel, not of the
+/// configuration. Bytes past it are a gap, counted as a truncation.
+pub const UNROLLED_STEPS: u32 = 64;
 
 /// Event kinds, in `EventHeader::kind`.
 pub mod kind {

@@ -18,11 +18,8 @@ use crate::{
 };
 use capture_model::{clock::WallClock, exchange::Exchange};
 
-/// How often the ring buffer is drained without a wakeup: the kernel wakes the daemon only
-/// when an eighth of the ring is waiting, so this bounds how late an exchange is written.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// Holes, idle connections and exited processes are looked at every this many drains (100 ms).
-const MAINTAIN_EVERY_DRAINS: u32 = 10;
+/// Holes, idle connections and exited processes are looked at this often (on the next drain).
+const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 /// Records handled before the loop writes what they finished and looks at its timers again:
 /// under sustained overload a drain that waited for an empty ring would never end, and nothing
 /// would be written or flushed in the meantime.
@@ -42,6 +39,8 @@ pub struct Pipeline {
     exporter: Option<ExportHandle>,
     /// `--kernel-floor` (benchmark): records are drained and dropped unread.
     discard_events: bool,
+    /// `--drain-interval`: the kernel never wakes the daemon for data.
+    drain_interval: Duration,
 }
 
 impl Pipeline {
@@ -67,12 +66,22 @@ impl Pipeline {
         );
         Self {
             table,
-            redaction: RedactionPolicy::new(&cfg.redact_headers, &cfg.redact_query),
+            // --headers-only drops bodies after redaction: nothing to look for in them.
+            redaction: RedactionPolicy::new(&cfg.redact_headers, &cfg.redact_query)
+                .with_body_fields(
+                    if cfg.headers_only {
+                        &[]
+                    } else {
+                        &cfg.redact_body_fields
+                    },
+                    cfg.default_body_redaction && !cfg.headers_only,
+                ),
             sink,
             clock: WallClock::now(),
             metrics,
             headers_only: cfg.headers_only,
             discard_events: false,
+            drain_interval: cfg.drain_interval,
             done: Vec::new(),
             control: None,
             exporter: None,
@@ -104,9 +113,11 @@ impl Pipeline {
         self.discard_events = capture.is_floor();
         let ring = capture.take_events()?;
         let mut ring = crate::kernel::programs::register(ring)?;
-        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        let mut tick = tokio::time::interval(self.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut drains: u32 = 0;
+        let maintain_every_drains =
+            (MAINTAIN_EVERY.as_nanos() / self.drain_interval.as_nanos().max(1)).max(1);
+        let mut drains: u128 = 0;
         tokio::pin!(shutdown);
         self.apply_control(capture, ring.get_mut());
         loop {
@@ -122,7 +133,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     self.drain(ring.get_mut(), DRAIN_BATCH);
                     drains += 1;
-                    if drains.is_multiple_of(MAINTAIN_EVERY_DRAINS) {
+                    if drains.is_multiple_of(maintain_every_drains) {
                         self.table.tick(monotonic_ns(), &mut self.done);
                     }
                 }

@@ -16,25 +16,53 @@
 //! split over several fields, RFC 9113 §8.2.3) are handled alike. Pseudo-header fields (`:method`,
 //! `:path`, ...) are never removed; `:path` and `:authority` only lose query parameters and
 //! userinfo. What was removed is recorded in `Exchange::redacted`: lowercase header names,
-//! `query:<name>` for query parameters and `url:userinfo`, sorted and deduplicated.
+//! `query:<name>` for query parameters, `url:userinfo` and `body:<name>`, sorted and
+//! deduplicated.
+//!
+//! - in JSON, form-urlencoded and multipart/form-data bodies (and gRPC `+json` messages), the
+//!   values of credential fields are replaced by [`body::MARKER`] (see [`body`]).
 //!
 //! Nothing here logs, and nothing here formats a field value: values never reach a log line, an
-//! error or a panic message from this module. Bodies are not parsed (see docs/security-model.md).
+//! error or a panic message from this module.
+
+pub mod body;
 
 use std::collections::BTreeSet;
+
+use body::BodyFields;
 
 use capture_model::uri::scheme_end;
 
 use capture_model::exchange::{Exchange, Header, is_hop_by_hop};
 
-/// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2).
-const CREDENTIAL_FIELDS: [&str; 6] = [
+/// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2),
+/// and the common non-standard API-key and token headers.
+const CREDENTIAL_FIELDS: [&str; 10] = [
     "authorization",
     "authentication",
     "cookie",
     "proxy-authorization",
     "set-cookie",
     "set-cookie2",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+];
+
+/// Query parameters always removed, lowercase: those OpenTelemetry's semantic conventions
+/// treat as sensitive in `url.query` (presigned AWS and Google Cloud Storage URLs, Azure SAS
+/// `sig`), plus the common OAuth 2.0 (RFC 6750 §2.3) and API-key parameters.
+const CREDENTIAL_QUERY_PARAMS: [&str; 9] = [
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "awsaccesskeyid",
+    "signature",
+    "sig",
+    "x-goog-signature",
+    "access_token",
+    "api_key",
 ];
 
 /// Fields whose value is a URI reference that may carry userinfo or query parameters.
@@ -49,17 +77,27 @@ const USERINFO_ENTRY: &str = "url:userinfo";
 /// What to remove from exchanges: the fixed set of DESIGN.md §6 plus configured extras.
 ///
 /// Holds names only, so its `Debug` output is safe to log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedactionPolicy {
     /// Lowercase header names, pseudo-headers excluded.
     extra_headers: Vec<String>,
-    /// Lowercase query parameter names, matched against the percent-decoded name.
+    /// Lowercase query parameter names, matched against the percent-decoded name: the
+    /// credential parameters and the configured ones.
     extra_query_params: Vec<String>,
+    /// Body fields whose values are replaced.
+    body_fields: BodyFields,
+}
+
+impl Default for RedactionPolicy {
+    /// The fixed set and the default body fields.
+    fn default() -> Self {
+        Self::new(&[], &[])
+    }
 }
 
 impl RedactionPolicy {
     /// A policy removing the fixed set plus `extra_headers` (in both directions, trailers too)
-    /// and `extra_query_params`.
+    /// and `extra_query_params`, and redacting the default body fields.
     ///
     /// Names are trimmed and matched case-insensitively; empty names are ignored, and so are
     /// pseudo-header names (`:path`, ...), which are never removed.
@@ -74,6 +112,11 @@ impl RedactionPolicy {
         let mut params: Vec<String> = extra_query_params
             .iter()
             .map(|name| name.trim().to_lowercase())
+            .chain(
+                CREDENTIAL_QUERY_PARAMS
+                    .iter()
+                    .map(|name| (*name).to_owned()),
+            )
             .filter(|name| !name.is_empty())
             .collect();
         params.sort();
@@ -81,7 +124,16 @@ impl RedactionPolicy {
         Self {
             extra_headers: headers,
             extra_query_params: params,
+            body_fields: BodyFields::default(),
         }
+    }
+
+    /// The same policy redacting `extra` body fields, plus the defaults when `defaults`
+    /// (`--redact-body-field`, `--no-default-body-redaction`).
+    #[must_use]
+    pub fn with_body_fields(mut self, extra: &[String], defaults: bool) -> Self {
+        self.body_fields = BodyFields::new(extra, defaults);
+        self
     }
 
     /// Removes what DESIGN.md §6 says from `ex` and records the removed names in
@@ -102,10 +154,15 @@ impl RedactionPolicy {
             request.target = target;
         }
 
+        self.body_fields
+            .redact(&request.headers, &mut request.body, &mut removed);
+
         if let Some(response) = &mut ex.response {
             self.remove_fields(&mut response.headers, &mut response.trailers, &mut removed);
             self.rewrite_url_fields(&mut response.headers, &mut removed);
             self.rewrite_url_fields(&mut response.trailers, &mut removed);
+            self.body_fields
+                .redact(&response.headers, &mut response.body, &mut removed);
         }
 
         ex.redacted = removed.into_iter().collect();
@@ -241,7 +298,11 @@ impl RedactionPolicy {
     /// `part` without the `&`-separated `name[=value]` pairs whose decoded name is configured,
     /// or `None` when there are none. Kept pairs stay byte-identical and in order.
     fn remove_params(&self, part: &str, removed: &mut BTreeSet<String>) -> Option<String> {
-        if self.extra_query_params.is_empty() {
+        // The common case, nothing to remove, allocates nothing.
+        if !part
+            .split('&')
+            .any(|pair| self.configured_param(pair).is_some())
+        {
             return None;
         }
         let mut changed = false;
@@ -264,11 +325,19 @@ impl RedactionPolicy {
     fn configured_param(&self, pair: &str) -> Option<&str> {
         let raw_name = pair.split_once('=').map_or(pair, |(name, _)| name);
         let (name, _) = form_urlencoded::parse(raw_name.as_bytes()).next()?;
-        let name = name.to_lowercase();
-        self.extra_query_params
-            .iter()
-            .find(|configured| **configured == name)
-            .map(String::as_str)
+        // Every query now goes through here (the credential parameters are always on): an
+        // ASCII name is compared without allocating its lowercase form.
+        let found = if name.is_ascii() {
+            self.extra_query_params
+                .iter()
+                .find(|configured| configured.eq_ignore_ascii_case(&name[..]))
+        } else {
+            let name = name.to_lowercase();
+            self.extra_query_params
+                .iter()
+                .find(|configured| **configured == name)
+        };
+        found.map(String::as_str)
     }
 }
 
@@ -909,6 +978,188 @@ mod tests {
         let mut ex = capture_model::fixtures::representative();
         RedactionPolicy::default().apply(&mut ex);
         assert_eq!(ex, capture_model::fixtures::representative_redacted());
+    }
+
+    #[test]
+    fn default_credential_headers_and_query_params() {
+        let policy = RedactionPolicy::default();
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/o?X-Amz-Signature=qs-1&x-amz-credential=qs-2&X-Amz-Security-Token=qs-3&AWSAccessKeyId=qs-4&Signature=qs-5&sig=qs-6&X-Goog-Signature=qs-7&ACCESS_TOKEN=qs-8&api_key=qs-9&page=2",
+            vec![
+                h("Host", "h"),
+                h("X-API-Key", "hdr-1"),
+                h("api-key", "hdr-2"),
+                h("X-Auth-Token", "hdr-3"),
+                h("x-amz-security-token", "hdr-4"),
+                h("X-Api-Key-Id", "kept"),
+            ],
+            vec![h("X-Auth-Token", "hdr-5")],
+        );
+        let secrets: Vec<String> = (1..=9)
+            .map(|i| format!("qs-{i}"))
+            .chain((1..=5).map(|i| format!("hdr-{i}")))
+            .collect();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let line = redact_and_check(&policy, &mut ex, &secrets);
+        assert!(line.contains("kept"));
+        assert_eq!(ex.request.target, "/o?page=2");
+        assert_eq!(
+            ex.redacted,
+            strings(&[
+                "api-key",
+                "query:access_token",
+                "query:api_key",
+                "query:awsaccesskeyid",
+                "query:sig",
+                "query:signature",
+                "query:x-amz-credential",
+                "query:x-amz-security-token",
+                "query:x-amz-signature",
+                "query:x-goog-signature",
+                "x-amz-security-token",
+                "x-api-key",
+                "x-auth-token",
+            ])
+        );
+    }
+
+    #[test]
+    fn bodies_are_redacted_in_both_directions_and_listed() {
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/oauth/token",
+            vec![
+                h("Host", "h"),
+                h("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            vec![h("Content-Type", "application/json")],
+        );
+        ex.request.method = "POST".into();
+        ex.request.body.data = b"grant_type=password&username=u&password=body-secret-1".to_vec();
+        ex.request.body.wire_size = ex.request.body.data.len() as u64;
+        let response = br#"{"access_token":"body-secret-2","token_type":"Bearer","refresh_token":"body-secret-3","expires_in":3600}"#;
+        if let Some(r) = &mut ex.response {
+            r.body.data = response.to_vec();
+            r.body.wire_size = response.len() as u64;
+        }
+        let line = redact_and_check(
+            &RedactionPolicy::default(),
+            &mut ex,
+            &["body-secret-1", "body-secret-2", "body-secret-3"],
+        );
+        assert_eq!(
+            ex.redacted,
+            strings(&["body:access_token", "body:password", "body:refresh_token"])
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["request"]["postData"]["text"],
+            "grant_type=password&username=u&password=%5BREDACTED%5D"
+        );
+        assert_eq!(
+            v["request"]["postData"]["_size"],
+            "grant_type=password&username=u&password=body-secret-1".len()
+        );
+        assert_eq!(
+            v["response"]["content"]["text"],
+            r#"{"access_token":"[REDACTED]","token_type":"Bearer","refresh_token":"[REDACTED]","expires_in":3600}"#
+        );
+        // The size is the body's before redaction, as decoded.
+        assert_eq!(v["response"]["content"]["size"], response.len());
+        assert_eq!(v["response"]["bodySize"], response.len());
+
+        // The same exchange with the defaults off and nothing configured is untouched.
+        let policy = RedactionPolicy::default().with_body_fields(&[], false);
+        let mut ex = exchange(
+            HttpVersion::Http11,
+            "/",
+            vec![h("Content-Type", "application/json")],
+            vec![],
+        );
+        ex.request.body.data = br#"{"password":"visible"}"#.to_vec();
+        policy.apply(&mut ex);
+        assert_eq!(ex.request.body.data, br#"{"password":"visible"}"#);
+        assert!(ex.redacted.is_empty());
+    }
+
+    /// A gzip-encoded login and token response through the real HTTP/1 decoder, whole and
+    /// cut by the capture limit inside the password: decoded, then redacted.
+    #[test]
+    fn gzip_encoded_login_is_redacted_after_decoding() {
+        use capture_http::http1::{Http1Conn, Http1Limits, Http1Output, Side};
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write as _;
+
+        fn gzip(data: &[u8]) -> Vec<u8> {
+            let mut e = GzEncoder::new(Vec::new(), Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        // The long, compressible user name puts the password past what a short capture limit
+        // keeps decoded, while all of the gzip stream is still captured.
+        let login = format!(
+            r#"{{"username":"{}","password":"gz-secret-password","remember":true}}"#,
+            "a".repeat(500)
+        );
+        let login = login.as_bytes();
+        let value_start = 500 + r#"{"username":"","password":"#.len();
+        let token = br#"{"id_token":"gz-secret-id","access_token":"gz-secret-access"}"#;
+        let (login_gz, token_gz) = (gzip(login), gzip(token));
+        let mut request = format!(
+            "POST /login HTTP/1.1\r\nHost: app\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            login_gz.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&login_gz);
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            token_gz.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&token_gz);
+
+        // The second limit ends inside the password's value.
+        for max_body_bytes in [1024 * 1024, value_start + 6] {
+            let mut conn = Http1Conn::new(Http1Limits {
+                max_body_bytes,
+                ..Http1Limits::default()
+            });
+            let mut out = Vec::new();
+            conn.on_data(Side::Request, &request, 1, &mut out);
+            conn.on_data(Side::Response, &response, 2, &mut out);
+            let Some(Http1Output::Exchange(ex)) = out.into_iter().next() else {
+                panic!("no exchange");
+            };
+            let mut ex = *ex;
+            assert_eq!(ex.request.body.decoded_from.as_deref(), Some("gzip"));
+            let line = redact_and_check(
+                &RedactionPolicy::default(),
+                &mut ex,
+                &["gz-secret", "gz-secr", "gz-"],
+            );
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let kept = String::from_utf8_lossy(&login[..value_start]).into_owned();
+            if max_body_bytes < 1024 {
+                assert_eq!(
+                    ex.request.body.data,
+                    format!(r#"{kept}"[REDACTED]""#).as_bytes()
+                );
+                assert_eq!(ex.request.body.decoded_size, Some(max_body_bytes as u64));
+                assert_eq!(v["_capture"]["truncated"]["request"], true);
+                assert_eq!(
+                    ex.redacted,
+                    strings(&["body:access_token", "body:id_token", "body:password"])
+                );
+            } else {
+                assert_eq!(
+                    ex.request.body.data,
+                    format!(r#"{kept}"[REDACTED]","remember":true}}"#).as_bytes()
+                );
+                assert_eq!(v["response"]["content"]["size"], token.len());
+                assert_eq!(v["response"]["bodySize"], token_gz.len());
+            }
+        }
     }
 
     mod http2_decoded {

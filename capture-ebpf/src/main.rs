@@ -33,15 +33,15 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
-    macros::{map, raw_tracepoint},
+    macros::{fexit, kprobe, kretprobe, map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use capture_common::{
     ConnKey, ConnState, EVENT_HEADER_LEN, EventHeader, MAX_CHUNK, MAX_CHUNKS_PER_CALL, MAX_IOVECS,
-    MutedKey, NO_FD, OpenAddrs, SockAddr, counter, direction, flags, kind,
+    MutedKey, NO_FD, OpenAddrs, SockAddr, UNROLLED_STEPS, counter, direction, flags, kind,
 };
 
 /// cgroup v2 ids (directory inode numbers) to capture; user space keeps it equal to the
@@ -86,6 +86,23 @@ static SK_V6_DADDR: u32 = 56;
 #[unsafe(no_mangle)]
 static SK_V6_SADDR: u32 = 72;
 
+/// kprobe and fentry hooks (kernels before 6.3): offsets the loader reads from the kernel's
+/// BTF. `struct socket`'s `sk`; `struct task_struct`'s `stack` (0: unknown, the hooks do
+/// nothing); and the user registers' place on the task's kernel stack (`task_pt_regs()`:
+/// stack + THREAD_SIZE - padding - sizeof(struct pt_regs)). These hooks cannot use
+/// `bpf_task_pt_regs` (5.15+) on the older kernels they exist for.
+#[unsafe(no_mangle)]
+static SOCKET_SK: u32 = 24;
+#[unsafe(no_mangle)]
+static TASK_STACK: u32 = 0;
+#[unsafe(no_mangle)]
+static STACK_TO_REGS: u32 = 16384 - 168;
+
+/// kprobe hook: the socket and flags of each thread's `sock_sendmsg`/`sock_recvmsg` in
+/// progress, from entry to return. Only target processes are stashed.
+#[map]
+static STASH: LruHashMap<u64, Stashed> = LruHashMap::with_max_entries(16384, 0);
+
 /// The state of the copy in progress, for the `bpf_loop` callback. In a map rather than on the
 /// caller's stack so the callback starts from the same verifier state whichever syscall path
 /// called it; on the stack each path made the verifier re-walk the callback until it ran out
@@ -95,6 +112,13 @@ static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Stashed {
+    sock: u64,
+    flags: u64,
+}
 
 /// A TCP socket seen by `sock_state` or by a transfer.
 #[repr(C)]
@@ -187,6 +211,31 @@ impl Regs {
         // SAFETY: both helpers take no pointer from us; the result is only read through
         // bpf_probe_read_kernel.
         Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64)
+    }
+
+    /// The current task's user registers, found on its kernel stack as `task_pt_regs()` does,
+    /// with the offsets the loader read from BTF; None when it could not read them.
+    #[inline(always)]
+    fn from_task_stack() -> Option<Self> {
+        // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
+        let (stack_off, to_regs) = unsafe {
+            (
+                core::ptr::read_volatile(&TASK_STACK),
+                core::ptr::read_volatile(&STACK_TO_REGS),
+            )
+        };
+        if stack_off == 0 {
+            return None;
+        }
+        // SAFETY: the helper takes no argument; the task is only read through
+        // bpf_probe_read_kernel, which fails cleanly.
+        let task = unsafe { bpf_get_current_task() };
+        let stack =
+            unsafe { bpf_probe_read_kernel((task + u64::from(stack_off)) as *const u64) }.ok()?;
+        if stack == 0 {
+            return None;
+        }
+        Some(Self(stack + u64::from(to_regs)))
     }
 
     #[inline(always)]
@@ -322,6 +371,11 @@ fn output_copy<const N: usize>(hdr: &EventHeader, src: u64, n: usize) -> bool {
     };
     let base = record.as_mut_ptr();
     let mut h = *hdr;
+    // The clamp must survive: LLVM knows every caller passes `n <= N` and would drop it, and
+    // verifiers before 6.x then follow an impossible path (Linux 6.1 saw `n == 16384` reach
+    // the 8 KiB record, after comparisons whose ranges contradict, and refused the program).
+    // SAFETY: a read of a local; volatile only so that LLVM cannot reason about its value.
+    let n = unsafe { core::ptr::read_volatile(&n) };
     let n = if n > N { N } else { n };
     // SAFETY: the record is EVENT_HEADER_LEN + N bytes and 8-aligned; the copy writes at most
     // N bytes after the header and fails cleanly on unmapped user memory.
@@ -453,9 +507,12 @@ extern "C" fn copy_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 /// Copies `total` bytes from `src` (a plain buffer when `iovcnt == 0`, else an iovec array),
-/// in chunk events, then reports whatever a limit left uncopied as one gap event.
+/// in chunk events, then reports whatever a limit left uncopied as one gap event. `LOOP`: with
+/// `bpf_loop` (Linux 5.17+), else a loop of at most `UNROLLED_STEPS` steps the verifier walks
+/// step by step (bounded loops, 5.3+); the loader picks the program variant by probing for the
+/// helper.
 #[inline(always)]
-fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64) {
+fn emit_transfer<const LOOP: bool>(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64) {
     let plain = iovcnt == 0;
     let Some(st) = COPY.get_ptr_mut(0) else {
         return;
@@ -476,18 +533,28 @@ fn emit_transfer(hdr: &EventHeader, pos: u64, src: u64, iovcnt: u64, total: u64)
     // SAFETY: per-CPU map value, see copy_step. Written through the raw pointer and read back
     // volatile below: the callback changes it behind any reference we could hold.
     unsafe { st.write(state) };
-    // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its state
-    // from COPY, not from the context pointer.
     // SAFETY: constants the loader may have rewritten; volatile so they are not folded.
     let steps =
         unsafe { core::ptr::read_volatile(&MAX_CHUNKS) + core::ptr::read_volatile(&MAX_IOVS) };
-    unsafe {
-        bpf_loop(
-            steps,
-            copy_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+    if LOOP {
+        // SAFETY: bpf_loop calls `copy_step` at most the given number of times; it takes its
+        // state from COPY, not from the context pointer.
+        unsafe {
+            bpf_loop(
+                steps,
+                copy_step as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+    } else {
+        let mut i = 0;
+        while i < UNROLLED_STEPS && i < steps {
+            if copy_step(i, core::ptr::null_mut()) != 0 {
+                break;
+            }
+            i += 1;
+        }
     }
     // SAFETY: as above; the callback has finished with it.
     let done = unsafe { core::ptr::read_volatile(&raw const (*st).done) };
@@ -555,6 +622,12 @@ fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
     };
     let sk = ctx.arg::<u64>(0);
     let regs = Regs::current();
+    transfer_in_syscall::<true>(&regs, dir, ret as u64, cgroup_id, sk);
+}
+
+/// `n` bytes moved through `sk` inside the syscall whose registers are `regs`.
+#[inline(always)]
+fn transfer_in_syscall<const LOOP: bool>(regs: &Regs, dir: u8, n: u64, cgroup_id: u64, sk: u64) {
     let Some((sys_dir, via)) = transfer_syscall(regs.nr()) else {
         bump(counter::UNKNOWN_SYSCALL, 1);
         return;
@@ -563,7 +636,147 @@ fn on_socket_io(ctx: &RawTracePointContext, dir: u8) {
         bump(counter::UNKNOWN_SYSCALL, 1);
         return;
     }
-    on_transfer(&regs, dir, via, ret as u64, cgroup_id, sk);
+    on_transfer::<LOOP>(regs, dir, via, n, cgroup_id, sk);
+}
+
+// ---- fentry and kprobe hooks (kernels before 6.3) ------------------------------------------
+//
+// `int sock_sendmsg(struct socket *sock, struct msghdr *msg)` and
+// `int sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags)`: every socket write
+// and read of a process goes through them, as the socket tracepoints do from 6.3. The byte
+// count is their return value, so the programs run at return (fexit; kprobe entry stashes the
+// arguments for the kretprobe). `sock->sk` is the connection's socket; the syscall's
+// arguments come from the task's saved user registers, as on the other hooks.
+
+/// `ret` bytes moved through `sock` (a `struct socket *`) in the current task's syscall.
+#[inline(always)]
+fn on_sock_call<const LOOP: bool>(sock: u64, ret: i32, msg_flags: u32, dir: u8) {
+    if ret <= 0 {
+        return;
+    }
+    if dir == direction::INGRESS && msg_flags & MSG_PEEK != 0 {
+        return;
+    }
+    let Some(cgroup_id) = targeted() else {
+        return;
+    };
+    // SAFETY: a constant the loader may have rewritten; volatile so it is not folded.
+    let sk_off = unsafe { core::ptr::read_volatile(&SOCKET_SK) };
+    // SAFETY: kernel memory through bpf_probe_read_kernel, which fails cleanly.
+    let Ok(sk) = (unsafe { bpf_probe_read_kernel((sock + u64::from(sk_off)) as *const u64) })
+    else {
+        return;
+    };
+    let Some(regs) = Regs::from_task_stack() else {
+        return;
+    };
+    transfer_in_syscall::<LOOP>(&regs, dir, ret as u64, cgroup_id, sk);
+}
+
+#[inline(always)]
+fn fexit_send<const LOOP: bool>(ctx: &FExitContext) -> i32 {
+    // (sock, msg) then the return value.
+    on_sock_call::<LOOP>(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(2) as i32,
+        0,
+        direction::EGRESS,
+    );
+    0
+}
+
+#[inline(always)]
+fn fexit_recv<const LOOP: bool>(ctx: &FExitContext) -> i32 {
+    // (sock, msg, flags) then the return value.
+    on_sock_call::<LOOP>(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(3) as i32,
+        ctx.arg::<u64>(2) as u32,
+        direction::INGRESS,
+    );
+    0
+}
+
+#[fexit(function = "sock_sendmsg")]
+pub fn fexit_sock_send(ctx: FExitContext) -> i32 {
+    fexit_send::<true>(&ctx)
+}
+
+#[fexit(function = "sock_recvmsg")]
+pub fn fexit_sock_recv(ctx: FExitContext) -> i32 {
+    fexit_recv::<true>(&ctx)
+}
+
+#[fexit(function = "sock_sendmsg")]
+pub fn fexit_sock_send_unrolled(ctx: FExitContext) -> i32 {
+    fexit_send::<false>(&ctx)
+}
+
+#[fexit(function = "sock_recvmsg")]
+pub fn fexit_sock_recv_unrolled(ctx: FExitContext) -> i32 {
+    fexit_recv::<false>(&ctx)
+}
+
+/// Entry of `sock_sendmsg`/`sock_recvmsg`: stashes the socket (and recvmsg's flags) of a
+/// target process's thread for the return probe.
+#[inline(always)]
+fn kprobe_stash(ctx: &ProbeContext, has_flags: bool) -> u32 {
+    if targeted().is_none() {
+        return 0;
+    }
+    let Some(sock) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let flags = if has_flags {
+        ctx.arg::<u64>(2).unwrap_or(0)
+    } else {
+        0
+    };
+    let _ = STASH.insert(bpf_get_current_pid_tgid(), Stashed { sock, flags }, 0);
+    0
+}
+
+#[inline(always)]
+fn kretprobe_io<const LOOP: bool>(ctx: &RetProbeContext, dir: u8) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(stashed) = (unsafe { STASH.get(id) }).copied() else {
+        return 0;
+    };
+    let _ = STASH.remove(id);
+    let ret = ctx.ret::<u64>() as i32;
+    on_sock_call::<LOOP>(stashed.sock, ret, stashed.flags as u32, dir);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_sock_send(ctx: ProbeContext) -> u32 {
+    kprobe_stash(&ctx, false)
+}
+
+#[kprobe]
+pub fn kprobe_sock_recv(ctx: ProbeContext) -> u32 {
+    kprobe_stash(&ctx, true)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_send(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<true>(&ctx, direction::EGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_recv(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<true>(&ctx, direction::INGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_send_unrolled(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<false>(&ctx, direction::EGRESS)
+}
+
+#[kretprobe]
+pub fn kretprobe_sock_recv_unrolled(ctx: RetProbeContext) -> u32 {
+    kretprobe_io::<false>(&ctx, direction::INGRESS)
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`: the handshake
@@ -690,6 +903,18 @@ fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> b
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    on_sys_exit::<true>(&ctx)
+}
+
+/// `sys_exit` for kernels without `bpf_loop` (before 5.17): the copy loop is bounded by
+/// `UNROLLED_STEPS` and checked step by step by the verifier.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_unrolled(ctx: RawTracePointContext) -> i32 {
+    on_sys_exit::<false>(&ctx)
+}
+
+#[inline(always)]
+fn on_sys_exit<const LOOP: bool>(ctx: &RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let regs = Regs(ctx.arg::<u64>(0));
     let ret = ctx.arg::<i64>(1);
@@ -710,7 +935,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(cgroup_id) = targeted() else {
         return 0;
     };
-    on_transfer(&regs, dir, via, ret as u64, cgroup_id, 0);
+    on_transfer::<LOOP>(&regs, dir, via, ret as u64, cgroup_id, 0);
     0
 }
 
@@ -731,7 +956,7 @@ fn peeked(regs: &Regs, nr: i64) -> bool {
 /// `n` bytes moved through fd `arg(0)`; `sk` is the socket on the socket hooks, 0 on the
 /// syscall hook.
 #[inline(always)]
-fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) {
+fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
@@ -770,7 +995,7 @@ fn on_transfer(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_id: u64, sk: u64) 
         emit_chunk(&hdr, pos, 0, n, false, flags::LIMIT_HIT);
         return;
     }
-    emit_transfer(&hdr, pos, src, iovcnt, n);
+    emit_transfer::<LOOP>(&hdr, pos, src, iovcnt, n);
 }
 
 /// connect, accept/accept4 (a connection opens) and close (it ends).
@@ -905,6 +1130,28 @@ fn on_close(fd: u32) {
     if muted == 0 {
         emit_close(&key, generation, 0);
     }
+}
+
+// ---- Probes ---------------------------------------------------------------------------------
+
+/// Never attached: the loader loads it to learn whether the kernel has `bpf_loop` (5.17+),
+/// which decides between `sys_exit` and `sys_exit_unrolled`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn probe_bpf_loop(_ctx: RawTracePointContext) -> i32 {
+    // SAFETY: one call of a callback that does nothing.
+    unsafe {
+        bpf_loop(
+            1,
+            probe_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    0
+}
+
+extern "C" fn probe_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    1
 }
 
 // ---- The floor, for the benchmark -----------------------------------------------------------

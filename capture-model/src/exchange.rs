@@ -110,6 +110,17 @@ pub struct Body {
     /// Content coding present but not decodable (unknown coding, corrupt stream); `data` then
     /// holds the encoded bytes as captured.
     pub decode_error: Option<String>,
+    /// The size of the decoded content before redaction replaced credential values in `data`
+    /// (HAR `content.size`), set only when that changed the length; `None` means
+    /// `data.len()`.
+    pub decoded_size: Option<u64>,
+}
+
+impl Body {
+    /// Bytes of decoded content captured, as they were before redaction (HAR `content.size`).
+    pub fn decoded_size(&self) -> u64 {
+        self.decoded_size.unwrap_or(self.data.len() as u64)
+    }
 }
 
 impl std::fmt::Debug for Body {
@@ -120,6 +131,7 @@ impl std::fmt::Debug for Body {
             .field("truncated", &self.truncated)
             .field("decoded_from", &self.decoded_from)
             .field("decode_error", &self.decode_error)
+            .field("decoded_size", &self.decoded_size)
             .finish()
     }
 }

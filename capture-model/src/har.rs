@@ -233,10 +233,6 @@ fn size(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-fn len_size(bytes: usize) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
-}
-
 fn content_type(headers: &[Header]) -> &str {
     header_value(headers, "content-type").unwrap_or("")
 }
@@ -418,6 +414,11 @@ fn write_request(out: &mut Vec<u8>, request: &Request, url: &str) {
             out.extend_from_slice(b",\"_encoding\":");
             json::string(out, encoding);
         }
+        // HAR's postData has no size: ours, when redaction changed the text's length.
+        if let Some(decoded_size) = body.decoded_size {
+            out.extend_from_slice(b",\"_size\":");
+            json::int(out, decoded_size);
+        }
         out.push(b'}');
     }
     out.extend_from_slice(b",\"headersSize\":");
@@ -442,7 +443,7 @@ fn write_response(out: &mut Vec<u8>, response: &Response) {
     out.extend_from_slice(b"\",\"cookies\":[],\"headers\":");
     write_name_values(out, &response.headers);
     out.extend_from_slice(b",\"content\":{\"size\":");
-    json::int(out, len_size(response.body.data.len()));
+    json::int(out, size(response.body.decoded_size()));
     out.extend_from_slice(b",\"mimeType\":");
     json::string(out, content_type(&response.headers));
     out.extend_from_slice(b",\"text\":");
@@ -870,6 +871,7 @@ mod tests {
                 truncated: true,
                 decoded_from: None,
                 decode_error: None,
+                decoded_size: None,
             };
         }
         ex.request.body.truncated = true;
@@ -908,6 +910,7 @@ mod tests {
                 truncated: true,
                 decoded_from: None,
                 decode_error: Some("corrupt gzip stream".into()),
+                decoded_size: None,
             };
         }
         ex.request.body.decoded_from = Some("br".into());
@@ -1200,6 +1203,7 @@ mod tests {
                 truncated: true,
                 decoded_from: None,
                 decode_error: None,
+                decoded_size: None,
             };
         }
         all.push(ex);
@@ -1317,6 +1321,7 @@ mod tests {
                 truncated,
                 decoded_from: None,
                 decode_error: Some(t(6)).filter(|e| !e.is_empty()),
+                decoded_size: Some(sizes[2]).filter(|_| truncated),
             };
             ex.workload.pod = Some(t(7));
             ex.redacted = vec![t(8), t(9)];
@@ -1337,6 +1342,7 @@ mod tests {
                     truncated: !truncated,
                     decoded_from: Some(t(3)),
                     decode_error: None,
+                    decoded_size: Some(sizes[1]).filter(|_| !truncated),
                 };
                 response.trailers = vec![h(&t(2), &t(1))];
             }

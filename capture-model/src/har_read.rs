@@ -180,6 +180,9 @@ struct PostDataIn {
     /// Ours is `_encoding` (HAR 1.2 has no encoding for postData); accept the plain name too.
     #[serde(rename = "_encoding", alias = "encoding", default)]
     encoding: Option<String>,
+    /// Ours: the text's size before the daemon's body redaction changed it.
+    #[serde(rename = "_size", default)]
+    size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -364,11 +367,18 @@ impl EntryIn {
         let request_wire = original
             .and_then(|(request, _)| request)
             .unwrap_or_else(|| har_size(self.request.body_size));
-        let request_data = match self.request.post_data {
-            Some(post) => body_data(post.text, post.encoding.as_deref())
-                .map_err(|reason| err("request.postData.text", reason))?,
-            None => Vec::new(),
+        let (request_data, request_decoded_size) = match self.request.post_data {
+            Some(post) => (
+                body_data(post.text, post.encoding.as_deref())
+                    .map_err(|reason| err("request.postData.text", reason))?,
+                post.size,
+            ),
+            None => (Vec::new(), None),
         };
+        // Redaction changes a body's length; `content.size` keeps the size before it.
+        let body_redacted = capture
+            .as_ref()
+            .is_some_and(|c| c.redacted.iter().any(|name| name.starts_with("body:")));
         let request_decoding = request_decoding.unwrap_or_default();
         let mut request = Request {
             method: self.request.method,
@@ -382,6 +392,7 @@ impl EntryIn {
                 truncated: truncated.0,
                 decoded_from: request_decoding.decoded_from,
                 decode_error: request_decoding.decode_error,
+                decoded_size: request_decoded_size,
             },
             trailers: headers(self.request.trailers),
         };
@@ -403,10 +414,14 @@ impl EntryIn {
             let cut = usize::try_from(r.content.size)
                 .ok()
                 .and_then(|size| size.checked_sub(data.len()))
-                .filter(|cut| text_body && truncated.1 && (1..=3).contains(cut));
+                .filter(|cut| text_body && truncated.1 && !body_redacted && (1..=3).contains(cut));
             if let Some(cut) = cut {
                 data.extend_from_slice(&[0xf0, 0x90, 0x80][..cut]);
             }
+            // Any other difference is the size before redaction (`Body::decoded_size`).
+            let decoded_size = u64::try_from(r.content.size)
+                .ok()
+                .filter(|&size| size != data.len() as u64);
             let decoding = response_decoding.unwrap_or_default();
             Some(Response {
                 status: r.status,
@@ -422,6 +437,7 @@ impl EntryIn {
                     truncated: truncated.1,
                     decoded_from: decoding.decoded_from,
                     decode_error: decoding.decode_error,
+                    decoded_size,
                 },
                 trailers: headers(self.trailers),
             })

@@ -259,6 +259,7 @@ fn body_to_proto(body: &Body) -> pb::Body {
         truncated: body.truncated,
         decoded_from: body.decoded_from.clone(),
         decode_error: body.decode_error.clone(),
+        decoded_size: body.decoded_size,
     }
 }
 
@@ -270,6 +271,7 @@ fn body_from_proto(body: Option<pb::Body>) -> Body {
         truncated: body.truncated,
         decoded_from: body.decoded_from,
         decode_error: body.decode_error,
+        decoded_size: body.decoded_size,
     }
 }
 
@@ -390,14 +392,16 @@ pub(crate) mod tests {
             any::<bool>(),
             option::of(prop_oneof![Just("gzip".to_owned()), Just("br".to_owned())]),
             option::of(text()),
+            option::of(any::<u64>()),
         )
             .prop_map(
-                |(data, wire_size, truncated, decoded_from, decode_error)| Body {
+                |(data, wire_size, truncated, decoded_from, decode_error, decoded_size)| Body {
                     data,
                     wire_size,
                     truncated,
                     decoded_from,
                     decode_error,
+                    decoded_size,
                 },
             )
     }

@@ -123,7 +123,7 @@ impl DaemonBuilder {
     }
 }
 
-/// `CAPTURE_E2E_KERNEL_HOOK` (`auto`, `socket` or `syscall`) selects the kernel hook of every
+/// `CAPTURE_E2E_KERNEL_HOOK` (`auto`, `socket`, `fentry`, `kprobe` or `syscall`) selects the kernel hook of every
 /// daemon the tests start, as `--kernel-hook`; `cargo xtask test` makes a second pass over the
 /// HTTP suites with `syscall`, the fallback this kernel would otherwise never use.
 pub const KERNEL_HOOK_ENV: &str = "CAPTURE_E2E_KERNEL_HOOK";
@@ -176,6 +176,8 @@ impl Daemon {
     fn check_kernel_hook(&self) -> Result<()> {
         let label = match std::env::var(KERNEL_HOOK_ENV).as_deref() {
             Ok("socket") => "socket_tracepoints",
+            Ok("fentry") => "fentry",
+            Ok("kprobe") => "kprobes",
             Ok("syscall") => "syscall_tracepoint",
             _ => return Ok(()),
         };

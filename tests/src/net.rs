@@ -86,6 +86,13 @@ impl HttpConnection {
         })
     }
 
+    /// Reads responses from an already connected stream (its timeouts as they are).
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.reader.get_ref().local_addr()?)
     }

@@ -10,6 +10,7 @@ mod image;
 mod kind;
 mod modcycles;
 mod setup;
+mod vmtest;
 
 use std::{
     path::{Path, PathBuf},
@@ -62,6 +63,14 @@ enum Cmd {
         /// (untargeted getppid, program run time against the floor).
         #[arg(long)]
         kernel_only: bool,
+    },
+    /// The kernel side on Debian's own kernels (default 6.1 and 5.10), each booted under qemu
+    /// with the host's filesystem shared: which hook each kernel gets, the kernel tests, and
+    /// an HTTP/1 and an h2c capture checked exactly.
+    VmTest {
+        /// A kernel version to boot (6.1, 5.10 or 6.12); repeatable.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
     },
     /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
     /// (annotated app, traffic, captured exchanges), `down`.
@@ -177,6 +186,12 @@ fn main() -> anyhow::Result<()> {
             );
             bench::run(&root, quick, kernel_only)?;
         }
+        Cmd::VmTest { kernels } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            setup::vm_tools()?;
+            vmtest::run(&root, &kernels)?;
+        }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }
     Ok(())
@@ -239,8 +254,8 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The fuzz targets of `capture-http/fuzz`; each has a committed seed corpus in
-/// `capture-http/fuzz/seeds/<target>`.
-const FUZZ_TARGETS: [&str; 2] = ["http1", "http2"];
+/// `capture-http/fuzz/seeds/<target>` (runs and findings: docs/fuzzing.md).
+const FUZZ_TARGETS: [&str; 6] = ["http1", "http2", "h2_frames", "hpack", "body", "har_read"];
 
 /// The fuzz targets of `capture-collector/fuzz` (the ingest path from arbitrary protobuf
 /// bytes); seeds in `capture-collector/fuzz/seeds/<target>`, written by

@@ -99,6 +99,19 @@ pub fn test_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages `cargo xtask vm-test` runs: qemu (with its virtiofsd, which shares the
+/// host's filesystem with the guest), a static busybox for the guest's initramfs, xz for
+/// compressed kernel modules.
+const VM_TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "xz-utils"];
+
+/// What `cargo xtask vm-test` boots kernels with.
+pub fn vm_tools() -> anyhow::Result<()> {
+    apt_install(
+        VM_TEST_PACKAGES,
+        "vm-test boots Debian's kernels under qemu",
+    )
+}
+
 /// What the chart tests need: setpriv, openssl, and the Helm SDK.
 pub fn chart_test_tools(root: &Path) -> anyhow::Result<()> {
     apt_install(CHART_TEST_PACKAGES, "the chart tests use them")?;

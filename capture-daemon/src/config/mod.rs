@@ -53,6 +53,19 @@ pub struct Flags {
     #[arg(long = "redact-query", value_name = "PARAM")]
     #[serde(default)]
     pub redact_query: Vec<String>,
+    /// Also replace the value of this body field in JSON, form and multipart bodies
+    /// (repeatable, case-insensitive, `-` and `_` alike).
+    #[arg(long = "redact-body-field", value_name = "NAME")]
+    #[serde(default)]
+    pub redact_body_field: Vec<String>,
+    /// Do not redact the default body fields (password, secret, access_token, ...); only the
+    /// --redact-body-field names. Credentials in bodies then leave the node.
+    #[arg(
+        long = "no-default-body-redaction",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub no_default_body_redaction: Option<bool>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address.
     #[arg(long = "metrics-addr", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
@@ -73,12 +86,13 @@ pub struct Flags {
     #[arg(long = "max-iovecs", value_name = "N")]
     pub max_iovecs: Option<u32>,
     /// Kernel hook: `auto` (the socket tracepoints where the kernel has them, else the
-    /// syscall tracepoint), `socket` or `syscall` (forces the last resort, for testing).
-    /// The environment variable serves test harnesses (default auto).
+    /// syscall tracepoint), or one of `socket`, `syscall`, `fentry`, `kprobe` forced (for
+    /// testing; `fentry` and `kprobe` are experimental). The environment variable serves test
+    /// harnesses (default auto).
     #[arg(
         long = "kernel-hook",
         env = "CAPTURE_KERNEL_HOOK",
-        value_name = "auto|socket|syscall"
+        value_name = "auto|socket|fentry|kprobe|syscall"
     )]
     pub kernel_hook: Option<String>,
     /// Benchmark only: attach a program that does nothing (`empty`) or only copies (`copy`)
@@ -95,6 +109,9 @@ pub struct Flags {
     /// Largest request or response head (start line + headers) accepted (default 64 KiB).
     #[arg(long = "max-header-bytes", value_name = "N")]
     pub max_header_bytes: Option<usize>,
+    /// Most field lines in one request or response head or trailer section (default 512).
+    #[arg(long = "max-header-fields", value_name = "N")]
+    pub max_header_fields: Option<usize>,
     /// Most requests waiting for their responses on one connection (default 64).
     #[arg(long = "max-pipelined", value_name = "N")]
     pub max_pipelined: Option<usize>,
@@ -104,6 +121,15 @@ pub struct Flags {
     /// How long SIGTERM may spend flushing before the daemon exits anyway, e.g. `5s` (default 5s).
     #[arg(long = "shutdown-deadline", value_name = "DURATION")]
     pub shutdown_deadline: Option<String>,
+    /// How often the kernel ring buffer is drained, e.g. `2ms` (default 2ms, 1ms to 1s). The
+    /// kernel never wakes the daemon for data, so this bounds how late an exchange is written
+    /// and how much work each wakeup does.
+    #[arg(long = "drain-interval", value_name = "DURATION")]
+    pub drain_interval: Option<String>,
+    /// Linux scheduling policy of the daemon's threads: `batch` (default; SCHED_BATCH, never
+    /// preempts the workload when it wakes) or `normal` (SCHED_OTHER).
+    #[arg(long = "cpu-scheduling", value_name = "batch|normal")]
+    pub cpu_scheduling: Option<String>,
     /// Node name reported in `_capture.workload.node` (default: the host name).
     #[arg(long = "node-name", env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -203,6 +229,12 @@ pub struct Flags {
     pub export_max_in_flight: Option<usize>,
 }
 
+/// `--drain-interval` default: short enough that one wakeup's work (a few hundred exchanges at
+/// tens of thousands per second) never holds a busy core for long; see docs/benchmarks.md.
+pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(2);
+const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -213,6 +245,10 @@ pub struct Config {
     pub headers_only: bool,
     pub redact_headers: Vec<String>,
     pub redact_query: Vec<String>,
+    /// `--redact-body-field` names.
+    pub redact_body_fields: Vec<String>,
+    /// Whether the default body fields are redacted (not `--no-default-body-redaction`).
+    pub default_body_redaction: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub kernel: KernelLimits,
@@ -221,6 +257,10 @@ pub struct Config {
     pub http1: Http1Limits,
     pub idle_timeout: Duration,
     pub shutdown_deadline: Duration,
+    /// `--drain-interval`.
+    pub drain_interval: Duration,
+    /// `--cpu-scheduling batch`: run as SCHED_BATCH.
+    pub sched_batch: bool,
     pub node_name: Option<String>,
     pub http2: Http2Limits,
     pub kubernetes: bool,
@@ -285,6 +325,7 @@ impl Flags {
             kubernetes,
             output,
             headers_only,
+            no_default_body_redaction,
             max_body_bytes,
             metrics_addr,
             log_format,
@@ -296,9 +337,12 @@ impl Flags {
             max_connections,
             max_conn_buffer_bytes,
             max_header_bytes,
+            max_header_fields,
             max_pipelined,
             idle_timeout,
             shutdown_deadline,
+            drain_interval,
+            cpu_scheduling,
             node_name,
             max_h2_header_list_bytes,
             max_h2_streams,
@@ -332,6 +376,7 @@ impl Flags {
             target_pid,
             redact_header,
             redact_query,
+            redact_body_field,
             namespace_include,
             namespace_exclude
         );
@@ -461,6 +506,12 @@ impl Config {
                 "must be at least 256",
             ));
         }
+        let max_header_fields = f
+            .max_header_fields
+            .unwrap_or(http1_defaults.max_header_fields);
+        if max_header_fields == 0 {
+            return Err(invalid("--max-header-fields", 0, "must be at least 1"));
+        }
         let max_pipelined = f.max_pipelined.unwrap_or(http1_defaults.max_pipelined);
         if max_pipelined == 0 {
             return Err(invalid("--max-pipelined", 0, "must be at least 1"));
@@ -559,6 +610,29 @@ impl Config {
             f.shutdown_deadline.as_deref(),
             Duration::from_secs(5),
         )?;
+        let drain_interval = duration(
+            "--drain-interval",
+            f.drain_interval.as_deref(),
+            DEFAULT_DRAIN_INTERVAL,
+        )?;
+        if !(MIN_DRAIN_INTERVAL..=MAX_DRAIN_INTERVAL).contains(&drain_interval) {
+            return Err(invalid(
+                "--drain-interval",
+                f.drain_interval.as_deref().unwrap_or_default(),
+                "must be between 1ms and 1s",
+            ));
+        }
+        let sched_batch = match f.cpu_scheduling.as_deref().unwrap_or("batch") {
+            "batch" => true,
+            "normal" => false,
+            other => {
+                return Err(invalid(
+                    "--cpu-scheduling",
+                    other,
+                    "expected batch or normal",
+                ));
+            }
+        };
         let http2 = http2_limits(&f, max_body_bytes)?;
         for name in &f.redact_header {
             if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -568,6 +642,18 @@ impl Config {
         for p in &f.redact_query {
             if p.is_empty() {
                 return Err(invalid("--redact-query", p, "must not be empty"));
+            }
+        }
+        for name in &f.redact_body_field {
+            if name.trim().is_empty() {
+                return Err(invalid("--redact-body-field", name, "must not be empty"));
+            }
+            if name.trim().len() > crate::redact::body::MAX_BODY_FIELD_LEN {
+                return Err(invalid(
+                    "--redact-body-field",
+                    name,
+                    "longer than 128 bytes",
+                ));
             }
         }
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -591,6 +677,8 @@ impl Config {
             headers_only: f.headers_only.unwrap_or(false),
             redact_headers: f.redact_header,
             redact_query: f.redact_query,
+            redact_body_fields: f.redact_body_field,
+            default_body_redaction: !f.no_default_body_redaction.unwrap_or(false),
             metrics_addr,
             log_format,
             kernel,
@@ -600,9 +688,12 @@ impl Config {
                 max_body_bytes,
                 max_header_bytes,
                 max_pipelined,
+                max_header_fields,
             },
             idle_timeout,
             shutdown_deadline,
+            drain_interval,
+            sched_batch,
             node_name: f.node_name,
             http2,
             kubernetes,
@@ -694,7 +785,27 @@ mod tests {
         assert!(c.export.is_none());
         assert_eq!(c.http1.max_body_bytes, 1024 * 1024);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.drain_interval, Duration::from_millis(2));
+        assert!(c.sched_batch);
         assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn cpu_scheduling_is_batch_or_normal() {
+        let c = parse(&["--target-pid", "1", "--cpu-scheduling", "normal"]).unwrap();
+        assert!(!c.sched_batch);
+        let e = parse(&["--target-pid", "1", "--cpu-scheduling", "idle"]).unwrap_err();
+        assert!(e.to_string().contains("--cpu-scheduling"), "{e}");
+    }
+
+    #[test]
+    fn drain_interval_is_bounded() {
+        let c = parse(&["--target-pid", "1", "--drain-interval", "10ms"]).unwrap();
+        assert_eq!(c.drain_interval, Duration::from_millis(10));
+        for bad in ["500us", "2s", "soon"] {
+            let e = parse(&["--target-pid", "1", "--drain-interval", bad]).unwrap_err();
+            assert!(e.to_string().contains("--drain-interval"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -740,6 +851,27 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn header_field_cap_from_flag_and_file() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert_eq!(c.http1.max_header_fields, 512);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "target-pid: [7]\nmax-header-fields: 64\n").unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.http1.max_header_fields, 64);
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-header-fields",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(c.http1.max_header_fields, 9);
+        let e = parse(&["--target-pid", "1", "--max-header-fields", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--max-header-fields"), "{e}");
     }
 
     #[test]
@@ -790,6 +922,48 @@ mod tests {
         assert_eq!(c.output.as_deref(), Some("/tmp/x.jsonl"));
         assert_eq!(c.http1.max_body_bytes, 20);
         assert_eq!(c.redact_headers, vec!["X-Api-Key".to_string()]);
+    }
+
+    #[test]
+    fn body_redaction_flags_and_file_keys() {
+        let c = parse(&["--target-pid", "1"]).unwrap();
+        assert!(c.default_body_redaction);
+        assert!(c.redact_body_fields.is_empty());
+        let c = parse(&[
+            "--target-pid",
+            "1",
+            "--redact-body-field",
+            "pin",
+            "--redact-body-field",
+            "otp",
+            "--no-default-body-redaction",
+        ])
+        .unwrap();
+        assert!(!c.default_body_redaction);
+        assert_eq!(c.redact_body_fields, ["pin", "otp"]);
+        let e = parse(&["--target-pid", "1", "--redact-body-field", " "]).unwrap_err();
+        assert!(e.to_string().contains("--redact-body-field"), "{e}");
+        let long = "x".repeat(129);
+        let e = parse(&["--target-pid", "1", "--redact-body-field", &long]).unwrap_err();
+        assert!(e.to_string().contains("--redact-body-field"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "target-pid: [7]\nredact-body-field: [pin]\nno-default-body-redaction: true\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.redact_body_fields, ["pin"]);
+        assert!(!c.default_body_redaction);
+        let c = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--no-default-body-redaction=false",
+        ])
+        .unwrap();
+        assert!(c.default_body_redaction);
     }
 
     #[test]

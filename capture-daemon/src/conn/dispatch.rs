@@ -355,8 +355,14 @@ impl ConnTable {
         if ex.incomplete == Some(Incomplete::HpackStateUnknown) {
             Metrics::add(&self.metrics.h2_hpack_state_unknown, 1);
         }
+        // Cut at --max-body-bytes as captured (the wire body is longer), or as decoded: a
+        // content coding that inflated to the cap (a decompression bomb may be far smaller
+        // than the cap on the wire and still be cut).
+        let max = self.limits.http1.max_body_bytes;
         let truncated = |b: &capture_model::exchange::Body| {
-            b.truncated && b.wire_size > self.limits.http1.max_body_bytes as u64
+            b.truncated
+                && (b.wire_size > max as u64
+                    || (b.decoded_from.is_some() && b.decoded_size() >= max as u64))
         };
         if truncated(&ex.request.body) {
             Metrics::add(&self.metrics.body_truncations, 1);

@@ -148,7 +148,7 @@ impl Source for Metrics {
             ),
             (
                 "capture_body_truncations_total",
-                "Bodies cut at --max-body-bytes.",
+                "Bodies cut at --max-body-bytes, as captured or as content-decoded.",
                 &self.body_truncations,
             ),
             (

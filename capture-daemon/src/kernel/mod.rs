@@ -3,6 +3,7 @@
 //! resolving `--target-cgroup`/`--target-pid` to cgroup ids ([`targets`]), and naming the
 //! sockets of connections first seen mid-stream from `/proc` ([`procnet`]).
 
+pub mod btf;
 pub mod intake;
 pub mod procnet;
 pub mod programs;

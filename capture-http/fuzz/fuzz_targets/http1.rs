@@ -65,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
             max_body_bytes: 512,
             max_header_bytes: 256,
             max_pipelined: 4,
+            max_header_fields: 8,
         }
     } else {
         Http1Limits::default()

@@ -36,7 +36,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r
 POST = b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{\"password\":\"x\"}"
 CHUNKED_REQ = b"PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
 CHUNKED_RESP = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: s=1\r\n\r\nb\r\ncookie set\n\r\n0\r\n\r\n"
-GZ = gzip.compress(b"line 0001: the quick brown fox\n" * 20)
+GZ = gzip.compress(b"line 0001: the quick brown fox\n" * 20, mtime=0)
 GZ_RESP = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(GZ), GZ)
 HEAD = b"HEAD /big HTTP/1.1\r\nHost: a\r\n\r\n"
 HEAD_RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n"
@@ -135,3 +135,118 @@ cont_client = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(HEADERS, 0, 1, REQ[:5
 cont_client += frame(WINDOW, 0, 0, struct.pack(">I", 1 << 20)) + frame(PING, 0, 0, b"12345678") + frame(RST, 0, 1, struct.pack(">I", 8))
 cont_server = frame(SETTINGS, 0, 0, b"") + frame(PING, ACK, 0, b"12345678") + frame(GOAWAY, 0, 0, struct.pack(">II", 1, 0))
 write("http2", "continuation-rst-goaway", pack(0, [], cont_client, cont_server))
+
+# h2_frames ------------------------------------------------------------------------------
+# Layout: flags, u16 length of the client frames (the target adds the preface), the client
+# frames, the server frames.
+
+
+def frames_input(flags, client, server):
+    if client.startswith(PREFACE):
+        client = client[len(PREFACE):]
+    return bytes([flags]) + struct.pack("<H", len(client)) + client + server
+
+
+PRIORITY, PUSH_PROMISE, PADDED, PRIO_FLAG = 2, 5, 0x8, 0x20
+write("h2_frames", "get-two-streams", frames_input(0, client, server))
+write("h2_frames", "get-two-streams-small", frames_input(1 | 6, client, server))
+write("h2_frames", "grpc-unary", frames_input(8, grpc_client, grpc_server))
+write("h2_frames", "continuation-rst-goaway", frames_input(10, cont_client, cont_server))
+padded = frame(SETTINGS, 0, 0, struct.pack(">HIHI", 1, 8192, 5, 32768))
+padded += frame(HEADERS, END_HEADERS | PADDED | PRIO_FLAG, 1, bytes([3]) + struct.pack(">IB", 0, 15) + REQ + b"\0\0\0")
+padded += frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 200))
+padded += frame(DATA, PADDED, 1, bytes([2]) + b"body" + b"\0\0") + frame(DATA, END_STREAM, 1, b"")
+push_server = frame(SETTINGS, 0, 0, b"") + frame(PUSH_PROMISE, END_HEADERS, 1, struct.pack(">I", 2) + REQ_AGAIN[:3])
+push_server += frame(HEADERS, END_HEADERS | END_STREAM, 1, RESP) + frame(HEADERS, END_HEADERS, 2, RESP)
+push_server += frame(DATA, END_STREAM, 2, b"pushed") + frame(0x42, 0xff, 7, b"unknown type")
+write("h2_frames", "padded-priority-push", frames_input(12, padded, push_server))
+
+# hpack ----------------------------------------------------------------------------------
+# Layout: flags, u16 table cap, then blocks (u16 length, bytes). Seeds: every sequence of
+# RFC 7541 Appendix C (taken from the decoder's own tests), and blocks of the seeds above.
+import re
+
+tests = open(os.path.join(HERE, "../../src/http2/hpack/tests.rs")).read()
+
+
+def sequence(fn):
+    body = tests[tests.index("fn " + fn):]
+    body = body[: body.index("\n}\n")]
+    wires = re.findall(r'wire:\s*"((?:[^"\\]|\\\n)*)"', body)
+    return [bytes.fromhex(re.sub(r"[^0-9a-fA-F]", "", w)) for w in wires]
+
+
+def hpack_input(flags, cap, blocks):
+    return bytes([flags]) + struct.pack("<H", cap) + b"".join(struct.pack("<H", len(b)) + b for b in blocks)
+
+
+C2 = [
+    "400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572",
+    "040c 2f73 616d 706c 652f 7061 7468",
+    "1008 7061 7373 776f 7264 0673 6563 7265 74",
+    "82",
+]
+write("hpack", "rfc7541-c2", hpack_input(0, 4096, [bytes.fromhex(c.replace(" ", "")) for c in C2]))
+write("hpack", "rfc7541-c3", hpack_input(0, 4096, sequence("c3_requests_without_huffman")))
+write("hpack", "rfc7541-c4", hpack_input(2, 4096, sequence("c4_requests_with_huffman")))
+# C.5/C.6 run with SETTINGS_HEADER_TABLE_SIZE 256: a size update to 256 opens the sequence.
+write("hpack", "rfc7541-c5", hpack_input(0, 4096, [b"\x3f\xe1\x01" + sequence("c5_responses_without_huffman_with_eviction")[0]] + sequence("c5_responses_without_huffman_with_eviction")[1:]))
+write("hpack", "rfc7541-c6-cap-256", hpack_input(6, 256, sequence("c6_responses_with_huffman_with_eviction")))
+write("hpack", "rfc7541-c3-unknown-table", hpack_input(1 | 8, 4096, sequence("c3_requests_without_huffman")))
+write("hpack", "seed-blocks", hpack_input(0, 64, [REQ, REQ_AGAIN, RESP, GRPC_REQ, GRPC_TRAILERS]))
+
+# body -----------------------------------------------------------------------------------
+# Layout: coding (encoder of the round trip: 0 gzip, 1 zlib, 2 raw deflate, 3 br, 4 zstd,
+# 5 two gzip members, 6 gzip then br), flags (low bits: Content-Encoding of the payload taken
+# as it is, see CODINGS in body.rs; 0x80: cut short; low 6 bits also the piece size), u16
+# cap, u16 cut point, u16 chunking seed, payload.
+import subprocess
+import zlib
+
+
+def body_input(coding, flags, cap, cut, seed, payload):
+    return bytes([coding, flags]) + struct.pack("<HHH", cap, cut, seed) + payload
+
+
+TEXT = b"".join(b"line %04d: the quick brown fox\n" % i for i in range(40))
+JSON_BODY = b'{"user":"ann","password":"hunter2","items":[1,2,3],"nested":{"token":"t"}}'
+BR_TEXT = bytes.fromhex(re.sub(r"[^0-9a-f]", "", re.search(r'fn br_text\(\) -> Vec<u8> \{\s*hex\(concat!\(((?:\s*"[0-9a-f]*",?)*)', open(os.path.join(HERE, "../../src/body.rs")).read()).group(1)))
+ZSTD_TEXT = subprocess.run(["zstd", "-q", "-c", "-3"], input=TEXT, stdout=subprocess.PIPE, check=True).stdout
+raw_deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+RAW_DEFLATE = raw_deflate.compress(JSON_BODY) + raw_deflate.flush()
+# CODINGS in body.rs: 0 gzip, 1 deflate, 2 br, 3 zstd, 4 identity, 5 "gzip, deflate",
+# 6 "br, zstd, gzip", 7 compress.
+write("body", "gzip-text", body_input(0, 0, 4096, 100, 7, gzip.compress(TEXT, mtime=0)))
+write("body", "zlib-json", body_input(1, 1, 4096, 30, 9, zlib.compress(JSON_BODY)))
+write("body", "raw-deflate-json", body_input(2, 1, 50, 10, 3, RAW_DEFLATE))
+write("body", "br-text", body_input(3, 2, 4096, 60, 11, BR_TEXT))
+write("body", "zstd-text", body_input(4, 3, 4096, 20, 5, ZSTD_TEXT))
+write("body", "identity-json-cap", body_input(5, 4, 20, 5, 1, JSON_BODY))
+write("body", "stacked-gzip-deflate", body_input(6, 5, 4096, 40, 13, zlib.compress(gzip.compress(JSON_BODY, mtime=0))))
+write("body", "unknown-coding", body_input(0, 7 | 0x80, 4096, 0, 2, JSON_BODY))
+write("body", "empty", body_input(4, 0, 0, 0, 1, b""))
+
+# har_read -------------------------------------------------------------------------------
+# Entries as the project's HAR writer writes them: the golden entry of docs/output-schema.md
+# (written by capture-model's writer, checked by its tests), also as a whole HAR file, and
+# variants (HTTP/2, gRPC, base64 body, incomplete) derived from it.
+import json
+
+doc = open(os.path.join(HERE, "../../../docs/output-schema.md")).read()
+golden = next(l for l in doc.splitlines() if l.startswith('{"startedDateTime"'))
+write("har_read", "golden-line", golden.encode() + b"\n")
+write("har_read", "golden-har-file", ('{"log":{"version":"1.2","creator":{"name":"capture","version":"0"},"entries":[' + golden + "," + golden + "]}}\n").encode())
+e = json.loads(golden)
+e["request"]["httpVersion"] = "HTTP/2"
+e["response"]["httpVersion"] = "HTTP/2"
+e["_capture"]["protocol"] = "h2"
+e["response"]["content"] = {"size": 4, "mimeType": "application/octet-stream", "text": "AAECAw==", "encoding": "base64"}
+write("har_read", "h2-base64", (json.dumps(e, separators=(",", ":")) + "\n" + golden + "\n").encode())
+e = json.loads(golden)
+e["_capture"]["incomplete"] = "flushed"
+e["_capture"]["truncated"] = {"request": True, "response": True}
+write("har_read", "incomplete-truncated", (json.dumps(e, separators=(",", ":")) + "\n").encode())
+browser = json.loads(golden)
+del browser["_capture"]
+del browser["connection"]
+write("har_read", "browser-entry", json.dumps({"log": {"version": "1.2", "creator": {"name": "browser", "version": "1"}, "entries": [browser]}}).encode())

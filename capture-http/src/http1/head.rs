@@ -230,9 +230,10 @@ pub(super) struct ResponseHead {
 /// Header slots tried first, on the stack.
 const INLINE_HEADERS: usize = 64;
 
-/// Most field lines kept per head or trailer section. Each costs far more memory as a
-/// [`Header`] than its few bytes on the wire, so a head of thousands of tiny lines is refused
-/// (as too large) rather than multiplied.
+/// Default of [`Http1Limits::max_header_fields`](super::Http1Limits::max_header_fields): most
+/// field lines kept per head or trailer section. Each costs far more memory as a [`Header`]
+/// than its few bytes on the wire, so a head of thousands of tiny lines is refused rather
+/// than multiplied.
 pub(super) const MAX_HEADERS: usize = 512;
 
 fn to_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
@@ -262,32 +263,39 @@ fn len_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Runs `parse` with 64 header slots, then, if that is not enough, with [`MAX_HEADERS`].
+/// Runs `parse` with 64 header slots (at most `max_fields`), then, if that is not enough,
+/// with `max_fields`; more fields than that is [`ParseErrorReason::TooManyHeaderFields`].
 fn with_header_slots<'b, T>(
     invalid: ParseErrorReason,
+    max_fields: usize,
     mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
 ) -> Result<T, ParseErrorReason> {
     let mut inline: [httparse::Header<'b>; INLINE_HEADERS] =
         [httparse::EMPTY_HEADER; INLINE_HEADERS];
-    let result = match parse(&mut inline) {
-        Err(httparse::Error::TooManyHeaders) => {
-            let mut many: Vec<httparse::Header<'b>> = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+    let first = INLINE_HEADERS.min(max_fields);
+    let result = match parse(&mut inline[..first]) {
+        Err(httparse::Error::TooManyHeaders) if max_fields > first => {
+            let mut many: Vec<httparse::Header<'b>> = vec![httparse::EMPTY_HEADER; max_fields];
             match parse(&mut many) {
                 Err(httparse::Error::TooManyHeaders) => {
-                    return Err(ParseErrorReason::HeaderTooLarge);
+                    return Err(ParseErrorReason::TooManyHeaderFields);
                 }
                 other => other,
             }
         }
+        Err(httparse::Error::TooManyHeaders) => return Err(ParseErrorReason::TooManyHeaderFields),
         other => other,
     };
     result.ok().flatten().ok_or(invalid)
 }
 
 /// Parses a complete request head (as collected by [`HeadBuf`]).
-pub(super) fn parse_request(buf: &[u8]) -> Result<RequestHead, ParseErrorReason> {
+pub(super) fn parse_request(
+    buf: &[u8],
+    max_fields: usize,
+) -> Result<RequestHead, ParseErrorReason> {
     let config = request_config();
-    with_header_slots(ParseErrorReason::InvalidRequestHead, |slots| {
+    with_header_slots(ParseErrorReason::InvalidRequestHead, max_fields, |slots| {
         let mut req = httparse::Request::new(slots);
         Ok(match config.parse_request(&mut req, buf)? {
             httparse::Status::Complete(size) => Some(RequestHead {
@@ -303,9 +311,12 @@ pub(super) fn parse_request(buf: &[u8]) -> Result<RequestHead, ParseErrorReason>
 }
 
 /// Parses a complete response head.
-pub(super) fn parse_response(buf: &[u8]) -> Result<ResponseHead, ParseErrorReason> {
+pub(super) fn parse_response(
+    buf: &[u8],
+    max_fields: usize,
+) -> Result<ResponseHead, ParseErrorReason> {
     let config = response_config();
-    with_header_slots(ParseErrorReason::InvalidResponseHead, |slots| {
+    with_header_slots(ParseErrorReason::InvalidResponseHead, max_fields, |slots| {
         let mut resp = httparse::Response::new(slots);
         Ok(match config.parse_response(&mut resp, buf)? {
             httparse::Status::Complete(size) => resp.code.map(|status| ResponseHead {
@@ -321,8 +332,11 @@ pub(super) fn parse_response(buf: &[u8]) -> Result<ResponseHead, ParseErrorReaso
 }
 
 /// Parses a trailer section (field lines and the final empty line, RFC 9112 §7.1.2).
-pub(super) fn parse_trailers(buf: &[u8]) -> Result<Vec<Header>, ParseErrorReason> {
-    with_header_slots(ParseErrorReason::InvalidTrailers, |slots| {
+pub(super) fn parse_trailers(
+    buf: &[u8],
+    max_fields: usize,
+) -> Result<Vec<Header>, ParseErrorReason> {
+    with_header_slots(ParseErrorReason::InvalidTrailers, max_fields, |slots| {
         Ok(match httparse::parse_headers(buf, slots)? {
             httparse::Status::Complete((_, h)) => Some(to_headers(h)),
             httparse::Status::Partial => None,

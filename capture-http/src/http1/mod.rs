@@ -59,6 +59,10 @@ pub struct Http1Limits {
     /// Requests waiting for their response; past it the oldest is emitted as
     /// `Incomplete::NoResponse`.
     pub max_pipelined: usize,
+    /// Most field lines in one head or trailer section (`--max-header-fields`); a section
+    /// with more is refused ([`ParseErrorReason::TooManyHeaderFields`]), since each field
+    /// costs far more memory decoded than its few bytes on the wire.
+    pub max_header_fields: usize,
 }
 
 impl Default for Http1Limits {
@@ -67,6 +71,7 @@ impl Default for Http1Limits {
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 64 * 1024,
             max_pipelined: 64,
+            max_header_fields: head::MAX_HEADERS,
         }
     }
 }
@@ -101,6 +106,9 @@ pub enum ParseErrorReason {
     /// A head or trailer section longer than `max_header_bytes`.
     #[error("header section too large")]
     HeaderTooLarge,
+    /// A head or trailer section with more field lines than `max_header_fields`.
+    #[error("too many header fields")]
+    TooManyHeaderFields,
     /// Content-Length that is not a number, or several different ones (RFC 9110 §8.6).
     #[error("invalid content-length")]
     InvalidContentLength,
@@ -131,6 +139,7 @@ impl ParseErrorReason {
         Self::InvalidTrailers,
         Self::ResponseWithoutRequest,
         Self::PipelineOverflow,
+        Self::TooManyHeaderFields,
     ];
 
     /// snake_case metric label.
@@ -145,6 +154,7 @@ impl ParseErrorReason {
             Self::InvalidTrailers => "invalid_trailers",
             Self::ResponseWithoutRequest => "response_without_request",
             Self::PipelineOverflow => "pipeline_overflow",
+            Self::TooManyHeaderFields => "too_many_header_fields",
         }
     }
 }
@@ -206,6 +216,7 @@ impl CappedBody {
                 truncated: !complete,
                 decoded_from: None,
                 decode_error: None,
+                decoded_size: None,
             };
         }
         let decoded = decode_content(content_encoding, &self.data, complete, max);
@@ -215,6 +226,7 @@ impl CappedBody {
             wire_size: self.wire_size,
             decoded_from: decoded.decoded_from,
             decode_error: decoded.decode_error,
+            decoded_size: None,
         }
     }
 }
@@ -721,7 +733,7 @@ impl Http1Conn {
 
     /// A whole request head is in `self.req.head`.
     fn request_head(&mut self, ts: u64, out: &mut Vec<Http1Output>) {
-        let parsed = head::parse_request(&self.req.head.buf);
+        let parsed = head::parse_request(&self.req.head.buf, self.limits.max_header_fields);
         let start_ns = self.req.head.start_ns;
         self.req.head.clear();
         let parsed = match parsed {
@@ -815,7 +827,7 @@ impl Http1Conn {
         let body = std::mem::take(&mut entry.body);
         let ce = head::content_encoding(&entry.request.headers);
         entry.request.body = body.finish(ce.as_deref(), max);
-        entry.request.trailers = trailer_fields(trailers, out);
+        entry.request.trailers = trailer_fields(trailers, self.limits.max_header_fields, out);
         entry.done = true;
     }
 
@@ -945,7 +957,7 @@ impl Http1Conn {
 
     /// A whole response head is in `self.resp.head`.
     fn response_head(&mut self, ts: u64, out: &mut Vec<Http1Output>) {
-        let parsed = head::parse_response(&self.resp.head.buf);
+        let parsed = head::parse_response(&self.resp.head.buf, self.limits.max_header_fields);
         let start_ns = self.resp.head.start_ns;
         self.resp.head.clear();
         let parsed = match parsed {
@@ -1046,7 +1058,7 @@ impl Http1Conn {
         } = rip;
         let ce = head::content_encoding(&response.headers);
         response.body = body.finish(ce.as_deref(), self.limits.max_body_bytes);
-        response.trailers = trailer_fields(trailers, out);
+        response.trailers = trailer_fields(trailers, self.limits.max_header_fields, out);
         let Some(entry) = entry.and_then(|id| self.queue.iter_mut().find(|p| p.id == id)) else {
             // Answers no known request (counted when its head was seen), or its request
             // was evicted.
@@ -1177,14 +1189,18 @@ fn chunk_error_reason(e: ChunkError) -> ParseErrorReason {
 
 /// Parses a chunked message's trailer section (RFC 9112 §7.1.2); one that does not parse is
 /// counted and dropped, the message itself is kept.
-fn trailer_fields(section: Option<Vec<u8>>, out: &mut Vec<Http1Output>) -> Vec<Header> {
+fn trailer_fields(
+    section: Option<Vec<u8>>,
+    max_fields: usize,
+    out: &mut Vec<Http1Output>,
+) -> Vec<Header> {
     let Some(section) = section else {
         return Vec::new();
     };
     if section.is_empty() || section == b"\r\n" || section == b"\n" {
         return Vec::new();
     }
-    head::parse_trailers(&section).unwrap_or_else(|reason| {
+    head::parse_trailers(&section, max_fields).unwrap_or_else(|reason| {
         out.push(Http1Output::Error(reason));
         Vec::new()
     })

@@ -319,7 +319,7 @@ proptest! {
             0..40,
         ),
     ) {
-        let limits = Http1Limits { max_body_bytes: 256, max_header_bytes: 256, max_pipelined: 4 };
+        let limits = Http1Limits { max_body_bytes: 256, max_header_bytes: 256, max_pipelined: 4, max_header_fields: 16 };
         let mut conn = Http1Conn::new(limits.clone());
         let mut out = Vec::new();
         for (i, (kind, bytes, n)) in events.iter().enumerate() {

@@ -1270,7 +1270,7 @@ fn reasons_have_distinct_snake_case_labels() {
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), labels.len());
-    assert_eq!(labels.len(), 9);
+    assert_eq!(labels.len(), 10);
     for l in labels {
         assert!(
             l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
@@ -1376,11 +1376,61 @@ fn too_many_header_lines_are_refused() {
             resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2),
         ],
     );
-    assert_eq!(errors(&out), vec![ParseErrorReason::HeaderTooLarge]);
+    assert_eq!(errors(&out), vec![ParseErrorReason::TooManyHeaderFields]);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].request.target, "/ok");
     assert_eq!(ex[0].request.headers.len(), 300);
+}
+
+/// `max_header_fields` is the caller's: a head at it is kept, one past it refused (counted as
+/// its own reason), and the connection carries on; trailers obey it too.
+#[test]
+fn the_header_field_cap_is_configurable_and_counted() {
+    let limits = Http1Limits {
+        max_header_fields: 3,
+        ..Http1Limits::default()
+    };
+    let out = run_with(
+        &limits,
+        &[
+            req(
+                "GET /four HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\nGET /three HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n",
+                1,
+            ),
+            resp(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nt1: 1\r\nt2: 2\r\nt3: 3\r\nt4: 4\r\n\r\n",
+                2,
+            ),
+        ],
+    );
+    assert_eq!(
+        errors(&out),
+        vec![
+            ParseErrorReason::TooManyHeaderFields,
+            ParseErrorReason::TooManyHeaderFields
+        ]
+    );
+    let ex = exchanges(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].request.target, "/three");
+    assert_eq!(ex[0].request.headers.len(), 3);
+    let response = ex[0].response.as_ref().unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response.trailers.is_empty());
+    let few = Http1Limits {
+        max_header_fields: 1,
+        ..Http1Limits::default()
+    };
+    let out = run_with(
+        &few,
+        &[
+            req("GET /one HTTP/1.1\r\nHost: a\r\n\r\n", 1),
+            resp("HTTP/1.1 204 No Content\r\n\r\n", 2),
+        ],
+    );
+    assert!(errors(&out).is_empty());
+    assert_eq!(exchanges(&out).len(), 1);
 }
 
 #[test]

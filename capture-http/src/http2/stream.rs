@@ -255,6 +255,7 @@ fn finish_plain(raw: BodyBuf, content_encoding: Option<&str>, max: usize) -> Bod
             truncated: !complete,
             decoded_from: None,
             decode_error: None,
+            decoded_size: None,
         };
     }
     let decoded = decode_content(content_encoding, &raw.data, complete, max);
@@ -264,5 +265,6 @@ fn finish_plain(raw: BodyBuf, content_encoding: Option<&str>, max: usize) -> Bod
         wire_size: raw.wire_size,
         decoded_from: decoded.decoded_from,
         decode_error: decoded.decode_error,
+        decoded_size: None,
     }
 }

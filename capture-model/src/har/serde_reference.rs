@@ -11,7 +11,7 @@ use std::{
 use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
 use serde::{Serialize, Serializer};
 
-use super::{BodyText, Edges, Replay, body_text, content_type, len_size, ms, request_url, size};
+use super::{BodyText, Edges, Replay, body_text, content_type, ms, request_url, size};
 use crate::{
     clock::WallClock,
     exchange::{Body, Exchange, Header, Request, Response, header_value},
@@ -197,6 +197,7 @@ impl<'a> HarRequest<'a> {
                 mime_type: content_type(&request.headers),
                 encoding: text.encoding(),
                 text,
+                size: body.decoded_size,
             }
         });
         Self {
@@ -221,6 +222,8 @@ struct PostData<'a> {
     text: BodyText<'a>,
     #[serde(rename = "_encoding", skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
+    #[serde(rename = "_size", skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -249,7 +252,7 @@ impl<'a> HarResponse<'a> {
             cookies: &[],
             headers: NameValues(&response.headers),
             content: Content {
-                size: len_size(response.body.data.len()),
+                size: size(response.body.decoded_size()),
                 mime_type: content_type(&response.headers),
                 encoding: text.encoding(),
                 text,

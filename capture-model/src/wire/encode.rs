@@ -222,6 +222,7 @@ fn body_len(b: &Body) -> usize {
         + varint_len(3, u64::from(b.truncated))
         + opt_string_len(4, b.decoded_from.as_deref())
         + opt_string_len(5, b.decode_error.as_deref())
+        + opt_varint_len(6, b.decoded_size)
 }
 
 fn body(buf: &mut Vec<u8>, tag: u32, b: &Body) {
@@ -231,6 +232,7 @@ fn body(buf: &mut Vec<u8>, tag: u32, b: &Body) {
     varint(buf, 3, u64::from(b.truncated));
     opt_string(buf, 4, b.decoded_from.as_deref());
     opt_string(buf, 5, b.decode_error.as_deref());
+    opt_varint(buf, 6, b.decoded_size);
 }
 
 fn request_len(r: &Request) -> usize {

@@ -1,0 +1,158 @@
+//! Struct layouts from the kernel's own BTF (`/sys/kernel/btf/vmlinux`): the offsets the kprobe
+//! and fentry programs need (`struct socket`'s `sk`, `struct task_struct`'s `stack`) and the
+//! size of `struct pt_regs`, which differ between kernel versions and configurations.
+//!
+//! A reader of the BTF type section just deep enough for struct members. Written here because
+//! aya's BTF type keeps members private and the one maintained BTF crate (`btf-rs`) is
+//! LGPL-2.1, which this MIT/Apache-2.0 workspace does not link. Format:
+//! Documentation/bpf/btf.rst in the kernel tree.
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("BTF: {0}")]
+    Malformed(&'static str),
+    #[error("BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("BTF struct {0} has no member {1}")]
+    NoMember(String, String),
+}
+
+/// One struct's size and its members' byte offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StructLayout {
+    pub size: u32,
+    members: Vec<(String, u32)>,
+}
+
+impl StructLayout {
+    pub fn offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        self.members
+            .iter()
+            .find(|(n, _)| n == member)
+            .map(|(_, o)| *o)
+            .ok_or_else(|| BtfError::NoMember(name.to_owned(), member.to_owned()))
+    }
+}
+
+/// A parsed BTF blob: the type section and the strings.
+pub struct Btf<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+}
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl<'a> Btf<'a> {
+    /// Little-endian BTF, as on x86_64 and arm64.
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        let magic = data
+            .get(0..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .ok_or(BtfError::Malformed("truncated header"))?;
+        if magic != MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let section = |off: usize, len: usize| {
+            let start = hdr_len + u32_at(data, off)? as usize;
+            let len = u32_at(data, len)? as usize;
+            data.get(start..start + len)
+                .ok_or(BtfError::Malformed("section out of bounds"))
+        };
+        Ok(Self {
+            types: section(8, 12)?,
+            strings: section(16, 20)?,
+        })
+    }
+
+    fn name(&self, offset: u32) -> &'a [u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// The first struct named `name` (the kernel's BTF has one definition per name for the
+    /// structs asked for here).
+    pub fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {
+        let mut at = 0;
+        while at < self.types.len() {
+            let name_off = u32_at(self.types, at)?;
+            let info = u32_at(self.types, at + 4)?;
+            let size = u32_at(self.types, at + 8)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kflag = info >> 31 == 1;
+            let body = at + 12;
+            let extra = match kind {
+                // INT, VAR, DECL_TAG: one u32.
+                1 | 14 | 17 => 4,
+                // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG.
+                2 | 7..=12 | 16 | 18 => 0,
+                // ARRAY: type, index type, count.
+                3 => 12,
+                // STRUCT, UNION: name, type, offset per member; DATASEC and ENUM64: 12 each.
+                4 | 5 | 15 | 19 => 12 * vlen,
+                // ENUM, FUNC_PROTO: 8 per entry.
+                6 | 13 => 8 * vlen,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
+                let mut members = Vec::with_capacity(vlen);
+                for i in 0..vlen {
+                    let m = body + 12 * i;
+                    let member_name = String::from_utf8_lossy(self.name(u32_at(self.types, m)?));
+                    let raw = u32_at(self.types, m + 8)?;
+                    // With kflag the low 24 bits are the bit offset (bitfield size above).
+                    let bits = if kflag { raw & 0x00ff_ffff } else { raw };
+                    members.push((member_name.into_owned(), bits / 8));
+                }
+                return Ok(StructLayout { size, members });
+            }
+            at = body + extra;
+        }
+        Err(BtfError::NoStruct(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against this machine's kernel: `struct socket` has had `sk` at 24 on 64-bit kernels
+    /// since 5.x (state, type, flags, file, sk); `struct pt_regs` is 21 registers on x86_64.
+    #[test]
+    fn reads_the_running_kernels_layouts() {
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+        let btf = Btf::parse(&data).unwrap();
+        let socket = btf.struct_layout("socket").unwrap();
+        assert_eq!(socket.offset("socket", "sk").unwrap(), 24);
+        assert_eq!(socket.offset("socket", "state").unwrap(), 0);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(btf.struct_layout("pt_regs").unwrap().size, 21 * 8);
+        let task = btf.struct_layout("task_struct").unwrap();
+        let stack = task.offset("task_struct", "stack").unwrap();
+        assert!(stack > 0 && stack < task.size, "{stack}");
+        assert!(matches!(
+            btf.struct_layout("no_such_struct_here"),
+            Err(BtfError::NoStruct(_))
+        ));
+        assert!(matches!(
+            socket.offset("socket", "nope"),
+            Err(BtfError::NoMember(..))
+        ));
+    }
+
+    #[test]
+    fn rejects_what_is_not_btf() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(Btf::parse(&[0u8; 24]).is_err());
+    }
+}
