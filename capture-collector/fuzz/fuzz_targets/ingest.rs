@@ -105,29 +105,32 @@ fuzz_target!(|data: &[u8]| {
                 ingest::validate(&sent, MAX_EXCHANGES).is_ok(),
                 "stored a batch that does not validate"
             );
-            assert!(!done.ack.duplicate, "a fresh organisation has no duplicates");
+            assert!(
+                !done.ack.duplicate,
+                "a fresh organisation has no duplicates"
+            );
             assert_eq!(done.ack.sequence, sent.sequence);
             assert_eq!(done.ack.stored as usize, sent.exchanges.len());
             let mut back = Vec::new();
             h.runtime
-                .block_on(open_now.storage.read(
-                    &org,
-                    &Selection::default(),
-                    &mut |stored| {
-                        back.push(stored.exchange);
-                        Ok(())
-                    },
-                ))
+                .block_on(
+                    open_now
+                        .storage
+                        .read(&org, &Selection::default(), &mut |stored| {
+                            back.push(stored.exchange);
+                            Ok(())
+                        }),
+                )
                 .expect("reading back a stored batch");
             assert_eq!(back, sent.exchanges, "a stored batch reads back changed");
             for exchange in back {
                 wire::from_proto(exchange).expect("a stored exchange converts to the model");
             }
             open_now.stored += 1;
-            if open_now.stored >= ROTATE {
-                if let Some(old) = state.take() {
-                    h.runtime.block_on(old.storage.close());
-                }
+            if open_now.stored >= ROTATE
+                && let Some(old) = state.take()
+            {
+                h.runtime.block_on(old.storage.close());
             }
         }
         Err(IngestError::Storage(e)) => panic!("a valid batch was not stored: {e}"),
