@@ -1214,7 +1214,14 @@ mod tests {
             hook,
             ..KernelLimits::default()
         };
-        let mut rig = Rig::with_loop("ebpf", limits, copy_loop);
+        // The tag names the copy loop too: the tests of one hook run in parallel, each in a
+        // cgroup of its own.
+        let tag = match copy_loop {
+            None => "ebpf",
+            Some(CopyLoop::BpfLoop) => "ebpf-bpf-loop",
+            Some(CopyLoop::Unrolled) => "ebpf-unrolled",
+        };
+        let mut rig = Rig::with_loop(tag, limits, copy_loop);
         let port = rig.port;
         let mut outside = python_client(None, port, "outside-marker");
         rig.serve("outside-marker-a-bc".len());
