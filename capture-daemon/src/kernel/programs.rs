@@ -884,11 +884,13 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
         .map_err(|e| EbpfError::Load(format!("{name}: {e}")))
 }
 
-/// EPERM, or EACCES that is not the verifier's (the verifier refuses a program with EACCES
-/// too, and then another hook may still load).
+/// EPERM (a missing capability: the verifier never answers with it), or EACCES that is not
+/// the verifier's (the verifier refuses a program with EACCES too, and then another hook may
+/// still load). aya writes "Verifier output" into every load error, empty or not, so EPERM is
+/// recognised by itself.
 fn is_permission(text: &str) -> bool {
-    !text.contains("Verifier output")
-        && (text.contains("Operation not permitted") || text.contains("Permission denied"))
+    text.contains("Operation not permitted")
+        || (text.contains("Permission denied") && !text.contains("Verifier output"))
 }
 
 fn classify_load_error(e: aya::EbpfError) -> EbpfError {
@@ -1180,6 +1182,27 @@ mod tests {
             CopyLoop::Unrolled
         };
         assert_eq!(capture.copy_loop(), expected, "kernel {release}");
+    }
+
+    /// A missing capability stops the hook search (another hook will not load either); a
+    /// verifier rejection does not. The texts are aya's, as seen without CAP_PERFMON and on
+    /// Linux 6.1's verifier.
+    #[test]
+    fn permission_errors_are_told_from_verifier_rejections() {
+        assert!(is_permission(
+            "sock_state: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). \
+             Verifier output: : Operation not permitted (os error 1)"
+        ));
+        assert!(is_permission(
+            "map error: failed to create map `COPY`: Operation not permitted (os error 1)"
+        ));
+        assert!(is_permission(
+            "bpf_link_create: Permission denied (os error 13)"
+        ));
+        assert!(!is_permission(
+            "sys_exit: the BPF_PROG_LOAD syscall returned Permission denied (os error 13). \
+             Verifier output: R2 min value is negative\nprocessed 9 insns"
+        ));
     }
 
     #[test]
