@@ -1133,34 +1133,6 @@ mod tests {
         captures_target_cgroup_only(HookChoice::Syscall, None);
     }
 
-    /// fexit on `sock_sendmsg`/`sock_recvmsg`: kernels with BPF trampolines (not this CI host,
-    /// which has no fentry); `cargo xtask vm-test` runs it in its guests.
-    #[tokio::test]
-    #[ignore = "fails on Debian 6.1 (no sent bytes), see Hook::Fentry; run in a vm-test guest"]
-    async fn captures_target_cgroup_only_fentry_hook() {
-        captures_target_cgroup_only(HookChoice::Fentry, None);
-    }
-
-    /// kprobes on `sock_sendmsg`/`sock_recvmsg`: not on this CI host, which has no kprobes;
-    /// `cargo xtask vm-test` runs it in its guests.
-    #[tokio::test]
-    #[ignore = "fails on Debian 6.1 (no sent bytes), see Hook::Fentry; run in a vm-test guest"]
-    async fn captures_target_cgroup_only_kprobe_hook() {
-        captures_target_cgroup_only(HookChoice::Kprobe, None);
-    }
-
-    #[tokio::test]
-    #[ignore = "fails on Debian 6.1 (no sent bytes), see Hook::Fentry; run in a vm-test guest"]
-    async fn per_syscall_limit_reports_the_rest_as_a_gap_kprobe_hook() {
-        per_syscall_limit_reports_the_rest_as_a_gap(HookChoice::Kprobe);
-    }
-
-    #[tokio::test]
-    #[ignore = "needs fentry: run by cargo xtask vm-test"]
-    async fn detach_stops_everything_and_attach_resumes_fentry_hook() {
-        detach_stops_everything_and_attach_resumes(HookChoice::Fentry);
-    }
-
     /// The copy loop of kernels without `bpf_loop` (before 5.17), forced on this one.
     #[tokio::test]
     async fn captures_target_cgroup_only_syscall_hook_unrolled() {
