@@ -91,31 +91,54 @@ fn held_by(pid: u32) -> Result<BpfIds> {
 
 /// Every program, map and link the kernel has now.
 fn in_kernel() -> Result<BpfIds> {
-    let progs = aya::programs::loaded_programs()
-        .map(|p| p.map(|p| p.id()))
-        .collect::<Result<_, _>>()
+    let progs = settled(aya::programs::loaded_programs().map(|p| p.map(|p| p.id())))
         .context("listing the kernel's programs")?;
-    let maps = aya::maps::loaded_maps()
-        .map(|m| m.map(|m| m.id()))
-        .collect::<Result<_, _>>()
+    let maps = settled(aya::maps::loaded_maps().map(|m| m.map(|m| m.id())))
         .context("listing the kernel's maps")?;
-    let links = aya::programs::loaded_links()
-        .map(|l| l.map(|l| l.id()))
-        .collect::<Result<_, _>>()
+    let links = settled(aya::programs::loaded_links().map(|l| l.map(|l| l.id())))
         .context("listing the kernel's links")?;
     Ok(BpfIds { progs, maps, links })
 }
 
 /// The kernel's links to any of `progs`.
 fn links_to(progs: &BTreeSet<u32>) -> Result<BTreeSet<u32>> {
-    aya::programs::loaded_links()
-        .filter_map(|l| match l {
-            Ok(l) if progs.contains(&l.program_id()) => Some(Ok(l.id())),
-            Ok(_) => None,
-            Err(e) => Some(Err(e)),
+    let links: Vec<_> =
+        settled(aya::programs::loaded_links()).context("listing the kernel's links")?;
+    Ok(links
+        .into_iter()
+        .filter(|l| progs.contains(&l.program_id()))
+        .map(|l| l.id())
+        .collect())
+}
+
+/// The items of a kernel listing, less those another process was creating or freeing between
+/// the id walk and the lookup: the kernel answers EAGAIN for a link not yet settled and ENOENT
+/// for an id already gone. Other tests load and unload programs meanwhile; our own objects are
+/// settled before we look, so skipping those errors hides nothing of ours. Any other error
+/// fails.
+fn settled<T, C, E>(items: impl Iterator<Item = Result<T, E>>) -> Result<C>
+where
+    C: FromIterator<T>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    items
+        .filter(|item| match item {
+            Ok(_) => true,
+            Err(e) => !in_flux(e),
         })
-        .collect::<Result<_, _>>()
-        .context("listing the kernel's links")
+        .map(|item| item.map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn in_flux(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.raw_os_error(), Some(libc::EAGAIN | libc::ENOENT));
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Everything under every mounted BPF file system (pins), sorted.
