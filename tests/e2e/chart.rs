@@ -569,6 +569,11 @@ fn collector_values_are_wired_to_flags_and_mounts() -> Result<()> {
         flag_values(&args, "--redact-query"),
         ["access_token", "sig"]
     );
+    assert_eq!(
+        flag_values(&args, "--redact-body-field"),
+        ["ssn", "card_number"]
+    );
+    assert!(args.iter().any(|a| a == "--no-default-body-redaction"));
     assert_eq!(flag_values(&args, "--max-body-bytes"), ["65536"]);
     assert_eq!(flag_values(&args, "--max-connections"), ["4096"]);
     assert_eq!(flag_values(&args, "--max-target-cgroups"), ["512"]);
@@ -649,6 +654,19 @@ fn collector_values_are_wired_to_flags_and_mounts() -> Result<()> {
     Ok(())
 }
 
+/// The defaults keep the daemon's body redaction: the chart never turns it off unasked.
+#[test]
+fn default_values_keep_body_redaction_on() -> Result<()> {
+    let sdk = require_helm_sdk!();
+    let args = render(&sdk, None)?.args()?;
+    assert!(
+        !args.iter().any(|a| a == "--no-default-body-redaction"),
+        "{args:?}"
+    );
+    assert!(flag_values(&args, "--redact-body-field").is_empty());
+    Ok(())
+}
+
 #[test]
 fn the_values_schema_and_the_chart_reject_bad_values() -> Result<()> {
     let sdk = require_helm_sdk!();
@@ -672,6 +690,14 @@ fn the_values_schema_and_the_chart_reject_bad_values() -> Result<()> {
         ("logFormat: xml\n", "/logFormat"),
         ("metrics:\n  port: 70000\n", "/metrics/port"),
         ("capture:\n  idleTimeout: soon\n", "/capture/idleTimeout"),
+        (
+            "capture:\n  redactBodyFields: [\"  \"]\n",
+            "/capture/redactBodyFields/0",
+        ),
+        (
+            "capture:\n  defaultBodyRedaction: \"no\"\n",
+            "/capture/defaultBodyRedaction",
+        ),
         ("paused: \"yes\"\n", "/paused"),
         (
             "collector:\n  spool: {maxBytes: 1048576, hostPath: relative/dir}\n",
