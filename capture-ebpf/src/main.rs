@@ -98,7 +98,7 @@ static TASK_STACK: u32 = 0;
 #[unsafe(no_mangle)]
 static STACK_TO_REGS: u32 = 16384 - 168;
 
-/// kprobe hook: the socket and flags of each thread's `sock_sendmsg`/`sock_recvmsg` in
+/// kprobe hook: the socket and flags of each thread's `inet{,6}_sendmsg`/`inet{,6}_recvmsg` in
 /// progress, from entry to return. Only target processes are stashed.
 #[map]
 static STASH: LruHashMap<u64, Stashed> = LruHashMap::with_max_entries(16384, 0);
@@ -641,12 +641,16 @@ fn transfer_in_syscall<const LOOP: bool>(regs: &Regs, dir: u8, n: u64, cgroup_id
 
 // ---- fentry and kprobe hooks (kernels before 6.3) ------------------------------------------
 //
-// `int sock_sendmsg(struct socket *sock, struct msghdr *msg)` and
-// `int sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags)`: every socket write
-// and read of a process goes through them, as the socket tracepoints do from 6.3. The byte
-// count is their return value, so the programs run at return (fexit; kprobe entry stashes the
-// arguments for the kretprobe). `sock->sk` is the connection's socket; the syscall's
-// arguments come from the task's saved user registers, as on the other hooks.
+// `int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)` and
+// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`, and
+// their IPv6 twins `inet6_sendmsg`/`inet6_recvmsg` (same signatures, unchanged from 5.x to
+// 6.x): every TCP write and read of a process goes through one of them, as the socket
+// tracepoints do from 6.3. They are the `proto_ops` of the socket, called from `socket.c`
+// (another compilation unit), so never inlined away; `sock_sendmsg` itself is, into
+// `__sys_sendto`, on Debian's 6.1, and a probe there misses `send()`. The byte count is their
+// return value, so the programs run at return (fexit; kprobe entry stashes the arguments for
+// the kretprobe). `sock->sk` is the connection's socket; the syscall's arguments come from the
+// task's saved user registers, as on the other hooks.
 
 /// `ret` bytes moved through `sock` (a `struct socket *`) in the current task's syscall.
 #[inline(always)]
@@ -675,10 +679,10 @@ fn on_sock_call<const LOOP: bool>(sock: u64, ret: i32, msg_flags: u32, dir: u8) 
 
 #[inline(always)]
 fn fexit_send<const LOOP: bool>(ctx: &FExitContext) -> i32 {
-    // (sock, msg) then the return value.
+    // (sock, msg, size) then the return value.
     on_sock_call::<LOOP>(
         ctx.arg::<u64>(0),
-        ctx.arg::<u64>(2) as i32,
+        ctx.arg::<u64>(3) as i32,
         0,
         direction::EGRESS,
     );
@@ -687,38 +691,75 @@ fn fexit_send<const LOOP: bool>(ctx: &FExitContext) -> i32 {
 
 #[inline(always)]
 fn fexit_recv<const LOOP: bool>(ctx: &FExitContext) -> i32 {
-    // (sock, msg, flags) then the return value.
+    // (sock, msg, size, flags) then the return value.
     on_sock_call::<LOOP>(
         ctx.arg::<u64>(0),
-        ctx.arg::<u64>(3) as i32,
-        ctx.arg::<u64>(2) as u32,
+        ctx.arg::<u64>(4) as i32,
+        ctx.arg::<u64>(3) as u32,
         direction::INGRESS,
     );
     0
 }
 
-#[fexit(function = "sock_sendmsg")]
-pub fn fexit_sock_send(ctx: FExitContext) -> i32 {
+// An fexit program is loaded for one kernel function: one program per function and loop.
+
+#[fexit(function = "inet_sendmsg")]
+pub fn fexit_inet_send(ctx: FExitContext) -> i32 {
     fexit_send::<true>(&ctx)
 }
 
-#[fexit(function = "sock_recvmsg")]
-pub fn fexit_sock_recv(ctx: FExitContext) -> i32 {
+#[fexit(function = "inet6_sendmsg")]
+pub fn fexit_inet6_send(ctx: FExitContext) -> i32 {
+    fexit_send::<true>(&ctx)
+}
+
+#[fexit(function = "inet_recvmsg")]
+pub fn fexit_inet_recv(ctx: FExitContext) -> i32 {
     fexit_recv::<true>(&ctx)
 }
 
-#[fexit(function = "sock_sendmsg")]
-pub fn fexit_sock_send_unrolled(ctx: FExitContext) -> i32 {
+#[fexit(function = "inet6_recvmsg")]
+pub fn fexit_inet6_recv(ctx: FExitContext) -> i32 {
+    fexit_recv::<true>(&ctx)
+}
+
+#[fexit(function = "inet_sendmsg")]
+pub fn fexit_inet_send_unrolled(ctx: FExitContext) -> i32 {
     fexit_send::<false>(&ctx)
 }
 
-#[fexit(function = "sock_recvmsg")]
-pub fn fexit_sock_recv_unrolled(ctx: FExitContext) -> i32 {
+#[fexit(function = "inet6_sendmsg")]
+pub fn fexit_inet6_send_unrolled(ctx: FExitContext) -> i32 {
+    fexit_send::<false>(&ctx)
+}
+
+#[fexit(function = "inet_recvmsg")]
+pub fn fexit_inet_recv_unrolled(ctx: FExitContext) -> i32 {
     fexit_recv::<false>(&ctx)
 }
 
-/// Entry of `sock_sendmsg`/`sock_recvmsg`: stashes the socket (and recvmsg's flags) of a
-/// target process's thread for the return probe.
+#[fexit(function = "inet6_recvmsg")]
+pub fn fexit_inet6_recv_unrolled(ctx: FExitContext) -> i32 {
+    fexit_recv::<false>(&ctx)
+}
+
+/// `int inet_sendpage(struct socket *sock, struct page *page, int offset, size_t size, int
+/// flags)`: sendfile's path to a TCP socket before 6.5 (from 6.5 it is `inet_sendmsg`); only
+/// the byte count is known, as on the other hooks. The loader attaches it only where the
+/// kernel has the function. Nothing is copied, so one program serves both copy loops.
+#[fexit(function = "inet_sendpage")]
+pub fn fexit_inet_sendpage(ctx: FExitContext) -> i32 {
+    on_sock_call::<false>(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(5) as i32,
+        0,
+        direction::EGRESS,
+    );
+    0
+}
+
+/// Entry of `inet{,6}_sendmsg`/`inet{,6}_recvmsg` (and `inet_sendpage`): stashes the socket (and the recv flags) of
+/// a target process's thread for the return probe.
 #[inline(always)]
 fn kprobe_stash(ctx: &ProbeContext, has_flags: bool) -> u32 {
     if targeted().is_none() {
@@ -728,7 +769,7 @@ fn kprobe_stash(ctx: &ProbeContext, has_flags: bool) -> u32 {
         return 0;
     };
     let flags = if has_flags {
-        ctx.arg::<u64>(2).unwrap_or(0)
+        ctx.arg::<u64>(3).unwrap_or(0)
     } else {
         0
     };
@@ -748,6 +789,9 @@ fn kretprobe_io<const LOOP: bool>(ctx: &RetProbeContext, dir: u8) -> u32 {
     on_sock_call::<LOOP>(stashed.sock, ret, stashed.flags as u32, dir);
     0
 }
+
+// A kprobe program attaches to any number of functions: the loader puts each on the IPv4 and
+// the IPv6 function.
 
 #[kprobe]
 pub fn kprobe_sock_send(ctx: ProbeContext) -> u32 {

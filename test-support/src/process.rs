@@ -65,7 +65,7 @@ impl ChildProcess {
 
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::patient(timeout);
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));

@@ -177,13 +177,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Polls `cond` every 25 ms until it holds; fails naming `what` after `timeout`. The time it
-/// took.
+/// Polls `cond` every 25 ms until it holds; fails naming `what` after `timeout` (stretched by
+/// `CAPTURE_TEST_PATIENCE` in the VM tests). The time it took.
 fn wait_for(
     timeout: Duration,
     what: &str,
     mut cond: impl FnMut() -> Result<bool>,
 ) -> Result<Duration> {
+    let timeout = capture_test_support::patient(timeout);
     let start = Instant::now();
     loop {
         if cond()? {
@@ -339,6 +340,31 @@ fn pause_flushes_in_flight_unlinks_the_program_and_resume_picks_up_open_connecti
     })?;
     eprintln!("resumed: linked {took:?} after the file changed");
     assert_eq!(metric(&daemon, "capture_paused")?, 0.0);
+    // On the fentry and kprobe hooks a call already inside the kernel when the programs attach
+    // is not seen (the trampoline and the return probe cover only calls entered after): the
+    // server sits in a read of this connection, so its next request is lost, and its response
+    // is dropped as one without a request. The request after it is captured.
+    let probe_hook = ["fentry", "kprobes"].into_iter().any(|h| {
+        metric(
+            &daemon,
+            &format!("capture_kernel_hook_info{{hook=\"{h}\"}}"),
+        )
+        .is_ok_and(|v| v == 1.0)
+    });
+    if probe_hook {
+        conn.send(b"GET /json?lost HTTP/1.1\r\nHost: capture\r\n\r\n")?;
+        assert_eq!(conn.read_response(false)?.body, JSON_BODY.as_bytes());
+        wait_for(
+            WRITE_TIMEOUT,
+            "the response without its request counted",
+            || {
+                Ok(metric(
+                    &daemon,
+                    r#"capture_parse_errors_total{protocol="h1",reason="response_without_request"}"#,
+                )? == 1.0)
+            },
+        )?;
+    }
     conn.send(b"GET /json?after HTTP/1.1\r\nHost: capture\r\n\r\n")?;
     assert_eq!(conn.read_response(false)?.body, JSON_BODY.as_bytes());
     let exchanges = daemon.wait_for_exchanges(3, WRITE_TIMEOUT)?;

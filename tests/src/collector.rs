@@ -87,7 +87,7 @@ impl Collector {
             .stdout(File::create(&stdout_path)?)
             .stderr(File::create(&stderr_path)?);
         let mut process = ChildProcess::spawn(&mut cmd, "capture-collector serve")?;
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + capture_test_support::patient(START_TIMEOUT);
         let addr = loop {
             let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
             if let Some(addr) = stdout.lines().find_map(|l| l.strip_prefix("listening on ")) {
@@ -122,7 +122,7 @@ impl Collector {
         let addr = self.addr.context("never started")?;
         // The port was the collector's a moment ago; another process may not take it in
         // between, but retry the bind a few times in case the kernel is slow to release it.
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + capture_test_support::patient(START_TIMEOUT);
         loop {
             match self.spawn(&addr.to_string()) {
                 Ok(()) => return Ok(()),

@@ -190,7 +190,7 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + capture_test_support::patient(READY_TIMEOUT);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -217,7 +217,11 @@ impl Daemon {
 
     /// GET `path` on the metrics address.
     pub fn get(&self, path: &str) -> Result<crate::net::HttpResponse> {
-        http_get(self.metrics_addr, path, Duration::from_secs(5))
+        http_get(
+            self.metrics_addr,
+            path,
+            capture_test_support::patient(Duration::from_secs(5)),
+        )
     }
 
     /// Scrapes and parses `/metrics`.
@@ -250,7 +254,7 @@ impl Daemon {
 
     /// Waits until at least `n` exchanges were written; returns them all.
     pub fn wait_for_exchanges(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + capture_test_support::patient(timeout);
         loop {
             let exchanges = self.exchanges()?;
             if exchanges.len() >= n {
@@ -315,7 +319,7 @@ impl Daemon {
     /// counter and the file are updated one after the other), and that number of lines. Gives
     /// up after 10 s with the last scrape, which [`Finished::assert_clean`] then reports.
     fn settled_metrics(&self) -> Result<(Metrics, usize)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + capture_test_support::patient(Duration::from_secs(10));
         loop {
             let before = self.metrics()?;
             let written = self.exchanges()?.len();

@@ -30,7 +30,7 @@ pub fn free_port() -> Result<u16> {
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + capture_test_support::patient(timeout);
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());

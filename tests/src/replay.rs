@@ -84,12 +84,15 @@ impl JsonService {
             let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
             let _ = tx.send(line);
         });
-        let port = rx.recv_timeout(START_TIMEOUT).ok().and_then(|line| {
-            line.trim()
-                .strip_prefix("listening on ")?
-                .parse::<u16>()
-                .ok()
-        });
+        let port = rx
+            .recv_timeout(capture_test_support::patient(START_TIMEOUT))
+            .ok()
+            .and_then(|line| {
+                line.trim()
+                    .strip_prefix("listening on ")?
+                    .parse::<u16>()
+                    .ok()
+            });
         let Some(port) = port else {
             process.kill();
             let stderr = fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();

@@ -42,6 +42,7 @@ pub struct Btf<'a> {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_FUNC: u32 = 12;
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
     data.get(at..at + 4)
@@ -79,9 +80,12 @@ impl<'a> Btf<'a> {
         &rest[..end]
     }
 
-    /// The first struct named `name` (the kernel's BTF has one definition per name for the
-    /// structs asked for here).
-    pub fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {
+    /// Calls `f(kind, name offset, info, size or type, body offset)` for each type in order
+    /// until it returns Some.
+    fn find<T>(
+        &self,
+        mut f: impl FnMut(u32, u32, u32, u32, usize) -> Result<Option<T>, BtfError>,
+    ) -> Result<Option<T>, BtfError> {
         let mut at = 0;
         while at < self.types.len() {
             let name_off = u32_at(self.types, at)?;
@@ -89,7 +93,6 @@ impl<'a> Btf<'a> {
             let size = u32_at(self.types, at + 8)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
-            let kflag = info >> 31 == 1;
             let body = at + 12;
             let extra = match kind {
                 // INT, VAR, DECL_TAG: one u32.
@@ -104,21 +107,45 @@ impl<'a> Btf<'a> {
                 6 | 13 => 8 * vlen,
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
-            if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
-                let mut members = Vec::with_capacity(vlen);
-                for i in 0..vlen {
-                    let m = body + 12 * i;
-                    let member_name = String::from_utf8_lossy(self.name(u32_at(self.types, m)?));
-                    let raw = u32_at(self.types, m + 8)?;
-                    // With kflag the low 24 bits are the bit offset (bitfield size above).
-                    let bits = if kflag { raw & 0x00ff_ffff } else { raw };
-                    members.push((member_name.into_owned(), bits / 8));
-                }
-                return Ok(StructLayout { size, members });
+            if let Some(found) = f(kind, name_off, info, size, body)? {
+                return Ok(Some(found));
             }
             at = body + extra;
         }
-        Err(BtfError::NoStruct(name.to_owned()))
+        Ok(None)
+    }
+
+    /// The first struct named `name` (the kernel's BTF has one definition per name for the
+    /// structs asked for here).
+    pub fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {
+        self.find(|kind, name_off, info, size, body| {
+            if kind != KIND_STRUCT || self.name(name_off) != name.as_bytes() {
+                return Ok(None);
+            }
+            let vlen = (info & 0xffff) as usize;
+            let kflag = info >> 31 == 1;
+            let mut members = Vec::with_capacity(vlen);
+            for i in 0..vlen {
+                let m = body + 12 * i;
+                let member_name = String::from_utf8_lossy(self.name(u32_at(self.types, m)?));
+                let raw = u32_at(self.types, m + 8)?;
+                // With kflag the low 24 bits are the bit offset (bitfield size above).
+                let bits = if kflag { raw & 0x00ff_ffff } else { raw };
+                members.push((member_name.into_owned(), bits / 8));
+            }
+            Ok(Some(StructLayout { size, members }))
+        })?
+        .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Whether the kernel has a function named `name` (a BTF `FUNC`: one fexit and kprobes can
+    /// attach to).
+    pub fn has_function(&self, name: &str) -> Result<bool, BtfError> {
+        Ok(self
+            .find(|kind, name_off, _, _, _| {
+                Ok((kind == KIND_FUNC && self.name(name_off) == name.as_bytes()).then_some(()))
+            })?
+            .is_some())
     }
 }
 
@@ -148,6 +175,21 @@ mod tests {
             socket.offset("socket", "nope"),
             Err(BtfError::NoMember(..))
         ));
+        // The functions the kprobe and fentry hooks attach to exist on every kernel since 5.x;
+        // `inet_sendpage` went in 6.5 (sendfile goes through `inet_sendmsg` since).
+        for f in [
+            "inet_sendmsg",
+            "inet6_sendmsg",
+            "inet_recvmsg",
+            "inet6_recvmsg",
+        ] {
+            assert!(btf.has_function(f).unwrap(), "{f}");
+        }
+        assert!(!btf.has_function("inet_sendpage").unwrap());
+        assert!(
+            !btf.has_function("socket").unwrap(),
+            "a struct is not a function"
+        );
     }
 
     #[test]
