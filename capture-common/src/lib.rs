@@ -6,6 +6,8 @@
 //! guards against a daemon reading an object built from another layout.
 #![no_std]
 
+pub mod arch;
+
 /// Bumped whenever a layout below changes.
 pub const EVENT_ABI: u32 = 3;
 

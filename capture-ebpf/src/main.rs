@@ -132,55 +132,18 @@ struct SockInfo {
     generation: u64,
 }
 
-/// Syscall numbers and `struct pt_regs` offsets (arch/x86/include/asm/ptrace.h).
-#[cfg(any(
-    bpf_target_arch = "x86_64",
-    all(not(target_arch = "bpf"), target_arch = "x86_64")
-))]
-mod arch {
-    pub const NR: usize = 120; // orig_ax
-    /// di, si, dx, r10, r8, r9: the syscall argument registers, preserved until return.
-    pub const ARGS: [usize; 6] = [112, 104, 96, 56, 72, 64];
-    pub const NR_IS_I32: bool = false;
-    pub const READ: i64 = 0;
-    pub const WRITE: i64 = 1;
-    pub const CLOSE: i64 = 3;
-    pub const READV: i64 = 19;
-    pub const WRITEV: i64 = 20;
-    pub const SENDFILE: i64 = 40;
-    pub const CONNECT: i64 = 42;
-    pub const ACCEPT: i64 = 43;
-    pub const SENDTO: i64 = 44;
-    pub const RECVFROM: i64 = 45;
-    pub const SENDMSG: i64 = 46;
-    pub const RECVMSG: i64 = 47;
-    pub const ACCEPT4: i64 = 288;
-}
-
-/// Syscall numbers (asm-generic/unistd.h) and `struct pt_regs` offsets
-/// (arch/arm64/include/asm/ptrace.h). x0 holds the return value at exit; orig_x0 keeps arg 0.
 #[cfg(any(
     bpf_target_arch = "aarch64",
     all(not(target_arch = "bpf"), target_arch = "aarch64")
 ))]
-mod arch {
-    pub const NR: usize = 280; // syscallno (s32)
-    pub const ARGS: [usize; 6] = [272, 8, 16, 24, 32, 40];
-    pub const NR_IS_I32: bool = true;
-    pub const READ: i64 = 63;
-    pub const WRITE: i64 = 64;
-    pub const CLOSE: i64 = 57;
-    pub const READV: i64 = 65;
-    pub const WRITEV: i64 = 66;
-    pub const SENDFILE: i64 = 71;
-    pub const CONNECT: i64 = 203;
-    pub const ACCEPT: i64 = 202;
-    pub const SENDTO: i64 = 206;
-    pub const RECVFROM: i64 = 207;
-    pub const SENDMSG: i64 = 211;
-    pub const RECVMSG: i64 = 212;
-    pub const ACCEPT4: i64 = 242;
-}
+use capture_common::arch::aarch64 as arch;
+/// Syscall numbers and `struct pt_regs` offsets of the architecture the programs are built for
+/// (`capture_common::arch`; the aarch64 table is checked against Debian's arm64 kernel).
+#[cfg(any(
+    bpf_target_arch = "x86_64",
+    all(not(target_arch = "bpf"), target_arch = "x86_64")
+))]
+use capture_common::arch::x86_64 as arch;
 
 const EINPROGRESS: i64 = 115;
 const AF_INET: u16 = 2;

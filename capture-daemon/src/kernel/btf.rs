@@ -34,6 +34,30 @@ impl StructLayout {
     }
 }
 
+/// A struct member found by [`Btf::member`]: its byte offset in the outer struct and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub offset: u32,
+    pub ty: Shape,
+}
+
+/// A member's type, as far as the offset tables need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    Int {
+        size: u32,
+        signed: bool,
+    },
+    Array {
+        elem: Box<Shape>,
+        len: u32,
+    },
+    /// Another BTF kind (struct, pointer, enum...).
+    Other {
+        kind: u32,
+    },
+}
+
 /// A parsed BTF blob: the type section and the strings.
 pub struct Btf<'a> {
     types: &'a [u8],
@@ -41,7 +65,10 @@ pub struct Btf<'a> {
 }
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 const KIND_FUNC: u32 = 12;
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -136,6 +163,105 @@ impl<'a> Btf<'a> {
             Ok(Some(StructLayout { size, members }))
         })?
         .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Kind, info, size-or-type and body offset of type `id` (1-based, in section order).
+    fn type_by_id(&self, id: u32) -> Result<(u32, u32, u32, usize), BtfError> {
+        let mut current = 0;
+        self.find(|kind, _, info, size, body| {
+            current += 1;
+            Ok((current == id).then_some((kind, info, size, body)))
+        })?
+        .ok_or(BtfError::Malformed("type id out of range"))
+    }
+
+    /// Type `id` with typedefs and qualifiers (const, volatile, restrict, type tags) removed.
+    fn resolve(&self, mut id: u32) -> Result<(u32, u32, u32, usize), BtfError> {
+        // Chains are a few links long; the bound only stops a malformed cycle.
+        for _ in 0..32 {
+            let t = self.type_by_id(id)?;
+            match t.0 {
+                8 | 9 | 10 | 11 | 18 => id = t.2,
+                _ => return Ok(t),
+            }
+        }
+        Err(BtfError::Malformed("typedef chain too long"))
+    }
+
+    /// What member `member` of struct `name` is, looking through anonymous struct and union
+    /// members the way C does (`regs` of arm64's `pt_regs` is inside an anonymous union).
+    pub fn member(&self, name: &str, member: &str) -> Result<Member, BtfError> {
+        let id = self.struct_id(name)?;
+        self.member_in(id, member, 0, 0)?
+            .ok_or_else(|| BtfError::NoMember(name.to_owned(), member.to_owned()))
+    }
+
+    fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        let mut current = 0;
+        self.find(|kind, name_off, _, _, _| {
+            current += 1;
+            Ok((kind == KIND_STRUCT && self.name(name_off) == name.as_bytes()).then_some(current))
+        })?
+        .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    fn member_in(
+        &self,
+        id: u32,
+        member: &str,
+        base: u32,
+        depth: u32,
+    ) -> Result<Option<Member>, BtfError> {
+        if depth > 8 {
+            return Err(BtfError::Malformed("anonymous members nested too deep"));
+        }
+        let (kind, info, _, body) = self.resolve(id)?;
+        if kind != KIND_STRUCT && kind != KIND_UNION {
+            return Ok(None);
+        }
+        let kflag = info >> 31 == 1;
+        for i in 0..(info & 0xffff) as usize {
+            let m = body + 12 * i;
+            let name = self.name(u32_at(self.types, m)?);
+            let type_id = u32_at(self.types, m + 4)?;
+            let raw = u32_at(self.types, m + 8)?;
+            let bits = if kflag { raw & 0x00ff_ffff } else { raw };
+            let offset = base + bits / 8;
+            if name == member.as_bytes() {
+                return Ok(Some(Member {
+                    offset,
+                    ty: self.shape(type_id)?,
+                }));
+            }
+            if name.is_empty()
+                && let Some(found) = self.member_in(type_id, member, offset, depth + 1)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    fn shape(&self, id: u32) -> Result<Shape, BtfError> {
+        let (kind, _, size, body) = self.resolve(id)?;
+        Ok(match kind {
+            KIND_INT => {
+                let encoding = u32_at(self.types, body)?;
+                Shape::Int {
+                    size,
+                    signed: (encoding >> 24) & 1 == 1,
+                }
+            }
+            KIND_ARRAY => {
+                let elem = u32_at(self.types, body)?;
+                let len = u32_at(self.types, body + 8)?;
+                Shape::Array {
+                    elem: Box::new(self.shape(elem)?),
+                    len,
+                }
+            }
+            _ => Shape::Other { kind },
+        })
     }
 
     /// Whether the kernel has a function named `name` (a BTF `FUNC`: one fexit and kprobes can

@@ -3,6 +3,8 @@
 //! resolving `--target-cgroup`/`--target-pid` to cgroup ids ([`targets`]), and naming the
 //! sockets of connections first seen mid-stream from `/proc` ([`procnet`]).
 
+#[cfg(test)]
+mod arch_check;
 pub mod btf;
 pub mod intake;
 pub mod procnet;

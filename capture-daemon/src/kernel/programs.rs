@@ -217,7 +217,7 @@ pub struct KernelLayout {
 /// registers are the last `struct pt_regs` below its top (`task_pt_regs()`; x86_64 kernels
 /// with FRED, 6.9+, keep 16 bytes of padding above them, but those kernels have the socket
 /// tracepoints).
-const THREAD_SIZE: u32 = 16 * 1024;
+pub(crate) const THREAD_SIZE: u32 = 16 * 1024;
 
 impl KernelLayout {
     /// Reads the layout from BTF; None (with the reason logged) where it cannot.
