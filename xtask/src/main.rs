@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_export;
+mod cross;
 mod demo;
 mod demo_diff;
 mod image;
@@ -72,6 +73,10 @@ enum Cmd {
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
     },
+    /// The daemon and its eBPF object cross-built for aarch64 (Debian's cross toolchain) and
+    /// checked, and Debian's arm64 kernels fetched for the aarch64 table check (a step of
+    /// `test`).
+    Cross,
     /// The chart on a local kind cluster: `up` (cluster, image, collector, chart), `demo`
     /// (annotated app, traffic, captured exchanges), `down`.
     Kind {
@@ -133,6 +138,10 @@ fn main() -> anyhow::Result<()> {
             clippy_fuzz(&root, "capture-collector/fuzz")?;
             cargo(&root, &["build", "-p", "capture-daemon"])?;
             set_daemon_bin(&root, "debug");
+            // The aarch64 build, and the arm64 kernels the aarch64 table test
+            // (capture-daemon's kernel::arch_check) reads.
+            setup::cross_tools()?;
+            cross::run(&root)?;
             // The delivery tests (tests/e2e/export.rs) run the real collector.
             cargo(&root, &["build", "-p", "capture-collector"])?;
             set_env(
@@ -191,6 +200,12 @@ fn main() -> anyhow::Result<()> {
             setup::test_tools()?;
             setup::vm_tools()?;
             vmtest::run(&root, &kernels)?;
+        }
+        Cmd::Cross => {
+            setup::toolchain()?;
+            setup::cross_tools()?;
+            cargo(&root, &["build", "-p", "capture-daemon"])?;
+            cross::run(&root)?;
         }
         Cmd::Kind { action, dry_run } => kind::run(&root, action, dry_run)?,
     }
@@ -263,34 +278,39 @@ const FUZZ_TARGETS: [&str; 6] = ["http1", "http2", "h2_frames", "hpack", "body",
 const COLLECTOR_FUZZ_TARGETS: [&str; 1] = ["ingest"];
 
 /// Clippy on the kernel programs, built for the BPF target exactly as `aya-build` builds them
-/// (nightly, `build-std=core`, the `bpf_target_arch` cfg), in a target directory of its own.
+/// (nightly, `build-std=core`, the `bpf_target_arch` cfg), once per architecture the programs
+/// have tables for (x86_64, aarch64), each in a target directory of its own.
 fn clippy_kernel(root: &Path) -> anyhow::Result<()> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "x86_64",
-        "aarch64" => "aarch64",
-        other => bail!("no BPF target arch for host arch {other}"),
-    };
-    let mut cmd = nightly_cargo();
-    cmd.args([
-        "clippy",
-        "-p",
-        "capture-ebpf",
-        "--bins",
-        "--release",
-        "--target",
-        "bpfel-unknown-none",
-        "-Z",
-        "build-std=core",
-        "--target-dir",
-    ])
-    .arg(root.join("target/ebpf-clippy"))
-    .args(["--", "-D", "warnings"])
-    .env(
-        "CARGO_ENCODED_RUSTFLAGS",
-        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
-    )
-    .current_dir(root);
-    run(&mut cmd)
+    for arch in ["x86_64", "aarch64"] {
+        // The host's arch keeps the directory it always had (a warm cache in CI).
+        let dir = if arch == std::env::consts::ARCH {
+            root.join("target/ebpf-clippy")
+        } else {
+            root.join(format!("target/ebpf-clippy-{arch}"))
+        };
+        let mut cmd = nightly_cargo();
+        cmd.args([
+            "clippy",
+            "-p",
+            "capture-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(dir)
+        .args(["--", "-D", "warnings"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+        )
+        .current_dir(root);
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 /// Clippy on the fuzz targets of `crate_dir` (their own workspace, nightly for

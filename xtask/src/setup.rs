@@ -112,6 +112,38 @@ pub fn vm_tools() -> anyhow::Result<()> {
     )
 }
 
+/// Debian's cross toolchain for aarch64 (`cargo xtask cross`): gcc and binutils link the
+/// daemon, libc6-dev-arm64-cross is the target's C library, linux-libc-dev-arm64-cross the
+/// arm64 kernel headers the aarch64 syscall table is checked against.
+const CROSS_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "linux-libc-dev-arm64-cross",
+];
+
+/// What `cargo xtask cross` builds with: the Debian cross toolchain and the standard library
+/// of `aarch64-unknown-linux-gnu` for the stable toolchain the workspace builds with.
+pub fn cross_tools() -> anyhow::Result<()> {
+    apt_install(CROSS_PACKAGES, "the aarch64 cross build and table check")?;
+    let target = crate::cross::TARGET;
+    let installed = output(
+        "rustup",
+        &["target", "list", "--installed", "--toolchain", "stable"],
+    )
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == target) {
+        println!("installing the {target} standard library for stable");
+        crate::run(Command::new("rustup").args([
+            "target",
+            "add",
+            target,
+            "--toolchain",
+            "stable",
+        ]))?;
+    }
+    Ok(())
+}
+
 /// What the chart tests need: setpriv, openssl, and the Helm SDK.
 pub fn chart_test_tools(root: &Path) -> anyhow::Result<()> {
     apt_install(CHART_TEST_PACKAGES, "the chart tests use them")?;

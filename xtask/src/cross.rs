@@ -1,0 +1,351 @@
+//! `cargo xtask cross` (also a step of `cargo xtask test`): the daemon and its eBPF object
+//! built for aarch64 with Debian's cross toolchain, and Debian's arm64 kernels fetched for the
+//! table check.
+//!
+//! - The daemon is built with `--target aarch64-unknown-linux-gnu` (linker, `CC` and `AR` of
+//!   `gcc-aarch64-linux-gnu` set here, not in a `.cargo/config` that would reach host builds).
+//!   Its build script builds the eBPF object with `bpf_target_arch="aarch64"` (aya-build
+//!   follows `CARGO_CFG_TARGET_ARCH`). Checked: the binary is an aarch64 ELF, the object it
+//!   embeds is a BPF ELF that differs from the host's and reads the syscall number at
+//!   `pt_regs` + 280 (`syscallno`), never at + 120 (x86_64's `orig_ax`).
+//! - Debian's arm64 cloud kernels (bookworm's 6.1 and bullseye's 5.10) are fetched with
+//!   `apt-get download` through a private apt configuration under `target/arm64/apt` (the
+//!   host's sources and architectures stay as they are) and their `boot/vmlinuz-*` unpacked to
+//!   `target/arm64/kernels/<package>/`, where `capture-daemon`'s test
+//!   `kernel::arch_check::aarch64_table_matches_debian_arm64` reads their BTF.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+pub const TARGET: &str = "aarch64-unknown-linux-gnu";
+/// Debian releases whose arm64 cloud kernel the table check reads: 6.1 and the oldest
+/// supported, 5.10.
+pub const SUITES: &[&str] = &["bookworm", "bullseye"];
+const META_PACKAGE: &str = "linux-image-cloud-arm64";
+/// `e_machine` of an aarch64 ELF.
+const EM_AARCH64: u16 = 183;
+/// `e_machine` of an eBPF ELF.
+const EM_BPF: u16 = 247;
+
+/// The whole step: kernels for the table check, then the cross build and its checks.
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    fetch_kernels(root)?;
+    build(root)?;
+    println!(
+        "cross: aarch64 build checked in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Builds the daemon for aarch64 and checks the binary and the eBPF object it embeds.
+pub fn build(root: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let env_target = TARGET.replace('-', "_");
+    let envs = [
+        (
+            format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()),
+            "aarch64-linux-gnu-gcc",
+        ),
+        (format!("CC_{env_target}"), "aarch64-linux-gnu-gcc"),
+        (format!("AR_{env_target}"), "aarch64-linux-gnu-ar"),
+    ];
+    let arm = build_object(root, &["--target", TARGET], &envs)
+        .context("cross-building capture-daemon for aarch64")?;
+    println!(
+        "cross: cargo build -p capture-daemon --target {TARGET} took {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    // The host's build, already done by the test command (a no-op here), for comparison.
+    let host = build_object(root, &[], &[])?;
+
+    let binary = root
+        .join("target")
+        .join(TARGET)
+        .join("debug/capture-daemon");
+    let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let machine = elf_machine(&bytes).with_context(|| format!("{}", binary.display()))?;
+    ensure!(
+        machine == EM_AARCH64,
+        "{} is an ELF for machine {machine}, not aarch64 ({EM_AARCH64})",
+        binary.display()
+    );
+    let arm_bytes = fs::read(&arm).with_context(|| format!("reading {}", arm.display()))?;
+    let host_bytes = fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
+    for (path, data) in [(&arm, &arm_bytes), (&host, &host_bytes)] {
+        let machine = elf_machine(data).with_context(|| format!("{}", path.display()))?;
+        ensure!(
+            machine == EM_BPF,
+            "{} is an ELF for machine {machine}, not BPF ({EM_BPF})",
+            path.display()
+        );
+    }
+    ensure!(
+        arm_bytes != host_bytes,
+        "the aarch64 eBPF object {} is the host's {}: bpf_target_arch did not follow the target",
+        arm.display(),
+        host.display()
+    );
+    ensure!(
+        bytes
+            .windows(arm_bytes.len())
+            .any(|w| w == arm_bytes.as_slice()),
+        "{} does not embed the aarch64 eBPF object {}",
+        binary.display(),
+        arm.display()
+    );
+    // The programs read the syscall number at pt_regs + NR: `rX += 280` in the aarch64 object
+    // (syscallno), `rX += 120` in the x86_64 one (orig_ax).
+    let (arm_nr, x86_nr) = (
+        capture_common::arch::aarch64::NR as i64,
+        capture_common::arch::x86_64::NR as i64,
+    );
+    let arm_adds = register_adds(&arm)?;
+    ensure!(
+        arm_adds.contains(&arm_nr) && !arm_adds.contains(&x86_nr),
+        "the aarch64 eBPF object adds {arm_adds:?} to registers: expected {arm_nr} (syscallno) \
+         and no {x86_nr} (x86_64's orig_ax)"
+    );
+    // The same check tells the host's object apart the other way.
+    if cfg!(target_arch = "x86_64") {
+        let host_adds = register_adds(&host)?;
+        ensure!(
+            host_adds.contains(&x86_nr) && !host_adds.contains(&arm_nr),
+            "the host's eBPF object adds {host_adds:?} to registers: expected {x86_nr} and no \
+             {arm_nr}"
+        );
+    }
+    println!(
+        "cross: {} is aarch64 and embeds its eBPF object {} (BPF, reads pt_regs+{arm_nr})",
+        binary.display(),
+        arm.display()
+    );
+    Ok(())
+}
+
+/// `cargo build -p capture-daemon` with `args`, returning the eBPF object its build script
+/// wrote (`OUT_DIR/capture`, from cargo's `build-script-executed` message).
+fn build_object(root: &Path, args: &[&str], envs: &[(String, &str)]) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-p",
+        "capture-daemon",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(args)
+    .envs(envs.iter().map(|(k, v)| (k.as_str(), *v)))
+    .stdout(Stdio::piped())
+    .current_dir(root);
+    let out = cmd
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?
+        .wait_with_output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    let mut object = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "build-script-executed"
+            && msg["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("capture-daemon"))
+            && let Some(dir) = msg["out_dir"].as_str()
+        {
+            object = Some(PathBuf::from(dir).join("capture"));
+        }
+    }
+    object.with_context(|| format!("{cmd:?} reported no build script run for capture-daemon"))
+}
+
+/// `e_machine` of a little-endian 64-bit ELF.
+fn elf_machine(data: &[u8]) -> anyhow::Result<u16> {
+    ensure!(data.get(..4) == Some(b"\x7fELF"), "not an ELF file");
+    ensure!(
+        data.get(4) == Some(&2) && data.get(5) == Some(&1),
+        "not a 64-bit little-endian ELF"
+    );
+    let machine = data.get(18..20).context("truncated ELF header")?;
+    Ok(u16::from_le_bytes([machine[0], machine[1]]))
+}
+
+/// The immediates of `rX += imm` instructions in the object's programs (llvm-objdump prints
+/// them in hex).
+fn register_adds(object: &Path) -> anyhow::Result<Vec<i64>> {
+    let objdump = format!("llvm-objdump-{}", crate::setup::LLVM);
+    let out = Command::new(&objdump)
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(object)
+        .output()
+        .with_context(|| format!("running {objdump}"))?;
+    ensure!(
+        out.status.success(),
+        "{objdump} -d {} failed: {}",
+        object.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut imms: Vec<i64> = text
+        .lines()
+        .filter_map(|l| {
+            let (lhs, rhs) = l.split_once(" += ")?;
+            let reg = lhs.rsplit(|c: char| c.is_whitespace()).next()?;
+            reg.strip_prefix('r')?.parse::<u8>().ok()?;
+            let rhs = rhs.trim();
+            match rhs.strip_prefix("0x") {
+                Some(hex) => i64::from_str_radix(hex, 16).ok(),
+                None => rhs.parse().ok(),
+            }
+        })
+        .collect();
+    imms.sort_unstable();
+    imms.dedup();
+    Ok(imms)
+}
+
+/// Downloads and unpacks each suite's arm64 cloud kernel image (once; later runs reuse it).
+pub fn fetch_kernels(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let work = root.join("target/arm64");
+    let mut found = Vec::new();
+    for suite in SUITES {
+        found.push(fetch_kernel(&work, suite)?);
+    }
+    Ok(found)
+}
+
+fn fetch_kernel(work: &Path, suite: &str) -> anyhow::Result<PathBuf> {
+    let lists = work.join("apt").join(suite).join("lists");
+    let fresh = fs::read_dir(&lists).ok().is_some_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            e.file_name().to_string_lossy().contains("_Packages")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < Duration::from_secs(24 * 3600))
+        })
+    });
+    if !fresh {
+        println!("cross: apt-get update for {suite} arm64 (private lists under target/arm64/apt)");
+        crate::run(apt(work, suite, "apt-get")?.args(["update", "-qq"]))
+            .with_context(|| format!("fetching Debian {suite}'s arm64 package lists"))?;
+    }
+    let depends = apt(work, suite, "apt-cache")?
+        .args(["depends", META_PACKAGE])
+        .output()
+        .context("apt-cache depends")?;
+    let text = String::from_utf8_lossy(&depends.stdout);
+    let package = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| format!("{META_PACKAGE} in {suite} depends on no image: {text}"))?
+        .to_owned();
+    let tree = work.join("kernels").join(&package);
+    if !tree.join("boot").is_dir() {
+        let debs = work.join("debs");
+        fs::create_dir_all(&debs)?;
+        println!("cross: apt-get download {package} (arm64)");
+        crate::run(
+            apt(work, suite, "apt-get")?
+                .args(["download", "-qq", &format!("{package}:arm64")])
+                .current_dir(&debs),
+        )?;
+        let deb = fs::read_dir(&debs)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+            })
+            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+        let partial = work.join("kernels").join(format!("{package}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial)?;
+        // Only the image: the modules are most of the package and the check needs none.
+        let tar = Command::new("dpkg-deb")
+            .arg("--fsys-tarfile")
+            .arg(&deb)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting dpkg-deb")?;
+        let stdout = tar.stdout.context("dpkg-deb stdout")?;
+        crate::run(
+            Command::new("tar")
+                .arg("-x")
+                .arg("-C")
+                .arg(&partial)
+                .args(["--wildcards", "./boot/vmlinuz-*"])
+                .stdin(stdout),
+        )
+        .with_context(|| format!("unpacking boot/vmlinuz-* from {}", deb.display()))?;
+        fs::rename(&partial, &tree)?;
+        fs::remove_file(&deb)?;
+    }
+    let vmlinuz = fs::read_dir(tree.join("boot"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+    Ok(vmlinuz)
+}
+
+/// apt-get for one Debian release's arm64 packages, with a private configuration (sources,
+/// lists, cache, empty status, `APT::Architecture=arm64`): nothing of the host's apt set-up
+/// is read or changed, and the host never gets arm64 as a foreign architecture.
+fn apt(work: &Path, suite: &str, program: &str) -> anyhow::Result<Command> {
+    let dir = work.join("apt").join(suite);
+    for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let sources = dir.join("sources.list");
+    fs::write(
+        &sources,
+        format!(
+            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             http://deb.debian.org/debian {suite} main\n"
+        ),
+    )?;
+    let status = dir.join("status");
+    if !status.exists() {
+        fs::write(&status, "")?;
+    }
+    let mut cmd = Command::new(program);
+    for (key, value) in [
+        ("Dir::Etc::SourceList", sources),
+        ("Dir::Etc::SourceParts", dir.join("sources.list.d")),
+        ("Dir::State::Lists", dir.join("lists")),
+        ("Dir::Cache", dir.join("cache")),
+        ("Dir::State::Status", status),
+    ] {
+        cmd.arg("-o").arg(format!("{key}={}", value.display()));
+    }
+    cmd.args([
+        "-o",
+        "APT::Architecture=arm64",
+        "-o",
+        "APT::Architectures=arm64",
+        "-o",
+        "APT::Sandbox::User=root",
+        "-o",
+        "Debug::NoLocking=1",
+    ]);
+    if !Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").exists() {
+        bail!("/usr/share/keyrings/debian-archive-keyring.gpg is missing (debian-archive-keyring)");
+    }
+    Ok(cmd)
+}
