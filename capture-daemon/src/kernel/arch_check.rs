@@ -17,7 +17,7 @@ use std::{
 use capture_common::arch::{aarch64, x86_64};
 
 use super::btf::{Btf, Shape};
-use super::programs::{KernelLayout, THREAD_SIZE};
+use super::programs::{KernelLayout, THREAD_SIZE, thread_size};
 
 /// (`__NR_` name, value in the table) for every syscall number of an `arch` module.
 macro_rules! syscalls {
@@ -133,7 +133,7 @@ fn arm64_kernels() -> Vec<(String, PathBuf)> {
 
 /// The kernel's raw arm64 `Image` (Debian ships it uncompressed as `vmlinuz`, an EFI-stub
 /// Image; a gzip'd one is decompressed) and the page size its header declares.
-fn arm64_image(vmlinuz: &Path) -> (Vec<u8>, u64) {
+fn arm64_image(vmlinuz: &Path) -> (Vec<u8>, u32) {
     let data = std::fs::read(vmlinuz).unwrap();
     let image = if data.starts_with(&[0x1f, 0x8b]) {
         let mut image = Vec::new();
@@ -238,24 +238,28 @@ fn aarch64_table_matches_debian_arm64() {
         for (i, offset) in aarch64::ARGS.iter().enumerate().skip(1) {
             assert_eq!(*offset, regs.offset as usize + 8 * i, "{package}: x{i}");
         }
-        // The programs find pt_regs at the top of the task's THREAD_SIZE stack, with no padding
-        // above it on arm64 (`task_pt_regs`): 16 KiB with 4K or 16K pages and no KASAN (64K
-        // pages or KASAN would make it larger).
-        assert!(
-            page <= 16384,
-            "{package}: {page}-byte pages: THREAD_SIZE is not {THREAD_SIZE}"
-        );
+        // The programs find pt_regs at the top of the task's stack, with no padding above it
+        // on arm64 (`task_pt_regs`): 16 KiB with 4K or 16K pages and no KASAN (which the
+        // layout does not handle), one page with 64K pages and vmapped stacks.
         assert!(
             !btf.has_function("kasan_report").unwrap(),
-            "{package} has KASAN: THREAD_SIZE is not {THREAD_SIZE}"
+            "{package} has KASAN: its stack is not {THREAD_SIZE} bytes"
+        );
+        let task = btf.struct_layout("task_struct").unwrap();
+        assert!(
+            task.offset("task_struct", "stack_vm_area").is_ok(),
+            "{package}: Debian's arm64 kernels have CONFIG_VMAP_STACK"
         );
         let size = btf.struct_layout("pt_regs").unwrap().size;
         assert!(
             size as usize >= aarch64::NR + 4,
             "{package}: pt_regs is {size} bytes"
         );
-        let layout = KernelLayout::from_btf(&data).unwrap();
+        let layout = KernelLayout::from_btf_for(&data, true, page).unwrap();
         assert_eq!(layout.stack_to_regs, THREAD_SIZE - size, "{package}");
+        // The same kernel built with 64K pages (as RHEL's is) has one-page stacks.
+        let layout_64k = KernelLayout::from_btf_for(&data, true, 65536).unwrap();
+        assert_eq!(layout_64k.stack_to_regs, 65536 - size, "{package}");
         assert_eq!(layout.socket_sk, 24, "{package}: socket.sk");
         assert!(layout.task_stack > 0, "{package}: task_struct.stack");
         eprintln!(
@@ -282,6 +286,9 @@ fn x86_64_table_matches_host_headers_and_kernel() {
             int(8, false)
         }
     );
+    // 21 registers, at the top of a 16 KiB stack.
+    let layout = KernelLayout::from_btf(&data).unwrap();
+    assert_eq!(layout.stack_to_regs, THREAD_SIZE - 21 * 8);
     for (reg, offset) in ["di", "si", "dx", "r10", "r8", "r9"]
         .into_iter()
         .zip(x86_64::ARGS)
@@ -289,5 +296,25 @@ fn x86_64_table_matches_host_headers_and_kernel() {
         let member = btf.member("pt_regs", reg).unwrap();
         assert_eq!((reg, member.offset as usize), (reg, offset));
         assert_eq!(member.ty, int(8, false), "{reg}");
+    }
+}
+
+/// arm64's THREAD_SHIFT: 14 unless vmapped stacks need a whole larger page; x86_64's is 14.
+#[test]
+fn stack_size_follows_arm64_pages() {
+    let cases = [
+        ((false, 4096, true), 16384),
+        ((false, 65536, true), 16384),
+        ((true, 4096, true), 16384),
+        ((true, 16384, true), 16384),
+        ((true, 65536, true), 65536),
+        ((true, 65536, false), 16384),
+    ];
+    for ((arm64, page, vmap), expected) in cases {
+        assert_eq!(
+            thread_size(arm64, page, vmap),
+            expected,
+            "arm64 {arm64}, page {page}, vmap {vmap}"
+        );
     }
 }

@@ -213,23 +213,48 @@ pub struct KernelLayout {
     pub has_sendpage: bool,
 }
 
-/// THREAD_SIZE of x86_64 and arm64 kernels without KASAN (which doubles it); the user
-/// registers are the last `struct pt_regs` below its top (`task_pt_regs()`; x86_64 kernels
-/// with FRED, 6.9+, keep 16 bytes of padding above them, but those kernels have the socket
-/// tracepoints).
+/// THREAD_SIZE of x86_64 and arm64 kernels without KASAN (which doubles it; no distribution
+/// kernel enables it), with 4K or 16K pages; the user registers are the last `struct pt_regs`
+/// below its top (`task_pt_regs()`; x86_64 kernels with FRED, 6.9+, keep 16 bytes of padding
+/// above them, but those kernels have the socket tracepoints).
 pub(crate) const THREAD_SIZE: u32 = 16 * 1024;
 
+/// The kernel stack size: [`THREAD_SIZE`], except on arm64 kernels with vmapped stacks
+/// (`CONFIG_VMAP_STACK`, on by default) and pages larger than it (64K-page kernels such as
+/// RHEL's aarch64 one), whose stacks are one page (`THREAD_SHIFT` in
+/// arch/arm64/include/asm/memory.h).
+pub(crate) fn thread_size(arm64: bool, page_size: u32, vmap_stack: bool) -> u32 {
+    if arm64 && vmap_stack && page_size > THREAD_SIZE {
+        page_size
+    } else {
+        THREAD_SIZE
+    }
+}
+
 impl KernelLayout {
-    /// Reads the layout from BTF; None (with the reason logged) where it cannot.
+    /// Reads the layout of the running kernel from its BTF.
     pub fn from_btf(data: &[u8]) -> Result<Self, crate::kernel::btf::BtfError> {
+        let page_size = u32::try_from(rustix::param::page_size()).unwrap_or(u32::MAX);
+        Self::from_btf_for(data, cfg!(target_arch = "aarch64"), page_size)
+    }
+
+    /// The layout of a kernel for x86_64 or arm64 with pages of `page_size` bytes, from its
+    /// BTF (a task's stack is vmapped when `task_struct` has `stack_vm_area`).
+    pub(crate) fn from_btf_for(
+        data: &[u8],
+        arm64: bool,
+        page_size: u32,
+    ) -> Result<Self, crate::kernel::btf::BtfError> {
         let btf = crate::kernel::btf::Btf::parse(data)?;
         let socket = btf.struct_layout("socket")?;
         let task = btf.struct_layout("task_struct")?;
         let regs = btf.struct_layout("pt_regs")?;
+        let vmap_stack = task.offset("task_struct", "stack_vm_area").is_ok();
+        let stack = thread_size(arm64, page_size, vmap_stack);
         Ok(Self {
             socket_sk: socket.offset("socket", "sk")?,
             task_stack: task.offset("task_struct", "stack")?,
-            stack_to_regs: THREAD_SIZE - regs.size,
+            stack_to_regs: stack.saturating_sub(regs.size),
             has_sendpage: btf.has_function(SENDPAGE)?,
         })
     }
