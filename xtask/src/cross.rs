@@ -196,22 +196,27 @@ fn register_adds(object: &Path) -> anyhow::Result<Vec<i64>> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut imms: Vec<i64> = text
-        .lines()
-        .filter_map(|l| {
-            let (lhs, rhs) = l.split_once(" += ")?;
-            let reg = lhs.rsplit(|c: char| c.is_whitespace()).next()?;
-            reg.strip_prefix('r')?.parse::<u8>().ok()?;
-            let rhs = rhs.trim();
-            match rhs.strip_prefix("0x") {
-                Some(hex) => i64::from_str_radix(hex, 16).ok(),
-                None => rhs.parse().ok(),
-            }
-        })
-        .collect();
+    let mut imms: Vec<i64> = text.lines().filter_map(add_immediate).collect();
     imms.sort_unstable();
     imms.dedup();
     Ok(imms)
+}
+
+/// The immediate of one disassembled `rN += imm` line (`      11:\tr3 += 0x78`).
+fn add_immediate(line: &str) -> Option<i64> {
+    let (lhs, rhs) = line.split_once(" += ")?;
+    let reg = lhs.rsplit(|c: char| c.is_whitespace()).next()?;
+    reg.strip_prefix('r')?.parse::<u8>().ok()?;
+    let rhs = rhs.trim();
+    let (sign, magnitude) = match rhs.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, rhs),
+    };
+    let value = match magnitude.strip_prefix("0x") {
+        Some(hex) => i64::from_str_radix(hex, 16).ok()?,
+        None => magnitude.parse().ok()?,
+    };
+    Some(sign * value)
 }
 
 /// Downloads and unpacks each suite's arm64 cloud kernel image (once; later runs reuse it).
@@ -348,4 +353,39 @@ fn apt(work: &Path, suite: &str, program: &str) -> anyhow::Result<Command> {
         bail!("/usr/share/keyrings/debian-archive-keyring.gpg is missing (debian-archive-keyring)");
     }
     Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_add_immediates() {
+        assert_eq!(add_immediate("      11:\tr3 += 0x78"), Some(120));
+        assert_eq!(add_immediate("      11:\tr3 += 0x118"), Some(280));
+        assert_eq!(add_immediate("      12:\tr10 += -0x8"), Some(-8));
+        assert_eq!(add_immediate("      12:\tr1 += 16"), Some(16));
+        // 32-bit ALU (wN) and other instructions are not register-pointer adds.
+        assert_eq!(add_immediate("      13:\tw3 += 0x78"), None);
+        assert_eq!(add_immediate("      14:\tr3 = 0x78"), None);
+        assert_eq!(add_immediate("      15:\tr3 += r2"), None);
+    }
+
+    #[test]
+    fn tells_elf_machines_apart() {
+        let mut header = b"\x7fELF\x02\x01\x01".to_vec();
+        header.resize(64, 0);
+        header[18..20].copy_from_slice(&EM_AARCH64.to_le_bytes());
+        assert_eq!(elf_machine(&header).unwrap(), EM_AARCH64);
+        header[18..20].copy_from_slice(&EM_BPF.to_le_bytes());
+        assert_eq!(elf_machine(&header).unwrap(), EM_BPF);
+        header[4] = 1;
+        assert!(elf_machine(&header).is_err(), "32-bit");
+        assert!(elf_machine(b"MZ").is_err());
+        let own = fs::read("/proc/self/exe").unwrap();
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(elf_machine(&own).unwrap(), 62);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(elf_machine(&own).unwrap(), EM_AARCH64);
+    }
 }
