@@ -1,5 +1,8 @@
 //! Builds the kernel programs (`capture-ebpf`) for `bpfel-unknown-none` with nightly and
-//! bpf-linker, into `OUT_DIR/capture`, which `src/ebpf` embeds. `AYA_BUILD_SKIP=1` writes an
+//! bpf-linker, into `OUT_DIR/capture`, which `src/ebpf` embeds. aya-build sets the programs'
+//! `bpf_target_arch` from the arch being built for (`CARGO_CFG_TARGET_ARCH`), so a
+//! `--target aarch64-unknown-linux-gnu` build embeds the aarch64 programs (`cargo xtask cross`
+//! checks it). `AYA_BUILD_SKIP=1` writes an
 //! empty object instead so `cargo check`/`clippy` work without the BPF toolchain; a daemon built
 //! that way refuses to start with a message saying so.
 use std::{env, fs, path::PathBuf};

@@ -114,11 +114,14 @@ pub fn vm_tools() -> anyhow::Result<()> {
 
 /// Debian's cross toolchain for aarch64 (`cargo xtask cross`): gcc and binutils link the
 /// daemon, libc6-dev-arm64-cross is the target's C library, linux-libc-dev-arm64-cross the
-/// arm64 kernel headers the aarch64 syscall table is checked against.
+/// arm64 kernel headers the aarch64 syscall table is checked against (gcc and linux-libc-dev:
+/// the host's own, for the x86_64 table).
 const CROSS_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "linux-libc-dev-arm64-cross",
+    "gcc",
+    "linux-libc-dev",
 ];
 
 /// What `cargo xtask cross` builds with: the Debian cross toolchain and the standard library
