@@ -2,7 +2,7 @@
 //! read a syscall's number and arguments from the saved user registers. Both tables are always
 //! compiled, so the daemon's tests can check each against its architecture's kernel (the
 //! aarch64 one against Debian's arm64 packages: `capture-daemon/src/kernel/arch_check.rs`);
-//! `capture-ebpf` picks one by its `bpf_target_arch` cfg.
+//! `capture-ebpf` picks one by its `bpf_target_arch` cfg. [`sock_common`] is the same on both.
 
 /// x86_64: syscall numbers from `asm/unistd_64.h`, offsets in `struct pt_regs`
 /// (arch/x86/include/asm/ptrace.h).
@@ -51,4 +51,25 @@ pub mod aarch64 {
     pub const SENDMSG: i64 = 211;
     pub const RECVMSG: i64 = 212;
     pub const ACCEPT4: i64 = 242;
+}
+
+/// Byte offsets in the kernel's `struct sock_common` (include/net/sock.h) the programs read a
+/// socket's addresses from, on x86_64 and arm64 alike (checked against both kernels' BTF).
+pub mod sock_common {
+    /// `skc_daddr` (network order).
+    pub const DADDR: u64 = 0;
+    /// `skc_rcv_saddr` (network order).
+    pub const RCV_SADDR: u64 = 4;
+    /// `skc_dport` (network order).
+    pub const DPORT: u64 = 12;
+    /// `skc_num` (host order).
+    pub const NUM: u64 = 14;
+    /// `skc_family`.
+    pub const FAMILY: u64 = 16;
+    /// `skc_v6_daddr`: depends on the kernel's configuration (the IPv4 fields before it have
+    /// not moved since 2.6); this is the default of kernels with network namespaces, which
+    /// user space may override at load.
+    pub const V6_DADDR: u32 = 56;
+    /// `skc_v6_rcv_saddr`, as [`V6_DADDR`].
+    pub const V6_RCV_SADDR: u32 = 72;
 }

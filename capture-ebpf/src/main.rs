@@ -82,9 +82,9 @@ static MAX_IOVS: u32 = MAX_IOVECS;
 /// defaults are those of x86_64 and arm64 kernels with network namespaces; user space may set
 /// them at load.
 #[unsafe(no_mangle)]
-static SK_V6_DADDR: u32 = 56;
+static SK_V6_DADDR: u32 = capture_common::arch::sock_common::V6_DADDR;
 #[unsafe(no_mangle)]
-static SK_V6_SADDR: u32 = 72;
+static SK_V6_SADDR: u32 = capture_common::arch::sock_common::V6_RCV_SADDR;
 
 /// kprobe and fentry hooks (kernels before 6.3): offsets the loader reads from the kernel's
 /// BTF. `struct socket`'s `sk`; `struct task_struct`'s `stack` (0: unknown, the hooks do
@@ -158,11 +158,11 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 /// `struct sock_common` (include/net/sock.h): skc_daddr, skc_rcv_saddr, skc_dport (network
 /// order), skc_num (host order), skc_family.
-const SKC_DADDR: u64 = 0;
-const SKC_RCV_SADDR: u64 = 4;
-const SKC_DPORT: u64 = 12;
-const SKC_NUM: u64 = 14;
-const SKC_FAMILY: u64 = 16;
+const SKC_DADDR: u64 = capture_common::arch::sock_common::DADDR;
+const SKC_RCV_SADDR: u64 = capture_common::arch::sock_common::RCV_SADDR;
+const SKC_DPORT: u64 = capture_common::arch::sock_common::DPORT;
+const SKC_NUM: u64 = capture_common::arch::sock_common::NUM;
+const SKC_FAMILY: u64 = capture_common::arch::sock_common::FAMILY;
 
 /// The saved user registers of the current task's syscall.
 struct Regs(u64);

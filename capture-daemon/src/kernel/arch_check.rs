@@ -14,7 +14,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use capture_common::arch::{aarch64, x86_64};
+use capture_common::arch::{aarch64, sock_common, x86_64};
 
 use super::btf::{Btf, Shape};
 use super::programs::{KernelLayout, THREAD_SIZE, thread_size};
@@ -96,6 +96,36 @@ fn check_numbers(cc: &str, table: &[(&str, i64)]) {
         table,
         expected.as_slice(),
         "syscall numbers (table vs {cc})"
+    );
+}
+
+/// The `struct sock_common` offsets the programs read addresses and ports at.
+fn check_sock_common(btf: &Btf<'_>, kernel: &str) {
+    let found: Vec<(&str, u64)> = [
+        "skc_daddr",
+        "skc_rcv_saddr",
+        "skc_dport",
+        "skc_num",
+        "skc_family",
+        "skc_v6_daddr",
+        "skc_v6_rcv_saddr",
+    ]
+    .into_iter()
+    .map(|m| (m, u64::from(btf.member("sock_common", m).unwrap().offset)))
+    .collect();
+    let table = [
+        ("skc_daddr", sock_common::DADDR),
+        ("skc_rcv_saddr", sock_common::RCV_SADDR),
+        ("skc_dport", sock_common::DPORT),
+        ("skc_num", sock_common::NUM),
+        ("skc_family", sock_common::FAMILY),
+        ("skc_v6_daddr", u64::from(sock_common::V6_DADDR)),
+        ("skc_v6_rcv_saddr", u64::from(sock_common::V6_RCV_SADDR)),
+    ];
+    assert_eq!(
+        table.as_slice(),
+        found.as_slice(),
+        "{kernel}: struct sock_common"
     );
 }
 
@@ -261,6 +291,7 @@ fn aarch64_table_matches_debian_arm64() {
         let layout_64k = KernelLayout::from_btf_for(&data, true, 65536).unwrap();
         assert_eq!(layout_64k.stack_to_regs, 65536 - size, "{package}");
         assert_eq!(layout.socket_sk, 24, "{package}: socket.sk");
+        check_sock_common(&btf, package);
         assert!(layout.task_stack > 0, "{package}: task_struct.stack");
         eprintln!(
             "{package}: {page}-byte pages, syscallno at {}, orig_x0 at {}, regs at {}, \
@@ -286,6 +317,7 @@ fn x86_64_table_matches_host_headers_and_kernel() {
             int(8, false)
         }
     );
+    check_sock_common(&btf, "this kernel");
     // 21 registers, at the top of a 16 KiB stack.
     let layout = KernelLayout::from_btf(&data).unwrap();
     assert_eq!(layout.stack_to_regs, THREAD_SIZE - 21 * 8);
