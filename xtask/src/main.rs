@@ -48,7 +48,8 @@ enum Cmd {
         #[command(subcommand)]
         act: Option<DemoAct>,
     },
-    /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, fuzzing.
+    /// The whole suite: lints, unit and property tests, end-to-end tests with real eBPF, the
+    /// aarch64 cross build, fuzzing.
     Test {
         /// Seconds each fuzz target runs after its committed seed corpus (0: the seeds only,
         /// refused under CI, where fuzzing is part of the suite).
