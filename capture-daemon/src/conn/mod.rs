@@ -48,6 +48,9 @@ pub type Classifier = Box<dyn FnMut(u32, u32) -> FdKind + Send>;
 /// Tells whether a process still exists (injected for tests).
 pub type ProcessAlive = Box<dyn FnMut(u32) -> bool + Send>;
 
+/// Refused connections remembered at most (see `ConnTable::refused`): 32 bytes each.
+const MAX_REFUSED_REMEMBERED: usize = 65_536;
+
 pub struct ConnTable {
     conns: HashMap<ConnId, Conn>,
     limits: TableLimits,
@@ -57,6 +60,10 @@ pub struct ConnTable {
     alive: ProcessAlive,
     /// Connections the kernel should stop sending; drained by the caller.
     mutes: Vec<MutedKey>,
+    /// Connections refused at --max-connections, so the events the kernel sends until the mute
+    /// takes effect neither count them again nor ask for the mute again. Forgotten on close,
+    /// and all at once past [`MAX_REFUSED_REMEMBERED`] (a later event may then count one again).
+    refused: std::collections::HashSet<ConnId>,
     scratch: Vec<Http1Output>,
     scratch_h2: Vec<Http2Output>,
 }
@@ -139,6 +146,7 @@ impl ConnTable {
             classify,
             alive,
             mutes: Vec::new(),
+            refused: std::collections::HashSet::new(),
             scratch: Vec::new(),
             scratch_h2: Vec::new(),
         }
@@ -201,6 +209,7 @@ impl ConnTable {
                 self.on_data(conn, direction, pos, len, payload, ts_ns, out);
             }
             Event::Close { conn, ts_ns } => {
+                self.refused.remove(&conn);
                 if let Some(c) = self.conns.remove(&conn) {
                     self.finish(conn, c, ts_ns, out);
                 }
@@ -221,8 +230,13 @@ impl ConnTable {
             listen_fd,
         } = opened;
         if self.conns.len() >= self.limits.max_connections {
-            Metrics::add(&self.metrics.connections_refused, 1);
-            self.mute(id);
+            if self.refused.len() >= MAX_REFUSED_REMEMBERED {
+                self.refused.clear();
+            }
+            if self.refused.insert(id) {
+                Metrics::add(&self.metrics.connections_refused, 1);
+                self.mute(id);
+            }
             return false;
         }
         Metrics::add(&self.metrics.connections_opened, 1);
@@ -826,29 +840,47 @@ mod tests {
     fn connection_limit_refuses_and_mutes() {
         let (mut t, m) = server_table();
         let mut out = Vec::new();
+        let conn = |fd: u32| ConnId {
+            tgid: 1,
+            fd,
+            generation: 1,
+        };
+        let data_on = |fd: u32, generation: u64, pos: u64| Event::Data {
+            conn: ConnId {
+                generation,
+                ..conn(fd)
+            },
+            direction: Direction::Ingress,
+            pos,
+            len: REQ.len() as u64,
+            payload: REQ,
+            ts_ns: 1,
+            cgroup_id: CGROUP,
+            uncopyable: false,
+        };
         for fd in 0..6 {
-            let conn = ConnId {
-                tgid: 1,
-                fd,
-                generation: 1,
-            };
-            t.on_event(
-                Event::Data {
-                    conn,
-                    direction: Direction::Ingress,
-                    pos: 0,
-                    len: REQ.len() as u64,
-                    payload: REQ,
-                    ts_ns: 1,
-                    cgroup_id: CGROUP,
-                    uncopyable: false,
-                },
-                &mut out,
-            );
+            t.on_event(data_on(fd, 1, 0), &mut out);
         }
         assert_eq!(t.len(), 4);
         assert_eq!(m.connections_refused.load(Relaxed), 2);
         assert_eq!(t.take_mutes().len(), 2);
+        // Events of a refused connection that the kernel sent before the mute took effect: the
+        // connection was counted and muted once.
+        t.on_event(data_on(5, 1, REQ.len() as u64), &mut out);
+        t.on_event(data_on(4, 1, REQ.len() as u64), &mut out);
+        assert_eq!(m.connections_refused.load(Relaxed), 2);
+        assert!(t.take_mutes().is_empty());
+        // A new connection on a closed fd number is another connection.
+        t.on_event(
+            Event::Close {
+                conn: conn(5),
+                ts_ns: 2,
+            },
+            &mut out,
+        );
+        t.on_event(data_on(5, 2, 0), &mut out);
+        assert_eq!(m.connections_refused.load(Relaxed), 3);
+        assert_eq!(t.take_mutes().len(), 1);
     }
 
     // ----- HTTP/2 -----
