@@ -18,7 +18,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -27,7 +27,6 @@ pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 /// Debian releases whose arm64 cloud kernel the table check reads: 6.1 and the oldest
 /// supported, 5.10.
 pub const SUITES: &[&str] = &["bookworm", "bullseye"];
-const META_PACKAGE: &str = "linux-image-cloud-arm64";
 /// `e_machine` of an aarch64 ELF.
 const EM_AARCH64: u16 = 183;
 /// `e_machine` of an eBPF ELF.
@@ -230,58 +229,11 @@ pub fn fetch_kernels(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn fetch_kernel(work: &Path, suite: &str) -> anyhow::Result<PathBuf> {
-    let lists = work.join("apt").join(suite).join("lists");
-    let fresh = fs::read_dir(&lists).ok().is_some_and(|entries| {
-        entries.filter_map(Result::ok).any(|e| {
-            e.file_name().to_string_lossy().contains("_Packages")
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age < Duration::from_secs(24 * 3600))
-        })
-    });
-    if !fresh {
-        println!("cross: apt-get update for {suite} arm64 (private lists under target/arm64/apt)");
-        crate::run(apt(work, suite, "apt-get")?.args(["update", "-qq"]))
-            .with_context(|| format!("fetching Debian {suite}'s arm64 package lists"))?;
-    }
-    let depends = apt(work, suite, "apt-cache")?
-        .args(["depends", META_PACKAGE])
-        .output()
-        .context("apt-cache depends")?;
-    let text = String::from_utf8_lossy(&depends.stdout);
-    let package = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .with_context(|| format!("{META_PACKAGE} in {suite} depends on no image: {text}"))?
-        .to_owned();
-    let tree = work.join("kernels").join(&package);
-    if !tree.join("boot").is_dir() {
-        let debs = work.join("debs");
-        fs::create_dir_all(&debs)?;
-        println!("cross: apt-get download {package} (arm64)");
-        crate::run(
-            apt(work, suite, "apt-get")?
-                .args(["download", "-qq", &format!("{package}:arm64")])
-                .current_dir(&debs),
-        )?;
-        let deb = fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-            })
-            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-        let partial = work.join("kernels").join(format!("{package}.partial"));
-        let _ = fs::remove_dir_all(&partial);
-        fs::create_dir_all(&partial)?;
+    let kernel = crate::debian::cloud_kernel(work, suite, "arm64", "cross", |deb, into| {
         // Only the image: the modules are most of the package and the check needs none.
         let tar = Command::new("dpkg-deb")
             .arg("--fsys-tarfile")
-            .arg(&deb)
+            .arg(deb)
             .stdout(Stdio::piped())
             .spawn()
             .context("starting dpkg-deb")?;
@@ -290,69 +242,12 @@ fn fetch_kernel(work: &Path, suite: &str) -> anyhow::Result<PathBuf> {
             Command::new("tar")
                 .arg("-x")
                 .arg("-C")
-                .arg(&partial)
+                .arg(into)
                 .args(["--wildcards", "./boot/vmlinuz-*"])
                 .stdin(stdout),
         )
-        .with_context(|| format!("unpacking boot/vmlinuz-* from {}", deb.display()))?;
-        fs::rename(&partial, &tree)?;
-        fs::remove_file(&deb)?;
-    }
-    let vmlinuz = fs::read_dir(tree.join("boot"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
-    Ok(vmlinuz)
-}
-
-/// apt-get for one Debian release's arm64 packages, with a private configuration (sources,
-/// lists, cache, empty status, `APT::Architecture=arm64`): nothing of the host's apt set-up
-/// is read or changed, and the host never gets arm64 as a foreign architecture.
-fn apt(work: &Path, suite: &str, program: &str) -> anyhow::Result<Command> {
-    let dir = work.join("apt").join(suite);
-    for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    let sources = dir.join("sources.list");
-    fs::write(
-        &sources,
-        format!(
-            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-             http://deb.debian.org/debian {suite} main\n"
-        ),
-    )?;
-    let status = dir.join("status");
-    if !status.exists() {
-        fs::write(&status, "")?;
-    }
-    let mut cmd = Command::new(program);
-    for (key, value) in [
-        ("Dir::Etc::SourceList", sources),
-        ("Dir::Etc::SourceParts", dir.join("sources.list.d")),
-        ("Dir::State::Lists", dir.join("lists")),
-        ("Dir::Cache", dir.join("cache")),
-        ("Dir::State::Status", status),
-    ] {
-        cmd.arg("-o").arg(format!("{key}={}", value.display()));
-    }
-    cmd.args([
-        "-o",
-        "APT::Architecture=arm64",
-        "-o",
-        "APT::Architectures=arm64",
-        "-o",
-        "APT::Sandbox::User=root",
-        "-o",
-        "Debug::NoLocking=1",
-    ]);
-    if !Path::new("/usr/share/keyrings/debian-archive-keyring.gpg").exists() {
-        bail!("/usr/share/keyrings/debian-archive-keyring.gpg is missing (debian-archive-keyring)");
-    }
-    Ok(cmd)
+    })?;
+    Ok(kernel.vmlinuz)
 }
 
 #[cfg(test)]

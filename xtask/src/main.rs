@@ -5,6 +5,7 @@
 mod bench;
 mod bench_export;
 mod cross;
+mod debian;
 mod demo;
 mod demo_diff;
 mod image;

@@ -209,109 +209,16 @@ fn test_executables(root: &Path, args: &[&str]) -> anyhow::Result<Vec<(String, P
     Ok(found)
 }
 
-/// apt-get with a private configuration for one Debian release: its own sources list, lists,
-/// cache and (empty) status, so nothing of the host's apt set-up is read or changed.
-fn apt(work: &Path, suite: &str, program: &str) -> anyhow::Result<Command> {
-    let dir = work.join("apt").join(suite);
-    for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    let sources = dir.join("sources.list");
-    fs::write(
-        &sources,
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-             http://deb.debian.org/debian {suite} main\n"
-        ),
-    )?;
-    let status = dir.join("status");
-    if !status.exists() {
-        fs::write(&status, "")?;
-    }
-    let mut cmd = Command::new(program);
-    for (key, value) in [
-        ("Dir::Etc::SourceList", sources),
-        ("Dir::Etc::SourceParts", dir.join("sources.list.d")),
-        ("Dir::State::Lists", dir.join("lists")),
-        ("Dir::Cache", dir.join("cache")),
-        ("Dir::State::Status", status),
-    ] {
-        cmd.arg("-o").arg(format!("{key}={}", value.display()));
-    }
-    cmd.args([
-        "-o",
-        "APT::Architecture=amd64",
-        "-o",
-        "APT::Sandbox::User=root",
-        "-o",
-        "Debug::NoLocking=1",
-    ]);
-    Ok(cmd)
-}
-
 /// Downloads and unpacks the release's cloud kernel (once; later runs reuse it).
 fn fetch_kernel(work: &Path, version: &str) -> anyhow::Result<Kernel> {
     let suite = suite_of(version)?;
-    let lists = work.join("apt").join(suite).join("lists");
-    let fresh = fs::read_dir(&lists).ok().is_some_and(|entries| {
-        entries.filter_map(Result::ok).any(|e| {
-            e.file_name().to_string_lossy().contains("_Packages")
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age < Duration::from_secs(24 * 3600))
-        })
-    });
-    if !fresh {
-        println!("vm-test: apt-get update for {suite} (private lists under target/vm-test/apt)");
-        crate::run(apt(work, suite, "apt-get")?.args(["update", "-qq"]))
-            .with_context(|| format!("fetching Debian {suite}'s package lists"))?;
-    }
-    let depends = apt(work, suite, "apt-cache")?
-        .args(["depends", "linux-image-cloud-amd64"])
-        .output()
-        .context("apt-cache depends")?;
-    let text = String::from_utf8_lossy(&depends.stdout);
-    let package = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .with_context(|| format!("linux-image-cloud-amd64 in {suite} depends on no image: {text}"))?
-        .to_owned();
-    let tree = work.join("kernels").join(&package);
-    if !tree.join("boot").is_dir() {
-        let debs = work.join("debs");
-        fs::create_dir_all(&debs)?;
-        println!("vm-test: apt-get download {package}");
-        crate::run(
-            apt(work, suite, "apt-get")?
-                .args(["download", "-qq", &package])
-                .current_dir(&debs),
-        )?;
-        let deb = fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-            })
-            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
-        let partial = work.join("kernels").join(format!("{package}.partial"));
-        fs::create_dir_all(work.join("kernels"))?;
-        let _ = fs::remove_dir_all(&partial);
-        crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
-        fs::rename(&partial, &tree)?;
-        fs::remove_file(&deb)?;
-    }
-    let vmlinuz = fs::read_dir(tree.join("boot"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+    let crate::debian::CloudKernel {
+        package,
+        tree,
+        vmlinuz,
+    } = crate::debian::cloud_kernel(work, suite, "amd64", "vm-test", |deb, into| {
+        crate::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(into))
+    })?;
     Ok(Kernel {
         version: version.to_owned(),
         package,
