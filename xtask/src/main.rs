@@ -78,6 +78,16 @@ enum Cmd {
         /// A kernel version to boot (6.1, 5.10 or 6.12); repeatable.
         #[arg(long = "kernel", value_name = "VERSION")]
         kernels: Vec<String>,
+        /// Only the end-to-end runs whose test name contains this (no hook probe, no kernel
+        /// tests).
+        #[arg(long, value_name = "TEST")]
+        only: Option<String>,
+        /// Only the end-to-end runs on this hook (auto, fentry or kprobe).
+        #[arg(long, value_name = "HOOK")]
+        hook: Option<String>,
+        /// Each end-to-end run this many times in the same guest.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
     },
     /// The daemon and its eBPF object cross-built for aarch64 (Debian's cross toolchain) and
     /// checked, and Debian's arm64 kernels fetched for the aarch64 table check (a step of
@@ -184,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             // kprobes, which this host lacks) and 5.10 (the oldest supported, no bpf_loop).
             if !no_vm {
                 setup::vm_tools()?;
-                vmtest::run(&root, &[])?;
+                vmtest::run(&root, &[], &vmtest::Selection::default())?;
             }
             for target in FUZZ_TARGETS {
                 fuzz(&root, "capture-http/fuzz", target, fuzz_seconds)?;
@@ -219,11 +229,16 @@ fn main() -> anyhow::Result<()> {
             );
             bench::run(&root, quick, kernel_only)?;
         }
-        Cmd::VmTest { kernels } => {
+        Cmd::VmTest {
+            kernels,
+            only,
+            hook,
+            repeat,
+        } => {
             setup::toolchain()?;
             setup::test_tools()?;
             setup::vm_tools()?;
-            vmtest::run(&root, &kernels)?;
+            vmtest::run(&root, &kernels, &vmtest::Selection { only, hook, repeat })?;
         }
         Cmd::Cross => {
             setup::toolchain()?;

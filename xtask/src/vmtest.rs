@@ -80,6 +80,84 @@ struct Kernel {
     tree: PathBuf,
 }
 
+/// Which part of the suite to run: all of it by default; `--only` narrows it to some
+/// end-to-end runs (no hook probe, no kernel tests), `--repeat` runs each of them that many
+/// times, to chase a failure seen once.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// Runs whose test name contains this.
+    pub only: Option<String>,
+    /// Runs on this `--kernel-hook` only.
+    pub hook: Option<String>,
+    pub repeat: u32,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            only: None,
+            hook: None,
+            repeat: 1,
+        }
+    }
+}
+
+impl Selection {
+    fn is_full(&self) -> bool {
+        self.only.is_none() && self.hook.is_none()
+    }
+}
+
+/// One end-to-end test run in a guest.
+struct E2eRun {
+    binary: &'static str,
+    test: &'static str,
+    hook: &'static str,
+    /// 1-based; only named when the run repeats.
+    round: Option<u32>,
+}
+
+impl E2eRun {
+    /// The stem of its `.log` and `.rc` files.
+    fn stem(&self) -> String {
+        match self.round {
+            Some(r) => format!("e2e-{}-{}-{r}", self.test, self.hook),
+            None => format!("e2e-{}-{}", self.test, self.hook),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self.round {
+            Some(r) => format!("{}, hook {}, round {r}", self.test, self.hook),
+            None => format!("{}, hook {}", self.test, self.hook),
+        }
+    }
+}
+
+/// The end-to-end runs of one kernel.
+fn e2e_runs(kernel: &Kernel, selection: &Selection) -> Vec<E2eRun> {
+    let mut runs = Vec::new();
+    for hook in e2e_hooks(kernel) {
+        if selection.hook.as_deref().is_some_and(|h| h != *hook) {
+            continue;
+        }
+        for (binary, test) in E2E_TESTS {
+            if selection.only.as_deref().is_some_and(|o| !test.contains(o)) {
+                continue;
+            }
+            for round in 1..=selection.repeat.max(1) {
+                runs.push(E2eRun {
+                    binary,
+                    test,
+                    hook,
+                    round: (selection.repeat > 1).then_some(round),
+                });
+            }
+        }
+    }
+    runs
+}
+
 /// What one guest reported.
 #[derive(Default)]
 struct Outcome {
@@ -88,9 +166,11 @@ struct Outcome {
     unit: String,
     e2e: Vec<(String, String)>,
     failed: Vec<String>,
+    /// (what, the end of its output) for each failed step.
+    logs: Vec<(String, String)>,
 }
 
-pub fn run(root: &Path, kernels: &[String]) -> anyhow::Result<()> {
+pub fn run(root: &Path, kernels: &[String], selection: &Selection) -> anyhow::Result<()> {
     let kernels: Vec<String> = if kernels.is_empty() {
         DEFAULT_KERNELS.iter().map(|k| (*k).to_owned()).collect()
     } else {
@@ -107,11 +187,15 @@ pub fn run(root: &Path, kernels: &[String]) -> anyhow::Result<()> {
     let bins = build(root)?;
     let mut report = String::new();
     let mut failures = Vec::new();
+    let mut failure_logs = Vec::new();
     for version in &kernels {
         let kernel = fetch_kernel(&work, version)?;
         println!("vm-test: booting {} under qemu", kernel.package);
         let started = Instant::now();
-        let outcome = boot(root, &work, &kernel, &bins)
+        if e2e_runs(&kernel, selection).is_empty() && !selection.is_full() {
+            bail!("--only/--hook select no end-to-end run on {version}");
+        }
+        let outcome = boot(root, &work, &kernel, &bins, selection)
             .with_context(|| format!("the {} guest", kernel.package))?;
         let took = started.elapsed().as_secs();
         let _ = writeln!(
@@ -126,16 +210,25 @@ pub fn run(root: &Path, kernels: &[String]) -> anyhow::Result<()> {
         for (asked, chosen) in &outcome.hooks {
             let _ = writeln!(report, "  --kernel-hook {asked}: {chosen}");
         }
-        let _ = writeln!(report, "  kernel tests: {}", outcome.unit);
+        if selection.is_full() {
+            let _ = writeln!(report, "  kernel tests: {}", outcome.unit);
+        }
         for (test, result) in &outcome.e2e {
             let _ = writeln!(report, "  e2e {test}: {result}");
         }
         for f in &outcome.failed {
             failures.push(format!("{version}: {f}"));
         }
+        for (name, text) in outcome.logs {
+            failure_logs.push((format!("{version}: {name}"), text));
+        }
     }
     println!("vm-test report\n{report}");
     if !failures.is_empty() {
+        // What the failing tests printed, so that a CI log says why without the guest's files.
+        for (name, text) in &failure_logs {
+            println!("---- {name} ----\n{text}");
+        }
         bail!(
             "vm-test failed:\n  {}\n(guest logs under {})",
             failures.join("\n  "),
@@ -359,7 +452,7 @@ fn forced_hooks() -> &'static [&'static str] {
 }
 
 /// The script the guest runs (with the host's root as its root, read-only).
-fn guest_script(kernel: &Kernel, bins: &Binaries, out: &Path) -> String {
+fn guest_script(kernel: &Kernel, bins: &Binaries, out: &Path, selection: &Selection) -> String {
     let out = out.display();
     let daemon = bins.daemon.display();
     let unit = bins.unit.display();
@@ -369,7 +462,12 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/t
 export RUST_BACKTRACE=1 CAPTURE_DAEMON_BIN={daemon}
 cd /tmp
 uname -r > {out}/release
-mkdir -p /sys/fs/cgroup/vmtest
+"#
+    );
+    if selection.is_full() {
+        let _ = write!(
+            s,
+            r#"mkdir -p /sys/fs/cgroup/vmtest
 # Which hook the daemon chooses, asked for each way.
 for hook in auto {forced}; do
   {daemon} --target-cgroup /sys/fs/cgroup/vmtest --output /tmp/probe-$hook.jsonl \
@@ -390,28 +488,28 @@ for hook in auto {forced}; do
   kill -INT $pid 2>/dev/null; wait $pid
 done
 "#,
-        forced = forced_hooks().join(" "),
-    );
-    // The socket tracepoints (and the floor programs on them) came in 6.3.
-    let release_has_socket_tps = kernel_at_least(&kernel.version, (6, 3));
-    let skips = if release_has_socket_tps {
-        String::new()
-    } else {
-        " --skip socket_hook --skip floor_programs_load".to_owned()
-    };
-    let _ = writeln!(
-        s,
-        "{unit} --test-threads=1 kernel::programs{skips} > {out}/unit.log 2>&1; echo $? > {out}/unit.rc"
-    );
-    for hook in e2e_hooks(kernel) {
-        for (binary, test) in E2E_TESTS {
-            if let Some((_, exe)) = bins.e2e.iter().find(|(n, _)| n == binary) {
-                let exe = exe.display();
-                let _ = writeln!(
-                    s,
-                    "CI=true CAPTURE_TEST_PATIENCE={PATIENCE} CAPTURE_E2E_KERNEL_HOOK={hook} {exe} --exact {test} --test-threads=1 > {out}/e2e-{test}-{hook}.log 2>&1; echo $? > {out}/e2e-{test}-{hook}.rc"
-                );
-            }
+            forced = forced_hooks().join(" "),
+        );
+        // The socket tracepoints (and the floor programs on them) came in 6.3.
+        let release_has_socket_tps = kernel_at_least(&kernel.version, (6, 3));
+        let skips = if release_has_socket_tps {
+            String::new()
+        } else {
+            " --skip socket_hook --skip floor_programs_load".to_owned()
+        };
+        let _ = writeln!(
+            s,
+            "{unit} --test-threads=1 kernel::programs{skips} > {out}/unit.log 2>&1; echo $? > {out}/unit.rc"
+        );
+    }
+    for run in e2e_runs(kernel, selection) {
+        if let Some((_, exe)) = bins.e2e.iter().find(|(n, _)| n == run.binary) {
+            let exe = exe.display();
+            let (hook, test, stem) = (run.hook, run.test, run.stem());
+            let _ = writeln!(
+                s,
+                "CI=true CAPTURE_TEST_PATIENCE={PATIENCE} CAPTURE_E2E_KERNEL_HOOK={hook} {exe} --exact {test} --test-threads=1 --nocapture > {out}/{stem}.log 2>&1; echo $? > {out}/{stem}.rc"
+            );
         }
     }
     s
@@ -442,7 +540,13 @@ fn kernel_at_least(version: &str, want: (u32, u32)) -> bool {
 }
 
 /// Boots one kernel and collects what its guest reported.
-fn boot(root: &Path, work: &Path, kernel: &Kernel, bins: &Binaries) -> anyhow::Result<Outcome> {
+fn boot(
+    root: &Path,
+    work: &Path,
+    kernel: &Kernel,
+    bins: &Binaries,
+    selection: &Selection,
+) -> anyhow::Result<Outcome> {
     let out = work.join("out").join(&kernel.version);
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
@@ -450,7 +554,10 @@ fn boot(root: &Path, work: &Path, kernel: &Kernel, bins: &Binaries) -> anyhow::R
     let dir = work.join("run").join(&kernel.version);
     fs::create_dir_all(&dir)?;
     let image = initramfs(kernel, &dir, &out)?;
-    fs::write(out.join("guest.sh"), guest_script(kernel, bins, &out))?;
+    fs::write(
+        out.join("guest.sh"),
+        guest_script(kernel, bins, &out, selection),
+    )?;
     let socket = dir.join("virtiofsd.sock");
     let _ = fs::remove_file(&socket);
     let mut virtiofsd = Command::new(VIRTIOFSD)
@@ -518,7 +625,7 @@ fn boot(root: &Path, work: &Path, kernel: &Kernel, bins: &Binaries) -> anyhow::R
     let _ = virtiofsd.kill();
     let _ = virtiofsd.wait();
     let console_text = fs::read_to_string(&console).unwrap_or_default();
-    let mut outcome = collect(kernel, &out);
+    let mut outcome = collect(kernel, &out, selection);
     match status {
         None => outcome.failed.push(format!(
             "the guest did not finish within {} s (console: {})",
@@ -544,46 +651,12 @@ fn boot(root: &Path, work: &Path, kernel: &Kernel, bins: &Binaries) -> anyhow::R
 }
 
 /// Reads the guest's output directory.
-fn collect(kernel: &Kernel, out: &Path) -> Outcome {
+fn collect(kernel: &Kernel, out: &Path, selection: &Selection) -> Outcome {
     let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
     let mut o = Outcome {
         release: read("release").trim().to_owned(),
         ..Outcome::default()
     };
-    for hook in std::iter::once("auto").chain(forced_hooks().iter().copied()) {
-        let metrics = read(&format!("metrics-{hook}.txt"));
-        let label = |name: &str| {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split('"').nth(1))
-                .map(str::to_owned)
-        };
-        match (
-            label("capture_kernel_hook_info"),
-            label("capture_kernel_copy_loop_info"),
-        ) {
-            (Some(h), Some(l)) => o
-                .hooks
-                .push((hook.to_owned(), format!("load OK, hook {h}, copy loop {l}"))),
-            _ => {
-                let log = read(&format!("daemon-{hook}.log"));
-                let last = log
-                    .lines()
-                    .find(|l| l.starts_with("capture-daemon:"))
-                    .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
-                    .unwrap_or("")
-                    .chars()
-                    .take(400)
-                    .collect::<String>();
-                o.hooks
-                    .push((hook.to_owned(), format!("did not load: {last}")));
-                o.failed.push(format!(
-                    "the daemon with --kernel-hook {hook} did not load: {last}"
-                ));
-            }
-        }
-    }
     let summary = |log: &str| {
         log.lines()
             .find(|l| l.starts_with("test result:"))
@@ -592,22 +665,76 @@ fn collect(kernel: &Kernel, out: &Path) -> Outcome {
                 |l| l.trim_start_matches("test result: ").to_owned(),
             )
     };
-    let unit_rc = read("unit.rc").trim().to_owned();
-    o.unit = summary(&read("unit.log"));
-    if unit_rc != "0" {
-        o.failed
-            .push(format!("kernel tests (exit {unit_rc:?}): {}", o.unit));
-    }
-    for hook in e2e_hooks(kernel) {
-        for (_, test) in E2E_TESTS {
-            let rc = read(&format!("e2e-{test}-{hook}.rc")).trim().to_owned();
-            let result = summary(&read(&format!("e2e-{test}-{hook}.log")));
-            if rc != "0" {
-                o.failed
-                    .push(format!("e2e {test}, hook {hook} (exit {rc:?}): {result}"));
+    if selection.is_full() {
+        for hook in std::iter::once("auto").chain(forced_hooks().iter().copied()) {
+            let metrics = read(&format!("metrics-{hook}.txt"));
+            let label = |name: &str| {
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split('"').nth(1))
+                    .map(str::to_owned)
+            };
+            match (
+                label("capture_kernel_hook_info"),
+                label("capture_kernel_copy_loop_info"),
+            ) {
+                (Some(h), Some(l)) => o
+                    .hooks
+                    .push((hook.to_owned(), format!("load OK, hook {h}, copy loop {l}"))),
+                _ => {
+                    let log = read(&format!("daemon-{hook}.log"));
+                    let last = log
+                        .lines()
+                        .find(|l| l.starts_with("capture-daemon:"))
+                        .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+                        .unwrap_or("")
+                        .chars()
+                        .take(400)
+                        .collect::<String>();
+                    o.hooks
+                        .push((hook.to_owned(), format!("did not load: {last}")));
+                    o.failed.push(format!(
+                        "the daemon with --kernel-hook {hook} did not load: {last}"
+                    ));
+                    o.logs
+                        .push((format!("daemon --kernel-hook {hook}"), tail(&log)));
+                }
             }
-            o.e2e.push((format!("{test}, hook {hook}"), result));
+        }
+        let unit_rc = read("unit.rc").trim().to_owned();
+        let unit_log = read("unit.log");
+        o.unit = summary(&unit_log);
+        if unit_rc != "0" {
+            o.failed
+                .push(format!("kernel tests (exit {unit_rc:?}): {}", o.unit));
+            o.logs.push(("kernel tests".to_owned(), tail(&unit_log)));
         }
     }
+    for run in e2e_runs(kernel, selection) {
+        let stem = run.stem();
+        let rc = read(&format!("{stem}.rc")).trim().to_owned();
+        let log = read(&format!("{stem}.log"));
+        let result = summary(&log);
+        if rc != "0" {
+            o.failed
+                .push(format!("e2e {} (exit {rc:?}): {result}", run.label()));
+            o.logs.push((format!("e2e {}", run.label()), tail(&log)));
+        }
+        o.e2e.push((run.label(), result));
+    }
     o
+}
+
+/// The end of a test's output: its failure message and backtrace come last.
+fn tail(log: &str) -> String {
+    const LINES: usize = 80;
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(LINES);
+    let mut text = String::new();
+    if from > 0 {
+        let _ = writeln!(text, "[{from} lines before]");
+    }
+    text.push_str(&lines[from..].join("\n"));
+    text
 }
