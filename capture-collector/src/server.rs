@@ -884,7 +884,12 @@ async fn accept_tls(
         let timeout = limits.timeout;
         tokio::spawn(async move {
             Metrics::add(&metrics.tls_handshakes_pending, 1);
-            let outcome = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+            // Pinned here, not moved into the timeout, so that a timed-out connection is closed
+            // at the end of this task, after the metrics count it: a peer that sees the close
+            // and then reads /metrics finds it counted.
+            let accept = acceptor.accept(tcp);
+            tokio::pin!(accept);
+            let outcome = tokio::time::timeout(timeout, &mut accept).await;
             metrics
                 .tls_handshakes_pending
                 .fetch_sub(1, Ordering::Relaxed);
