@@ -10,10 +10,12 @@
 //! `{"password":"[REDACTED]"`). A body that does not have the shape of its content type (a
 //! byte JSON cannot have where it is, a multipart body without its boundary) is left as it is.
 //!
-//! Cost: bodies of other content types are not looked at; a body is only scanned when a
+//! Cost: bodies of other content types are not looked at. A JSON body is only scanned when one
+//! of its keys (a string before a colon, found from the colons with a SIMD search, so string
+//! values cost next to nothing) decodes to a configured name; a form or multipart body when a
 //! case-insensitive multi-pattern search (aho-corasick) finds a piece of a configured name in
-//! it, or an escape that could spell one (`\u` in JSON, `%` in forms); nothing allocates until
-//! a value is replaced.
+//! it, or an escape that could spell one (`%`, `\`). Nothing allocates until a value is
+//! replaced.
 //!
 //! Names are compared after decoding (JSON string escapes, form `+`/`%xx`, multipart quoted
 //! strings and RFC 8187 `name*=`), ASCII case-insensitively, with `-` and `_` alike.
@@ -51,16 +53,29 @@ pub const DEFAULT_BODY_FIELDS: [&str; 11] = [
 pub const MAX_BODY_FIELD_LEN: usize = 128;
 
 /// The body field names to redact, with the pre-check that skips bodies naming none of them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BodyFields {
     /// Normalised names (ASCII lowercase, `-` as `_`), sorted, deduplicated.
     names: Vec<String>,
     /// Longest name in `names`.
     max_len: usize,
-    /// Finds the longest `-`/`_`-free piece of each name, ASCII case-insensitively; `None`
-    /// when there are no names or the automaton could not be built (then every body of a
-    /// known type is scanned).
+    /// Finds the longest `-`/`_`-free piece of each name, ASCII case-insensitively (the
+    /// pre-check of form and multipart bodies); `None` when there are no names or the
+    /// automaton could not be built (then every such body is scanned).
     finder: Option<AhoCorasick>,
+    /// `lengths[n]`: some name is `n` bytes long; `firsts[b]`: some name starts with `b`. They
+    /// turn away most JSON keys without an escape before decoding them.
+    lengths: [bool; MAX_BODY_FIELD_LEN + 1],
+    firsts: [bool; 256],
+}
+
+impl std::fmt::Debug for BodyFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The names say it all; the tables are derived from them.
+        f.debug_struct("BodyFields")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for BodyFields {
@@ -124,10 +139,18 @@ impl BodyFields {
                 .build(&pieces)
                 .ok()
         };
+        let mut lengths = [false; MAX_BODY_FIELD_LEN + 1];
+        let mut firsts = [false; 256];
+        for name in &names {
+            lengths[name.len()] = true;
+            firsts[usize::from(name.as_bytes()[0])] = true;
+        }
         Self {
             names,
             max_len,
             finder,
+            lengths,
+            firsts,
         }
     }
 
@@ -173,6 +196,9 @@ impl BodyFields {
 
     /// The pre-check: could `data` name a configured field?
     fn might_match(&self, data: &[u8], kind: BodyKind<'_>) -> bool {
+        if matches!(kind, BodyKind::Json | BodyKind::GrpcJson) {
+            return self.json_might_match(data);
+        }
         let Some(finder) = &self.finder else {
             return true;
         };
@@ -181,10 +207,74 @@ impl BodyFields {
         }
         // An escape can spell a name without any of its letters appearing as such.
         match kind {
-            BodyKind::Json | BodyKind::GrpcJson => memmem::find(data, b"\\u").is_some(),
             BodyKind::Form => memchr(b'%', data).is_some(),
-            BodyKind::Multipart(_) => memchr2(b'%', b'\\', data).is_some(),
+            _ => memchr2(b'%', b'\\', data).is_some(),
         }
+    }
+
+    /// The JSON pre-check: does a string followed by a colon (what a key is) spell a
+    /// configured name? Only the keys are decoded, found from the colons (a SIMD search), so
+    /// string values cost nothing but that search, however long they are. A colon inside a
+    /// string value may be taken for one that ends a key: that can only say yes too often,
+    /// and the scanner decides. It never says no for a key the scanner would redact: such a
+    /// key is a complete string, then JSON whitespace, then a colon, and before its opening
+    /// quote comes `{`, `,` or whitespace, so the first quote found walking back that is not
+    /// escaped (an even run of backslashes before it) is that opening quote.
+    fn json_might_match(&self, data: &[u8]) -> bool {
+        // A decoded byte takes at most 6 raw bytes (`\u0070`): a longer raw key decodes to
+        // more than `max_len` bytes and names nothing.
+        let window = self.max_len.saturating_mul(6);
+        for colon in memchr_iter(b':', data) {
+            // Back over JSON whitespace to the quote that would close a key.
+            let mut close = colon;
+            let close = loop {
+                let Some(at) = close.checked_sub(1) else {
+                    break None;
+                };
+                close = at;
+                match data[at] {
+                    b' ' | b'\t' | b'\n' | b'\r' => {}
+                    b'"' => break Some(at),
+                    _ => break None,
+                }
+            };
+            let Some(close) = close.filter(|&c| !escaped(data, c)) else {
+                continue;
+            };
+            // Back to the quote that opens it (keys are short: a plain loop beats a search).
+            let from = close.saturating_sub(window + 1);
+            let mut at = close;
+            let mut plain = true;
+            let open = loop {
+                if at == from {
+                    break None;
+                }
+                at -= 1;
+                match data[at] {
+                    b'"' if !escaped(data, at) => break Some(at),
+                    b'\\' => plain = false,
+                    _ => {}
+                }
+            };
+            let Some(open) = open else {
+                continue;
+            };
+            let key = &data[open + 1..close];
+            // Without an escape a key decodes to itself byte for byte (folded by `norm`): most
+            // are turned away by their length or first byte before decoding.
+            if plain
+                && key.first().is_none_or(|&b| {
+                    !self.firsts[usize::from(norm(b))]
+                        || !self.lengths.get(key.len()).copied().unwrap_or(false)
+                })
+            {
+                continue;
+            }
+            if self.json_key(key).is_some() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Index of the name `decoded` spells once normalised, if configured. `write` decodes the
@@ -854,6 +944,11 @@ fn close(
 /// The end (one past the closing quote) of the JSON string whose opening quote is at
 /// `data[start]`, and whether it was closed; `(data.len(), false)` when `data` ends inside it.
 /// `None` for an invalid escape.
+/// Whether the byte at `at` is escaped: an odd run of backslashes comes before it.
+fn escaped(data: &[u8], at: usize) -> bool {
+    data[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
 fn string_end(data: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut i = start + 1;
     loop {

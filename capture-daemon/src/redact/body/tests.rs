@@ -445,3 +445,89 @@ fn debug_shows_names_not_bodies() {
     let debug = format!("{:?}", BodyFields::default());
     assert!(debug.contains("client_secret"), "{debug}");
 }
+
+/// A JSON value built from keys that are (or nearly are) configured names, spelled with
+/// escapes and case changes, and whitespace where JSON allows it.
+fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let key = prop_oneof![
+        Just("password".to_owned()),
+        Just("pass\\u0077ord".to_owned()),
+        Just("PassWord".to_owned()),
+        Just("api-key".to_owned()),
+        Just("a\\\\".to_owned()),
+        Just("x\\\"y".to_owned()),
+        Just("\\\\\\\"".to_owned()),
+        Just("pwd".to_owned()),
+        Just("sort_key".to_owned()),
+        "[a-z_:\" ]{0,12}".prop_map(|s| s.replace('\\', "").replace('"', "\\\"")),
+    ];
+    let ws = prop_oneof![Just(""), Just(" "), Just("\n\t"), Just("\r\n  ")];
+    let leaf = prop_oneof![
+        Just("1".to_owned()),
+        Just("null".to_owned()),
+        Just("\"a:b\"".to_owned()),
+        Just("\"\\\":\"".to_owned()),
+        Just("\"password\"".to_owned()),
+        "[a-z:\\\\\" ]{0,8}"
+            .prop_map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))),
+    ];
+    leaf.prop_recursive(4, 32, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5)
+                .prop_map(|v| format!("[{}]", v.join(","))),
+            proptest::collection::vec((key.clone(), ws.clone(), ws.clone(), inner), 0..5).prop_map(
+                |fields| {
+                    let fields: Vec<String> = fields
+                        .into_iter()
+                        .map(|(k, a, b, v)| format!("{a}\"{k}\"{b}:{a}{v}"))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+            ),
+        ]
+    })
+}
+
+proptest::proptest! {
+    /// The JSON pre-check never says no to a body the scanner would redact, whole or cut
+    /// anywhere, and on bytes that are not JSON at all.
+    #[test]
+    fn json_pre_check_never_hides_a_key_the_scanner_redacts(
+        value in json_value(),
+        cut in 0usize..400,
+        noise in proptest::collection::vec(
+            proptest::sample::select(b"{}[],:\"\\ \npaswordPAS-_u07".to_vec()), 0..64),
+    ) {
+        let fields = BodyFields::default();
+        let data = value.as_bytes();
+        for data in [data, &data[..cut.min(data.len())], &noise[..]] {
+            let mut hits = Vec::new();
+            if fields.redact_json(data, &mut hits).is_some() {
+                proptest::prop_assert!(
+                    fields.json_might_match(data),
+                    "the pre-check said no to {}",
+                    String::from_utf8_lossy(data)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn json_pre_check_looks_at_keys_only() {
+    let fields = BodyFields::default();
+    for (data, want) in [
+        (&br#"{"password": 1}"#[..], true),
+        (br#"{"pass\u0077ord"   :1}"#, true),
+        (br#"{"a\\":{"PWD"  :1}}"#, true),
+        (br#"{"x":"password","y":"a:b","sort_key":1}"#, false),
+        (br#"{"note":"\"password\":"}"#, false),
+        (br#"["password", "password" , "secret"]"#, false),
+        (br#"{"my_password":1,"passwords":2}"#, false),
+        (b"", false),
+        (b":::\"", false),
+    ] {
+        assert_eq!(fields.json_might_match(data), want, "{}", text(data));
+    }
+}
