@@ -788,6 +788,17 @@ impl tower::Service<http::Request<Body>> for Dispatch {
                         metrics.rejected(Rejection::BatchTooLarge);
                         warn!("batch refused: larger than --max-batch-bytes");
                     }
+                    // A compressed batch past the limit once decompressed: tonic answers
+                    // RESOURCE_EXHAUSTED, which a daemon takes for overload and retries, but
+                    // the same batch will never fit. Answered as the uncompressed case is.
+                    Some(b"8") if is_decompressed_too_large(response.headers()) => {
+                        metrics.rejected(Rejection::BatchTooLarge);
+                        warn!("batch refused: larger than --max-batch-bytes once decompressed");
+                        return Ok(Status::out_of_range(
+                            "batch larger than --max-batch-bytes once decompressed",
+                        )
+                        .into_http());
+                    }
                     // The handler never answers INTERNAL: the decoder refused the message.
                     Some(b"13") => {
                         metrics.rejected(Rejection::Undecodable);
@@ -911,6 +922,15 @@ async fn accept_tls(
     }
 }
 
+/// Whether a response is tonic's refusal of a compressed message whose decompressed size
+/// passed `max_decoding_message_size`.
+fn is_decompressed_too_large(headers: &http::HeaderMap) -> bool {
+    Status::from_header_map(headers).is_some_and(|s| {
+        s.code() == tonic::Code::ResourceExhausted
+            && s.message().starts_with("Error decompressing: size limit")
+    })
+}
+
 /// A running server.
 pub struct Running {
     /// The address it listens on (the port chosen when `--listen` gave port 0).
@@ -1015,8 +1035,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServeError> {
         max_exchanges: config.limits.max_batch_exchanges,
     })
     .max_decoding_message_size(config.limits.max_batch_bytes)
-    // Daemons send gzip by default (--export-compression); the limit above applies to the
-    // decompressed batch.
+    // Daemons send zstd by default, gzip when asked or when an older collector refused zstd
+    // (--export-compression); the limit above applies to the decompressed batch.
+    .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
     .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     let watch = WatchServer::new(WatchService {
         hub: Arc::clone(&hub),
