@@ -10,7 +10,7 @@
 //! throughput.
 //!
 //! Each figure is the median of three runs. Prints machine-readable lines (parsed by
-//! `cargo xtask bench`), for `gzip` and `none`:
+//! `cargo xtask bench`), for `zstd`, `gzip` and `none`:
 //! `export_<c>_exchanges_per_s`, `export_<c>_mb_per_s` (10^6 bytes of protobuf before
 //! compression per second), `export_<c>_exporter_cpu_s_per_10k` (CPU seconds of this process
 //! per 10 000 exchanges) and `export_<c>_collector_cpu_s_per_10k`.
@@ -345,7 +345,7 @@ fn main() {
             "not pinned"
         }
     );
-    for compression in ["gzip", "none"] {
+    for compression in ["zstd", "gzip", "none"] {
         // The median of three runs (each with a fresh collector): the machine may be busy.
         let mut runs: Vec<Run> = (0..ROUNDS)
             .map(|_| run(compression, &exchanges, wire_bytes, pinned))

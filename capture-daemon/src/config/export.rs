@@ -15,7 +15,7 @@ use super::{ConfigError, Flags};
 use crate::output::export::{
     batch::BatchLimits,
     settings::{
-        DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_IN_FLIGHT,
+        Compression, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_IN_FLIGHT,
         DEFAULT_QUEUE_MAX_BYTES, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TIMEOUT, ExportSettings,
         MAX_BATCH_BYTES, SpoolSettings,
     },
@@ -256,14 +256,15 @@ impl ExportSettings {
                 })
             }
         };
-        let gzip = match f.export_compression.as_deref().unwrap_or("gzip") {
-            "gzip" => true,
-            "none" => false,
+        let compression = match f.export_compression.as_deref().unwrap_or("zstd") {
+            "zstd" => Compression::Zstd,
+            "gzip" => Compression::Gzip,
+            "none" => Compression::None,
             other => {
                 return Err(invalid(
                     "--export-compression",
                     other,
-                    "expected gzip or none",
+                    "expected zstd, gzip or none",
                 ));
             }
         };
@@ -313,7 +314,7 @@ impl ExportSettings {
             },
             queue_max_bytes,
             spool,
-            gzip,
+            compression,
             request_timeout,
             backoff_initial,
             backoff_max,
@@ -415,7 +416,8 @@ mod tests {
         assert_eq!(e.daemon_id, "node-a");
         assert_eq!(e.batch, super::BatchLimits::default());
         assert_eq!(e.queue_max_bytes, super::DEFAULT_QUEUE_MAX_BYTES);
-        assert!(e.gzip && !e.insecure && e.spool.is_none());
+        assert_eq!(e.compression, super::Compression::Zstd);
+        assert!(!e.insecure && e.spool.is_none());
         // Exchanges go to the collector only, unless --output says otherwise.
         assert_eq!(c.output, None);
         let c = parse(&["--collector", "https://c:1", "--output", "-"]).unwrap();
@@ -571,7 +573,7 @@ mod tests {
                 &["--export-queue-max-bytes", "1000"],
                 "--export-queue-max-bytes",
             ),
-            (&["--export-compression", "zstd"], "--export-compression"),
+            (&["--export-compression", "br"], "--export-compression"),
             (&["--export-timeout", "soon"], "--export-timeout"),
             (
                 &[
@@ -637,7 +639,8 @@ mod tests {
         .unwrap();
         let e = c.export.unwrap();
         assert_eq!(e.daemon_id, "from-flag");
-        assert!(e.insecure && !e.gzip);
+        assert!(e.insecure);
+        assert_eq!(e.compression, super::Compression::None);
         assert_eq!(e.batch.max_exchanges, 64);
         assert_eq!(e.spool.unwrap().max_bytes, 100_000_000);
     }

@@ -211,8 +211,9 @@ pub struct Flags {
     /// (default 64 MiB).
     #[arg(long = "export-queue-max-bytes", value_name = "N")]
     pub export_queue_max_bytes: Option<u64>,
-    /// `gzip` or `none` (default gzip).
-    #[arg(long = "export-compression", value_name = "gzip|none")]
+    /// `zstd`, `gzip` or `none` (default zstd; a collector that does not take zstd is sent
+    /// gzip).
+    #[arg(long = "export-compression", value_name = "zstd|gzip|none")]
     pub export_compression: Option<String>,
     /// Longest one push (and a connection attempt) may take, e.g. `10s` (default 10s).
     #[arg(long = "export-timeout", value_name = "DURATION")]

@@ -88,7 +88,7 @@ fn stored(collector: &TestCollector) -> usize {
 }
 
 #[test]
-fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
+fn delivers_every_exchange_once_over_tls_with_token_and_zstd() {
     logs();
     let pki = Pki::new();
     let collector = TestCollector::start(
@@ -125,7 +125,7 @@ fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
     calls.sort_unstable();
     assert_eq!(calls, [(1, 10), (2, 10), (3, 5)]);
     for call in &st.calls {
-        assert_eq!(call.encoding.as_deref(), Some("gzip"));
+        assert_eq!(call.encoding.as_deref(), Some("zstd"));
         assert_eq!(call.authorization.as_deref(), Some("Bearer tok-1"));
         assert_eq!(call.answer, Answer::Stored);
         assert!(!call.client_cert);
@@ -170,6 +170,54 @@ fn delivers_every_exchange_once_over_tls_with_token_and_gzip() {
         "{text}"
     );
     assert!(!text.contains("tok-1"));
+    stop(exporter, handle, Duration::from_secs(2));
+}
+
+/// A collector from before zstd export answers UNIMPLEMENTED to a zstd push: the exporter
+/// sends that batch again as gzip at once, and every later one as gzip, saying so once.
+#[test]
+fn a_collector_without_zstd_is_sent_gzip() {
+    logs();
+    let pki = Pki::new();
+    let old = Arc::new(Mutex::new(State {
+        gzip_only: true,
+        ..State::default()
+    }));
+    let collector = TestCollector::start(&pki, "127.0.0.1:0".parse().unwrap(), false, old);
+    let url = collector.url();
+    let (exporter, mut handle, metrics) = start(&[
+        "--collector",
+        &url,
+        "--collector-ca",
+        pki.ca.to_str().unwrap(),
+        "--export-batch-max-exchanges",
+        "4",
+        "--export-max-in-flight",
+        "1",
+    ]);
+    for n in 1..=12 {
+        handle.offer(exchange(n, 300), &CLOCK);
+    }
+    wait_until(TIMEOUT, "12 exchanges stored", || stored(&collector) == 12);
+    let st = collector.state.lock().unwrap();
+    // The refused zstd pushes never reach the service: what it saw is all gzip, each once.
+    assert_eq!(st.calls.len(), 3);
+    assert!(
+        st.calls
+            .iter()
+            .all(|c| c.encoding.as_deref() == Some("gzip") && c.answer == Answer::Stored)
+    );
+    drop(st);
+    assert_eq!(metrics.retries.load(Relaxed), 0);
+    assert_eq!(metrics.exchanges_acked.load(Relaxed), 12);
+    for reason in DropReason::ALL {
+        assert_eq!(metrics.dropped_total(reason), 0, "{reason:?}");
+    }
+    let said = logs()
+        .lines()
+        .filter(|l| l.contains("the collector does not take zstd"))
+        .count();
+    assert_eq!(said, 1, "{}", logs());
     stop(exporter, handle, Duration::from_secs(2));
 }
 

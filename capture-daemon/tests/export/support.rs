@@ -134,6 +134,8 @@ pub struct State {
     /// Pushes being handled now, and the most at once.
     pub active: usize,
     pub max_active: usize,
+    /// Decode gzip only, like a collector from before zstd export (read when it starts).
+    pub gzip_only: bool,
 }
 
 impl State {
@@ -231,7 +233,14 @@ impl v1::ingest_server::Ingest for Ingest {
 }
 
 fn service(state: &Shared) -> IngestServer<Ingest> {
-    IngestServer::new(Ingest(Arc::clone(state))).accept_compressed(CompressionEncoding::Gzip)
+    let gzip_only = state.lock().unwrap().gzip_only;
+    let service =
+        IngestServer::new(Ingest(Arc::clone(state))).accept_compressed(CompressionEncoding::Gzip);
+    if gzip_only {
+        service
+    } else {
+        service.accept_compressed(CompressionEncoding::Zstd)
+    }
 }
 
 /// A collector on 127.0.0.1 over real TLS, on its own thread and runtime.

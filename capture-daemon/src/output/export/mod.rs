@@ -33,7 +33,7 @@ use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 use self::metrics::ExportMetrics;
-pub use self::settings::{ExportSettings, SpoolSettings};
+pub use self::settings::{Compression, ExportSettings, SpoolSettings};
 use self::{
     backoff::Backoff,
     batch::Batcher,
@@ -223,7 +223,7 @@ pub fn build(
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let seed = random_u64();
     let parts = DeliveryParts {
-        collector: Collector::new(channel, settings.gzip, settings.request_timeout),
+        collector: Collector::new(channel, settings.compression, settings.request_timeout),
         endpoint: settings.url.clone(),
         token: resources.token,
         spool: resources.spool,

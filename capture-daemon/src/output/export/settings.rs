@@ -34,11 +34,21 @@ pub struct ExportSettings {
     pub batch: BatchLimits,
     pub queue_max_bytes: u64,
     pub spool: Option<SpoolSettings>,
-    pub gzip: bool,
+    pub compression: Compression,
     pub request_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub max_in_flight: usize,
+}
+
+/// How each push is compressed (`--export-compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd (level 3, tonic's): about twice as fast as gzip for a smaller batch. A collector
+    /// that does not take it (older than this option) is sent gzip instead.
+    Zstd,
+    Gzip,
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +67,7 @@ impl std::fmt::Debug for ExportSettings {
             .field("batch", &self.batch)
             .field("queue_max_bytes", &self.queue_max_bytes)
             .field("spool", &self.spool)
-            .field("gzip", &self.gzip)
+            .field("compression", &self.compression)
             .field("request_timeout", &self.request_timeout)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
