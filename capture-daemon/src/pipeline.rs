@@ -12,7 +12,10 @@ use crate::{
     conn::metrics::Metrics,
     conn::{ConnTable, TableLimits},
     control::{Applied, Control},
-    kernel::{intake, procnet, programs::Capture},
+    kernel::{
+        intake, procnet,
+        programs::{Capture, KernelCounterReader},
+    },
     output::{JsonlSink, SinkError, export::ExportHandle},
     redact::RedactionPolicy,
 };
@@ -41,6 +44,9 @@ pub struct Pipeline {
     discard_events: bool,
     /// `--drain-interval`: the kernel never wakes the daemon for data.
     drain_interval: Duration,
+    /// The kernel's lost-events counter, read before each drain, and its last value: when it
+    /// moves, holes are gaps at once ([`ConnTable::kernel_lost`]).
+    kernel: Option<(Arc<KernelCounterReader>, u64)>,
 }
 
 impl Pipeline {
@@ -85,6 +91,7 @@ impl Pipeline {
             done: Vec::new(),
             control: None,
             exporter: None,
+            kernel: None,
         }
     }
 
@@ -111,6 +118,9 @@ impl Pipeline {
         deadline: Duration,
     ) -> anyhow::Result<()> {
         self.discard_events = capture.is_floor();
+        let reader = capture.counter_reader();
+        let lost = reader.events_lost();
+        self.kernel = Some((reader, lost));
         let ring = capture.take_events()?;
         let mut ring = crate::kernel::programs::register(ring)?;
         let mut tick = tokio::time::interval(self.drain_interval);
@@ -163,6 +173,13 @@ impl Pipeline {
 
     /// Handles up to `max` records; true when it stopped at `max` (more may be waiting).
     fn drain(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        if let Some((reader, seen)) = &mut self.kernel {
+            let lost = reader.events_lost();
+            if lost > *seen {
+                *seen = lost;
+                self.table.kernel_lost(monotonic_ns(), &mut self.done);
+            }
+        }
         for _ in 0..max {
             let Some(record) = ring.next() else {
                 return false;

@@ -150,9 +150,15 @@ fn a_full_ring_buffer_is_counted_and_adds_up_with_the_bytes_moved() -> Result<()
     let lost_bytes = get("capture_kernel_bytes_lost_total")?;
     let gap_bytes = get("capture_gap_bytes_total")?;
     let read = get("capture_event_bytes_total")?;
+    let loss_gaps = get("capture_loss_gaps_total")?;
+    let reorder_gaps = get("capture_reorder_gaps_total")?;
     eprintln!(
-        "moved {moved}, read {read}, lost {lost_bytes} bytes in {lost_events} events, gaps {gap_bytes}"
+        "moved {moved}, read {read}, lost {lost_bytes} bytes in {lost_events} events, gaps {gap_bytes} \
+         ({loss_gaps} taken at once after a loss, {reorder_gaps} after waiting)"
     );
+    // The daemon saw the kernel's lost-events counter move, so the holes behind the loss were
+    // not waited for (200 ms each, buffering what followed).
+    ensure!(loss_gaps > 0.0, "no hole taken as a loss: {}", m.summary());
     ensure!(
         lost_events > 0.0 && lost_bytes > 0.0,
         "the ring never filled: {}",

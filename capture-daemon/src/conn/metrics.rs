@@ -30,6 +30,7 @@ pub struct Metrics {
     pub event_bytes: AtomicU64,
     pub gap_bytes: AtomicU64,
     pub reorder_gaps: AtomicU64,
+    pub loss_gaps: AtomicU64,
     pub body_truncations: AtomicU64,
     pub exchanges_h1: AtomicU64,
     pub incomplete_exchanges: AtomicU64,
@@ -145,6 +146,11 @@ impl Source for Metrics {
                 "capture_reorder_gaps_total",
                 "Holes in a byte stream given up on after waiting for out-of-order events.",
                 &self.reorder_gaps,
+            ),
+            (
+                "capture_loss_gaps_total",
+                "Holes in a byte stream taken as gaps at once because the kernel had just lost events (ring buffer full).",
+                &self.loss_gaps,
             ),
             (
                 "capture_body_truncations_total",

@@ -66,6 +66,10 @@ pub struct ConnTable {
     refused: std::collections::HashSet<ConnId>,
     scratch: Vec<Http1Output>,
     scratch_h2: Vec<Http2Output>,
+    /// Events up to this monotonic time may sit behind events the kernel lost (it could not
+    /// hand them over: ring buffer full), so a hole before them is a loss, not a reordering,
+    /// and is not waited for (see [`ConnTable::kernel_lost`]).
+    loss_until_ns: u64,
 }
 
 /// What an OPEN event (or nothing, for a connection first seen mid-stream) says of a
@@ -149,6 +153,35 @@ impl ConnTable {
             refused: std::collections::HashSet::new(),
             scratch: Vec::new(),
             scratch_h2: Vec::new(),
+            loss_until_ns: 0,
+        }
+    }
+
+    /// The kernel lost events (its lost-events counter moved), seen at monotonic time
+    /// `now_ns`. Those events are never coming: every hole already waited for becomes a gap
+    /// now, and so does any hole in events stamped until a reordering wait after `now_ns`
+    /// (events lost before `now_ns` are followed in the ring by events stamped before or
+    /// after it). Otherwise each stream of a busy node would wait 200 ms behind every loss,
+    /// holding up to `--max-conn-buffer-bytes` a direction, while the daemon is already
+    /// behind; an event that was only reordered inside that window is dropped as
+    /// already-passed, when capture is already losing events.
+    pub fn kernel_lost(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        self.loss_until_ns = self
+            .loss_until_ns
+            .max(now_ns.saturating_add(REORDER_WAIT_NS));
+        let holes: Vec<(ConnId, Direction)> = self
+            .conns
+            .iter()
+            .flat_map(|(id, c)| {
+                [Direction::Ingress, Direction::Egress]
+                    .into_iter()
+                    .filter(|dir| !c.streams[dir.index()].pending.is_empty())
+                    .map(|dir| (*id, dir))
+            })
+            .collect();
+        for (id, dir) in holes {
+            Metrics::add(&self.metrics.loss_gaps, 1);
+            self.skip_to_pending(id, dir, out);
         }
     }
 
@@ -578,6 +611,54 @@ mod tests {
             targets.contains(&"/b"),
             "decoding resumed after the gap: {targets:?}"
         );
+    }
+
+    #[test]
+    fn holes_behind_a_kernel_loss_are_gaps_at_once_and_later_ones_wait_again() {
+        let (mut t, m) = server_table();
+        let mut out = Vec::new();
+        let b = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
+        // A hole waiting when the loss is seen: a gap now, not 200 ms later.
+        let pos = (REQ.len() + 7) as u64;
+        t.on_event(data(Direction::Ingress, pos, b, 2), &mut out);
+        assert_eq!(m.gap_bytes.load(Relaxed), 0);
+        t.kernel_lost(1_000, &mut out);
+        assert_eq!(m.gap_bytes.load(Relaxed), 7);
+        assert_eq!(m.loss_gaps.load(Relaxed), 1);
+        // A hole in events stamped within a reordering wait of the loss: a gap as it arrives,
+        // nothing buffered.
+        let pos = pos + b.len() as u64 + 11;
+        t.on_event(
+            data(Direction::Ingress, pos, b, 1_000 + REORDER_WAIT_NS),
+            &mut out,
+        );
+        assert_eq!(m.gap_bytes.load(Relaxed), 18);
+        assert_eq!(m.loss_gaps.load(Relaxed), 2);
+        t.on_event(data(Direction::Egress, 0, RESP, 3), &mut out);
+        t.on_event(
+            data(Direction::Egress, RESP.len() as u64, RESP, 4),
+            &mut out,
+        );
+        t.on_event(
+            data(Direction::Egress, 2 * RESP.len() as u64, RESP, 5),
+            &mut out,
+        );
+        let targets: Vec<&str> = out.iter().map(|e| e.request.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            ["/a", "/b", "/b"],
+            "decoding resumed after each gap"
+        );
+        // Past the window a hole is waited for again (a reordering fills it).
+        let pos = pos + b.len() as u64;
+        let late = 1_000 + REORDER_WAIT_NS + 1;
+        t.on_event(data(Direction::Ingress, pos + 10, &b[10..], late), &mut out);
+        assert_eq!(m.gap_bytes.load(Relaxed), 18);
+        t.on_event(data(Direction::Ingress, pos, &b[..10], late + 1), &mut out);
+        assert_eq!(m.gap_bytes.load(Relaxed), 18);
+        assert_eq!(m.loss_gaps.load(Relaxed), 2);
+        assert_eq!(m.reorder_gaps.load(Relaxed), 0);
     }
 
     #[test]

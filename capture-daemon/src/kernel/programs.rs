@@ -435,6 +435,15 @@ pub struct ProgramStats {
 }
 
 impl KernelCounterReader {
+    /// Events the kernel could not hand over so far (one map lookup: cheap enough for every
+    /// drain).
+    pub fn events_lost(&self) -> u64 {
+        self.counters
+            .get(&counter::EVENTS_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
     pub fn read(&self) -> KernelCounters {
         let sum = |index: u32| -> u64 {
             self.counters
