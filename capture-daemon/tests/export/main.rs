@@ -66,6 +66,23 @@ fn start(flags: &[&str]) -> (Exporter, ExportHandle, Arc<ExportMetrics>) {
     (exporter, handle, metrics)
 }
 
+/// [`start`] against `collector`, trusting `pki`'s CA, plus `flags`.
+fn start_trusting(
+    collector: &TestCollector,
+    pki: &Pki,
+    flags: &[&str],
+) -> (Exporter, ExportHandle, Arc<ExportMetrics>) {
+    let url = collector.url();
+    let mut all = vec![
+        "--collector",
+        &url,
+        "--collector-ca",
+        pki.ca.to_str().unwrap(),
+    ];
+    all.extend_from_slice(flags);
+    start(&all)
+}
+
 /// Drops the pipeline's handle and lets the exporter shut down within `within`.
 fn stop(exporter: Exporter, handle: ExportHandle, within: Duration) {
     drop(handle);
@@ -99,19 +116,18 @@ fn delivers_every_exchange_once_over_tls_with_token_and_zstd() {
     );
     let token = pki.dir.path().join("token");
     std::fs::write(&token, "tok-1\n").unwrap();
-    let url = collector.url();
-    let (exporter, mut handle, metrics) = start(&[
-        "--collector",
-        &url,
-        "--collector-ca",
-        pki.ca.to_str().unwrap(),
-        "--token-file",
-        token.to_str().unwrap(),
-        "--export-batch-max-exchanges",
-        "10",
-        "--export-batch-max-delay",
-        "300ms",
-    ]);
+    let (exporter, mut handle, metrics) = start_trusting(
+        &collector,
+        &pki,
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--export-batch-max-exchanges",
+            "10",
+            "--export-batch-max-delay",
+            "300ms",
+        ],
+    );
     let originals: Vec<_> = (1..=25).map(|n| exchange(n, 100)).collect();
     for ex in &originals {
         handle.offer(ex.clone(), &CLOCK);
@@ -184,17 +200,16 @@ fn a_collector_without_zstd_is_sent_gzip() {
         ..State::default()
     }));
     let collector = TestCollector::start(&pki, "127.0.0.1:0".parse().unwrap(), false, old);
-    let url = collector.url();
-    let (exporter, mut handle, metrics) = start(&[
-        "--collector",
-        &url,
-        "--collector-ca",
-        pki.ca.to_str().unwrap(),
-        "--export-batch-max-exchanges",
-        "4",
-        "--export-max-in-flight",
-        "1",
-    ]);
+    let (exporter, mut handle, metrics) = start_trusting(
+        &collector,
+        &pki,
+        &[
+            "--export-batch-max-exchanges",
+            "4",
+            "--export-max-in-flight",
+            "1",
+        ],
+    );
     for n in 1..=12 {
         handle.offer(exchange(n, 300), &CLOCK);
     }
@@ -225,19 +240,18 @@ fn a_collector_without_zstd_is_sent_gzip() {
 fn batches_close_by_bytes_and_compression_can_be_off() {
     let pki = Pki::new();
     let collector = TestCollector::start(&pki, "127.0.0.1:0".parse().unwrap(), false, state(None));
-    let url = collector.url();
-    let (exporter, mut handle, _metrics) = start(&[
-        "--collector",
-        &url,
-        "--collector-ca",
-        pki.ca.to_str().unwrap(),
-        "--export-batch-max-bytes",
-        "4096",
-        "--export-compression",
-        "none",
-        "--export-batch-max-delay",
-        "200ms",
-    ]);
+    let (exporter, mut handle, _metrics) = start_trusting(
+        &collector,
+        &pki,
+        &[
+            "--export-batch-max-bytes",
+            "4096",
+            "--export-compression",
+            "none",
+            "--export-batch-max-delay",
+            "200ms",
+        ],
+    );
     for n in 1..=9 {
         handle.offer(exchange(n, 1500), &CLOCK);
     }
