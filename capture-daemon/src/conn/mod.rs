@@ -169,20 +169,29 @@ impl ConnTable {
         self.loss_until_ns = self
             .loss_until_ns
             .max(now_ns.saturating_add(REORDER_WAIT_NS));
-        let holes: Vec<(ConnId, Direction)> = self
-            .conns
+        for (id, dir) in self.holes(|_| true) {
+            Metrics::add(&self.metrics.loss_gaps, 1);
+            self.skip_to_pending(id, dir, out);
+        }
+    }
+
+    /// The streams waiting on a hole whose first pending event passes `waited`.
+    fn holes(&self, waited: impl Fn(&Pending) -> bool) -> Vec<(ConnId, Direction)> {
+        self.conns
             .iter()
             .flat_map(|(id, c)| {
                 [Direction::Ingress, Direction::Egress]
                     .into_iter()
-                    .filter(|dir| !c.streams[dir.index()].pending.is_empty())
+                    .filter(|dir| {
+                        c.streams[dir.index()]
+                            .pending
+                            .values()
+                            .next()
+                            .is_some_and(&waited)
+                    })
                     .map(|dir| (*id, dir))
             })
-            .collect();
-        for (id, dir) in holes {
-            Metrics::add(&self.metrics.loss_gaps, 1);
-            self.skip_to_pending(id, dir, out);
-        }
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -382,20 +391,10 @@ impl ConnTable {
     /// Periodic work at monotonic time `now_ns`: gives up on old holes, evicts idle connections
     /// and those of exited processes.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
-        let mut stale_holes = Vec::new();
+        let stale_holes = self.holes(|p| now_ns.saturating_sub(p.ts_ns) > REORDER_WAIT_NS);
         let mut idle = Vec::new();
         let mut check_alive = Vec::new();
         for (id, c) in &self.conns {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                if c.streams[dir.index()]
-                    .pending
-                    .values()
-                    .next()
-                    .is_some_and(|p| now_ns.saturating_sub(p.ts_ns) > REORDER_WAIT_NS)
-                {
-                    stale_holes.push((*id, dir));
-                }
-            }
             let quiet = now_ns.saturating_sub(c.last_ts_ns);
             if quiet > self.limits.idle_timeout_ns {
                 idle.push(*id);

@@ -42,14 +42,11 @@ impl ConnTable {
             return self.on_data(id, dir, next, len - skip, &payload[cut..], ts_ns, out);
         }
         if pos > next && ts_ns <= self.loss_until_ns && stream.pending.is_empty() {
-            // Behind events the kernel lost: the hole is a gap at once (see `kernel_lost`).
+            // Behind events the kernel lost: the hole is a gap at once (see `kernel_lost`),
+            // and this event is in order after it.
             Metrics::add(&self.metrics.loss_gaps, 1);
             self.deliver(id, dir, pos - next, &[], ts_ns, out);
-            self.deliver(id, dir, len, payload, ts_ns, out);
-            self.drain_pending(id, dir, out);
-            return;
-        }
-        if pos > next {
+        } else if pos > next {
             stream.pending_bytes += payload.len();
             stream.pending.insert(
                 pos,
