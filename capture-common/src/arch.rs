@@ -66,6 +66,8 @@ pub mod sock_common {
     pub const NUM: u64 = 14;
     /// `skc_family`.
     pub const FAMILY: u64 = 16;
+    /// `skc_state` (one byte, `TCP_*` of include/net/tcp_states.h).
+    pub const STATE: u64 = 18;
     /// `skc_v6_daddr`: depends on the kernel's configuration (the IPv4 fields before it have
     /// not moved since 2.6); this is the default of kernels with network namespaces, which
     /// user space may override at load.

@@ -157,12 +157,13 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 /// `struct sock_common` (include/net/sock.h): skc_daddr, skc_rcv_saddr, skc_dport (network
-/// order), skc_num (host order), skc_family.
+/// order), skc_num (host order), skc_family, skc_state.
 const SKC_DADDR: u64 = capture_common::arch::sock_common::DADDR;
 const SKC_RCV_SADDR: u64 = capture_common::arch::sock_common::RCV_SADDR;
 const SKC_DPORT: u64 = capture_common::arch::sock_common::DPORT;
 const SKC_NUM: u64 = capture_common::arch::sock_common::NUM;
 const SKC_FAMILY: u64 = capture_common::arch::sock_common::FAMILY;
+const SKC_STATE: u64 = capture_common::arch::sock_common::STATE;
 
 /// The saved user registers of the current task's syscall.
 struct Regs(u64);
@@ -258,11 +259,13 @@ fn new_conn(key: &ConnKey, sk: u64) -> Option<*mut ConnState> {
     CONNS.get_ptr_mut(key)
 }
 
-/// The connection state for a transfer, or None when the fd is muted or untrackable. On the
-/// socket hooks (`sk != 0`) a new generation is announced with an OPEN event, and a
-/// generation whose fd now names another socket is closed first.
+/// The connection state for a transfer, and whether its socket had already ended (the
+/// generation is to be closed after this transfer); None when the fd is muted or
+/// untrackable. On the socket hooks (`sk != 0`) a new generation is announced with an OPEN
+/// event, and a generation whose fd now names another socket is closed first.
 #[inline(always)]
-fn conn_for_transfer(key: &ConnKey, sk: u64, cgroup_id: u64) -> Option<*mut ConnState> {
+fn conn_for_transfer(key: &ConnKey, sk: u64, cgroup_id: u64) -> Option<(*mut ConnState, bool)> {
+    let mut ended = false;
     let state = match CONNS.get_ptr_mut(key) {
         // SAFETY: map value pointers stay valid for the duration of the program.
         Some(s) if sk == 0 || unsafe { (*s).sk } == sk => s,
@@ -280,9 +283,13 @@ fn conn_for_transfer(key: &ConnKey, sk: u64, cgroup_id: u64) -> Option<*mut Conn
             if sk != 0 {
                 // SAFETY: as above.
                 let generation = unsafe { (*s).generation };
-                if !announce_socket(key, generation, sk, cgroup_id) {
-                    unsafe { (*s).muted = 1 };
-                    return None;
+                match announce_socket(key, generation, sk, cgroup_id) {
+                    Announced::NotIp => {
+                        unsafe { (*s).muted = 1 };
+                        return None;
+                    }
+                    Announced::Live => {}
+                    Announced::Ended => ended = true,
                 }
             }
             s
@@ -303,7 +310,7 @@ fn conn_for_transfer(key: &ConnKey, sk: u64, cgroup_id: u64) -> Option<*mut Conn
         unsafe { (*state).muted = 1 };
         return None;
     }
-    Some(state)
+    Some((state, ended))
 }
 
 #[inline(always)]
@@ -845,30 +852,74 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// What [`announce_socket`] found the socket of a new generation to be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announced {
+    /// Not an IP socket: nothing to capture.
+    NotIp,
+    /// A socket to follow until its `TCP_CLOSE`.
+    Live,
+    /// A TCP connection already closed (reset) before this, its first transfer, was seen: no
+    /// `TCP_CLOSE` will come to end the generation, so it ends after this transfer.
+    Ended,
+}
+
 /// A new generation on a socket hook: records which fd owns `sk` (so `TCP_CLOSE` can end it)
 /// and, for a socket whose handshake was seen, emits OPEN with the role and both addresses
-/// read from the socket. False when the socket is not an IP socket (nothing to capture).
+/// read from the socket.
 #[inline(always)]
-fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> bool {
+fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> Announced {
     let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) };
     let family = read_u16(SKC_FAMILY).unwrap_or(0);
     if family != AF_INET && family != AF_INET6 {
-        return false;
+        return Announced::NotIp;
     }
     // SAFETY: the value is copied out.
     let known = unsafe { SOCKS.get(sk) }.copied();
-    let info = SockInfo {
-        role: known.map_or(0, |k| k.role),
-        owned: 1,
-        owner: *key,
-        generation,
+    // A transfer whose connection was reset meanwhile: on loopback a write to a peer that has
+    // closed (a health check that connected and left) brings the peer's reset back before the
+    // send returns, so `TCP_CLOSE` has passed before the hook at its end. Followed like any
+    // other, the generation would outlive the socket, and the next socket the kernel hands
+    // out at the same address (the slab's last freed one) on the same fd number would
+    // continue it, unnamed. A TCP socket keeps its peer's port once closed; an unconnected
+    // UDP socket (also `TCP_CLOSE`) has none.
+    // SAFETY: kernel memory through bpf_probe_read_kernel, which fails cleanly.
+    let state = unsafe { bpf_probe_read_kernel((sk + SKC_STATE) as *const u8) }.unwrap_or(0);
+    let ended =
+        known.is_none() && i32::from(state) == TCP_CLOSE && read_u16(SKC_DPORT).unwrap_or(0) != 0;
+    let role = if ended {
+        // Named here and now (the fd may name another socket by the time user space could
+        // look in /proc), without a role: its handshake was not seen.
+        0
+    } else {
+        let info = SockInfo {
+            role: known.map_or(0, |k| k.role),
+            owned: 1,
+            owner: *key,
+            generation,
+        };
+        let _ = SOCKS.insert(sk, info, 0);
+        if info.role == 0 {
+            // Established before the programs were loaded, or not TCP: user space names it
+            // from /proc once its bytes look like HTTP.
+            return Announced::Live;
+        }
+        info.role
     };
-    let _ = SOCKS.insert(sk, info, 0);
-    if info.role == 0 {
-        // Established before the programs were loaded, or not TCP: user space names it from
-        // /proc once its bytes look like HTTP.
-        return true;
+    let mut hdr = header(key, generation, 0, kind::OPEN, cgroup_id);
+    hdr.flags = role | flags::ENDPOINTS;
+    emit_open(&hdr, &socket_addrs(sk, family), BPF_RB_NO_WAKEUP);
+    if ended {
+        Announced::Ended
+    } else {
+        Announced::Live
     }
+}
+
+/// Both ends of an IP socket, read from its `sock_common`.
+#[inline(always)]
+fn socket_addrs(sk: u64, family: u16) -> OpenAddrs {
+    let read_u16 = |off: u64| unsafe { bpf_probe_read_kernel((sk + off) as *const u16) };
     let mut addrs = OpenAddrs::default();
     addrs.peer.listen_fd = NO_FD;
     addrs.local.listen_fd = NO_FD;
@@ -900,10 +951,7 @@ fn announce_socket(key: &ConnKey, generation: u64, sk: u64, cgroup_id: u64) -> b
         read_ip(u64::from(d), &mut addrs.peer.addr, true);
         read_ip(u64::from(s), &mut addrs.local.addr, true);
     }
-    let mut hdr = header(key, generation, 0, kind::OPEN, cgroup_id);
-    hdr.flags = info.role | flags::ENDPOINTS;
-    emit_open(&hdr, &addrs, BPF_RB_NO_WAKEUP);
-    true
+    addrs
 }
 
 // ---- Syscall hook (last resort) ------------------------------------------------------------
@@ -969,7 +1017,7 @@ fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_
         tgid,
         fd: regs.arg(0) as u32,
     };
-    let Some(state) = conn_for_transfer(&key, sk, cgroup_id) else {
+    let Some((state, ended)) = conn_for_transfer(&key, sk, cgroup_id) else {
         return;
     };
     // SAFETY: map value pointer valid for the program's duration. Two threads transferring on
@@ -980,6 +1028,16 @@ fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_
         ((*state).generation, pos)
     };
     let hdr = header(&key, generation, dir, kind::DATA, cgroup_id);
+    emit_data::<LOOP>(regs, &hdr, via, pos, n);
+    if ended {
+        emit_close(&key, generation, cgroup_id);
+        let _ = CONNS.remove(&key);
+    }
+}
+
+/// The DATA of `n` bytes at stream position `pos` whose buffers `regs` name.
+#[inline(always)]
+fn emit_data<const LOOP: bool>(regs: &Regs, hdr: &EventHeader, via: Via, pos: u64, n: u64) {
     // (buffer or iovec array, iovec count; 0 for a plain buffer)
     let (src, iovcnt) = match via {
         Via::Buf => (regs.arg(1), 0),
@@ -993,16 +1051,16 @@ fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_
             (iov, iovlen)
         }
         Via::Kernel => {
-            emit_chunk(&hdr, pos, 0, n, false, flags::UNCOPYABLE);
+            emit_chunk(hdr, pos, 0, n, false, flags::UNCOPYABLE);
             return;
         }
     };
     // An iovec array with no entries moved nothing; (0, 0) would read as a plain buffer.
     if iovcnt == 0 && !matches!(via, Via::Buf) {
-        emit_chunk(&hdr, pos, 0, n, false, flags::LIMIT_HIT);
+        emit_chunk(hdr, pos, 0, n, false, flags::LIMIT_HIT);
         return;
     }
-    emit_transfer::<LOOP>(&hdr, pos, src, iovcnt, n);
+    emit_transfer::<LOOP>(hdr, pos, src, iovcnt, n);
 }
 
 /// connect, accept/accept4 (a connection opens) and close (it ends).

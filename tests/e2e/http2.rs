@@ -498,7 +498,11 @@ fn grpc_unary_streaming_and_error_calls_on_both_sides() -> Result<()> {
         assert_eq!(
             methods,
             ["Say", "Count", "Collect", "Fail", "Say"],
-            "{role}"
+            "{role}; the connections of all: {:?}",
+            done.exchanges
+                .iter()
+                .map(|e| e.pointer("/_capture/conn"))
+                .collect::<Vec<_>>()
         );
         for (i, (entry, call)) in seen.iter().zip(&calls).enumerate() {
             assert_grpc_exchange(entry, call, &server, role, pid, i == 4)?;
@@ -1233,7 +1237,15 @@ fn headers_only_lets_no_h2_or_grpc_body_out() -> Result<()> {
             .into_iter()
             .filter(|e| str_at(e, "/_capture/protocol").is_ok_and(|p| p == "grpc"))
             .collect();
-        assert_eq!(seen.len(), calls.len(), "{role}");
+        assert_eq!(
+            seen.len(),
+            calls.len(),
+            "{role}; the connections of all: {:?}",
+            done.exchanges
+                .iter()
+                .map(|e| e.pointer("/_capture/conn"))
+                .collect::<Vec<_>>()
+        );
         // The compressed call (the last) has other sizes on the wire than stored.
         for (entry, call) in seen.iter().zip(&calls).take(4) {
             let b = brief(entry);

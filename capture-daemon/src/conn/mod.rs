@@ -330,7 +330,10 @@ impl ConnTable {
                 proto: Proto::Unknown,
                 last_ts_ns: ts_ns,
                 sniffed: 0,
-                unnamed: opened.is_none(),
+                // The kernel read both ends from a socket whose handshake it did not see
+                // (one already closed when first seen): nothing /proc could add, and the fd
+                // may by now name another socket.
+                unnamed: opened.is_none() && local.is_none(),
                 cgroup_id,
                 seen_open: opened.is_some(),
             },
@@ -542,6 +545,34 @@ mod tests {
 
     const REQ: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
     const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// The kernel's OPEN for a socket found already closed at its first transfer: both ends
+    /// read from the socket, no role (the handshake was not seen).
+    #[test]
+    fn a_connection_the_kernel_found_closed_is_not_looked_up_in_proc() {
+        // /proc says the fd is a live server connection: by now it may name another socket.
+        let (mut t, _m) = server_table();
+        let mut out = Vec::new();
+        t.on_event(
+            Event::Open {
+                conn: ID,
+                role: None,
+                peer: Some(CLIENT),
+                local: Some(SERVER),
+                listen_fd: None,
+                ts_ns: 1,
+                cgroup_id: CGROUP,
+            },
+            &mut out,
+        );
+        t.on_event(data(Direction::Ingress, 0, REQ, 2), &mut out);
+        t.on_event(data(Direction::Egress, 0, RESP, 3), &mut out);
+        t.on_event(Event::Close { conn: ID, ts_ns: 4 }, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].request.target, "/a");
+        assert_eq!(out[0].conn.role, None);
+        assert_eq!((out[0].conn.src, out[0].conn.dst), (None, None));
+    }
 
     #[test]
     fn in_order_exchange_gets_connection_metadata() {

@@ -107,6 +107,7 @@ fn check_sock_common(btf: &Btf<'_>, kernel: &str) {
         "skc_dport",
         "skc_num",
         "skc_family",
+        "skc_state",
         "skc_v6_daddr",
         "skc_v6_rcv_saddr",
     ]
@@ -119,6 +120,7 @@ fn check_sock_common(btf: &Btf<'_>, kernel: &str) {
         ("skc_dport", sock_common::DPORT),
         ("skc_num", sock_common::NUM),
         ("skc_family", sock_common::FAMILY),
+        ("skc_state", sock_common::STATE),
         ("skc_v6_daddr", u64::from(sock_common::V6_DADDR)),
         ("skc_v6_rcv_saddr", u64::from(sock_common::V6_RCV_SADDR)),
     ];
