@@ -1031,7 +1031,7 @@ fn on_transfer<const LOOP: bool>(regs: &Regs, dir: u8, via: Via, n: u64, cgroup_
     emit_data::<LOOP>(regs, &hdr, via, pos, n);
     if ended {
         emit_close(&key, generation, cgroup_id);
-        let _ = CONNS.remove(&key);
+        let _ = CONNS.remove(key);
     }
 }
 
