@@ -54,6 +54,7 @@ impl Pipeline {
         let limits = TableLimits {
             max_connections: cfg.max_connections,
             max_conn_buffer_bytes: cfg.max_conn_buffer_bytes,
+            max_buffered_bytes: cfg.max_buffered_bytes,
             idle_timeout_ns: u64::try_from(cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             http1: cfg.http1.clone(),
             http2: cfg.http2.clone(),
@@ -150,6 +151,7 @@ impl Pipeline {
                 () = changed(&mut self.control) => self.apply_control(capture, ring.get_mut()),
                 () = &mut shutdown => break,
             }
+            self.table.enforce_budget(&mut self.done);
             self.apply_mutes(capture);
             self.write_done();
         }

@@ -43,6 +43,18 @@ impl std::fmt::Debug for DecodedBody {
     }
 }
 
+/// Drops the content of a finished body not yet written (the daemon is over its memory
+/// budget): it reads as cut by a limit. Returns the bytes freed.
+pub fn shed(body: &mut capture_model::exchange::Body) -> usize {
+    let freed = body.data.len();
+    if freed > 0 {
+        body.data = Vec::new();
+        body.truncated = true;
+        body.decoded_size = None;
+    }
+    freed
+}
+
 /// Content codings stacked deeper than this are refused: each layer may cost up to `max`
 /// bytes of output, so the bound keeps the work per body linear in `max`.
 const MAX_CODINGS: usize = 4;

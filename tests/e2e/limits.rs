@@ -15,6 +15,7 @@
 //! others (which demand zero loss) their events. Needs root and cgroup v2 (skips loudly
 //! otherwise, fails under `CI=true`) and a built daemon.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
@@ -476,4 +477,101 @@ fn sigterm_flushes_in_flight_exchanges_within_the_shutdown_deadline() -> Result<
     );
     drop(conn);
     Ok(())
+}
+
+/// Eight uploads of 512 KiB stall half-way while the daemon may hold 1 MiB for all connections
+/// together: the connections holding most drop their bodies until a quarter of the budget is
+/// free; the uploads then end and every exchange is still written, in step, the dropped bodies
+/// cut and flagged truncated with their full size.
+#[test]
+fn stalled_uploads_past_max_buffered_bytes_drop_bodies_and_keep_every_exchange() -> Result<()> {
+    require_capture_environment!();
+    let _serial = serial();
+    const UPLOADS: usize = 8;
+    const BODY: usize = 512 * 1024;
+    const BUDGET: usize = 1024 * 1024;
+    let cgroup = TestCgroup::new()?;
+    let server = PythonServer::start(Some(&cgroup))?;
+    let daemon = Daemon::builder()
+        .target_cgroup(&cgroup)
+        .args(["--max-buffered-bytes", &BUDGET.to_string()])
+        .start()?;
+
+    let body: Vec<u8> = (0..BODY).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut conns = Vec::new();
+    for i in 0..UPLOADS {
+        let mut conn = HttpConnection::connect(server.addr(), IO_TIMEOUT)?;
+        let head = format!(
+            "POST /upload?n={i} HTTP/1.1\r\nHost: capture\r\nContent-Length: {BODY}\r\n\r\n"
+        );
+        conn.send(head.as_bytes())?;
+        conn.send(&body[..BODY / 2])?;
+        conns.push(conn);
+    }
+    // Half of each body (2 MiB in all) is read by the server and held by the daemon.
+    wait_for(
+        WRITE_TIMEOUT,
+        "bodies dropped over --max-buffered-bytes",
+        || Ok(metric(&daemon, "capture_memory_sheds_total")? > 0.0),
+    )?;
+    // Each count ends at most at the budget (at three quarters of it when it shed).
+    let held = metric(&daemon, "capture_buffered_bytes")?;
+    ensure!(
+        held <= BUDGET as f64,
+        "{held} bytes held at the last count, budget {BUDGET}"
+    );
+    for conn in &mut conns {
+        conn.send(&body[BODY / 2..])?;
+    }
+    for conn in &mut conns {
+        let response = conn.read_response(false)?;
+        assert_eq!(response.status, 201);
+        assert_eq!(response.body, format!("{{\"received\":{BODY}}}").as_bytes());
+    }
+    daemon.wait_for_exchanges(UPLOADS, WRITE_TIMEOUT)?;
+
+    let done = daemon.finish()?;
+    let paths: BTreeSet<&str> = done.exchanges.iter().map(path).collect::<Result<_>>()?;
+    let want: BTreeSet<String> = (0..UPLOADS).map(|i| format!("/upload?n={i}")).collect();
+    assert_eq!(
+        paths,
+        want.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    let mut cut = 0;
+    for entry in &done.exchanges {
+        let b = brief(entry);
+        assert_eq!(
+            entry.pointer("/_capture/original_size/request"),
+            Some(&Value::from(BODY)),
+            "{b}"
+        );
+        assert_eq!(
+            response_body(entry)?,
+            format!("{{\"received\":{BODY}}}").as_bytes(),
+            "{b}"
+        );
+        assert!(
+            entry
+                .pointer("/_capture/incomplete")
+                .is_none_or(Value::is_null),
+            "{b}"
+        );
+        let sent = request_body(entry)?;
+        if entry.pointer("/_capture/truncated/request") == Some(&Value::Bool(true)) {
+            cut += 1;
+            // What was kept before the drop and nothing after: a prefix, short of the body.
+            assert!(sent.len() < BODY / 2 && body.starts_with(&sent), "{b}");
+        } else {
+            assert_eq!(sent, body, "{b}");
+        }
+    }
+    // The halves alone were 2 MiB against 1 MiB, shed down to 768 KiB: five of them at least.
+    assert!(cut >= 5, "{cut} bodies cut");
+    assert!(done.metrics.sum("capture_memory_shed_bytes_total") > 0.0);
+    assert_eq!(
+        done.metrics.sum("capture_memory_sheds_total"),
+        cut as f64,
+        "one shed per body cut"
+    );
+    done.assert_clean()
 }

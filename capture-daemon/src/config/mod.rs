@@ -106,6 +106,11 @@ pub struct Flags {
     /// past it the connection skips ahead and counts a gap (default 4 MiB).
     #[arg(long = "max-conn-buffer-bytes", value_name = "N")]
     pub max_conn_buffer_bytes: Option<usize>,
+    /// Most bytes all connections together may hold (bodies, reordering); past it the
+    /// connections holding most drop their bodies (cut and flagged truncated) until a quarter
+    /// is free again (default 256 MiB).
+    #[arg(long = "max-buffered-bytes", value_name = "N")]
+    pub max_buffered_bytes: Option<usize>,
     /// Largest request or response head (start line + headers) accepted (default 64 KiB).
     #[arg(long = "max-header-bytes", value_name = "N")]
     pub max_header_bytes: Option<usize>,
@@ -235,6 +240,10 @@ pub struct Flags {
 pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(2);
 const MIN_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+/// `--max-buffered-bytes`: half the chart's memory limit for the daemon (512 MiB).
+const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+/// Below this the budget would shed the bodies of ordinary traffic.
+const MIN_MAX_BUFFERED_BYTES: usize = 64 * 1024;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -255,6 +264,8 @@ pub struct Config {
     pub kernel: KernelLimits,
     pub max_connections: usize,
     pub max_conn_buffer_bytes: usize,
+    /// `--max-buffered-bytes`.
+    pub max_buffered_bytes: usize,
     pub http1: Http1Limits,
     pub idle_timeout: Duration,
     pub shutdown_deadline: Duration,
@@ -337,6 +348,7 @@ impl Flags {
             kernel_floor,
             max_connections,
             max_conn_buffer_bytes,
+            max_buffered_bytes,
             max_header_bytes,
             max_header_fields,
             max_pipelined,
@@ -584,6 +596,14 @@ impl Config {
                 format!("must be at least --max-header-bytes ({max_header_bytes})"),
             ));
         }
+        let max_buffered_bytes = f.max_buffered_bytes.unwrap_or(DEFAULT_MAX_BUFFERED_BYTES);
+        if max_buffered_bytes < MIN_MAX_BUFFERED_BYTES {
+            return Err(invalid(
+                "--max-buffered-bytes",
+                max_buffered_bytes,
+                format!("must be at least {MIN_MAX_BUFFERED_BYTES}"),
+            ));
+        }
         let metrics_addr = f
             .metrics_addr
             .as_deref()
@@ -685,6 +705,7 @@ impl Config {
             kernel,
             max_connections,
             max_conn_buffer_bytes,
+            max_buffered_bytes,
             http1: Http1Limits {
                 max_body_bytes,
                 max_header_bytes,
@@ -789,6 +810,28 @@ mod tests {
         assert_eq!(c.drain_interval, Duration::from_millis(2));
         assert!(c.sched_batch);
         assert!(!c.headers_only);
+    }
+
+    #[test]
+    fn max_buffered_bytes_from_flag_and_file_with_a_floor() {
+        assert_eq!(
+            parse(&["--target-pid", "1"]).unwrap().max_buffered_bytes,
+            256 * 1024 * 1024
+        );
+        let c = parse(&["--target-pid", "1", "--max-buffered-bytes", "1048576"]).unwrap();
+        assert_eq!(c.max_buffered_bytes, 1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "max-buffered-bytes: 2097152\n").unwrap();
+        let c = parse(&["--target-pid", "1", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.max_buffered_bytes, 2 << 20);
+        let e = parse(&["--target-pid", "1", "--max-buffered-bytes", "4096"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--max-buffered-bytes") && e.contains("4096"),
+            "{e}"
+        );
     }
 
     #[test]

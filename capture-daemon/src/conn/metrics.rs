@@ -58,6 +58,12 @@ pub struct Metrics {
     pub h2_undecided_bytes_dropped: AtomicU64,
     h2_parse_errors: [AtomicU64; 16],
     h2_limits: [AtomicU64; 8],
+    /// What all connections held at the last look (`--max-buffered-bytes`).
+    pub buffered_bytes: AtomicU64,
+    /// Times a connection's bodies (and bytes waiting behind holes) were dropped because all
+    /// connections together held more than `--max-buffered-bytes`, and the bytes freed.
+    pub memory_sheds: AtomicU64,
+    pub memory_shed_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -193,6 +199,16 @@ impl Source for Metrics {
                 &self.h2_hpack_state_unknown,
             ),
             (
+                "capture_memory_sheds_total",
+                "Times the connection holding most dropped the bodies it held (cut and flagged truncated) and the bytes waiting behind its holes, because all connections together held more than --max-buffered-bytes.",
+                &self.memory_sheds,
+            ),
+            (
+                "capture_memory_shed_bytes_total",
+                "Bytes freed by capture_memory_sheds_total.",
+                &self.memory_shed_bytes,
+            ),
+            (
                 "capture_h2_undecided_bytes_dropped_total",
                 "Bytes of HTTP/2 connections joined mid-way, with the role unknown, dropped before their frames said which end is the client (--max-conn-buffer-bytes, or the connection ended).",
                 &self.h2_undecided_bytes_dropped,
@@ -204,6 +220,11 @@ impl Source for Metrics {
             "capture_connections_tracked",
             "Connections tracked now.",
             g(&self.connections_tracked),
+        );
+        out.gauge(
+            "capture_buffered_bytes",
+            "Bytes all connections held (bodies, heads, bytes waiting behind holes) when last counted, after every --max-buffered-bytes / 8 bytes captured.",
+            g(&self.buffered_bytes),
         );
         out.labelled(
             "capture_exchanges_total",

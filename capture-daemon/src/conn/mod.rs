@@ -5,6 +5,7 @@
 //! It is pure apart from the `/proc` look-up, which is injected, so it is driven in tests by
 //! hand-made events exactly as the intake drives it from the ring buffer.
 
+mod budget;
 mod dispatch;
 pub mod metrics;
 mod naming;
@@ -38,6 +39,8 @@ const PROCESS_CHECK_IDLE_NS: u64 = 2_000_000_000;
 pub struct TableLimits {
     pub max_connections: usize,
     pub max_conn_buffer_bytes: usize,
+    /// What all connections together may hold (`--max-buffered-bytes`, see `budget`).
+    pub max_buffered_bytes: usize,
     pub idle_timeout_ns: u64,
     pub http1: Http1Limits,
     pub http2: Http2Limits,
@@ -70,6 +73,9 @@ pub struct ConnTable {
     /// hand them over: ring buffer full), so a hole before them is a loss, not a reordering,
     /// and is not waited for (see [`ConnTable::kernel_lost`]).
     loss_until_ns: u64,
+    /// Payload bytes taken in since the connections' holdings were last counted (see
+    /// [`ConnTable::enforce_budget`]).
+    captured_since_count: usize,
 }
 
 /// What an OPEN event (or nothing, for a connection first seen mid-stream) says of a
@@ -154,6 +160,7 @@ impl ConnTable {
             scratch: Vec::new(),
             scratch_h2: Vec::new(),
             loss_until_ns: 0,
+            captured_since_count: 0,
         }
     }
 
@@ -243,6 +250,7 @@ impl ConnTable {
             } => {
                 Metrics::add(&self.metrics.events, 1);
                 Metrics::add(&self.metrics.event_bytes, payload.len() as u64);
+                self.captured_since_count += payload.len();
                 if !self.conns.contains_key(&conn)
                     && !self.track(conn, Opened::default(), ts_ns, cgroup_id)
                 {
@@ -493,6 +501,7 @@ mod tests {
         TableLimits {
             max_connections: 4,
             max_conn_buffer_bytes: 1024,
+            max_buffered_bytes: 1 << 30,
             idle_timeout_ns: 10_000_000_000,
             http1: Http1Limits::default(),
             http2: Http2Limits::default(),
@@ -914,6 +923,145 @@ mod tests {
         assert!(out[0].response.is_none());
         assert!(out[0].incomplete.is_some());
         assert!(t.is_empty());
+    }
+
+    fn data_on(id: ConnId, dir: Direction, pos: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
+        Event::Data {
+            conn: id,
+            direction: dir,
+            pos,
+            len: bytes.len() as u64,
+            payload: bytes,
+            ts_ns,
+            cgroup_id: CGROUP,
+            uncopyable: false,
+        }
+    }
+
+    fn upload_head(path: &str, len: usize) -> Vec<u8> {
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").into_bytes()
+    }
+
+    fn budget_limits(max_buffered_bytes: usize) -> TableLimits {
+        TableLimits {
+            max_buffered_bytes,
+            max_conn_buffer_bytes: 1 << 20,
+            ..limits()
+        }
+    }
+
+    #[test]
+    fn over_the_budget_the_largest_holder_drops_its_bodies_and_decoding_goes_on() {
+        let (mut t, m) = table_with(
+            FdKind::Tcp {
+                local: SERVER,
+                remote: CLIENT,
+                role: Role::Server,
+            },
+            budget_limits(64 * 1024),
+            true,
+        );
+        let big = ConnId { fd: 6, ..ID };
+        let small = ConnId { fd: 7, ..ID };
+        let mut out = Vec::new();
+        let (big_head, small_head) = (upload_head("/big", 100_000), upload_head("/small", 20_000));
+        t.on_event(data_on(big, Direction::Ingress, 0, &big_head, 1), &mut out);
+        t.on_event(
+            data_on(small, Direction::Ingress, 0, &small_head, 1),
+            &mut out,
+        );
+        let chunk = vec![b'b'; 10_000];
+        let mut big_pos = big_head.len() as u64;
+        for _ in 0..6 {
+            t.on_event(
+                data_on(big, Direction::Ingress, big_pos, &chunk, 2),
+                &mut out,
+            );
+            big_pos += chunk.len() as u64;
+        }
+        let small_pos = small_head.len() as u64;
+        t.on_event(
+            data_on(small, Direction::Ingress, small_pos, &chunk, 2),
+            &mut out,
+        );
+        // 70 000 body bytes held, over 64 KiB: the big upload's 60 000 go, the small one's stay.
+        t.enforce_budget(&mut out);
+        assert_eq!(m.memory_sheds.load(Relaxed), 1);
+        assert_eq!(m.memory_shed_bytes.load(Relaxed), 60_000);
+        let left = m.buffered_bytes.load(Relaxed);
+        assert!((10_000..12_000).contains(&left), "{left}");
+        // Under the budget now: counting again changes nothing.
+        for _ in 0..4 {
+            t.on_event(
+                data_on(big, Direction::Ingress, big_pos, &chunk, 3),
+                &mut out,
+            );
+            big_pos += chunk.len() as u64;
+        }
+        t.enforce_budget(&mut out);
+        assert_eq!(m.memory_sheds.load(Relaxed), 1);
+        // Both uploads end and are answered: the big one's body is cut, its framing was kept.
+        t.on_event(
+            data_on(small, Direction::Ingress, small_pos + 10_000, &chunk, 4),
+            &mut out,
+        );
+        t.on_event(data_on(big, Direction::Egress, 0, RESP, 5), &mut out);
+        t.on_event(data_on(small, Direction::Egress, 0, RESP, 5), &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let by_target = |target: &str| out.iter().find(|e| e.request.target == target).unwrap();
+        let big_ex = by_target("/big");
+        assert!(big_ex.request.body.truncated);
+        assert!(big_ex.request.body.data.is_empty());
+        assert_eq!(big_ex.request.body.wire_size, 100_000);
+        assert_eq!(big_ex.response.as_ref().unwrap().body.data, b"ok");
+        assert_eq!(big_ex.incomplete, None);
+        let small_ex = by_target("/small");
+        assert!(!small_ex.request.body.truncated);
+        assert_eq!(small_ex.request.body.data, vec![b'b'; 20_000]);
+    }
+
+    #[test]
+    fn over_the_budget_bytes_waiting_behind_a_hole_become_a_gap() {
+        let (mut t, m) = table_with(
+            FdKind::Tcp {
+                local: SERVER,
+                remote: CLIENT,
+                role: Role::Server,
+            },
+            budget_limits(4096),
+            true,
+        );
+        let mut out = Vec::new();
+        let head = upload_head("/held", 8_000);
+        let body_at = head.len() as u64;
+        t.on_event(data(Direction::Ingress, 0, &head, 1), &mut out);
+        // 1 000 bytes missing, 5 000 after them waiting for the hole to fill.
+        let waiting = vec![b'w'; 5_000];
+        t.on_event(
+            data(Direction::Ingress, body_at + 1_000, &waiting, 2),
+            &mut out,
+        );
+        t.enforce_budget(&mut out);
+        assert_eq!(m.memory_sheds.load(Relaxed), 1);
+        assert_eq!(m.memory_shed_bytes.load(Relaxed), 5_000);
+        assert_eq!(m.reorder_gaps.load(Relaxed), 1);
+        assert_eq!(m.gap_bytes.load(Relaxed), 6_000);
+        // The hole's bytes arrive late and are passed; the rest of the body and the answer
+        // are decoded in step.
+        t.on_event(
+            data(Direction::Ingress, body_at, &[b'l'; 1_000], 3),
+            &mut out,
+        );
+        t.on_event(
+            data(Direction::Ingress, body_at + 6_000, &[b'r'; 2_000], 3),
+            &mut out,
+        );
+        t.on_event(data(Direction::Egress, 0, RESP, 4), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].request.target, "/held");
+        assert!(out[0].request.body.truncated);
+        assert_eq!(out[0].request.body.wire_size, 8_000);
+        assert_eq!(out[0].response.as_ref().unwrap().body.data, b"ok");
     }
 
     #[test]

@@ -207,6 +207,20 @@ impl CappedBody {
         self.lost = true;
     }
 
+    /// Drops what is kept and keeps nothing more (the daemon is over its memory budget); the
+    /// body reads as cut by a limit. A body with nothing kept is left as it is. Returns the
+    /// bytes freed.
+    fn shed(&mut self) -> usize {
+        let freed = self.data.len();
+        if freed == 0 {
+            return 0;
+        }
+        self.data = Vec::new();
+        self.cap_hit = true;
+        self.lost = true;
+        freed
+    }
+
     fn finish(self, content_encoding: Option<&str>, max: usize) -> Body {
         let complete = !self.cap_hit && !self.lost;
         if content_encoding.is_none() {
@@ -596,8 +610,27 @@ impl Http1Conn {
         self.upgraded.is_some()
     }
 
+    /// Drops the body bytes of every exchange in flight, which are then cut and flagged
+    /// truncated and keep nothing more (the caller is over its memory budget); heads and
+    /// framing stay, so decoding goes on in step. Returns the bytes freed.
+    pub fn shed_bodies(&mut self) -> usize {
+        let mut freed = 0usize;
+        for p in &mut self.queue {
+            freed = freed
+                .saturating_add(p.body.shed())
+                .saturating_add(crate::body::shed(&mut p.request.body));
+            if let Slot::Done(response) = &mut p.response {
+                freed = freed.saturating_add(crate::body::shed(&mut response.body));
+            }
+        }
+        if let Some(current) = &mut self.resp.current {
+            freed = freed.saturating_add(current.body.shed());
+        }
+        freed
+    }
+
     /// Bytes this decoder holds for the connection (heads, bodies, queued exchanges), for the
-    /// caller's per-connection memory cap.
+    /// caller's memory budget.
     pub fn buffered_bytes(&self) -> usize {
         let phase = |p: &Phase| match p {
             Phase::Body(r) => r.buffered(),

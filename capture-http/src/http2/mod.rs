@@ -606,6 +606,24 @@ impl Http2Conn {
         halves.saturating_add(self.held).saturating_add(headers)
     }
 
+    /// Drops the body bytes of every open stream, which are then cut and flagged truncated
+    /// and keep nothing more (the caller is over its memory budget); headers, HPACK state and
+    /// framing stay, so decoding goes on in step. Returns the bytes freed.
+    pub fn shed_bodies(&mut self) -> usize {
+        let mut freed = 0usize;
+        for s in self.streams.values_mut() {
+            freed = freed
+                .saturating_add(s.request.body.shed())
+                .saturating_add(s.response.body.shed());
+            if let Some(body) = &mut s.request_body {
+                freed = freed.saturating_add(crate::body::shed(body));
+            }
+            s.held = 0;
+        }
+        self.held = 0;
+        freed
+    }
+
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.streams.len()

@@ -42,6 +42,20 @@ impl BodyBuf {
         self.lost = true;
     }
 
+    /// Drops what is kept and keeps nothing more (the daemon is over its memory budget); the
+    /// body reads as cut by a limit. A body with nothing kept is left as it is. Returns the
+    /// bytes freed.
+    pub fn shed(&mut self) -> usize {
+        let freed = self.data.len();
+        if freed == 0 {
+            return 0;
+        }
+        self.data = Vec::new();
+        self.cap_hit = true;
+        self.lost = true;
+        freed
+    }
+
     fn complete(&self) -> bool {
         !self.cap_hit && !self.lost
     }

@@ -577,6 +577,42 @@ fn connection_body_budget_cuts_bodies() {
 }
 
 #[test]
+fn shed_bodies_cut_open_streams_and_keep_them_in_step() {
+    let mut w = Wire::new();
+    w.request(1, &refs(&get("/a")), true);
+    w.request(3, &refs(&get("/b")), true);
+    w.response(1, &[(":status", "200")], false);
+    w.response(3, &[(":status", "200")], false);
+    w.server_data(1, b"before", false);
+    let shed_at = w.server.len();
+    w.server_data(1, b"after", true);
+    w.server_data(3, b"all of it", true);
+    let mut c = Http2Conn::new(Http2Limits::default());
+    let mut out = Vec::new();
+    c.on_data(Side::Request, &w.client, 1, &mut out);
+    c.on_data(Side::Response, &w.server[..shed_at], 2, &mut out);
+    let held = c.buffered_bytes();
+    assert_eq!(c.shed_bodies(), 6);
+    assert_eq!(c.buffered_bytes(), held - 6);
+    c.on_data(Side::Response, &w.server[shed_at..], 3, &mut out);
+    c.on_close(4, &mut out);
+    let ex = exchanges(&out);
+    assert_eq!(ex.len(), 2);
+    let cut = &ex[0].response.as_ref().unwrap().body;
+    assert_eq!(
+        (cut.data.as_slice(), cut.truncated, cut.wire_size),
+        (&b""[..], true, 11)
+    );
+    // Stream 3 held nothing then: its body is whole.
+    assert_eq!(ex[1].request.target, "/b");
+    let whole = &ex[1].response.as_ref().unwrap().body;
+    assert_eq!(
+        (whole.data.as_slice(), whole.truncated),
+        (&b"all of it"[..], false)
+    );
+}
+
+#[test]
 fn max_frame_size_is_honoured() {
     let mut w = Wire::new();
     w.request(1, &refs(&get("/big")), true);
