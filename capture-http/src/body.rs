@@ -15,6 +15,8 @@ use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, Sta
 use flate2::{Crc, Decompress, FlushDecompress, Status};
 use std::io::Read as _;
 
+use capture_model::exchange::Body;
+
 /// The result of [`decode_content`]. Its `Debug` shows the size of `data`, not the bytes.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct DecodedBody {
@@ -43,9 +45,101 @@ impl std::fmt::Debug for DecodedBody {
     }
 }
 
+/// A body as captured, before content decoding: transfer-decoded bytes (HTTP/1 chunks, HTTP/2
+/// DATA payloads) up to a limit, the full count, and whether bytes are missing.
+#[derive(Debug, Default)]
+pub(crate) struct CappedBody {
+    pub(crate) data: Vec<u8>,
+    pub(crate) wire_size: u64,
+    /// Bytes past a limit were not kept.
+    pub(crate) cap_hit: bool,
+    /// Bytes were lost (gap, or the message was cut short); nothing after that is kept, so
+    /// `data` stays a contiguous prefix a content decoder can use.
+    lost: bool,
+}
+
+impl CappedBody {
+    /// Appends what fits under `max` bytes kept in all; returns the bytes kept.
+    pub(crate) fn push(&mut self, bytes: &[u8], max: usize) -> usize {
+        self.wire_size = self
+            .wire_size
+            .saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        if self.lost {
+            return 0;
+        }
+        let room = max.saturating_sub(self.data.len());
+        let take = bytes.len().min(room);
+        if take < bytes.len() {
+            self.cap_hit = true;
+        }
+        let need = self.data.len() + take;
+        if need > self.data.capacity() {
+            // Grow geometrically, but never past the limit.
+            let target = need.max(self.data.capacity() * 2).min(max);
+            self.data.reserve_exact(target - self.data.len());
+        }
+        self.data.extend_from_slice(&bytes[..take]);
+        take
+    }
+
+    /// `n` body bytes were lost in a gap.
+    pub(crate) fn lose(&mut self, n: u64) {
+        self.wire_size = self.wire_size.saturating_add(n);
+        self.lost = true;
+    }
+
+    /// The message ended before its body did.
+    pub(crate) fn cut(&mut self) {
+        self.lost = true;
+    }
+
+    /// Drops what is kept and keeps nothing more (the daemon is over its memory budget); the
+    /// body reads as cut by a limit. A body with nothing kept is left as it is. Returns the
+    /// bytes freed.
+    pub(crate) fn shed(&mut self) -> usize {
+        let freed = self.data.len();
+        if freed == 0 {
+            return 0;
+        }
+        self.data = Vec::new();
+        self.cap_hit = true;
+        self.lost = true;
+        freed
+    }
+
+    /// Nothing is missing: no limit cut it, no byte was lost.
+    pub(crate) fn complete(&self) -> bool {
+        !self.cap_hit && !self.lost
+    }
+
+    /// The body as written: content-decoded per `content_encoding` (at most `max` bytes).
+    pub(crate) fn finish(self, content_encoding: Option<&str>, max: usize) -> Body {
+        let complete = self.complete();
+        if content_encoding.is_none() {
+            return Body {
+                data: self.data,
+                wire_size: self.wire_size,
+                truncated: !complete,
+                decoded_from: None,
+                decode_error: None,
+                decoded_size: None,
+            };
+        }
+        let decoded = decode_content(content_encoding, &self.data, complete, max);
+        Body {
+            truncated: !complete || decoded.truncated || decoded.decode_error.is_some(),
+            data: decoded.data,
+            wire_size: self.wire_size,
+            decoded_from: decoded.decoded_from,
+            decode_error: decoded.decode_error,
+            decoded_size: None,
+        }
+    }
+}
+
 /// Drops the content of a finished body not yet written (the daemon is over its memory
 /// budget): it reads as cut by a limit. Returns the bytes freed.
-pub fn shed(body: &mut capture_model::exchange::Body) -> usize {
+pub fn shed(body: &mut Body) -> usize {
     let freed = body.data.len();
     if freed > 0 {
         body.data = Vec::new();

@@ -540,8 +540,12 @@ mod tests {
     };
 
     fn data(dir: Direction, pos: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
+        data_on(ID, dir, pos, bytes, ts_ns)
+    }
+
+    fn data_on(id: ConnId, dir: Direction, pos: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
         Event::Data {
-            conn: ID,
+            conn: id,
             direction: dir,
             pos,
             len: bytes.len() as u64,
@@ -549,6 +553,25 @@ mod tests {
             ts_ns,
             cgroup_id: CGROUP,
             uncopyable: false,
+        }
+    }
+
+    /// The kernel's OPEN of [`ID`].
+    fn open(
+        role: Option<Role>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        listen_fd: Option<u32>,
+        ts_ns: u64,
+    ) -> Event<'static> {
+        Event::Open {
+            conn: ID,
+            role,
+            peer: Some(peer),
+            local,
+            listen_fd,
+            ts_ns,
+            cgroup_id: CGROUP,
         }
     }
 
@@ -562,18 +585,7 @@ mod tests {
         // /proc says the fd is a live server connection: by now it may name another socket.
         let (mut t, _m) = server_table();
         let mut out = Vec::new();
-        t.on_event(
-            Event::Open {
-                conn: ID,
-                role: None,
-                peer: Some(CLIENT),
-                local: Some(SERVER),
-                listen_fd: None,
-                ts_ns: 1,
-                cgroup_id: CGROUP,
-            },
-            &mut out,
-        );
+        t.on_event(open(None, CLIENT, Some(SERVER), None, 1), &mut out);
         t.on_event(data(Direction::Ingress, 0, REQ, 2), &mut out);
         t.on_event(data(Direction::Egress, 0, RESP, 3), &mut out);
         t.on_event(Event::Close { conn: ID, ts_ns: 4 }, &mut out);
@@ -734,18 +746,7 @@ mod tests {
     fn kernel_open_wins_over_a_reused_fd_in_proc() {
         let (mut t, m) = table_with(FdKind::NotTcp, limits(), true);
         let mut out = Vec::new();
-        t.on_event(
-            Event::Open {
-                conn: ID,
-                role: Some(Role::Client),
-                peer: Some(SERVER),
-                local: None,
-                listen_fd: None,
-                ts_ns: 0,
-                cgroup_id: CGROUP,
-            },
-            &mut out,
-        );
+        t.on_event(open(Some(Role::Client), SERVER, None, None, 0), &mut out);
         t.on_event(data(Direction::Egress, 0, REQ, 1), &mut out);
         t.on_event(data(Direction::Ingress, 0, RESP, 2), &mut out);
         t.on_event(Event::Close { conn: ID, ts_ns: 3 }, &mut out);
@@ -767,18 +768,7 @@ mod tests {
             true,
         );
         let mut out = Vec::new();
-        t.on_event(
-            Event::Open {
-                conn: ID,
-                role: Some(Role::Client),
-                peer: Some(SERVER),
-                local: None,
-                listen_fd: None,
-                ts_ns: 0,
-                cgroup_id: CGROUP,
-            },
-            &mut out,
-        );
+        t.on_event(open(Some(Role::Client), SERVER, None, None, 0), &mut out);
         t.on_event(data(Direction::Egress, 0, REQ, 1), &mut out);
         t.on_event(data(Direction::Ingress, 0, RESP, 2), &mut out);
         assert_eq!(out[0].conn.dst, Some(SERVER));
@@ -804,18 +794,7 @@ mod tests {
             Box::new(|_| true),
         );
         let mut out = Vec::new();
-        t.on_event(
-            Event::Open {
-                conn: ID,
-                role: Some(Role::Server),
-                peer: Some(CLIENT),
-                local: None,
-                listen_fd: Some(3),
-                ts_ns: 0,
-                cgroup_id: CGROUP,
-            },
-            &mut out,
-        );
+        t.on_event(open(Some(Role::Server), CLIENT, None, Some(3), 0), &mut out);
         t.on_event(data(Direction::Ingress, 0, REQ, 1), &mut out);
         t.on_event(data(Direction::Egress, 0, RESP, 2), &mut out);
         assert_eq!(out[0].conn.src, Some(CLIENT));
@@ -923,19 +902,6 @@ mod tests {
         assert!(out[0].response.is_none());
         assert!(out[0].incomplete.is_some());
         assert!(t.is_empty());
-    }
-
-    fn data_on(id: ConnId, dir: Direction, pos: u64, bytes: &[u8], ts_ns: u64) -> Event<'_> {
-        Event::Data {
-            conn: id,
-            direction: dir,
-            pos,
-            len: bytes.len() as u64,
-            payload: bytes,
-            ts_ns,
-            cgroup_id: CGROUP,
-            uncopyable: false,
-        }
     }
 
     fn upload_head(path: &str, len: usize) -> Vec<u8> {
@@ -1355,18 +1321,7 @@ Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkA
     fn h2_server_settings_before_the_preface() {
         let (mut t, m) = server_table();
         let mut out = Vec::new();
-        t.on_event(
-            Event::Open {
-                conn: ID,
-                role: Some(Role::Server),
-                peer: Some(CLIENT),
-                local: None,
-                listen_fd: None,
-                ts_ns: 0,
-                cgroup_id: CGROUP,
-            },
-            &mut out,
-        );
+        t.on_event(open(Some(Role::Server), CLIENT, None, None, 0), &mut out);
         let mut w = Wire::new();
         // Both sides index fields; the second request refers to the first's entries.
         w.request(1, &refs(&get("/one")), true);

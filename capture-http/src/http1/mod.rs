@@ -37,7 +37,7 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use crate::body::decode_content;
+pub(crate) use crate::body::CappedBody;
 use capture_model::exchange::{
     Body, ConnMeta, Exchange, Header, Incomplete, Protocol, Request, Response, Timing, Workload,
 };
@@ -161,88 +161,6 @@ impl ParseErrorReason {
 
 fn len_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-/// A body as captured: transfer-decoded bytes up to the limit, the full count, and whether
-/// bytes are missing.
-#[derive(Debug, Default)]
-pub(crate) struct CappedBody {
-    data: Vec<u8>,
-    wire_size: u64,
-    /// Bytes past the limit were dropped.
-    cap_hit: bool,
-    /// Bytes were lost (gap, or the message was cut short); nothing after that is kept, so
-    /// `data` stays a contiguous prefix a content decoder can use.
-    lost: bool,
-}
-
-impl CappedBody {
-    pub(crate) fn push(&mut self, bytes: &[u8], max: usize) {
-        self.wire_size = self.wire_size.saturating_add(len_u64(bytes.len()));
-        if self.lost {
-            return;
-        }
-        let room = max.saturating_sub(self.data.len());
-        let take = bytes.len().min(room);
-        if take < bytes.len() {
-            self.cap_hit = true;
-        }
-        let need = self.data.len() + take;
-        if need > self.data.capacity() {
-            // Grow geometrically, but never past the limit.
-            let target = need.max(self.data.capacity() * 2).min(max);
-            self.data.reserve_exact(target - self.data.len());
-        }
-        self.data.extend_from_slice(&bytes[..take]);
-    }
-
-    /// `n` body bytes were lost in a gap.
-    fn lose(&mut self, n: u64) {
-        self.wire_size = self.wire_size.saturating_add(n);
-        self.lost = true;
-    }
-
-    /// The message ended before its body did.
-    fn cut(&mut self) {
-        self.lost = true;
-    }
-
-    /// Drops what is kept and keeps nothing more (the daemon is over its memory budget); the
-    /// body reads as cut by a limit. A body with nothing kept is left as it is. Returns the
-    /// bytes freed.
-    fn shed(&mut self) -> usize {
-        let freed = self.data.len();
-        if freed == 0 {
-            return 0;
-        }
-        self.data = Vec::new();
-        self.cap_hit = true;
-        self.lost = true;
-        freed
-    }
-
-    fn finish(self, content_encoding: Option<&str>, max: usize) -> Body {
-        let complete = !self.cap_hit && !self.lost;
-        if content_encoding.is_none() {
-            return Body {
-                data: self.data,
-                wire_size: self.wire_size,
-                truncated: !complete,
-                decoded_from: None,
-                decode_error: None,
-                decoded_size: None,
-            };
-        }
-        let decoded = decode_content(content_encoding, &self.data, complete, max);
-        Body {
-            truncated: !complete || decoded.truncated || decoded.decode_error.is_some(),
-            data: decoded.data,
-            wire_size: self.wire_size,
-            decoded_from: decoded.decoded_from,
-            decode_error: decoded.decode_error,
-            decoded_size: None,
-        }
-    }
 }
 
 /// How the body being read is delimited, with what remains of it.

@@ -1424,7 +1424,7 @@ impl Http2Conn {
         let room_body = max_body.saturating_sub(m.body.data.len());
         let room = room_body.min(budget);
         let already_cut = m.body.cap_hit;
-        let kept = m.body.push(bytes, room);
+        let kept = m.body.push(bytes, m.body.data.len().saturating_add(room));
         if kept < bytes.len() && room < room_body && !already_cut {
             out.push(Http2Output::Limit(H2Limit::ConnBodyBytes));
         }

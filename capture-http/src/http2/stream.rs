@@ -1,65 +1,13 @@
 //! One HTTP/2 stream as it is assembled into an [`Exchange`]: the request (client-sent header
 //! blocks and DATA) and the response (server-sent), each with headers, body and trailers.
 
-use crate::body::decode_content;
+use crate::body::CappedBody;
 use capture_model::exchange::{
     Body, ConnMeta, Exchange, Header, HttpVersion, Incomplete, Protocol, Request, Response, Timing,
     Workload, header_value,
 };
 
 use super::grpc;
-
-/// Body bytes of one message as captured: DATA payloads (padding removed) up to the limit,
-/// the full count, and whether bytes are missing.
-#[derive(Debug, Default)]
-pub(super) struct BodyBuf {
-    pub data: Vec<u8>,
-    pub wire_size: u64,
-    /// Bytes past a limit (body or connection budget) were not kept.
-    pub cap_hit: bool,
-    /// Bytes were lost (gap, cut short); nothing after that is kept, so `data` stays a
-    /// contiguous prefix.
-    pub lost: bool,
-}
-
-impl BodyBuf {
-    /// Appends what fits in `room` more bytes; returns the bytes kept.
-    pub fn push(&mut self, bytes: &[u8], room: usize) -> usize {
-        self.wire_size = self.wire_size.saturating_add(bytes.len() as u64);
-        if self.lost {
-            return 0;
-        }
-        let take = bytes.len().min(room);
-        if take < bytes.len() {
-            self.cap_hit = true;
-        }
-        self.data.extend_from_slice(&bytes[..take]);
-        take
-    }
-
-    pub fn lose(&mut self, n: u64) {
-        self.wire_size = self.wire_size.saturating_add(n);
-        self.lost = true;
-    }
-
-    /// Drops what is kept and keeps nothing more (the daemon is over its memory budget); the
-    /// body reads as cut by a limit. A body with nothing kept is left as it is. Returns the
-    /// bytes freed.
-    pub fn shed(&mut self) -> usize {
-        let freed = self.data.len();
-        if freed == 0 {
-            return 0;
-        }
-        self.data = Vec::new();
-        self.cap_hit = true;
-        self.lost = true;
-        freed
-    }
-
-    fn complete(&self) -> bool {
-        !self.cap_hit && !self.lost
-    }
-}
 
 /// One direction of a stream.
 #[derive(Debug, Default)]
@@ -71,7 +19,8 @@ pub(super) struct Message {
     pub headers: Vec<Header>,
     /// Header block bytes (HEADERS and CONTINUATION fragments, without padding).
     pub headers_size: u64,
-    pub body: BodyBuf,
+    /// DATA payloads (padding removed).
+    pub body: CappedBody,
     pub trailers: Vec<Header>,
     /// A trailer block was seen.
     pub has_trailers: bool,
@@ -178,7 +127,7 @@ impl Stream {
                 (msgs.body, msgs.web_trailers)
             } else {
                 let ce = header_value(&m.headers, "content-encoding");
-                (finish_plain(raw, ce, max_body), Vec::new())
+                (raw.finish(ce, max_body), Vec::new())
             }
         };
         let mut request = request;
@@ -257,28 +206,5 @@ impl Stream {
             cgroup_id: 0,
         };
         (exchange, framing_error)
-    }
-}
-
-fn finish_plain(raw: BodyBuf, content_encoding: Option<&str>, max: usize) -> Body {
-    let complete = raw.complete();
-    if content_encoding.is_none() {
-        return Body {
-            data: raw.data,
-            wire_size: raw.wire_size,
-            truncated: !complete,
-            decoded_from: None,
-            decode_error: None,
-            decoded_size: None,
-        };
-    }
-    let decoded = decode_content(content_encoding, &raw.data, complete, max);
-    Body {
-        truncated: !complete || decoded.truncated || decoded.decode_error.is_some(),
-        data: decoded.data,
-        wire_size: raw.wire_size,
-        decoded_from: decoded.decoded_from,
-        decode_error: decoded.decode_error,
-        decoded_size: None,
     }
 }
