@@ -271,12 +271,16 @@ impl Delivery {
 
     /// Converts one exchange from the pipeline and adds it to the open batch.
     fn accept(&mut self, offered: Offered) {
-        self.metrics.sub_handoff_bytes(offered.estimate);
         // Encoded straight from the borrowed exchange: no message copy of its headers and
         // bodies on the way.
         let encoder = wire::Encoder::new(&offered.exchange, &offered.clock);
         self.batcher.add(&encoder, Instant::now(), &mut self.closed);
         self.take_closed();
+        // Held before it stops being handed over: the pipeline's admission check
+        // (`ExportHandle::offer`) never sees the queue smaller than it is, which let it admit
+        // past `--export-queue-max-bytes`.
+        self.store_held_bytes();
+        self.metrics.sub_handoff_bytes(offered.estimate);
     }
 
     fn close_batch(&mut self) {
@@ -525,10 +529,15 @@ impl Delivery {
         }
     }
 
+    fn store_held_bytes(&self) {
+        self.metrics
+            .held_bytes
+            .store(self.memory_bytes + self.batcher.pending_bytes(), RELAXED);
+    }
+
     fn update_gauges(&self) {
         let m = &*self.metrics;
-        m.held_bytes
-            .store(self.memory_bytes + self.batcher.pending_bytes(), RELAXED);
+        self.store_held_bytes();
         if let Some(spool) = &self.spool {
             m.spool_bytes.store(spool.bytes(), RELAXED);
             m.spool_batches.store(spool.len() as u64, RELAXED);
