@@ -144,6 +144,12 @@ fn main() -> anyhow::Result<()> {
             if no_vm && capture_e2e::running_in_ci() {
                 bail!("--no-vm under CI: the suite includes the VM tests of other kernels");
             }
+            if capture_e2e::running_in_ci() {
+                // A clean clone builds everything once: incremental caches would only take
+                // disk (gigabytes of it) for rebuilds that never come.
+                set_env("CARGO_INCREMENTAL", Path::new("0"));
+            }
+            report_disk(&root, "at the start");
             setup::toolchain()?;
             setup::test_tools()?;
             setup::chart_test_tools(&root)?;
@@ -173,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             // The replay tests (tests/e2e/replay.rs) run the capture CLI.
             cargo(&root, &["build", "-p", "capture-cli"])?;
             set_env("CAPTURE_CLI_BIN", &root.join("target/debug/capture"));
+            report_disk(&root, "before the tests");
             cargo(&root, &["test", "--no-fail-fast"])?;
             // The same HTTP suites on the syscall fallback, the hook kernels without the
             // socket tracepoints get (the first pass used the best this kernel has).
@@ -193,15 +200,18 @@ fn main() -> anyhow::Result<()> {
             // The kernel side on the kernels this host is not: Debian's 6.1 (fentry and
             // kprobes, which this host lacks) and 5.10 (the oldest supported, no bpf_loop).
             if !no_vm {
+                report_disk(&root, "before the VM tests");
                 setup::vm_tools()?;
                 vmtest::run(&root, &[], &vmtest::Selection::default())?;
             }
+            report_disk(&root, "before the fuzz targets");
             for target in FUZZ_TARGETS {
                 fuzz(&root, "capture-http/fuzz", target, fuzz_seconds)?;
             }
             for target in COLLECTOR_FUZZ_TARGETS {
                 fuzz(&root, "capture-collector/fuzz", target, fuzz_seconds)?;
             }
+            report_disk(&root, "at the end");
             if fuzz_seconds == 0 || no_vm {
                 println!(
                     "xtask test: all steps passed, but {}",
@@ -273,6 +283,35 @@ fn set_env(key: &str, value: &Path) {
     // SAFETY: called from main before xtask starts any thread, so no one reads the environment
     // concurrently.
     unsafe { std::env::set_var(key, value) };
+}
+
+/// One line with the space left where the builds go, so that a suite that runs out of disk
+/// says how much it had at each step (a build that fails with ENOSPC says only that).
+fn report_disk(root: &Path, when: &str) {
+    let out = Command::new("df")
+        .args(["-P", "-k"])
+        .arg(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    // `df -P`: a header, then "filesystem blocks used available capacity mount".
+    let free_kib = out.as_ref().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout);
+        text.lines()
+            .nth(1)?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<u64>()
+            .ok()
+    });
+    match free_kib {
+        Some(kib) => println!(
+            "xtask test: disk {when}: {:.1} GiB free on {}",
+            kib as f64 / (1024.0 * 1024.0),
+            root.display()
+        ),
+        None => println!("xtask test: disk {when}: unknown (df failed)"),
+    }
 }
 
 /// Under CI the BPF tests must run for real: refuse to go on when they cannot.
