@@ -321,7 +321,7 @@ fn fetch_kernel(work: &Path, version: &str) -> anyhow::Result<Kernel> {
 }
 
 /// The initramfs: static busybox, the modules that reach virtiofs, and `/init`.
-fn initramfs(kernel: &Kernel, dir: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
+fn initramfs(kernel: &Kernel, root: &Path, dir: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
     let staging = dir.join("initramfs");
     let _ = fs::remove_dir_all(&staging);
     for sub in ["bin", "modules", "dev", "proc", "sys", "host", "newroot"] {
@@ -364,6 +364,20 @@ fn initramfs(kernel: &Kernel, dir: &Path, out_dir: &Path) -> anyhow::Result<Path
         bail!("{} has no virtiofs module", kernel.package);
     }
     let out = out_dir.display();
+    // The guest's /tmp is a fresh tmpfs, which would hide a workspace cloned under the host's
+    // /tmp (binaries, fixtures, this script): such a workspace is bound over it, read-only.
+    let root = root.canonicalize()?;
+    let workspace_in_tmp = if root.starts_with("/tmp") {
+        let root = root.display();
+        format!(
+            r#"$B mkdir -p "/newroot{root}"
+$B mount --bind "/host{root}" "/newroot{root}" || fail "binding the workspace under /tmp"
+$B mount -o remount,bind,ro "/newroot{root}" || fail "remounting the workspace read-only"
+"#
+        )
+    } else {
+        String::new()
+    };
     let init = format!(
         r#"#!/bin/busybox sh
 B=/bin/busybox
@@ -378,11 +392,11 @@ fail() {{ echo "VMTEST-FAIL $*"; $B poweroff -f; }}
 $B mount -t virtiofs host /host || fail "mounting the host's filesystem (virtiofs)"
 $B mount --bind /host /newroot
 $B mount -o remount,bind,ro /newroot || fail "remounting the host's filesystem read-only"
-$B mount --bind "/host{out}" "/newroot{out}" || fail "binding the output directory"
 $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sys /newroot/sys
 $B mount -t devtmpfs dev /newroot/dev
 $B mount -t tmpfs tmp /newroot/tmp
+{workspace_in_tmp}$B mount --bind "/host{out}" "/newroot{out}" || fail "binding the output directory"
 $B mount -t tmpfs run /newroot/run
 $B mount -t tmpfs shm /newroot/dev/shm 2>/dev/null
 $B mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || fail "mounting cgroup2"
@@ -553,7 +567,7 @@ fn boot(
     let out = out.canonicalize()?;
     let dir = work.join("run").join(&kernel.version);
     fs::create_dir_all(&dir)?;
-    let image = initramfs(kernel, &dir, &out)?;
+    let image = initramfs(kernel, root, &dir, &out)?;
     fs::write(
         out.join("guest.sh"),
         guest_script(kernel, bins, &out, selection),
