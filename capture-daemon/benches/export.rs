@@ -16,7 +16,8 @@
 //! per 10 000 exchanges) and `export_<c>_collector_cpu_s_per_10k`.
 //!
 //! Needs a built collector (`$CAPTURE_COLLECTOR_BIN`, else target/{release,debug}). Run with
-//! `cargo bench -p capture-daemon --bench export` (`-- --quick` for a short run).
+//! `cargo bench -p capture-daemon --bench export` (`-- --quick` for a short run,
+//! `-- --compression zstd` for one compression only).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -345,7 +346,23 @@ fn main() {
             "not pinned"
         }
     );
-    for compression in ["zstd", "gzip", "none"] {
+    // `-- --compression zstd` runs one of them (for a profile of it alone).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--compression")
+        .and_then(|i| args.get(i + 1));
+    let compressions = ["zstd", "gzip", "none"];
+    if let Some(c) = only {
+        assert!(
+            compressions.contains(&c.as_str()),
+            "--compression {c}: expected one of {compressions:?}"
+        );
+    }
+    for compression in compressions {
+        if only.is_some_and(|c| c != compression) {
+            continue;
+        }
         // The median of three runs (each with a fresh collector): the machine may be busy.
         let mut runs: Vec<Run> = (0..ROUNDS)
             .map(|_| run(compression, &exchanges, wire_bytes, pinned))
