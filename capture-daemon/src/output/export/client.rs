@@ -3,21 +3,25 @@
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use capture_proto::v1;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tonic::{
     Code, GrpcMethod, Request, Status,
+    body::Body,
     codec::CompressionEncoding,
-    codegen::http::uri::PathAndQuery,
+    codegen::http::{self, HeaderValue, uri::PathAndQuery},
     metadata::{Ascii, MetadataValue},
-    transport::Channel,
+    transport::{Channel, channel::ResponseFuture},
 };
 
 use super::{batch::PushCodec, settings::Compression};
@@ -27,24 +31,45 @@ const PUSH_PATH: &str = "/capture.v1.Ingest/Push";
 /// The collector's Ingest service over one (lazily connected, reconnecting) channel.
 #[derive(Clone, Debug)]
 pub struct Collector {
-    grpc: tonic::client::Grpc<Channel>,
+    grpc: Client,
     /// With zstd: the same channel sending gzip, for a collector that does not take zstd
     /// (one older than zstd export answers UNIMPLEMENTED); `gzip_only` says it was needed.
-    gzip: Option<tonic::client::Grpc<Channel>>,
+    gzip: Option<Client>,
     gzip_only: Arc<AtomicBool>,
     timeout: Duration,
 }
 
+/// A gRPC client of the channel and how it writes the batch.
+#[derive(Clone, Debug)]
+struct Client {
+    grpc: tonic::client::Grpc<Transport>,
+    codec: PushCodec,
+}
+
 impl Collector {
     pub fn new(channel: Channel, compression: Compression, timeout: Duration) -> Self {
-        let plain = tonic::client::Grpc::new(channel);
+        let plain = tonic::client::Grpc::new(Transport(channel));
+        let gzip = || Client {
+            grpc: plain.clone().send_compressed(CompressionEncoding::Gzip),
+            codec: PushCodec::plain(),
+        };
         let (grpc, gzip) = match compression {
+            // Compressed by the codec, flagged by the transport (see `Transport`).
             Compression::Zstd => (
-                plain.clone().send_compressed(CompressionEncoding::Zstd),
-                Some(plain.send_compressed(CompressionEncoding::Gzip)),
+                Client {
+                    grpc: plain.clone(),
+                    codec: PushCodec::zstd(),
+                },
+                Some(gzip()),
             ),
-            Compression::Gzip => (plain.send_compressed(CompressionEncoding::Gzip), None),
-            Compression::None => (plain, None),
+            Compression::Gzip => (gzip(), None),
+            Compression::None => (
+                Client {
+                    grpc: plain.clone(),
+                    codec: PushCodec::plain(),
+                },
+                None,
+            ),
         };
         Self {
             grpc,
@@ -88,7 +113,7 @@ impl Collector {
     }
 
     async fn call(
-        mut grpc: tonic::client::Grpc<Channel>,
+        Client { mut grpc, codec }: Client,
         batch: Bytes,
         authorization: Option<MetadataValue<Ascii>>,
         timeout: Duration,
@@ -102,11 +127,14 @@ impl Collector {
         request
             .extensions_mut()
             .insert(GrpcMethod::new("capture.v1.Ingest", "Push"));
+        if codec.is_zstd() {
+            request.extensions_mut().insert(SelfCompressed);
+        }
         let call = async {
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(format!("collector not reachable: {e}")))?;
-            grpc.unary(request, PathAndQuery::from_static(PUSH_PATH), PushCodec)
+            grpc.unary(request, PathAndQuery::from_static(PUSH_PATH), codec)
                 .await
         };
         match tokio::time::timeout(timeout, call).await {
@@ -116,6 +144,88 @@ impl Collector {
                 humantime::format_duration(timeout)
             ))),
         }
+    }
+}
+
+/// Marks a request whose message the codec compressed itself (zstd).
+#[derive(Clone, Copy, Debug)]
+struct SelfCompressed;
+
+/// The channel, and for a [`SelfCompressed`] request what tonic would have done had it
+/// compressed the message: `grpc-encoding: zstd`, and the message's compressed flag set
+/// (the first byte of the body: a unary call's body is one length-prefixed message).
+#[derive(Clone, Debug)]
+struct Transport(Channel);
+
+impl tonic::codegen::Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if request
+            .extensions_mut()
+            .remove::<SelfCompressed>()
+            .is_some()
+        {
+            request
+                .headers_mut()
+                .insert("grpc-encoding", HeaderValue::from_static("zstd"));
+            request = request.map(|body| {
+                Body::new(FlagCompressed {
+                    inner: body,
+                    flagged: false,
+                })
+            });
+        }
+        self.0.call(request)
+    }
+}
+
+/// A request body whose first byte (the first message's compressed flag) is set to 1.
+struct FlagCompressed {
+    inner: Body,
+    flagged: bool,
+}
+
+impl HttpBody for FlagCompressed {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if self.flagged {
+            return Poll::Ready(frame);
+        }
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_data() {
+                Ok(data) if !data.is_empty() => {
+                    self.flagged = true;
+                    let mut data = data
+                        .try_into_mut()
+                        .unwrap_or_else(|d| BytesMut::from(&d[..]));
+                    data[0] = 1;
+                    Frame::data(data.freeze())
+                }
+                Ok(data) => Frame::data(data),
+                Err(frame) => frame,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -44,8 +44,9 @@ pub struct ExportSettings {
 /// How each push is compressed (`--export-compression`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
-    /// zstd (level 3, tonic's): about twice as fast as gzip for a smaller batch. A collector
-    /// that does not take it (older than this option) is sent gzip instead.
+    /// zstd (level 3), compressed by the exporter with a context kept between pushes: about
+    /// twice as fast as gzip for a smaller batch. A collector that does not take it (older
+    /// than this option) is sent gzip instead.
     Zstd,
     Gzip,
     None,
