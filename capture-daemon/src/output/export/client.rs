@@ -208,9 +208,9 @@ impl HttpBody for FlagCompressed {
             frame.map(|frame| match frame.into_data() {
                 Ok(data) if !data.is_empty() => {
                     self.flagged = true;
-                    let mut data = data
-                        .try_into_mut()
-                        .unwrap_or_else(|d| BytesMut::from(&d[..]));
+                    // tonic's frame shares its buffer with what it writes next, so this is one
+                    // copy of the compressed message per push (not per exchange).
+                    let mut data = BytesMut::from(&data[..]);
                     data[0] = 1;
                     Frame::data(data.freeze())
                 }
