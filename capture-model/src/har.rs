@@ -222,12 +222,6 @@ impl Edges {
     }
 }
 
-/// Nanoseconds as HAR milliseconds. One rounding (a division), so `1_500_000` ns prints as
-/// `1.5`; exact below 2^53 ns (104 days), far beyond any exchange.
-fn ms(ns: u64) -> f64 {
-    ns as f64 / 1_000_000.0
-}
-
 /// A byte count as a JSON number (HAR sizes are signed: -1 means unknown).
 fn size(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
@@ -279,26 +273,38 @@ fn body_text(body: &Body) -> BodyText<'_> {
 /// character starts at every byte that is not a continuation byte (`0b10xx_xxxx`), and the
 /// C1 controls U+0080..=U+009F are the two bytes `C2 80..=9F`.
 fn looks_textual(text: &str) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
     let bytes = text.as_bytes();
     let mut nul = false;
     let mut chars = 0_usize;
     let mut controls = 0_usize;
-    // Byte-wide counters, so the loop runs on whole vectors of bytes: a chunk of 255 bytes
-    // cannot overflow them.
-    for chunk in bytes.chunks(255) {
-        let mut chunk_nul = 0_u8;
-        let mut chunk_chars = 0_u8;
-        let mut chunk_controls = 0_u8;
-        for &b in chunk {
-            chunk_nul |= u8::from(b == 0);
-            chunk_chars += u8::from(b & 0xc0 != 0x80);
+    let count = |bytes: &[u8], nul: &mut bool, chars: &mut usize, controls: &mut usize| {
+        for &b in bytes {
+            *nul |= b == 0;
+            *chars += usize::from(b & 0xc0 != 0x80);
             let c0 = b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0c | b'\r' | 0x1b);
-            chunk_controls += u8::from(c0 | (b == 0x7f));
+            *controls += usize::from(c0 | (b == 0x7f));
         }
-        nul |= chunk_nul != 0;
-        chars += usize::from(chunk_chars);
-        controls += usize::from(chunk_controls);
+    };
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0_u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        // Eight printable ASCII characters (0x20..=0x7e): no high bit, and with none set, adding
+        // 0x60 to a byte sets bit 7 exactly when it is 0x20 or more, adding 1 exactly when it is
+        // 0x7f; no carry crosses a byte.
+        let printable = word & HIGHS == 0
+            && word.wrapping_add(ONES * 0x60) & HIGHS == HIGHS
+            && word.wrapping_add(ONES) & HIGHS == 0;
+        if printable {
+            chars += 8;
+        } else {
+            count(chunk, &mut nul, &mut chars, &mut controls);
+        }
     }
+    count(words.remainder(), &mut nul, &mut chars, &mut controls);
     if !text.is_ascii() {
         controls += bytes
             .windows(2)
@@ -329,7 +335,7 @@ pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
     // UTC with a `Z`, whatever the local time zone.
     json::display_plain(out, &humantime::format_rfc3339_millis(started));
     out.extend_from_slice(b",\"time\":");
-    json::float(out, ms(edges.total_ns()));
+    json::millis(out, edges.total_ns());
     out.extend_from_slice(b",\"request\":");
     write_request(out, &ex.request, &url);
     out.extend_from_slice(b",\"response\":");
@@ -345,11 +351,11 @@ pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
     out.extend_from_slice(
         b",\"cache\":{},\"timings\":{\"blocked\":-1,\"dns\":-1,\"connect\":-1,\"send\":",
     );
-    json::float(out, ms(edges.send_ns()));
+    json::millis(out, edges.send_ns());
     out.extend_from_slice(b",\"wait\":");
-    json::float(out, ms(edges.wait_ns()));
+    json::millis(out, edges.wait_ns());
     out.extend_from_slice(b",\"receive\":");
-    json::float(out, ms(edges.receive_ns()));
+    json::millis(out, edges.receive_ns());
     out.extend_from_slice(b",\"ssl\":-1}");
     match ex.conn.dst.map(|dst| dst.ip()) {
         Some(IpAddr::V4(ip)) => {
@@ -1380,6 +1386,29 @@ mod tests {
         ) {
             let text: String = pieces.into_iter().collect();
             proptest::prop_assert_eq!(looks_textual(&text), looks_textual_by_chars(&text));
+        }
+    }
+
+    #[test]
+    fn looks_textual_sees_every_character_at_every_offset() {
+        // Each character next to the edges of the printable range, at each place of a run
+        // long enough for whole words and a tail, among printable text and among controls.
+        for c in [
+            '\0', '\x01', '\t', '\x1b', '\x1f', ' ', '~', '\x7f', '\u{80}', '\u{9f}', '\u{a0}',
+            '\u{e9}',
+        ] {
+            for at in 0..19 {
+                for fill in ["x", "\x01"] {
+                    let mut text: Vec<char> = fill.repeat(19).chars().collect();
+                    text[at] = c;
+                    let text: String = text.into_iter().collect();
+                    assert_eq!(
+                        looks_textual(&text),
+                        looks_textual_by_chars(&text),
+                        "{c:?} at {at} among {fill:?}"
+                    );
+                }
+            }
         }
     }
 

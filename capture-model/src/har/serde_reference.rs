@@ -11,7 +11,7 @@ use std::{
 use base64::{display::Base64Display, engine::general_purpose::STANDARD as BASE64};
 use serde::{Serialize, Serializer};
 
-use super::{BodyText, Edges, Replay, body_text, content_type, ms, request_url, size};
+use super::{BodyText, Edges, Replay, body_text, content_type, request_url, size};
 use crate::{
     clock::WallClock,
     exchange::{Body, Exchange, Header, Request, Response, header_value},
@@ -426,4 +426,11 @@ impl<'a> Decoding<'a> {
         };
         (decoding.decoded_from.is_some() || decoding.decode_error.is_some()).then_some(decoding)
     }
+}
+
+/// Nanoseconds as HAR milliseconds. One rounding (a division), so `1_500_000` ns prints as
+/// `1.5`; exact below 2^53 ns (104 days), far beyond any exchange. `json::millis` writes the
+/// same text without the double.
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1_000_000.0
 }
