@@ -33,7 +33,7 @@ use body::BodyFields;
 
 use capture_model::uri::scheme_end;
 
-use capture_model::exchange::{Exchange, Header, is_hop_by_hop};
+use capture_model::exchange::{Exchange, HOP_BY_HOP_FIELDS, Header};
 
 /// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2),
 /// and the common non-standard API-key and token headers.
@@ -176,38 +176,59 @@ impl RedactionPolicy {
         trailers: &mut Vec<Header>,
         removed: &mut BTreeSet<String>,
     ) {
-        // RFC 9110 §7.6.1: the fields a message's Connection header names are connection
-        // options for that message only. Reading the trailers too only ever removes more.
-        let options = connection_options(headers.iter().chain(trailers.iter()));
-        let mut keep = |field: &Header| {
-            // Pseudo-headers are not fields a sender chooses and never carry credentials
-            // (RFC 9113 §8.3); `:path`/`:authority` are rewritten, not removed.
-            if field.name.starts_with(':') {
-                return true;
+        // Decided on the fields as they are, then removed: RFC 9110 §7.6.1 makes the fields a
+        // message's Connection header names connection options for that message only, and
+        // reading the trailers too only ever removes more. Nothing is allocated for a field
+        // that stays (every exchange passes here).
+        let options: Vec<&str> =
+            connection_options(headers.iter().chain(trailers.iter())).collect();
+        let mut doomed = Vec::new();
+        for (index, field) in headers.iter().chain(trailers.iter()).enumerate() {
+            if self.is_removed(&field.name, &options) {
+                removed.insert(field.name.to_ascii_lowercase());
+                doomed.push(index);
             }
-            let name = field.name.to_ascii_lowercase();
-            let remove = CREDENTIAL_FIELDS.contains(&name.as_str())
-                || is_hop_by_hop(&name)
-                || options.contains(&name)
-                || self.extra_headers.contains(&name);
-            if remove {
-                removed.insert(name);
-            }
+        }
+        drop(options);
+        if doomed.is_empty() {
+            return;
+        }
+        let mut index = 0;
+        let mut doomed = doomed.into_iter().peekable();
+        let mut keep = |_: &Header| {
+            let remove = doomed.next_if_eq(&index).is_some();
+            index += 1;
             !remove
         };
         headers.retain(&mut keep);
         trailers.retain(&mut keep);
     }
 
+    /// Whether the field `name` is removed: a credential, hop-by-hop, one of the message's
+    /// `connection_options` or configured.
+    fn is_removed(&self, name: &str, connection_options: &[&str]) -> bool {
+        // Pseudo-headers are not fields a sender chooses and never carry credentials
+        // (RFC 9113 §8.3); `:path`/`:authority` are rewritten, not removed.
+        if name.starts_with(':') {
+            return false;
+        }
+        let named = |listed: &str| listed.eq_ignore_ascii_case(name);
+        CREDENTIAL_FIELDS.iter().copied().any(named)
+            || HOP_BY_HOP_FIELDS.iter().copied().any(named)
+            || self.extra_headers.iter().map(String::as_str).any(named)
+            || connection_options.iter().copied().any(named)
+    }
+
     /// Removes userinfo and configured query parameters from the fields that hold URLs.
     fn rewrite_url_fields(&self, fields: &mut [Header], removed: &mut BTreeSet<String>) {
         for field in fields {
-            let name = field.name.to_ascii_lowercase();
-            let rewritten = if name == ":path" {
+            let name = field.name.as_str();
+            let named = |list: &[&str]| list.iter().any(|listed| listed.eq_ignore_ascii_case(name));
+            let rewritten = if name.eq_ignore_ascii_case(":path") {
                 self.redact_uri(&field.value, UriShape::OriginForm, removed)
-            } else if URL_FIELDS.contains(&name.as_str()) {
+            } else if named(&URL_FIELDS) {
                 self.redact_uri(&field.value, UriShape::Reference, removed)
-            } else if AUTHORITY_FIELDS.contains(&name.as_str()) {
+            } else if named(&AUTHORITY_FIELDS) {
                 strip_authority_userinfo(&field.value, removed)
             } else {
                 None
@@ -376,13 +397,14 @@ fn strip_authority_userinfo(authority: &str, removed: &mut BTreeSet<String>) -> 
 
 /// Lowercase field names listed in `Connection` fields (RFC 9110 §7.6.1:
 /// `Connection = #connection-option`, comma-separated with optional whitespace).
-fn connection_options<'h>(fields: impl Iterator<Item = &'h Header>) -> BTreeSet<String> {
+fn connection_options<'h>(
+    fields: impl Iterator<Item = &'h Header>,
+) -> impl Iterator<Item = &'h str> {
     fields
         .filter(|field| field.name.eq_ignore_ascii_case("connection"))
         .flat_map(|field| field.value.split(','))
-        .map(|option| option.trim_matches([' ', '\t']).to_ascii_lowercase())
+        .map(|option| option.trim_matches([' ', '\t']))
         .filter(|option| !option.is_empty() && !option.starts_with(':'))
-        .collect()
 }
 
 #[cfg(test)]
