@@ -55,7 +55,9 @@ pub type ProcessAlive = Box<dyn FnMut(u32) -> bool + Send>;
 const MAX_REFUSED_REMEMBERED: usize = 65_536;
 
 pub struct ConnTable {
-    conns: HashMap<ConnId, Conn>,
+    /// Keyed with foldhash, not SipHash: a lookup per kernel event, on keys the kernel makes
+    /// (tgid, fd, a generation), which no peer chooses.
+    conns: HashMap<ConnId, Conn, foldhash::fast::RandomState>,
     limits: TableLimits,
     metrics: Arc<Metrics>,
     node: Option<String>,
@@ -66,7 +68,7 @@ pub struct ConnTable {
     /// Connections refused at --max-connections, so the events the kernel sends until the mute
     /// takes effect neither count them again nor ask for the mute again. Forgotten on close,
     /// and all at once past [`MAX_REFUSED_REMEMBERED`] (a later event may then count one again).
-    refused: std::collections::HashSet<ConnId>,
+    refused: std::collections::HashSet<ConnId, foldhash::fast::RandomState>,
     scratch: Vec<Http1Output>,
     scratch_h2: Vec<Http2Output>,
     /// Events up to this monotonic time may sit behind events the kernel lost (it could not
@@ -149,14 +151,14 @@ impl ConnTable {
         alive: ProcessAlive,
     ) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             limits,
             metrics,
             node,
             classify,
             alive,
             mutes: Vec::new(),
-            refused: std::collections::HashSet::new(),
+            refused: std::collections::HashSet::default(),
             scratch: Vec::new(),
             scratch_h2: Vec::new(),
             loss_until_ns: 0,
