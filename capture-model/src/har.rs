@@ -128,17 +128,30 @@ pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
         .unwrap_or("http");
     // RFC 9112 §3.3: in authority-form (CONNECT) the target is the authority, and the path is
     // empty; asterisk-form also has an empty path.
+    let mut url = String::with_capacity(scheme.len() + 3 + 64 + target.len());
+    url.push_str(scheme);
+    url.push_str("://");
     if request.method.eq_ignore_ascii_case("CONNECT") && !target.starts_with('/') {
-        return format!("{scheme}://{target}");
+        url.push_str(target);
+        return url;
     }
-    let authority = request_authority(request, conn);
-    if target == "*" {
-        format!("{scheme}://{authority}")
-    } else if target.starts_with('/') {
-        format!("{scheme}://{authority}{target}")
-    } else {
-        format!("{scheme}://{authority}/{target}")
+    // Pushed, not formatted: this runs for every exchange written.
+    match request_authority(request, conn) {
+        Authority::Header(authority) => url.push_str(authority),
+        Authority::Addr(addr) => {
+            use fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(url, "{addr}");
+        }
+        Authority::Unknown => url.push_str("unknown"),
     }
+    if target != "*" {
+        if !target.starts_with('/') {
+            url.push('/');
+        }
+        url.push_str(target);
+    }
+    url
 }
 
 fn is_absolute_form(target: &str) -> bool {
@@ -151,16 +164,6 @@ enum Authority<'a> {
     Header(&'a str),
     Addr(SocketAddr),
     Unknown,
-}
-
-impl fmt::Display for Authority<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Header(authority) => f.write_str(authority),
-            Self::Addr(addr) => addr.fmt(f),
-            Self::Unknown => f.write_str("unknown"),
-        }
-    }
 }
 
 fn request_authority<'a>(request: &'a Request, conn: &ConnMeta) -> Authority<'a> {

@@ -222,12 +222,12 @@ pub(crate) fn float(out: &mut Vec<u8>, value: f64) {
 
 /// Appends `ns` nanoseconds in milliseconds, exactly as [`float`] writes `ns as f64 / 1e6`.
 ///
-/// From 0.1 ms to 10^15 ns the quotient has at most 15 significant digits, and no two decimals
-/// of 15 digits read back as the same double, so the shortest text for the double is the
-/// decimal itself, which `float` writes in plain notation in that range. It is written here
-/// from integers; outside the range, through `float`.
+/// Below 10^15 ns the quotient has at most 15 significant digits, and no two decimals of 15
+/// digits read back as the same double, so the shortest text for the double is the decimal
+/// itself, which `float` writes in plain notation from 1e-5 (10 ns) on. It is written here
+/// from integers; 1 to 9 ns (`1e-6`) and 10^15 ns on, through `float`.
 pub(crate) fn millis(out: &mut Vec<u8>, ns: u64) {
-    if !(100_000..1_000_000_000_000_000).contains(&ns) {
+    if (1..10).contains(&ns) || ns >= 1_000_000_000_000_000 {
         #[expect(
             clippy::cast_precision_loss,
             reason = "exact below 2^53, as `float` needs"
@@ -373,6 +373,7 @@ mod tests {
             let power = 10_u64.pow(exponent);
             cases.extend([power - 1, power, power + 1, power.saturating_mul(7) - 3]);
         }
+        cases.extend(0..2_000);
         cases.extend([
             999_999_999_999_999,
             1_000_000_000_000_000,
