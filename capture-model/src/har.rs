@@ -510,8 +510,16 @@ fn write_query_string(out: &mut Vec<u8>, url: &str) {
         rest.split_once('#').map_or(rest, |(query, _)| query)
     });
     out.push(b'[');
-    for (i, (name, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
-        write_name_value(out, i, &name, &value);
+    if query.contains(['%', '+']) {
+        for (i, (name, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
+            write_name_value(out, i, &name, &value);
+        }
+    } else {
+        // Nothing to decode: the pairs `form_urlencoded::parse` yields, as slices of the URL.
+        for (i, pair) in query.split('&').filter(|pair| !pair.is_empty()).enumerate() {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            write_name_value(out, i, name, value);
+        }
     }
     out.push(b']');
 }
@@ -1110,6 +1118,23 @@ mod tests {
                 expected,
                 "{target}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn query_string_pairs_are_form_urlencoded_ones(query in "[a-z=&%+0-9A-F#]{0,24}") {
+            let url = format!("http://h/p?{query}");
+            let mut ours = Vec::new();
+            write_query_string(&mut ours, &url);
+            let query = query.split_once('#').map_or(query.as_str(), |(query, _)| query);
+            let mut theirs = Vec::new();
+            theirs.push(b'[');
+            for (i, (name, value)) in form_urlencoded::parse(query.as_bytes()).enumerate() {
+                write_name_value(&mut theirs, i, &name, &value);
+            }
+            theirs.push(b']');
+            proptest::prop_assert_eq!(ours, theirs);
         }
     }
 
