@@ -188,6 +188,8 @@ pub(crate) struct Wrk {
     /// CPU time nginx used during the run (user + system). The capture programs run inside its
     /// syscalls, so their cost shows up here as system time.
     server_cpu_seconds: f64,
+    /// Share of the machine's CPU time left idle during the run (0..1), from `/proc/stat`.
+    idle_share: f64,
 }
 
 impl Wrk {
@@ -359,10 +361,44 @@ fn wrk(url: &str, seconds: u32, pinned: bool, server_pid: u32) -> Result<Wrk> {
         .arg("--latency")
         .arg(url);
     let server_cpu_before = cpu_seconds(server_pid)?;
+    let machine_before = machine_ticks()?;
     let out = run_cmd(&mut cmd, Duration::from_secs(u64::from(seconds) + 30))?;
+    let machine_after = machine_ticks()?;
     let mut wrk = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
     wrk.server_cpu_seconds = cpu_seconds(server_pid)? - server_cpu_before;
+    wrk.idle_share = idle_share(machine_before, machine_after);
     Ok(wrk)
+}
+
+/// The machine's (busy, idle) CPU time so far, in clock ticks, from the `cpu` line of
+/// `/proc/stat` (proc(5)): idle is idle + iowait, busy the other fields but guest time (already
+/// counted in user).
+fn machine_ticks() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let idle = field(3) + field(4);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    Ok((busy, idle))
+}
+
+/// The share of CPU time left idle between two [`machine_ticks`] readings.
+fn idle_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let busy = after.0.saturating_sub(before.0) as f64;
+    let idle = after.1.saturating_sub(before.1) as f64;
+    if busy + idle > 0.0 {
+        idle / (busy + idle)
+    } else {
+        0.0
+    }
 }
 
 /// Reads wrk 4's text report (`--latency`).
@@ -393,6 +429,7 @@ fn parse_wrk(text: &str) -> Result<Wrk> {
         p99_us: p99_us.with_context(missing)?,
         errors: errors.join("; "),
         server_cpu_seconds: 0.0,
+        idle_share: 0.0,
     })
 }
 
@@ -679,6 +716,28 @@ fn report(r: &Report<'_>) -> String {
         s,
         "| nginx CPU per request (µs; includes the capture programs) | {a_srv:.1} | {b_srv:.1} | {:+.1} µs | |",
         b_srv - a_srv
+    );
+    let a_idle = mean(r.baseline.iter().map(|w| w.idle_share));
+    let b_idle = mean(r.captured.iter().map(|c| c.wrk.idle_share));
+    let _ = writeln!(
+        s,
+        "| CPU left idle during the run (share of all CPUs) | {:.1} % | {:.1} % | {:+.1} points | |",
+        a_idle * 100.0,
+        b_idle * 100.0,
+        (b_idle - a_idle) * 100.0
+    );
+    // wrk keeps a fixed number of requests in flight, so nginx and wrk wait for each other:
+    // while the daemon runs on either's CPU, the other soon runs out of work. If every daemon
+    // CPU-second stalls the pair that way, B/A = 1 / (nginx's CPU per request B/A + A's
+    // requests/s x the daemon's CPU per exchange).
+    let stall_model = if a_srv > 0.0 && cpu_per_10k.is_finite() {
+        1.0 / (b_srv / a_srv + a_rps * cpu_per_10k / 10_000.0)
+    } else {
+        f64::NAN
+    };
+    let _ = writeln!(
+        s,
+        "| throughput ratio if each daemon CPU-second stalls nginx and wrk alike | | | {stall_model:.3} | |"
     );
     let c_rps = mean(r.untargeted.iter().map(|c| c.wrk.requests_per_s));
     let c_srv = mean(
