@@ -282,6 +282,8 @@ fn looks_textual(text: &str) -> bool {
     let mut nul = false;
     let mut chars = 0_usize;
     let mut controls = 0_usize;
+    // Whether a byte outside ASCII was seen (then C1 controls are counted too).
+    let mut wide = false;
     let count = |bytes: &[u8], nul: &mut bool, chars: &mut usize, controls: &mut usize| {
         for &b in bytes {
             *nul |= b == 0;
@@ -304,11 +306,13 @@ fn looks_textual(text: &str) -> bool {
         if printable {
             chars += 8;
         } else {
+            wide |= word & HIGHS != 0;
             count(chunk, &mut nul, &mut chars, &mut controls);
         }
     }
+    wide |= !words.remainder().is_ascii();
     count(words.remainder(), &mut nul, &mut chars, &mut controls);
-    if !text.is_ascii() {
+    if wide {
         controls += bytes
             .windows(2)
             .filter(|pair| pair[0] == 0xc2 && pair[1] & 0xe0 == 0x80)
