@@ -189,7 +189,6 @@ impl RedactionPolicy {
                 doomed.push(index);
             }
         }
-        drop(options);
         if doomed.is_empty() {
             return;
         }

@@ -272,9 +272,9 @@ fn body_text(body: &Body) -> BodyText<'_> {
 /// U+007F..=U+009F) in 32 characters; tab, newlines, form feed and the escape of terminal
 /// colours are not counted.
 ///
-/// Counted on the UTF-8 bytes, without decoding characters, so the loop vectorises: a
-/// character starts at every byte that is not a continuation byte (`0b10xx_xxxx`), and the
-/// C1 controls U+0080..=U+009F are the two bytes `C2 80..=9F`.
+/// Counted on the UTF-8 bytes, without decoding characters, eight bytes at a time where all
+/// eight are printable ASCII: a character starts at every byte that is not a continuation byte
+/// (`0b10xx_xxxx`), and the C1 controls U+0080..=U+009F are the two bytes `C2 80..=9F`.
 fn looks_textual(text: &str) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;

@@ -246,9 +246,10 @@ pub(crate) fn millis(out: &mut Vec<u8>, ns: u64) {
         fraction /= 10;
         digits -= 1;
     }
-    let text = itoa::Buffer::new().format(fraction).len();
-    out.extend(std::iter::repeat_n(b'0', digits - text));
-    int(out, fraction);
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(fraction).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', digits - text.len()));
+    out.extend_from_slice(text);
 }
 
 #[inline]
