@@ -14,6 +14,9 @@
 
 use std::fmt;
 
+#[cfg(target_arch = "x86_64")]
+mod ssse3;
+
 /// Every byte as it appears inside a JSON string, as `serde_json` escapes it (RFC 8259 §7):
 /// up to 6 bytes, padded to 7, and their count in the last byte. The byte itself for most;
 /// the short form for the seven bytes that have one; `\u00XX` (lowercase hex) for the other
@@ -90,31 +93,39 @@ pub(crate) fn escaped(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[..clean]);
     for block in bytes[clean..].chunks(BLOCK) {
-        let start = out.len();
-        out.resize(start + block.len() * 2 + WINDOW, 0);
-        let mut pos = start;
-        let mut words = block.chunks_exact(8);
-        for chunk in &mut words {
-            if out.len() - pos < WINDOW {
-                // Controls took more than twice their room: enough for the rest at worst.
-                out.resize(pos + block.len() * 6 + WINDOW, 0);
-            }
-            let buf = &mut out[pos..pos + WINDOW];
-            let word = word(chunk);
-            if needs_escape(word) {
-                pos += expand(buf, chunk);
-            } else {
-                buf[..8].copy_from_slice(&word.to_le_bytes());
-                pos += 8;
-            }
-        }
-        let tail = words.remainder();
-        if out.len() - pos < WINDOW {
-            out.resize(pos + WINDOW, 0);
-        }
-        pos += expand(&mut out[pos..pos + WINDOW], tail);
-        out.truncate(pos);
+        #[cfg(target_arch = "x86_64")]
+        ssse3::escape_block(out, block);
+        #[cfg(not(target_arch = "x86_64"))]
+        escape_block(out, block);
     }
+}
+
+/// Appends `block` (at most [`BLOCK`] bytes) escaped, a word of eight bytes at a time.
+fn escape_block(out: &mut Vec<u8>, block: &[u8]) {
+    let start = out.len();
+    out.resize(start + block.len() * 2 + WINDOW, 0);
+    let mut pos = start;
+    let mut words = block.chunks_exact(8);
+    for chunk in &mut words {
+        if out.len() - pos < WINDOW {
+            // Controls took more than twice their room: enough for the rest at worst.
+            out.resize(pos + block.len() * 6 + WINDOW, 0);
+        }
+        let buf = &mut out[pos..pos + WINDOW];
+        let word = word(chunk);
+        if needs_escape(word) {
+            pos += expand(buf, chunk);
+        } else {
+            buf[..8].copy_from_slice(&word.to_le_bytes());
+            pos += 8;
+        }
+    }
+    let tail = words.remainder();
+    if out.len() - pos < WINDOW {
+        out.resize(pos + WINDOW, 0);
+    }
+    pos += expand(&mut out[pos..pos + WINDOW], tail);
+    out.truncate(pos);
 }
 
 /// The length of the longest prefix of whole words of `bytes` with nothing to escape: the
@@ -313,16 +324,83 @@ mod tests {
         }
     }
 
+    type BlockLoop = fn(&mut Vec<u8>, &[u8]);
+
+    /// The block loops, each run alone on a whole text: the portable one and, on x86-64, the
+    /// SSSE3 one (which the CPUs this runs on have: checked, so it is not skipped unseen).
+    fn block_loops() -> Vec<(&'static str, BlockLoop)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                ssse3::available(),
+                "a CPU without SSSE3 tests only the portable loop"
+            );
+            vec![("portable", escape_block), ("ssse3", ssse3::escape_block)]
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![("portable", escape_block)]
+    }
+
+    fn escaped_by(block_loop: BlockLoop, text: &str) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for block in text.as_bytes().chunks(BLOCK) {
+            block_loop(&mut out, block);
+        }
+        out.push(b'"');
+        out
+    }
+
     #[test]
     fn every_byte_at_every_offset() {
-        // Each escapable (and some not) byte at each position of a 17-byte run, so both the
-        // word loop and the tail see it.
-        for b in 0_u8..0x80 {
-            for at in 0..17 {
-                let mut text = "x".repeat(17);
-                text.replace_range(at..=at, char::from(b).encode_utf8(&mut [0; 4]));
-                assert_eq!(ours(&text), serde_escaped(&text), "{b:#x} at {at}");
+        // Each escapable (and some not) byte at each position of a 37-byte run, so the
+        // 16-byte chunks, the 8-byte word after them and the tail all see it, in every loop;
+        // alone, and in a run of quotes (every half then takes the shuffle).
+        for (name, block_loop) in block_loops() {
+            for b in 0_u8..0x80 {
+                for filler in ["x", "\""] {
+                    for at in 0..37 {
+                        let mut text = filler.repeat(37);
+                        text.replace_range(at..=at, char::from(b).encode_utf8(&mut [0; 4]));
+                        let expected = serde_escaped(&text);
+                        assert_eq!(ours(&text), expected, "{b:#x} at {at}");
+                        assert_eq!(
+                            escaped_by(block_loop, &text),
+                            expected,
+                            "{name}: {b:#x} at {at}"
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn every_mask_of_quotes_and_backslashes() {
+        // All 2^16 patterns of escapes in a chunk, with `"` and `\` both used, then a block
+        // of controls only (six bytes each: the room grows past twice the block).
+        for (name, block_loop) in block_loops() {
+            for mask in 0_u32..1 << 16 {
+                let text: String = (0..16)
+                    .map(|i| match (mask >> i & 1, i % 3) {
+                        (0, _) => char::from(b'a' + i as u8),
+                        (_, 0) => '\\',
+                        _ => '"',
+                    })
+                    .collect();
+                assert_eq!(
+                    escaped_by(block_loop, &text),
+                    serde_escaped(&text),
+                    "{name}: {mask:#x}"
+                );
+            }
+            let controls: String = (0..3 * BLOCK + 5)
+                .map(|i| char::from((i % 32) as u8))
+                .collect();
+            assert_eq!(
+                escaped_by(block_loop, &controls),
+                serde_escaped(&controls),
+                "{name}"
+            );
         }
     }
 
@@ -416,6 +494,10 @@ mod tests {
         fn escaping_agrees_with_serde_json(text in ".*", ascii in "[ -~\\x00-\\x1f]{0,64}") {
             proptest::prop_assert_eq!(ours(&text), serde_escaped(&text));
             proptest::prop_assert_eq!(ours(&ascii), serde_escaped(&ascii));
+            for (name, block_loop) in block_loops() {
+                proptest::prop_assert_eq!(escaped_by(block_loop, &text), serde_escaped(&text), "{}", name);
+                proptest::prop_assert_eq!(escaped_by(block_loop, &ascii), serde_escaped(&ascii), "{}", name);
+            }
         }
     }
 }
