@@ -473,3 +473,51 @@ pub(super) fn content_encoding(headers: &[Header]) -> Option<String> {
     }
     Some(joined)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::find_blank_line;
+
+    /// The definition: the first line end whose line is empty or only CR, one line at a time.
+    fn reference(prev: &[u8], data: &[u8]) -> Option<usize> {
+        let all = [prev, data].concat();
+        (prev.len()..all.len()).find_map(|i| {
+            let empty = all[i] == b'\n'
+                && match i.checked_sub(1).map(|j| all[j]) {
+                    Some(b'\n') => true,
+                    Some(b'\r') => i >= 2 && all[i - 2] == b'\n',
+                    _ => false,
+                };
+            empty.then_some(i + 1 - prev.len())
+        })
+    }
+
+    #[test]
+    fn finds_the_first_empty_line() {
+        let cases: [(&[u8], &[u8], Option<usize>); 9] = [
+            (b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", Some(27)),
+            (b"", b"GET / HTTP/1.1\nHost: a\n\nbody", Some(24)),
+            (b"", b"GET / HTTP/1.1\r\nHost: a\r\n", None),
+            (b"\r\n", b"\r\nrest", Some(2)),
+            (b"\n", b"\nrest", Some(1)),
+            (b"a\n", b"\r\n", Some(2)),
+            (b"\r", b"\n\r\n", Some(3)),
+            (b"", b"a\r\n\r\r\n\n", Some(7)),
+            (b"", b"a\n\r\nb\n\n", Some(4)),
+        ];
+        for (prev, data, expected) in cases {
+            assert_eq!(find_blank_line(prev, data), expected, "{prev:?} {data:?}");
+            assert_eq!(reference(prev, data), expected, "{prev:?} {data:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_definition(
+            prev in proptest::collection::vec(proptest::sample::select(b"\r\na".to_vec()), 0..=2),
+            data in proptest::collection::vec(proptest::sample::select(b"\r\nab:".to_vec()), 0..200),
+        ) {
+            proptest::prop_assert_eq!(find_blank_line(&prev, &data), reference(&prev, &data));
+        }
+    }
+}
