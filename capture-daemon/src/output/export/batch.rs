@@ -46,6 +46,19 @@ impl ExchangeBytes for wire::Encoder<'_> {
     }
 }
 
+/// A `capture.v1.Exchange` message already encoded (by the pipeline, see `super::Offered`).
+pub struct Encoded<'a>(pub &'a [u8]);
+
+impl ExchangeBytes for Encoded<'_> {
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self.0);
+    }
+}
+
 impl ExchangeBytes for v1::Exchange {
     fn encoded_len(&self) -> usize {
         prost::Message::encoded_len(self)

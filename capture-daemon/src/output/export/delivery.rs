@@ -41,13 +41,12 @@ use super::metrics::ExportMetrics;
 use super::{
     Offered,
     backoff::Backoff,
-    batch::{BatchId, Batcher, EncodedBatch},
+    batch::{BatchId, Batcher, Encoded, EncodedBatch},
     client::{Collector, Verdict, is_disconnect, verdict},
     metrics::DropReason,
     spool::{Spool, SpoolError},
     token::{TokenFile, TokenPoll},
 };
-use capture_model::wire;
 
 /// How often the token file is read again.
 pub const TOKEN_POLL: Duration = Duration::from_secs(1);
@@ -285,18 +284,17 @@ impl Delivery {
         p.inflight.is_empty() && (p.auth_blocked || p.retry_at.is_some_and(|r| r >= stop))
     }
 
-    /// Converts one exchange from the pipeline and adds it to the open batch.
+    /// Adds one exchange from the pipeline (encoded there) to the open batch.
     fn accept(&mut self, offered: Offered) {
-        // Encoded straight from the borrowed exchange: no message copy of its headers and
-        // bodies on the way.
-        let encoder = wire::Encoder::new(&offered.exchange, &offered.clock);
-        self.batcher.add(&encoder, Instant::now(), &mut self.closed);
+        let bytes = offered.message.len() as u64;
+        self.batcher
+            .add(&Encoded(&offered.message), Instant::now(), &mut self.closed);
         self.take_closed();
         // Held before it stops being handed over: the pipeline's admission check
         // (`ExportHandle::offer`) never sees the queue smaller than it is, which let it admit
         // past `--export-queue-max-bytes`.
         self.store_held_bytes();
-        self.metrics.sub_handoff_bytes(offered.estimate);
+        self.metrics.sub_handoff_bytes(bytes);
     }
 
     fn close_batch(&mut self) {

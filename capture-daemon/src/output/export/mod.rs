@@ -3,11 +3,11 @@
 //!
 //! The pipeline hands each redacted exchange to an [`ExportHandle`]: a non-blocking send on an
 //! unbounded channel whose contents are bounded in bytes by `--export-queue-max-bytes` (an
-//! exchange that does not fit is dropped and counted, `queue_full`). Everything else happens
-//! on the exporter's own thread and tokio runtime ([`Exporter`]): conversion to the wire form
-//! (`capture_model::wire`), batching (`batch`), pushing with TLS, gzip, token and timeout (`client`),
-//! retries (`backoff`), the disk spool (`spool`), token rotation (`token`); `delivery` is the
-//! loop that ties them together.
+//! exchange that does not fit is dropped and counted, `queue_full`), of the exchange already
+//! converted to its wire form (`capture_model::wire`). Everything else happens on the
+//! exporter's own thread and tokio runtime ([`Exporter`]): batching (`batch`), pushing with
+//! TLS, gzip, token and timeout (`client`), retries (`backoff`), the disk spool (`spool`),
+//! token rotation (`token`); `delivery` is the loop that ties them together.
 //!
 //! Delivery is at least once: a batch is forgotten only when the collector acknowledged it,
 //! and each batch carries (daemon id, instance id, sequence) so the collector stores a batch
@@ -43,21 +43,18 @@ use self::{
     spool::{Spool, SpoolError},
     token::{TokenError, TokenFile},
 };
-use capture_model::{
-    clock::WallClock,
-    exchange::{Exchange, Header},
-};
+use capture_model::{clock::WallClock, exchange::Exchange, wire};
 
 /// HTTP/2 keepalive pings on the collector connection, so a silently dead peer (a node gone,
 /// a NAT entry expired) is noticed between pushes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// One exchange on its way from the pipeline to the exporter thread.
+/// One exchange on its way from the pipeline to the exporter thread: its `capture.v1.Exchange`
+/// message, encoded on the pipeline's thread. The exchange itself is freed there, where it was
+/// allocated (freeing its many parts on the exporter's thread cost mimalloc cross-thread
+/// frees), and the queue counts the bytes it really holds.
 pub struct Offered {
-    pub exchange: Exchange,
-    pub clock: WallClock,
-    /// What [`estimate_bytes`] said, counted in the queue until the exchange is batched.
-    pub estimate: u64,
+    pub message: Vec<u8>,
 }
 
 /// Why the exporter could not start. `flag` is what to name in the exit-2 message.
@@ -95,19 +92,21 @@ impl ExportHandle {
     pub fn offer(&mut self, exchange: Exchange, clock: &WallClock) {
         let m = &*self.metrics;
         m.exchanges_offered.fetch_add(1, Relaxed);
-        let estimate = estimate_bytes(&exchange);
-        if m.queue_bytes().saturating_add(estimate) > self.queue_max_bytes {
+        // Encoded straight from the borrowed exchange: no message copy of its headers and
+        // bodies on the way.
+        let encoder = wire::Encoder::new(&exchange, clock);
+        let len = encoder.encoded_len();
+        let bytes = len as u64;
+        if m.queue_bytes().saturating_add(bytes) > self.queue_max_bytes {
             m.dropped(DropReason::QueueFull, 1);
             return;
         }
-        m.add_handoff_bytes(estimate);
-        let offered = Offered {
-            exchange,
-            clock: *clock,
-            estimate,
-        };
-        if self.tx.send(offered).is_err() {
-            m.sub_handoff_bytes(estimate);
+        let mut message = Vec::with_capacity(len);
+        encoder.encode(&mut message);
+        drop(exchange);
+        m.add_handoff_bytes(bytes);
+        if self.tx.send(Offered { message }).is_err() {
+            m.sub_handoff_bytes(bytes);
             m.dropped(DropReason::Shutdown, 1);
         }
     }
@@ -123,30 +122,6 @@ impl ShutdownSignal {
             let _ = self.0.send(Some(within));
         }
     }
-}
-
-/// An upper bound of the memory an exchange takes in the queue (its wire form is smaller:
-/// field names and fixed parts are counted generously).
-pub fn estimate_bytes(ex: &Exchange) -> u64 {
-    fn headers(h: &[Header]) -> usize {
-        h.iter().map(|h| h.name.len() + h.value.len() + 8).sum()
-    }
-    let r = &ex.request;
-    let mut n = 512
-        + r.method.len()
-        + r.target.len()
-        + headers(&r.headers)
-        + headers(&r.trailers)
-        + r.body.data.len()
-        + ex.conn.id.len()
-        + ex.redacted.iter().map(|s| s.len() + 4).sum::<usize>();
-    if let Some(resp) = &ex.response {
-        n += resp.reason.len()
-            + headers(&resp.headers)
-            + headers(&resp.trailers)
-            + resp.body.data.len();
-    }
-    n as u64
 }
 
 /// A new instance id: the run's start time (Unix milliseconds, 12 hex digits) then 16 random
