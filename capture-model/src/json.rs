@@ -11,6 +11,11 @@
 //! bodies have a quote every few bytes, where a copy call per clean run (or a branch per
 //! escape) would cost more than the bytes. Splicing each escape into the stored word instead
 //! (a store per escape) measured slower on such bodies: its loop mispredicts.
+//!
+//! On x86-64 CPUs with SSSE3 (checked at run time), the block loop after the clean prefix is
+//! `ssse3`'s instead: sixteen bytes tested at once, and eight bytes whose escapes are all `"`
+//! or `\` written with one byte shuffle; words with controls still use the table above. The
+//! portable loop serves every other CPU and architecture, and the tests run both.
 
 use std::fmt;
 

@@ -46,7 +46,9 @@ impl ExchangeBytes for wire::Encoder<'_> {
     }
 }
 
-/// A `capture.v1.Exchange` message already encoded (by the pipeline, see `super::Offered`).
+/// A `capture.v1.Exchange` message already encoded (by the pipeline, see `super::Offered`),
+/// copied into the batch: one memcpy of the message, cheaper than freeing the exchange's parts
+/// on this thread was (measured in docs/benchmarks.md, session 24).
 pub struct Encoded<'a>(pub &'a [u8]);
 
 impl ExchangeBytes for Encoded<'_> {
