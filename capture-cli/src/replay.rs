@@ -27,7 +27,7 @@ use bytes::Bytes;
 use capture_model::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Grpc, Header, HttpVersion, Protocol, Request, Response, Role,
+        Body, ConnMeta, Exchange, Grpc, Headers, HttpVersion, Protocol, Request, Response, Role,
     },
     har::{self, Replay, ReplayVerdict},
     har_read::{self, ReadEntry},
@@ -492,20 +492,20 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
             http::Version::HTTP_11
         },
     );
-    let mut recorded_headers = Vec::new();
+    let mut recorded_headers = Headers::new();
     let host_name = if version == HttpVersion::Http2 {
         ":authority"
     } else {
         "Host"
     };
-    recorded_headers.push(Header::new(host_name, plan.target.authority.clone()));
+    recorded_headers.push(host_name, &plan.target.authority);
     let mut baggage: Option<String> = None;
     for h in &request.headers {
         let lower = h.name.to_ascii_lowercase();
         if lower == "baggage" {
             baggage = Some(match baggage {
                 Some(b) => format!("{b},{}", h.value),
-                None => h.value.clone(),
+                None => h.value.to_owned(),
             });
         }
         if lower.starts_with(':')
@@ -516,12 +516,12 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
         }
         let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(h.name.as_bytes()),
-            http::HeaderValue::from_str(&h.value),
+            http::HeaderValue::from_str(h.value),
         ) else {
             continue;
         };
         builder = builder.header(name, value);
-        recorded_headers.push(h.clone());
+        recorded_headers.push(h.name, h.value);
     }
     let baggage = match &plan.routing_key {
         Some(key) => Some(baggage_with(baggage, key)),
@@ -529,12 +529,12 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
     };
     if let Some(b) = &baggage {
         builder = builder.header("baggage", b.as_str());
-        recorded_headers.push(Header::new("baggage", b.clone()));
+        recorded_headers.push("baggage", b);
     }
     if grpc {
         // gRPC over HTTP/2 requires `te: trailers` (the gRPC HTTP/2 protocol spec).
         builder = builder.header("te", "trailers");
-        recorded_headers.push(Header::new("te", "trailers"));
+        recorded_headers.push("te", "trailers");
     }
     for (name, secret) in &inject_headers {
         builder = builder.header(name.as_str(), secret.expose());
@@ -565,7 +565,7 @@ fn prepare(plan: &Plan, ex: &Exchange) -> Result<Prepared, Skip> {
             decode_error: None,
             decoded_size: None,
         },
-        trailers: Vec::new(),
+        trailers: Headers::new(),
     };
     Ok(Prepared {
         protocol: ex.protocol,
@@ -645,7 +645,7 @@ async fn send(
         let mut data = Vec::new();
         let mut wire = 0_u64;
         let mut truncated = false;
-        let mut trailers = Vec::new();
+        let mut trailers = Headers::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| "response_body")?;
             match frame.into_data() {
@@ -709,7 +709,7 @@ async fn send(
         let find = |name: &str| {
             all.clone()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value.clone())
+                .map(|h| h.value.to_owned())
         };
         let path = ex.request.target.trim_start_matches('/');
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
@@ -748,20 +748,15 @@ async fn send(
     (ex, ReplayVerdict::Sent, None)
 }
 
-fn header_list(map: &http::HeaderMap) -> Vec<Header> {
+fn header_list(map: &http::HeaderMap) -> Headers {
     map.iter()
-        .map(|(name, value)| {
-            Header::new(
-                name.as_str(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes())))
         .collect()
 }
 
 /// Decodes a gzip or deflate response body as the daemon does (the capture holds decoded
 /// bodies); any other coding is kept as is and named in `decode_error`.
-fn decode_content(headers: &[Header], body: &mut Body, max: usize) {
+fn decode_content(headers: &Headers, body: &mut Body, max: usize) {
     use std::io::Read as _;
     let Some(coding) = capture_model::exchange::header_value(headers, "content-encoding")
         .map(|c| c.trim().to_ascii_lowercase())
@@ -799,6 +794,7 @@ fn decode_content(headers: &[Header], body: &mut Body, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capture_model::exchange::Header;
 
     #[test]
     fn baggage_routing_key_replaces_and_keeps_others() {
@@ -872,7 +868,10 @@ mod tests {
                 .iter()
                 .all(|h| !h.value.contains("s3cret"))
         );
-        assert_eq!(p.recorded.headers[0], Header::new("Host", "127.0.0.1:9"));
+        assert_eq!(
+            p.recorded.headers.get(0).unwrap(),
+            Header::new("Host", "127.0.0.1:9")
+        );
         // Incomplete recordings are never sent.
         ex.incomplete = Some(capture_model::exchange::Incomplete::Gap);
         assert_eq!(prepare(&plan(true, &[]), &ex).err(), Some(Skip::Incomplete));
@@ -978,9 +977,7 @@ mod tests {
         h1.redacted.clear();
         h1.request.method = "GET".into();
         h1.request.target = "/v1/x?b=2&a=1".into();
-        h1.request
-            .headers
-            .push(Header::new("baggage", "a=1,sd-routing-key=old"));
+        h1.request.headers.push("baggage", "a=1,sd-routing-key=old");
         let mut h2 = h1.clone();
         h2.protocol = Protocol::H2;
         h2.request.version = HttpVersion::Http2;
@@ -988,12 +985,13 @@ mod tests {
             Header::new(":method", "GET"),
             Header::new(":path", "/v1/x?b=2&a=1"),
             Header::new("accept", "application/json"),
-        ];
+        ]
+        .into();
         let mut grpc = h2.clone();
         grpc.protocol = Protocol::Grpc;
         grpc.request.method = "POST".into();
         grpc.request.target = "/shop.Catalog/Get".into();
-        grpc.request.headers = vec![Header::new("content-type", "application/grpc")];
+        grpc.request.headers = vec![Header::new("content-type", "application/grpc")].into();
         grpc.request.body.data = b"\0\0\0\0\x01x".to_vec();
         grpc.response.as_mut().unwrap().body.data = b"\0\0\0\0\x01y".to_vec();
         let entries: Vec<ReadEntry> = [h1, h2, grpc]
@@ -1056,7 +1054,7 @@ mod tests {
             HttpVersion::Http2
         );
         assert_eq!(
-            h2c.exchange.request.headers[0],
+            h2c.exchange.request.headers.get(0).unwrap(),
             Header::new(":authority", addr.to_string())
         );
         let g = read(&lines[2].0);

@@ -529,12 +529,7 @@ async fn encrypted_at_rest_and_needs_the_right_key() {
     let collector = Collector::start(&data, &tls, &["--encryption-key", path(&key)]);
     let mut ex = exchange(1);
     ex.request.body.data = b"password=hunter2-very-secret".to_vec();
-    ex.request
-        .headers
-        .push(capture_model::exchange::Header::new(
-            "X-Api-Key",
-            "sk-live-abcdef",
-        ));
+    ex.request.headers.push("X-Api-Key", "sk-live-abcdef");
     let secret_batch = pb::ExchangeBatch {
         daemon_id: "node-secret".into(),
         instance_id: "run-1".into(),

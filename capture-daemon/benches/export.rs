@@ -44,8 +44,8 @@ use capture_daemon::{
 use capture_model::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
-        Workload,
+        Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Role,
+        Timing, Workload,
     },
     wire,
 };
@@ -87,14 +87,15 @@ fn exchange(i: usize) -> Exchange {
                 h("Accept", "application/json"),
                 h("Accept-Encoding", "gzip, br"),
                 h("X-Request-Id", "6f1c0d2e-8b1f-4a47-9c2d-5e3b7f9a0c11"),
-            ],
+            ]
+            .into(),
             headers_size: 180,
             body: Body {
                 wire_size: request_body.len() as u64,
                 data: request_body,
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 200,
@@ -106,14 +107,15 @@ fn exchange(i: usize) -> Exchange {
                 h("Content-Type", "application/json"),
                 h("Cache-Control", "no-store"),
                 h("Content-Length", "1024"),
-            ],
+            ]
+            .into(),
             headers_size: 150,
             body: Body {
                 data: json_body(i + 7, 1024),
                 wire_size: 1024,
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: start,

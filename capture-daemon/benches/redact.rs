@@ -25,7 +25,8 @@ use std::time::Instant;
 
 use capture_daemon::redact::RedactionPolicy;
 use capture_model::exchange::{
-    Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Timing, Workload,
+    Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Timing,
+    Workload,
 };
 
 fn body(data: Vec<u8>) -> Body {
@@ -42,14 +43,15 @@ fn exchange(
     request: Vec<u8>,
     response: Vec<u8>,
 ) -> Exchange {
-    let mut headers = vec![
+    let mut headers: Headers = vec![
         Header::new("Host", "orders.shop.svc:8080"),
         Header::new("User-Agent", "bench/1"),
         Header::new("Accept", "application/json"),
         Header::new("Authorization", "Bearer x"),
-    ];
+    ]
+    .into();
     if let Some(ct) = content_type {
-        headers.push(Header::new("Content-Type", ct));
+        headers.push("Content-Type", ct);
     }
     Exchange {
         protocol: Protocol::H1,
@@ -60,7 +62,7 @@ fn exchange(
             headers,
             headers_size: 200,
             body: body(request),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 200,
@@ -69,10 +71,11 @@ fn exchange(
             headers: vec![
                 Header::new("Content-Type", "application/json"),
                 Header::new("Date", "Sun, 06 Dec 2026 18:00:00 GMT"),
-            ],
+            ]
+            .into(),
             headers_size: 120,
             body: body(response),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: 1,

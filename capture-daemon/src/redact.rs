@@ -33,7 +33,7 @@ use body::BodyFields;
 
 use capture_model::uri::scheme_end;
 
-use capture_model::exchange::{Exchange, HOP_BY_HOP_FIELDS, Header};
+use capture_model::exchange::{Exchange, HOP_BY_HOP_FIELDS, HeaderRef, Headers};
 
 /// Fields that carry credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265 §4; RFC 2965 §3.2.2),
 /// and the common non-standard API-key and token headers.
@@ -172,8 +172,8 @@ impl RedactionPolicy {
     /// header and trailer sections.
     fn remove_fields(
         &self,
-        headers: &mut Vec<Header>,
-        trailers: &mut Vec<Header>,
+        headers: &mut Headers,
+        trailers: &mut Headers,
         removed: &mut BTreeSet<String>,
     ) {
         // Decided on the fields as they are, then removed: RFC 9110 §7.6.1 makes the fields a
@@ -184,7 +184,7 @@ impl RedactionPolicy {
             connection_options(headers.iter().chain(trailers.iter())).collect();
         let mut doomed = Vec::new();
         for (index, field) in headers.iter().chain(trailers.iter()).enumerate() {
-            if self.is_removed(&field.name, &options) {
+            if self.is_removed(field.name, &options) {
                 removed.insert(field.name.to_ascii_lowercase());
                 doomed.push(index);
             }
@@ -194,7 +194,7 @@ impl RedactionPolicy {
         }
         let mut index = 0;
         let mut doomed = doomed.into_iter().peekable();
-        let mut keep = |_: &Header| {
+        let mut keep = |_: HeaderRef<'_>| {
             let remove = doomed.next_if_eq(&index).is_some();
             index += 1;
             !remove
@@ -219,21 +219,23 @@ impl RedactionPolicy {
     }
 
     /// Removes userinfo and configured query parameters from the fields that hold URLs.
-    fn rewrite_url_fields(&self, fields: &mut [Header], removed: &mut BTreeSet<String>) {
-        for field in fields {
-            let name = field.name.as_str();
+    fn rewrite_url_fields(&self, fields: &mut Headers, removed: &mut BTreeSet<String>) {
+        for index in 0..fields.len() {
+            let Some(HeaderRef { name, value }) = fields.get(index) else {
+                break;
+            };
             let named = |list: &[&str]| list.iter().any(|listed| listed.eq_ignore_ascii_case(name));
             let rewritten = if name.eq_ignore_ascii_case(":path") {
-                self.redact_uri(&field.value, UriShape::OriginForm, removed)
+                self.redact_uri(value, UriShape::OriginForm, removed)
             } else if named(&URL_FIELDS) {
-                self.redact_uri(&field.value, UriShape::Reference, removed)
+                self.redact_uri(value, UriShape::Reference, removed)
             } else if named(&AUTHORITY_FIELDS) {
-                strip_authority_userinfo(&field.value, removed)
+                strip_authority_userinfo(value, removed)
             } else {
                 None
             };
             if let Some(value) = rewritten {
-                field.value = value;
+                fields.set_value(index, &value);
             }
         }
     }
@@ -397,7 +399,7 @@ fn strip_authority_userinfo(authority: &str, removed: &mut BTreeSet<String>) -> 
 /// Lowercase field names listed in `Connection` fields (RFC 9110 §7.6.1:
 /// `Connection = #connection-option`, comma-separated with optional whitespace).
 fn connection_options<'h>(
-    fields: impl Iterator<Item = &'h Header>,
+    fields: impl Iterator<Item = HeaderRef<'h>>,
 ) -> impl Iterator<Item = &'h str> {
     fields
         .filter(|field| field.name.eq_ignore_ascii_case("connection"))
@@ -411,7 +413,9 @@ mod tests {
     use super::*;
     use capture_model::{
         clock::WallClock,
-        exchange::{Body, ConnMeta, HttpVersion, Protocol, Request, Response, Timing, Workload},
+        exchange::{
+            Body, ConnMeta, Header, HttpVersion, Protocol, Request, Response, Timing, Workload,
+        },
         har,
     };
 
@@ -435,19 +439,19 @@ mod tests {
                 method: "GET".into(),
                 target: target.into(),
                 version,
-                headers: request_headers,
+                headers: request_headers.into(),
                 headers_size: 100,
                 body: Body::default(),
-                trailers: Vec::new(),
+                trailers: Headers::new(),
             },
             response: Some(Response {
                 status: 200,
                 reason: "OK".into(),
                 version,
-                headers: response_headers,
+                headers: response_headers.into(),
                 headers_size: 50,
                 body: Body::default(),
-                trailers: Vec::new(),
+                trailers: Headers::new(),
             }),
             timing: Timing {
                 request_start_ns: 1_000,
@@ -469,8 +473,8 @@ mod tests {
         }
     }
 
-    fn names(headers: &[Header]) -> Vec<&str> {
-        headers.iter().map(|h| h.name.as_str()).collect()
+    fn names(headers: &Headers) -> Vec<&str> {
+        headers.iter().map(|h| h.name).collect()
     }
 
     /// Redacts and serialises `ex`; asserts none of `secrets` is left anywhere in the HAR line.
@@ -687,14 +691,15 @@ mod tests {
     fn trailers_are_redacted_too() {
         let policy = RedactionPolicy::new(&strings(&["X-Checksum-Key"]), &[]);
         let mut ex = exchange(HttpVersion::Http11, "/", vec![h("Host", "h")], vec![]);
-        ex.request.trailers = vec![h("Authorization", "trailer-cred"), h("X-Sum", "1")];
+        ex.request.trailers = vec![h("Authorization", "trailer-cred"), h("X-Sum", "1")].into();
         if let Some(response) = &mut ex.response {
             response.trailers = vec![
                 h("grpc-status", "0"),
                 h("x-checksum-key", "trailer-extra"),
                 h("Set-Cookie", "trailer-cookie"),
                 h("Transfer-Encoding", "chunked"),
-            ];
+            ]
+            .into();
         }
         redact_and_check(
             &policy,
@@ -878,7 +883,7 @@ mod tests {
             vec![],
         );
         redact_and_check(&RedactionPolicy::default(), &mut ex, &["h2-pw"]);
-        assert_eq!(ex.request.headers[0], h(":authority", "svc"));
+        assert_eq!(ex.request.headers.get(0).unwrap(), h(":authority", "svc"));
     }
 
     #[test]
@@ -916,9 +921,9 @@ mod tests {
             ],
         );
         assert_eq!(ex.request.target, "/cb?code=1");
-        assert_eq!(ex.request.headers[0], h(":path", "/cb?code=1"));
+        assert_eq!(ex.request.headers.get(0).unwrap(), h(":path", "/cb?code=1"));
         assert_eq!(
-            ex.request.headers[1],
+            ex.request.headers.get(1).unwrap(),
             h("referer", "https://app.example/page#top")
         );
         let response = ex
@@ -926,8 +931,11 @@ mod tests {
             .as_ref()
             .map(|r| r.headers.clone())
             .unwrap_or_default();
-        assert_eq!(response[1], h("Location", "//idp.example/cb?x=1#state=s"));
-        assert_eq!(response[2], h("Content-Location", "/doc"));
+        assert_eq!(
+            response.get(1).unwrap(),
+            h("Location", "//idp.example/cb?x=1#state=s")
+        );
+        assert_eq!(response.get(2).unwrap(), h("Content-Location", "/doc"));
         assert_eq!(
             ex.redacted,
             strings(&[

@@ -12,7 +12,7 @@
 //! appears several times is read in every occurrence. A value that is empty, longer than
 //! [`MAX_LEN`] bytes once decoded, or holds control characters is ignored.
 
-use capture_model::exchange::Header;
+use capture_model::exchange::Headers;
 
 /// The baggage / tracestate entry that holds the routing key.
 pub const KEY: &str = "sd-routing-key";
@@ -20,13 +20,8 @@ pub const KEY: &str = "sd-routing-key";
 pub const MAX_LEN: usize = 256;
 
 /// The routing key of a request with these headers, if it carries one.
-pub fn routing_key(headers: &[Header]) -> Option<String> {
-    let named = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    };
+pub fn routing_key(headers: &Headers) -> Option<String> {
+    let named = |name: &'static str| headers.values(name);
     named("baggage")
         .find_map(from_baggage)
         .or_else(|| named("tracestate").find_map(from_tracestate))
@@ -72,7 +67,7 @@ mod tests {
     use super::*;
 
     fn key(headers: &[(&str, &str)]) -> Option<String> {
-        let headers: Vec<Header> = headers.iter().map(|(n, v)| Header::new(*n, *v)).collect();
+        let headers: Headers = headers.iter().copied().collect();
         routing_key(&headers)
     }
 

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use capture_model::exchange::{Exchange, Header};
+use capture_model::exchange::{Exchange, HeaderRef};
 use jsonptr::PointerBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -111,7 +111,7 @@ impl Doc {
     pub fn of(ex: &Exchange) -> Option<Self> {
         let response = ex.response.as_ref()?;
         let mut headers: BTreeMap<String, String> = BTreeMap::new();
-        for Header { name, value } in response.headers.iter().chain(&response.trailers) {
+        for HeaderRef { name, value } in response.headers.iter().chain(&response.trailers) {
             let name = name.to_ascii_lowercase();
             // gRPC status travels in trailers; it is compared as grpc.status instead.
             if name.starts_with(':') || name == "grpc-status" || name == "grpc-message" {
@@ -123,7 +123,7 @@ impl Doc {
                     v.push_str(", ");
                     v.push_str(value);
                 })
-                .or_insert_with(|| value.clone());
+                .or_insert_with(|| value.to_owned());
         }
         let data = &response.body.data;
         let grpc = headers
@@ -820,7 +820,8 @@ mod tests {
     fn grpc_bodies_compare_message_by_message() {
         let mut ex = capture_model::fixtures::representative_redacted();
         let response = ex.response.as_mut().unwrap();
-        response.headers = vec![Header::new("content-type", "application/grpc+proto")];
+        response.headers =
+            capture_model::exchange::Headers::from([("content-type", "application/grpc+proto")]);
         response.body.data = b"\0\0\0\0\x02hi\x01\0\0\0\x01z".to_vec();
         let old = Doc::of(&ex).unwrap();
         assert_eq!(

@@ -19,7 +19,7 @@ fn entry(target: &str, start: u64, status: u16, body: &str) -> ReadEntry {
     ex.timing.request_start_ns = start;
     if let Some(r) = &mut ex.response {
         r.status = status;
-        r.headers = vec![Header::new("Content-Type", "application/json")];
+        r.headers = vec![Header::new("Content-Type", "application/json")].into();
         r.body.data = body.as_bytes().to_vec();
         r.body.decoded_from = None;
     }
@@ -158,7 +158,7 @@ fn content_type_change_is_red_but_a_charset_change_is_not() {
     let mk = |ct: &str| {
         let mut e = entry("/x", 0, 200, "{}");
         if let Some(r) = &mut e.exchange.response {
-            r.headers = vec![Header::new("content-type", ct)];
+            r.headers = vec![Header::new("content-type", ct)].into();
         }
         vec![e]
     };

@@ -17,8 +17,8 @@ use std::time::Instant;
 use capture_model::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
-        Workload,
+        Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Role,
+        Timing, Workload,
     },
     har,
 };
@@ -60,10 +60,11 @@ fn exchange() -> Exchange {
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                 ),
                 h("Cache-Control", "no-cache"),
-            ],
+            ]
+            .into(),
             headers_size: 360,
             body: Body::default(),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 200,
@@ -75,14 +76,15 @@ fn exchange() -> Exchange {
                 h("Content-Type", "application/json"),
                 h("Cache-Control", "no-store"),
                 h("Content-Length", "1024"),
-            ],
+            ]
+            .into(),
             headers_size: 150,
             body: Body {
                 wire_size: data.len() as u64,
                 data,
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: 5_000_000_000,

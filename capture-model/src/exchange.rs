@@ -40,30 +40,7 @@ impl Protocol {
     }
 }
 
-/// One header field, in wire order. Values that are not UTF-8 are kept lossily (U+FFFD).
-///
-/// `Debug` shows the name and the value's length only: header values carry credentials, and a
-/// stray `?exchange` in a log line must not leak them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
-
-impl std::fmt::Debug for Header {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: <{} bytes>", self.name, self.value.len())
-    }
-}
-
-impl Header {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
-}
+pub use crate::headers::{Header, HeaderRef, Headers};
 
 /// Connection-specific fields (RFC 9110 §7.6.1; RFC 9113 §8.2.2 forbids them in HTTP/2), in
 /// lowercase. `Proxy-Connection` is not standard but is sent by old clients with the same
@@ -84,11 +61,8 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Finds the first header named `name` (ASCII case-insensitive).
-pub fn header_value<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+pub fn header_value<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
+    headers.value(name)
 }
 
 /// A message body as captured.
@@ -142,11 +116,11 @@ pub struct Request {
     /// The request-target as sent (origin-form `/p?q`, absolute-form, authority-form or `*`).
     pub target: String,
     pub version: HttpVersion,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Bytes of the request line and header block, CRLFs included (HAR `headersSize`).
     pub headers_size: u64,
     pub body: Body,
-    pub trailers: Vec<Header>,
+    pub trailers: Headers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,11 +128,11 @@ pub struct Response {
     pub status: u16,
     pub reason: String,
     pub version: HttpVersion,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     pub headers_size: u64,
     pub body: Body,
     /// Trailer fields (chunked HTTP/1, HTTP/2), `_trailers` in the output.
-    pub trailers: Vec<Header>,
+    pub trailers: Headers,
 }
 
 /// Kernel timestamps (CLOCK_MONOTONIC ns) of the exchange's edges; `None` when not seen.

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use crate::exchange::{
-    Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
-    Workload,
+    Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Role,
+    Timing, Workload,
 };
 
 /// A header field.
@@ -45,10 +45,11 @@ pub fn representative() -> Exchange {
                 h("Content-Type", "application/json"),
                 h("Content-Length", "23"),
                 h("Connection", "keep-alive"),
-            ],
+            ]
+            .into(),
             headers_size: 187,
             body: body(br#"{"item":"book","qty":1}"#),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 201,
@@ -60,7 +61,8 @@ pub fn representative() -> Exchange {
                 h("Content-Length", "48"),
                 h("Set-Cookie", "session=abc123; HttpOnly"),
                 h("Location", "/api/orders/42"),
-            ],
+            ]
+            .into(),
             headers_size: 158,
             body: Body {
                 data: response_json.to_vec(),
@@ -68,7 +70,7 @@ pub fn representative() -> Exchange {
                 decoded_from: Some("gzip".into()),
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: 5_000_000_000,

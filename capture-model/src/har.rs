@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::WallClock,
-    exchange::{Body, ConnMeta, Exchange, Header, HttpVersion, Request, Response, header_value},
+    exchange::{Body, ConnMeta, Exchange, Headers, HttpVersion, Request, Response, header_value},
     json,
     uri::scheme_end,
 };
@@ -230,7 +230,7 @@ fn size(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-fn content_type(headers: &[Header]) -> &str {
+fn content_type(headers: &Headers) -> &str {
     header_value(headers, "content-type").unwrap_or("")
 }
 
@@ -486,10 +486,10 @@ fn write_body_text(out: &mut Vec<u8>, text: &BodyText<'_>) {
 }
 
 /// Header (or trailer) fields as a HAR list of `{"name", "value"}` objects.
-fn write_name_values(out: &mut Vec<u8>, headers: &[Header]) {
+fn write_name_values(out: &mut Vec<u8>, headers: &Headers) {
     out.push(b'[');
     for (i, header) in headers.iter().enumerate() {
-        write_name_value(out, i, &header.name, &header.value);
+        write_name_value(out, i, header.name, header.value);
     }
     out.push(b']');
 }
@@ -699,7 +699,8 @@ mod tests {
             response.status = 200;
             response.reason = "OK".into();
             // HEAD: Content-Length describes the GET body, none is sent (RFC 9110 §9.3.2).
-            response.headers = vec![h("Content-Type", "text/html"), h("Content-Length", "5120")];
+            response.headers =
+                vec![h("Content-Type", "text/html"), h("Content-Length", "5120")].into();
             response.body = Body::default();
         }
         let v = value(&ex);
@@ -723,12 +724,12 @@ mod tests {
         let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
         let mut ex = representative();
         ex.request.body = body(png);
-        ex.request.headers = vec![h("Host", "h"), h("Content-Type", "image/png")];
+        ex.request.headers = vec![h("Host", "h"), h("Content-Type", "image/png")].into();
         if let Some(response) = &mut ex.response {
             // Valid UTF-8 but mostly control characters.
             response.body = body(b"\x01\x02\x03\x04hello");
             response.body.decoded_from = None;
-            response.headers = vec![h("content-type", "application/octet-stream")];
+            response.headers = vec![h("content-type", "application/octet-stream")].into();
         }
         let v = value(&ex);
         assert_har_entry(&v);
@@ -845,9 +846,9 @@ mod tests {
     fn trailers() {
         let mut ex = representative();
         ex.protocol = Protocol::Grpc;
-        ex.request.trailers = vec![h("x-request-checksum", "abc")];
+        ex.request.trailers = vec![h("x-request-checksum", "abc")].into();
         if let Some(response) = &mut ex.response {
-            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "")];
+            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "")].into();
         }
         let v = value(&ex);
         assert_har_entry(&v);
@@ -995,7 +996,7 @@ mod tests {
             headers: headers.iter().map(|(n, v)| h(n, v)).collect(),
             headers_size: 0,
             body: Body::default(),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         };
         let conn = ConnMeta {
             dst: dst.map(addr),
@@ -1174,11 +1175,12 @@ mod tests {
             h(":scheme", "http"),
             h(":authority", "items.svc"),
             h(":path", "/items"),
-        ];
+        ]
+        .into();
         if let Some(response) = &mut ex.response {
             response.version = HttpVersion::Http2;
             response.reason = String::new();
-            response.headers = vec![h(":status", "200"), h("content-type", "text/plain")];
+            response.headers = vec![h(":status", "200"), h("content-type", "text/plain")].into();
             response.body = body(b"ok");
         }
         let v = value(&ex);
@@ -1200,9 +1202,9 @@ mod tests {
         if let Some(response) = &mut ex.response {
             response.body = body(b"\x01\x02\x03\x04hello\xc2\x85");
             response.body.decode_error = Some("unknown coding".into());
-            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")];
+            response.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")].into();
         }
-        ex.request.trailers = vec![h("x-sum", "abc")];
+        ex.request.trailers = vec![h("x-sum", "abc")].into();
         ex.protocol = Protocol::Grpc;
         all.push(ex);
 
@@ -1224,7 +1226,7 @@ mod tests {
         ex.request.headers.retain(|h| h.name != "Host");
         ex.request
             .headers
-            .push(h("X-Odd", "line1\nline2\r\n\u{1}\u{7f}\"\\ \u{2028}"));
+            .push("X-Odd", "line1\nline2\r\n\u{1}\u{7f}\"\\ \u{2028}");
         ex.redacted = vec!["authorization".into(), "token".into()];
         all.push(ex);
 
@@ -1351,7 +1353,7 @@ mod tests {
             let t = |i: usize| text[i].clone();
             ex.request.method = t(0);
             ex.request.target = format!("/{}?{}", t(1), t(2));
-            ex.request.headers.push(h(&t(3), &t(4)));
+            ex.request.headers.push(&t(3), &t(4));
             ex.request.headers_size = sizes[0];
             ex.request.body = Body {
                 data: if textual { t(5).into_bytes() } else { body.clone() },
@@ -1382,7 +1384,7 @@ mod tests {
                     decode_error: None,
                     decoded_size: Some(sizes[1]).filter(|_| !truncated),
                 };
-                response.trailers = vec![h(&t(2), &t(1))];
+                response.trailers = vec![h(&t(2), &t(1))].into();
             }
             proptest::prop_assert_eq!(line(&ex), serde_line(&ex));
         }
@@ -1447,7 +1449,7 @@ mod tests {
     #[test]
     fn line_has_no_newline_even_with_control_characters() {
         let mut ex = representative();
-        ex.request.headers.push(h("X-Odd", "line1\nline2\r\n"));
+        ex.request.headers.push("X-Odd", "line1\nline2\r\n");
         let line = line(&ex);
         assert!(!line.contains('\n') && !line.contains('\r'));
         let parsed: Value = serde_json::from_str(&line).unwrap();

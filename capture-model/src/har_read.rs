@@ -28,8 +28,8 @@ use serde_json::Value;
 
 use crate::{
     exchange::{
-        Body, ConnMeta, Exchange, Grpc, Header, HttpVersion, Incomplete, Protocol, Request,
-        Response, Role, Timing, Workload, header_value,
+        Body, ConnMeta, Exchange, Grpc, Header, Headers, HttpVersion, Incomplete, Protocol,
+        Request, Response, Role, Timing, Workload, header_value,
     },
     har::{Replay, request_url},
 };
@@ -298,7 +298,7 @@ fn field_error(location: &str, field: &str, reason: &str) -> HarReadError {
     }
 }
 
-fn headers(list: Vec<NameValueIn>) -> Vec<Header> {
+fn headers(list: Vec<NameValueIn>) -> Headers {
     list.into_iter()
         .map(|nv| Header::new(nv.name, nv.value))
         .collect()
@@ -579,7 +579,7 @@ fn target_of(request: &Request, conn: &ConnMeta, url: &str) -> String {
         headers: request.headers.clone(),
         headers_size: 0,
         body: Body::default(),
-        trailers: Vec::new(),
+        trailers: Headers::new(),
     };
     for candidate in candidates {
         probe.target = candidate;

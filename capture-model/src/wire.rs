@@ -29,8 +29,8 @@ pub use encode::Encoder;
 use crate::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Grpc, Header, HttpVersion, Incomplete, Protocol, Request,
-        Response, Role, Timing, Workload,
+        Body, ConnMeta, Exchange, Grpc, Header, Headers, HttpVersion, Incomplete, Protocol,
+        Request, Response, Role, Timing, Workload,
     },
 };
 
@@ -232,17 +232,17 @@ fn enum_value<E: TryFrom<i32>>(value: i32, field: &'static str) -> Result<E, Wir
     E::try_from(value).map_err(|_| WireError::UnknownEnum { field, value })
 }
 
-fn headers_to_proto(headers: &[Header]) -> Vec<pb::Header> {
+fn headers_to_proto(headers: &Headers) -> Vec<pb::Header> {
     headers
         .iter()
         .map(|h| pb::Header {
-            name: h.name.clone(),
-            value: h.value.clone(),
+            name: h.name.to_owned(),
+            value: h.value.to_owned(),
         })
         .collect()
 }
 
-fn headers_from_proto(headers: Vec<pb::Header>) -> Vec<Header> {
+fn headers_from_proto(headers: Vec<pb::Header>) -> Headers {
     headers
         .into_iter()
         .map(|h| Header {
@@ -362,7 +362,7 @@ pub(crate) mod tests {
         ]
     }
 
-    fn headers() -> impl Strategy<Value = Vec<Header>> {
+    fn headers() -> impl Strategy<Value = Headers> {
         vec(
             (
                 prop_oneof![
@@ -379,6 +379,7 @@ pub(crate) mod tests {
                 .prop_map(|(name, value)| Header { name, value }),
             0..6,
         )
+        .prop_map(Headers::from)
     }
 
     fn body() -> impl Strategy<Value = Body> {
@@ -618,7 +619,7 @@ pub(crate) mod tests {
         ex.cgroup_id = 0;
         ex.conn = ConnMeta::default();
         ex.request.method = String::new();
-        ex.request.headers = vec![Header::new("", "")];
+        ex.request.headers = vec![Header::new("", "")].into();
         ex.redacted = vec![String::new()];
         ex.routing_key = Some(String::new());
         ex.workload = Workload {

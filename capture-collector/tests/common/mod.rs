@@ -18,8 +18,8 @@ use std::{
 use capture_model::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Header, HttpVersion, Incomplete, Protocol, Request, Response,
-        Role, Timing, Workload,
+        Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Incomplete, Protocol, Request,
+        Response, Role, Timing, Workload,
     },
     wire,
 };
@@ -243,14 +243,15 @@ pub fn exchange(n: u32) -> Exchange {
                 h("Content-Type", "application/json"),
                 h("Content-Length", &body.len().to_string()),
                 h("X-Request-Id", &format!("req-{n:08}")),
-            ],
+            ]
+            .into(),
             headers_size: 187,
             body: Body {
                 wire_size: body.len() as u64,
                 data: body.into_bytes(),
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 201,
@@ -260,7 +261,8 @@ pub fn exchange(n: u32) -> Exchange {
                 h("Content-Type", "application/json"),
                 h("Content-Encoding", "gzip"),
                 h("Location", &format!("/api/orders/{n}")),
-            ],
+            ]
+            .into(),
             headers_size: 158,
             body: Body {
                 wire_size: 120,
@@ -268,7 +270,7 @@ pub fn exchange(n: u32) -> Exchange {
                 decoded_from: Some("gzip".into()),
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: start,
@@ -306,7 +308,8 @@ pub fn exchange(n: u32) -> Exchange {
                 h(":scheme", "https"),
                 h(":authority", "api.shop:443"),
                 h(":path", &ex.request.target.clone()),
-            ];
+            ]
+            .into();
             if let Some(r) = &mut ex.response {
                 r.version = HttpVersion::Http2;
                 r.reason = String::new();
@@ -319,7 +322,7 @@ pub fn exchange(n: u32) -> Exchange {
             ex.request.body.data = vec![0, 0, 0, 0, 5, 8, 1, 18, 1, 0xff];
             if let Some(r) = &mut ex.response {
                 r.version = HttpVersion::Http2;
-                r.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")];
+                r.trailers = vec![h("grpc-status", "0"), h("grpc-message", "caf\u{e9}")].into();
             }
             ex.grpc = Some(capture_model::exchange::Grpc {
                 service: "shop.v1.Orders".into(),

@@ -240,7 +240,7 @@ mod tests {
 
     use super::*;
     use capture_model::exchange::{
-        Body, ConnMeta, Header, HttpVersion, Protocol, Request, Timing, Workload,
+        Body, ConnMeta, Header, Headers, HttpVersion, Protocol, Request, Timing, Workload,
     };
 
     fn exchange(target: &str) -> Exchange {
@@ -250,10 +250,10 @@ mod tests {
                 method: "GET".into(),
                 target: target.into(),
                 version: HttpVersion::Http11,
-                headers: vec![Header::new("Host", "example.com")],
+                headers: vec![Header::new("Host", "example.com")].into(),
                 headers_size: 40,
                 body: Body::default(),
-                trailers: Vec::new(),
+                trailers: Headers::new(),
             },
             response: None,
             timing: Timing::default(),

@@ -14,8 +14,8 @@ use capture_daemon::{config::Config, output::export::ExportSettings};
 use capture_model::{
     clock::WallClock,
     exchange::{
-        Body, ConnMeta, Exchange, Header, HttpVersion, Protocol, Request, Response, Role, Timing,
-        Workload,
+        Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Role,
+        Timing, Workload,
     },
 };
 use capture_proto::v1::{self, ingest_server::IngestServer};
@@ -367,27 +367,28 @@ pub fn exchange(n: u32, body: usize) -> Exchange {
             headers: vec![
                 Header::new("Host", "shop.test"),
                 Header::new("Content-Type", "application/json"),
-            ],
+            ]
+            .into(),
             headers_size: 80,
             body: Body {
                 data: vec![b'a' + (n % 26) as u8; body],
                 wire_size: body as u64,
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         },
         response: Some(Response {
             status: 201,
             reason: "Created".into(),
             version: HttpVersion::Http11,
-            headers: vec![Header::new("Content-Type", "text/plain")],
+            headers: vec![Header::new("Content-Type", "text/plain")].into(),
             headers_size: 60,
             body: Body {
                 data: b"created".to_vec(),
                 wire_size: 7,
                 ..Body::default()
             },
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }),
         timing: Timing {
             request_start_ns: start,

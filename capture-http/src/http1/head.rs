@@ -2,7 +2,7 @@
 //! the empty line, parsing them with `httparse`, and deciding how the body is framed
 //! (RFC 9112 §6.3).
 
-use capture_model::exchange::{Header, HttpVersion};
+use capture_model::exchange::{Headers, HttpVersion};
 
 use super::{ParseErrorReason, Side};
 
@@ -213,7 +213,7 @@ pub(super) struct RequestHead {
     pub(super) method: String,
     pub(super) target: String,
     pub(super) version: HttpVersion,
-    pub(super) headers: Vec<Header>,
+    pub(super) headers: Headers,
     pub(super) size: u64,
 }
 
@@ -223,7 +223,7 @@ pub(super) struct ResponseHead {
     pub(super) status: u16,
     pub(super) reason: String,
     pub(super) version: HttpVersion,
-    pub(super) headers: Vec<Header>,
+    pub(super) headers: Headers,
     pub(super) size: u64,
 }
 
@@ -231,24 +231,25 @@ pub(super) struct ResponseHead {
 const INLINE_HEADERS: usize = 64;
 
 /// Default of [`Http1Limits::max_header_fields`](super::Http1Limits::max_header_fields): most
-/// field lines kept per head or trailer section. Each costs far more memory as a [`Header`]
-/// than its few bytes on the wire, so a head of thousands of tiny lines is refused rather
+/// field lines kept per head or trailer section. Each costs far more memory as a field of
+/// [`Headers`] than its few bytes on the wire, so a head of thousands of tiny lines is refused rather
 /// than multiplied.
 pub(super) const MAX_HEADERS: usize = 512;
 
-fn to_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
-    parsed
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_owned(),
-            // Values are nearly always UTF-8 (ASCII): the check is one fast pass, and only the
-            // rare other value pays for the lossy conversion.
-            value: std::str::from_utf8(h.value).map_or_else(
-                |_| String::from_utf8_lossy(h.value).into_owned(),
-                str::to_owned,
-            ),
-        })
-        .collect()
+/// Copies the fields httparse found into one [`Headers`]: two allocations for the whole
+/// section, sized up front.
+fn to_headers(parsed: &[httparse::Header<'_>]) -> Headers {
+    let text = parsed.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut headers = Headers::with_capacity(parsed.len(), text);
+    for h in parsed {
+        // Values are nearly always UTF-8 (ASCII): the check is one fast pass, and only the
+        // rare other value pays for the lossy conversion.
+        match std::str::from_utf8(h.value) {
+            Ok(value) => headers.push(h.name, value),
+            Err(_) => headers.push(h.name, &String::from_utf8_lossy(h.value)),
+        }
+    }
+    headers
 }
 
 fn version(v: Option<u8>) -> HttpVersion {
@@ -332,10 +333,7 @@ pub(super) fn parse_response(
 }
 
 /// Parses a trailer section (field lines and the final empty line, RFC 9112 §7.1.2).
-pub(super) fn parse_trailers(
-    buf: &[u8],
-    max_fields: usize,
-) -> Result<Vec<Header>, ParseErrorReason> {
+pub(super) fn parse_trailers(buf: &[u8], max_fields: usize) -> Result<Headers, ParseErrorReason> {
     with_header_slots(ParseErrorReason::InvalidTrailers, max_fields, |slots| {
         Ok(match httparse::parse_headers(buf, slots)? {
             httparse::Status::Complete((_, h)) => Some(to_headers(h)),
@@ -376,11 +374,10 @@ impl MethodKind {
 
 /// The combined list of a field's values, lower-cased, empty elements dropped
 /// (RFC 9110 §5.3: several field lines are one comma-separated list).
-fn list_values(headers: &[Header], name: &str) -> Vec<String> {
+fn list_values(headers: &Headers, name: &str) -> Vec<String> {
     headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .flat_map(|h| h.value.split(','))
+        .values(name)
+        .flat_map(|value| value.split(','))
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
         .collect()
@@ -388,13 +385,10 @@ fn list_values(headers: &[Header], name: &str) -> Vec<String> {
 
 /// Content-Length (RFC 9110 §8.6): `None` when absent, an error unless every value is the
 /// same decimal number.
-fn content_length(headers: &[Header]) -> Result<Option<u64>, ParseErrorReason> {
+fn content_length(headers: &Headers) -> Result<Option<u64>, ParseErrorReason> {
     let mut found = None;
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-    {
-        for v in h.value.split(',') {
+    for value in headers.values("content-length") {
+        for v in value.split(',') {
             let v = v.trim();
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseErrorReason::InvalidContentLength);
@@ -413,7 +407,7 @@ fn content_length(headers: &[Header]) -> Result<Option<u64>, ParseErrorReason> {
 
 /// Transfer codings other than the obsolete `identity` (RFC 9112 §6.1); `Some(true)` when
 /// `chunked` is the final one.
-fn chunked_last(headers: &[Header]) -> Option<bool> {
+fn chunked_last(headers: &Headers) -> Option<bool> {
     let codings = list_values(headers, "transfer-encoding");
     let codings: Vec<&String> = codings.iter().filter(|c| *c != "identity").collect();
     codings.last().map(|c| *c == "chunked")
@@ -430,7 +424,7 @@ fn length_framing(n: u64) -> Framing {
 /// RFC 9112 §6.3 for requests: Transfer-Encoding wins over Content-Length (rule 3); a
 /// request whose final coding is not chunked cannot be delimited (rule 4); no length means
 /// no body (rule 7).
-pub(super) fn request_framing(headers: &[Header]) -> Result<Framing, ParseErrorReason> {
+pub(super) fn request_framing(headers: &Headers) -> Result<Framing, ParseErrorReason> {
     match chunked_last(headers) {
         Some(true) => return Ok(Framing::Chunked),
         Some(false) => return Err(ParseErrorReason::UnsupportedTransferEncoding),
@@ -446,7 +440,7 @@ pub(super) fn request_framing(headers: &[Header]) -> Result<Framing, ParseErrorR
 pub(super) fn response_framing(
     method: MethodKind,
     status: u16,
-    headers: &[Header],
+    headers: &Headers,
 ) -> Result<Framing, ParseErrorReason> {
     if method == MethodKind::Head || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -461,15 +455,12 @@ pub(super) fn response_framing(
 }
 
 /// The Content-Encoding field value, several field lines joined (RFC 9110 §8.4).
-pub(super) fn content_encoding(headers: &[Header]) -> Option<String> {
-    let mut values = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"));
-    let first = values.next()?;
-    let mut joined = first.value.clone();
-    for h in values {
+pub(super) fn content_encoding(headers: &Headers) -> Option<String> {
+    let mut values = headers.values("content-encoding");
+    let mut joined = values.next()?.to_owned();
+    for value in values {
         joined.push_str(", ");
-        joined.push_str(&h.value);
+        joined.push_str(value);
     }
     Some(joined)
 }

@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 
 pub(crate) use crate::body::CappedBody;
 use capture_model::exchange::{
-    Body, ConnMeta, Exchange, Header, Incomplete, Protocol, Request, Response, Timing, Workload,
+    Body, ConnMeta, Exchange, Headers, Incomplete, Protocol, Request, Response, Timing, Workload,
 };
 
 use chunked::{ChunkError, ChunkedDecoder};
@@ -725,7 +725,7 @@ impl Http1Conn {
                 headers: parsed.headers,
                 headers_size: parsed.size,
                 body: Body::default(),
-                trailers: Vec::new(),
+                trailers: Headers::new(),
             },
             method,
             body: CappedBody::default(),
@@ -937,7 +937,7 @@ impl Http1Conn {
             headers: parsed.headers,
             headers_size: parsed.size,
             body: Body::default(),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         };
         if waiting.is_none() {
             out.push(Http1Output::Error(ParseErrorReason::ResponseWithoutRequest));
@@ -1144,15 +1144,15 @@ fn trailer_fields(
     section: Option<Vec<u8>>,
     max_fields: usize,
     out: &mut Vec<Http1Output>,
-) -> Vec<Header> {
+) -> Headers {
     let Some(section) = section else {
-        return Vec::new();
+        return Headers::new();
     };
     if section.is_empty() || section == b"\r\n" || section == b"\n" {
-        return Vec::new();
+        return Headers::new();
     }
     head::parse_trailers(&section, max_fields).unwrap_or_else(|reason| {
         out.push(Http1Output::Error(reason));
-        Vec::new()
+        Headers::new()
     })
 }

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::tests::exchanges;
 use super::*;
+use capture_model::exchange::Header;
 
 /// Feeds `stream` on `side` cut at `cuts` (positions, any order, out of range ignored),
 /// with increasing timestamps from `ts`.
@@ -267,7 +268,7 @@ proptest! {
         prop_assert_eq!(&body.data, &c.body);
         prop_assert_eq!(body.wire_size, c.body.len() as u64);
         prop_assert!(!body.truncated);
-        let want: Vec<Header> = c.trailers.iter().map(|(n, v)| Header::new(n.clone(), v.clone())).collect();
+        let want: Headers = c.trailers.iter().map(|(n, v)| Header::new(n.clone(), v.clone())).collect();
         prop_assert_eq!(trailers, &want);
         prop_assert_eq!(conn.buffered_bytes(), 0);
     }

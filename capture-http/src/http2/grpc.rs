@@ -10,7 +10,7 @@
 //! message reader decodes it. A gRPC-Web trailer frame (flag 0x80) is moved to the trailers.
 
 use crate::body::decode_content;
-use capture_model::exchange::{Body, Grpc, Header, header_value};
+use capture_model::exchange::{Body, Grpc, Headers, header_value};
 
 /// `application/grpc`, `application/grpc+proto`, `application/grpc-web+json`, ...
 pub fn is_grpc(content_type: Option<&str>) -> bool {
@@ -64,7 +64,7 @@ pub fn percent_decode(s: &str) -> String {
 
 /// The outcome of a call: status and message from the trailers, or from the headers of a
 /// trailers-only response.
-pub fn detail(path: &str, response: Option<(&[Header], &[Header])>) -> Grpc {
+pub fn detail(path: &str, response: Option<(&Headers, &Headers)>) -> Grpc {
     let (service, method) = method_of(path);
     let (status, message) = match response {
         Some((headers, trailers)) => {
@@ -89,7 +89,7 @@ pub fn detail(path: &str, response: Option<(&[Header], &[Header])>) -> Grpc {
 pub struct Messages {
     pub body: Body,
     /// Trailers found in a gRPC-Web trailer frame.
-    pub web_trailers: Vec<Header>,
+    pub web_trailers: Headers,
     /// The bytes did not follow the length-prefixed framing (kept as captured from there).
     pub framing_error: bool,
 }
@@ -139,12 +139,12 @@ pub fn messages(
                 decode_error: None,
                 decoded_size: None,
             },
-            web_trailers: Vec::new(),
+            web_trailers: Headers::new(),
             framing_error,
         };
     }
     let mut out = Vec::with_capacity(raw.len().min(max));
-    let mut web_trailers = Vec::new();
+    let mut web_trailers = Headers::new();
     let mut decoded_any = false;
     let mut decode_error = None;
     let mut cut = false;
@@ -167,7 +167,7 @@ pub fn messages(
                 } else {
                     payload.to_vec()
                 };
-                web_trailers.extend(parse_web_trailers(&block));
+                web_trailers.append(&mut parse_web_trailers(&block));
             }
             1 if whole && encoding.is_some() => {
                 let d = decode_content(encoding.as_deref(), payload, true, max);
@@ -218,18 +218,19 @@ fn push_capped(out: &mut Vec<u8>, bytes: &[u8], max: usize, cut: &mut bool) {
 }
 
 /// `name: value` lines separated by CRLF (gRPC-Web trailer frame); names lowercased.
-fn parse_web_trailers(block: &[u8]) -> Vec<Header> {
+fn parse_web_trailers(block: &[u8]) -> Headers {
     String::from_utf8_lossy(block)
         .split("\r\n")
         .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| Header::new(n.trim().to_ascii_lowercase(), v.trim()))
-        .filter(|h| !h.name.is_empty())
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim()))
+        .filter(|(n, _)| !n.is_empty())
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capture_model::exchange::Header;
 
     fn frame(flag: u8, payload: &[u8]) -> Vec<u8> {
         let mut v = vec![flag];
@@ -317,7 +318,7 @@ mod tests {
                 Header::new("grpc-message", "not%20found")
             ]
         );
-        let g = detail("/a.B/C", Some((&[], &m.web_trailers)));
+        let g = detail("/a.B/C", Some((&Headers::new(), &m.web_trailers)));
         assert_eq!(g.status, Some(5));
         assert_eq!(g.message.as_deref(), Some("not found"));
     }

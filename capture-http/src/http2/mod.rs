@@ -53,7 +53,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::http1::Side;
-use capture_model::exchange::{Exchange, Header, HttpVersion, Incomplete, Request};
+use capture_model::exchange::{Exchange, Headers, HttpVersion, Incomplete, Request};
 use never_indexed::keeps_never_indexed;
 
 use frame::{FrameHeader, HEADER_LEN, PREFACE};
@@ -1153,7 +1153,7 @@ impl Http2Conn {
                     fields.cut = true;
                     return;
                 }
-                fields.headers.push(Header::new(f.name, f.value));
+                fields.headers.push(&f.name, &f.value);
             }
             hpack::Decoded::Unresolved => fields.unresolved = true,
         });
@@ -1471,7 +1471,7 @@ fn message(s: &mut Stream, side: Side) -> &mut Message {
 /// A decoded header block on its way to a stream.
 #[derive(Default)]
 struct DecodedBlock {
-    headers: Vec<Header>,
+    headers: Headers,
     /// Sum of the kept fields' sizes.
     size: usize,
     /// Fields past `max_header_list_bytes` were dropped.
@@ -1488,11 +1488,11 @@ struct DecodedBlock {
 /// (`:method`, `:path`, ...) come from the client, `:status` from the server. Their names are
 /// in HPACK's static table, so they decode even when the dynamic table is unknown. Pseudo-header
 /// fields come first; `None` for a block without them (trailers) or with both kinds.
-fn sender_of(headers: &[Header]) -> Option<Sender> {
+fn sender_of(headers: &Headers) -> Option<Sender> {
     let mut request = false;
     let mut status = false;
     for f in headers.iter().take_while(|f| f.name.starts_with(':')) {
-        match f.name.as_str() {
+        match f.name {
             ":status" => status = true,
             ":method" | ":path" | ":scheme" | ":authority" | ":protocol" => request = true,
             _ => {}
@@ -1508,7 +1508,7 @@ fn sender_of(headers: &[Header]) -> Option<Sender> {
 /// Whether an HTTP/1.1 exchange is an accepted `Upgrade: h2c` (RFC 7540 §3.2): the request
 /// asked for h2c and the response is 101 switching to it.
 pub fn is_h2c_upgrade(ex: &Exchange) -> bool {
-    let names_h2c = |headers: &[Header]| {
+    let names_h2c = |headers: &Headers| {
         headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))

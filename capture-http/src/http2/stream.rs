@@ -3,8 +3,8 @@
 
 use crate::body::CappedBody;
 use capture_model::exchange::{
-    Body, ConnMeta, Exchange, Header, HttpVersion, Incomplete, Protocol, Request, Response, Timing,
-    Workload, header_value,
+    Body, ConnMeta, Exchange, Headers, HttpVersion, Incomplete, Protocol, Request, Response,
+    Timing, Workload, header_value,
 };
 
 use super::grpc;
@@ -16,12 +16,12 @@ pub(super) struct Message {
     pub started: bool,
     /// END_STREAM was seen.
     pub ended: bool,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Header block bytes (HEADERS and CONTINUATION fragments, without padding).
     pub headers_size: u64,
     /// DATA payloads (padding removed).
     pub body: CappedBody,
-    pub trailers: Vec<Header>,
+    pub trailers: Headers,
     /// A trailer block was seen.
     pub has_trailers: bool,
     pub start_ns: Option<u64>,
@@ -31,7 +31,7 @@ pub(super) struct Message {
 impl Message {
     /// RFC 9113 §8.1: one trailer section at most, which ends the message. A further block
     /// is dropped (false), so a peer cannot make a stream hold ever more fields.
-    pub fn add_trailers(&mut self, fields: &mut Vec<Header>) -> bool {
+    pub fn add_trailers(&mut self, fields: &mut Headers) -> bool {
         if self.has_trailers {
             return false;
         }
@@ -42,11 +42,7 @@ impl Message {
 
     /// Bytes of the header and trailer fields held.
     pub fn header_bytes(&self) -> usize {
-        self.headers
-            .iter()
-            .chain(&self.trailers)
-            .map(|h| h.name.len() + h.value.len())
-            .sum()
+        self.headers.text_len() + self.trailers.text_len()
     }
 
     pub fn touch(&mut self, ts: u64) {
@@ -117,7 +113,7 @@ impl Stream {
             }
         };
         let mut framing_error = false;
-        let mut body_of = |m: &mut Message| -> (Body, Vec<Header>) {
+        let mut body_of = |m: &mut Message| -> (Body, Headers) {
             let raw = std::mem::take(&mut m.body);
             if is_grpc {
                 let enc = header_value(&m.headers, "grpc-encoding");
@@ -127,7 +123,7 @@ impl Stream {
                 (msgs.body, msgs.web_trailers)
             } else {
                 let ce = header_value(&m.headers, "content-encoding");
-                (raw.finish(ce, max_body), Vec::new())
+                (raw.finish(ce, max_body), Headers::new())
             }
         };
         let mut request = request;
@@ -142,12 +138,12 @@ impl Stream {
             || response.body.wire_size > 0
             || !response.trailers.is_empty();
         let response_out = if response_seen {
-            let (body, web_trailers) = body_of(&mut response);
+            let (body, mut web_trailers) = body_of(&mut response);
             let status = header_value(&response.headers, ":status")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             let mut trailers = std::mem::take(&mut response.trailers);
-            trailers.extend(web_trailers);
+            trailers.append(&mut web_trailers);
             Some(Response {
                 status,
                 reason: String::new(),
@@ -168,9 +164,7 @@ impl Stream {
             };
             grpc::detail(
                 &path,
-                response_out
-                    .as_ref()
-                    .map(|r| (r.headers.as_slice(), r.trailers.as_slice())),
+                response_out.as_ref().map(|r| (&r.headers, &r.trailers)),
             )
         });
         let request_start = request.start_ns.or(response.start_ns).unwrap_or(0);

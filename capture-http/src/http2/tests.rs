@@ -7,7 +7,7 @@ use super::frame::{
 use super::hpack::Indexing;
 use super::testing::{Wire, exchanges, get, refs, run};
 use super::*;
-use capture_model::exchange::{Body, Protocol};
+use capture_model::exchange::{Body, Header, Protocol};
 
 fn errors(out: &[Http2Output]) -> Vec<H2ErrorReason> {
     out.iter()
@@ -27,8 +27,8 @@ fn limits_hit(out: &[Http2Output]) -> Vec<H2Limit> {
         .collect()
 }
 
-fn names(headers: &[Header]) -> Vec<&str> {
-    headers.iter().map(|h| h.name.as_str()).collect()
+fn names(headers: &Headers) -> Vec<&str> {
+    headers.iter().map(|h| h.name).collect()
 }
 
 fn simple() -> Wire {
@@ -825,10 +825,11 @@ fn h2c_upgrade_makes_the_request_stream_one() {
             Header::new("Connection", "Upgrade, HTTP2-Settings"),
             Header::new("Upgrade", "h2c"),
             Header::new("HTTP2-Settings", "AAUAAQAA"),
-        ],
+        ]
+        .into(),
         headers_size: 80,
         body: Body::default(),
-        trailers: Vec::new(),
+        trailers: Headers::new(),
     };
     let settings = upgrade_settings(&request).unwrap();
     assert_eq!(settings, [0, 5, 0, 1, 0, 0]);

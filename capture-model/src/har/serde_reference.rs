@@ -14,7 +14,7 @@ use serde::{Serialize, Serializer};
 use super::{BodyText, Edges, Replay, body_text, content_type, request_url, size};
 use crate::{
     clock::WallClock,
-    exchange::{Body, Exchange, Header, Request, Response, header_value},
+    exchange::{Body, Exchange, Headers, Request, Response, header_value},
 };
 
 /// The entry of `ex` with its `_replay`, as `serde_json` writes it.
@@ -120,7 +120,7 @@ impl<'a> HarEntry<'a> {
             server_ip_address: ex.conn.dst.map(|dst| dst.ip()),
             connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
             capture: Capture::new(ex),
-            trailers: NameValues(ex.response.as_ref().map_or(&[], |r| &r.trailers)),
+            trailers: NameValues(ex.response.as_ref().map(|r| &r.trailers)),
             grpc: ex.grpc.as_ref().map(GrpcOut::new),
         }
     }
@@ -133,19 +133,19 @@ struct NameValue<'a> {
 }
 
 /// Header (or trailer) fields as a HAR list of `{"name", "value"}` objects.
-struct NameValues<'a>(&'a [Header]);
+struct NameValues<'a>(Option<&'a Headers>);
 
 impl NameValues<'_> {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none_or(Headers::is_empty)
     }
 }
 
 impl Serialize for NameValues<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.iter().map(|h| NameValue {
-            name: Cow::Borrowed(&h.name),
-            value: Cow::Borrowed(&h.value),
+        serializer.collect_seq(self.0.into_iter().flatten().map(|h| NameValue {
+            name: Cow::Borrowed(h.name),
+            value: Cow::Borrowed(h.value),
         }))
     }
 }
@@ -205,12 +205,12 @@ impl<'a> HarRequest<'a> {
             url,
             http_version: request.version.as_str(),
             cookies: &[],
-            headers: NameValues(&request.headers),
+            headers: NameValues(Some(&request.headers)),
             query_string: QueryString(url),
             post_data,
             headers_size: size(request.headers_size),
             body_size: size(body.wire_size),
-            trailers: NameValues(&request.trailers),
+            trailers: NameValues(Some(&request.trailers)),
         }
     }
 }
@@ -250,7 +250,7 @@ impl<'a> HarResponse<'a> {
             status_text: &response.reason,
             http_version: response.version.as_str(),
             cookies: &[],
-            headers: NameValues(&response.headers),
+            headers: NameValues(Some(&response.headers)),
             content: Content {
                 size: size(response.body.decoded_size()),
                 mime_type: content_type(&response.headers),
@@ -270,7 +270,7 @@ impl<'a> HarResponse<'a> {
             status_text: "",
             http_version: "",
             cookies: &[],
-            headers: NameValues(&[]),
+            headers: NameValues(None),
             content: Content {
                 size: 0,
                 mime_type: "",

@@ -10,7 +10,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 
 use crate::{
     clock::WallClock,
-    exchange::{Body, Exchange, Header, HttpVersion, Request, Response, Role},
+    exchange::{Body, Exchange, HeaderRef, Headers, HttpVersion, Request, Response, Role},
 };
 
 /// An exchange ready to encode: its Unix timestamps and address texts worked out once, and
@@ -197,22 +197,22 @@ fn version(version: HttpVersion) -> u64 {
     u64::try_from(super::version_to_proto(version)).unwrap_or(0)
 }
 
-fn header_len(h: &Header) -> usize {
-    string_len(1, &h.name) + string_len(2, &h.value)
+fn header_len(h: HeaderRef<'_>) -> usize {
+    string_len(1, h.name) + string_len(2, h.value)
 }
 
-fn headers_len(tag: u32, headers: &[Header]) -> usize {
+fn headers_len(tag: u32, headers: &Headers) -> usize {
     headers
         .iter()
         .map(|h| message_len(tag, header_len(h)))
         .sum()
 }
 
-fn headers(buf: &mut Vec<u8>, tag: u32, headers: &[Header]) {
+fn headers(buf: &mut Vec<u8>, tag: u32, headers: &Headers) {
     for h in headers {
         message(buf, tag, header_len(h));
-        string(buf, 1, &h.name);
-        string(buf, 2, &h.value);
+        string(buf, 1, h.name);
+        string(buf, 2, h.value);
     }
 }
 

@@ -1,9 +1,5 @@
 use super::*;
 
-fn h(name: &str, value: &str) -> Header {
-    Header::new(name, value)
-}
-
 fn body(data: &[u8]) -> Body {
     Body {
         data: data.to_vec(),
@@ -21,7 +17,11 @@ fn redact_as(content_type: &str, data: &[u8]) -> (Vec<u8>, Vec<String>) {
 fn redact_with(fields: &BodyFields, content_type: &str, data: &[u8]) -> (Vec<u8>, Vec<String>) {
     let mut b = body(data);
     let mut removed = BTreeSet::new();
-    fields.redact(&[h("Content-Type", content_type)], &mut b, &mut removed);
+    fields.redact(
+        &Headers::from([("Content-Type", content_type)]),
+        &mut b,
+        &mut removed,
+    );
     (b.data, removed.into_iter().collect())
 }
 
@@ -155,13 +155,13 @@ fn other_content_types_and_missing_content_type_are_not_touched() {
     }
     let mut b = body(br#"{"password":"QXZ"}"#);
     let mut removed = BTreeSet::new();
-    fields.redact(&[], &mut b, &mut removed);
+    fields.redact(&Headers::new(), &mut b, &mut removed);
     assert_eq!(b.data, br#"{"password":"QXZ"}"#);
     // Undecodable content: `data` holds the encoded bytes, which are not parsed.
     let mut b = body(br#"{"password":"QXZ"}"#);
     b.decode_error = Some("unsupported content coding".into());
     fields.redact(
-        &[h("content-type", "application/json")],
+        &Headers::from([("content-type", "application/json")]),
         &mut b,
         &mut removed,
     );
@@ -190,7 +190,7 @@ fn nothing_matching_keeps_the_same_buffer() {
         let mut b = body(data);
         let before = b.data.as_ptr();
         let mut removed = BTreeSet::new();
-        fields.redact(&[h("Content-Type", ct)], &mut b, &mut removed);
+        fields.redact(&Headers::from([("Content-Type", ct)]), &mut b, &mut removed);
         assert_eq!(b.data.as_ptr(), before, "{ct}");
         assert_eq!(b.data, data);
         assert_eq!(b.decoded_size, None);
@@ -204,7 +204,7 @@ fn decoded_size_keeps_the_size_before_redaction() {
     let mut b = body(data);
     let mut removed = BTreeSet::new();
     BodyFields::default().redact(
-        &[h("Content-Type", "application/json")],
+        &Headers::from([("Content-Type", "application/json")]),
         &mut b,
         &mut removed,
     );
@@ -213,7 +213,7 @@ fn decoded_size_keeps_the_size_before_redaction() {
     // Redacting again changes nothing, the size before the first redaction stays.
     let once = b.clone();
     BodyFields::default().redact(
-        &[h("Content-Type", "application/json")],
+        &Headers::from([("Content-Type", "application/json")]),
         &mut b,
         &mut removed,
     );
@@ -221,7 +221,7 @@ fn decoded_size_keeps_the_size_before_redaction() {
     // Same length before and after: nothing to record.
     let mut b = body(br#"{"pwd":"QXZQXZQXZQ"}"#);
     BodyFields::default().redact(
-        &[h("Content-Type", "application/json")],
+        &Headers::from([("Content-Type", "application/json")]),
         &mut b,
         &mut removed,
     );
@@ -244,7 +244,7 @@ fn truncated_json_at_every_cut_point() {
         b.truncated = cut < sample.len();
         let mut removed = BTreeSet::new();
         fields.redact(
-            &[h("Content-Type", "application/json")],
+            &Headers::from([("Content-Type", "application/json")]),
             &mut b,
             &mut removed,
         );
