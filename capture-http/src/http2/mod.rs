@@ -1141,7 +1141,15 @@ impl Http2Conn {
         out: &mut Vec<Http2Output>,
     ) {
         let max_list = self.limits.max_header_list_bytes;
-        let mut fields = DecodedBlock::default();
+        // Room up front, so the fields' text does not grow by doubling: indexed fields
+        // decode to far more text than their one or two bytes, Huffman strings to about 1.6x.
+        let mut fields = DecodedBlock {
+            headers: Headers::with_capacity(
+                16,
+                bytes.len().saturating_mul(2).clamp(256, max_list.max(256)),
+            ),
+            ..DecodedBlock::default()
+        };
         let result = self.halves[h].hpack.decode_block(bytes, |d| match d {
             hpack::Decoded::Field(f) => {
                 if f.never_indexed && !f.name.starts_with(':') && !keeps_never_indexed(&f.name) {

@@ -22,6 +22,8 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 use table::{DynamicTable, Lookup, STATIC_TABLE};
 
 pub use table::ENTRY_OVERHEAD;
@@ -42,14 +44,16 @@ pub enum HpackError {
     InvalidIndex,
 }
 
-/// A decoded header field.
+/// A decoded header field, borrowed from the static table, the dynamic table or the
+/// decoder's buffers: the caller copies what it keeps, once (into the message's
+/// `Headers`), and nothing is allocated per field unless it is not UTF-8.
 ///
 /// `Debug` shows the name and the value's length only (values carry credentials).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Field {
+pub struct Field<'a> {
     /// As sent; not UTF-8 bytes are replaced by U+FFFD.
-    pub name: String,
-    pub value: String,
+    pub name: Cow<'a, str>,
+    pub value: Cow<'a, str>,
     /// Sent as a never-indexed literal (RFC 7541 §6.2.3): the sender marked it sensitive.
     pub never_indexed: bool,
     /// RFC 7541 §4.1 size (name and value octets plus 32), as RFC 9113 §6.5.2 counts header
@@ -57,7 +61,19 @@ pub struct Field {
     pub size: usize,
 }
 
-impl std::fmt::Debug for Field {
+impl Field<'_> {
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> Field<'static> {
+        Field {
+            name: Cow::Owned(self.name.into_owned()),
+            value: Cow::Owned(self.value.into_owned()),
+            never_indexed: self.never_indexed,
+            size: self.size,
+        }
+    }
+}
+
+impl std::fmt::Debug for Field<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -75,10 +91,20 @@ impl std::fmt::Debug for Field {
 
 /// One field representation of a block, as far as it decodes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
-    Field(Field),
+pub enum Decoded<'a> {
+    Field(Field<'a>),
     /// The field refers to a dynamic table entry this decoder does not know.
     Unresolved,
+}
+
+impl Decoded<'_> {
+    /// A copy that borrows nothing.
+    pub fn into_owned(self) -> Decoded<'static> {
+        match self {
+            Self::Field(f) => Decoded::Field(f.into_owned()),
+            Self::Unresolved => Decoded::Unresolved,
+        }
+    }
 }
 
 /// What decoding a block found besides the fields.
@@ -142,7 +168,7 @@ impl Decoder {
     pub fn decode_block(
         &mut self,
         block: &[u8],
-        mut emit: impl FnMut(Decoded),
+        mut emit: impl FnMut(Decoded<'_>),
     ) -> Result<BlockInfo, HpackError> {
         let mut info = BlockInfo::default();
         let mut rest = block;
@@ -164,7 +190,7 @@ impl Decoder {
         first: u8,
         buf: &[u8],
         info: &mut BlockInfo,
-        emit: &mut impl FnMut(Decoded),
+        emit: &mut impl FnMut(Decoded<'_>),
     ) -> Result<usize, HpackError> {
         if first & 0x80 != 0 {
             // §6.1 Indexed Header Field.
@@ -173,8 +199,8 @@ impl Decoder {
                 Name::Static(i) => {
                     let (name, value) = STATIC_TABLE[i];
                     Decoded::Field(Field {
-                        name: name.to_owned(),
-                        value: value.to_owned(),
+                        name: Cow::Borrowed(name),
+                        value: Cow::Borrowed(value),
                         never_indexed: false,
                         size: name.len() + value.len() + ENTRY_OVERHEAD,
                     })
@@ -288,11 +314,11 @@ enum NameSource {
     Unknown,
 }
 
-fn lossy(bytes: &[u8]) -> String {
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     // `from_utf8` validates faster than the lossy conversion; most fields are ASCII.
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

@@ -10,9 +10,9 @@ pub(crate) fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn decode_all(d: &mut Decoder, block: &[u8]) -> (Vec<Decoded>, BlockInfo) {
+fn decode_all(d: &mut Decoder, block: &[u8]) -> (Vec<Decoded<'static>>, BlockInfo) {
     let mut out = Vec::new();
-    let info = d.decode_block(block, |f| out.push(f)).unwrap();
+    let info = d.decode_block(block, |f| out.push(f.into_owned())).unwrap();
     (out, info)
 }
 
@@ -20,7 +20,7 @@ fn fields(decoded: &[Decoded]) -> Vec<(String, String)> {
     decoded
         .iter()
         .map(|d| match d {
-            Decoded::Field(f) => (f.name.clone(), f.value.clone()),
+            Decoded::Field(f) => (f.name.to_string(), f.value.to_string()),
             Decoded::Unresolved => ("?".into(), "?".into()),
         })
         .collect()
@@ -416,7 +416,7 @@ fn size_update_to_zero_makes_the_table_known() {
     // An index past a known table is an error (and the table is forgotten again).
     let mut out = Vec::new();
     assert_eq!(
-        d.decode_block(&[0x80 | 64], |f| out.push(f)),
+        d.decode_block(&[0x80 | 64], |f| out.push(f.into_owned())),
         Err(HpackError::InvalidIndex)
     );
     assert!(!d.is_known());
@@ -483,7 +483,7 @@ fn malformed_blocks_are_errors_not_panics() {
         let mut d = Decoder::new(4096);
         let mut out = Vec::new();
         assert_eq!(
-            d.decode_block(block, |f| out.push(f)),
+            d.decode_block(block, |f| out.push(f.into_owned())),
             Err(*want),
             "{block:02x?}"
         );
