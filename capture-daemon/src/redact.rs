@@ -29,6 +29,8 @@ pub mod body;
 
 use std::collections::BTreeSet;
 
+use smallvec::SmallVec;
+
 use body::BodyFields;
 
 use capture_model::uri::scheme_end;
@@ -179,14 +181,17 @@ impl RedactionPolicy {
         // Decided on the fields as they are, then removed: RFC 9110 §7.6.1 makes the fields a
         // message's Connection header names connection options for that message only, and
         // reading the trailers too only ever removes more. Nothing is allocated for a field
-        // that stays (every exchange passes here).
-        let options: Vec<&str> =
-            connection_options(headers.iter().chain(trailers.iter())).collect();
+        // that stays (every exchange passes here): the connection options a message names are
+        // nearly always one or two (`keep-alive`, `close`), kept on the stack.
         let mut doomed = Vec::new();
-        for (index, field) in headers.iter().chain(trailers.iter()).enumerate() {
-            if self.is_removed(field.name, &options) {
-                removed.insert(field.name.to_ascii_lowercase());
-                doomed.push(index);
+        {
+            let options: SmallVec<[&str; 4]> =
+                connection_options(headers.iter().chain(trailers.iter())).collect();
+            for (index, field) in headers.iter().chain(trailers.iter()).enumerate() {
+                if self.is_removed(field.name, &options) {
+                    removed.insert(field.name.to_ascii_lowercase());
+                    doomed.push(index);
+                }
             }
         }
         if doomed.is_empty() {
