@@ -27,8 +27,6 @@
 
 pub mod body;
 
-use std::collections::BTreeSet;
-
 use smallvec::SmallVec;
 
 use body::BodyFields;
@@ -142,11 +140,7 @@ impl RedactionPolicy {
     /// `ex.redacted` (sorted, deduplicated, lowercase; entries already there are kept).
     /// Applying a policy twice changes nothing the second time.
     pub fn apply(&self, ex: &mut Exchange) {
-        let mut removed: BTreeSet<String> = ex
-            .redacted
-            .drain(..)
-            .map(|name| name.to_lowercase())
-            .collect();
+        let mut removed = Removed::from_existing(std::mem::take(&mut ex.redacted));
 
         let request = &mut ex.request;
         self.remove_fields(&mut request.headers, &mut request.trailers, &mut removed);
@@ -167,29 +161,24 @@ impl RedactionPolicy {
                 .redact(&response.headers, &mut response.body, &mut removed);
         }
 
-        ex.redacted = removed.into_iter().collect();
+        ex.redacted = removed.into_sorted();
     }
 
     /// Removes credential, connection-specific and configured fields from one message's
     /// header and trailer sections.
-    fn remove_fields(
-        &self,
-        headers: &mut Headers,
-        trailers: &mut Headers,
-        removed: &mut BTreeSet<String>,
-    ) {
+    fn remove_fields(&self, headers: &mut Headers, trailers: &mut Headers, removed: &mut Removed) {
         // Decided on the fields as they are, then removed: RFC 9110 §7.6.1 makes the fields a
         // message's Connection header names connection options for that message only, and
         // reading the trailers too only ever removes more. Nothing is allocated for a field
         // that stays (every exchange passes here): the connection options a message names are
         // nearly always one or two (`keep-alive`, `close`), kept on the stack.
-        let mut doomed = Vec::new();
+        let mut doomed: SmallVec<[usize; 8]> = SmallVec::new();
         {
             let options: SmallVec<[&str; 4]> =
                 connection_options(headers.iter().chain(trailers.iter())).collect();
             for (index, field) in headers.iter().chain(trailers.iter()).enumerate() {
                 if self.is_removed(field.name, &options) {
-                    removed.insert(field.name.to_ascii_lowercase());
+                    removed.insert_lowercase(field.name);
                     doomed.push(index);
                 }
             }
@@ -224,7 +213,7 @@ impl RedactionPolicy {
     }
 
     /// Removes userinfo and configured query parameters from the fields that hold URLs.
-    fn rewrite_url_fields(&self, fields: &mut Headers, removed: &mut BTreeSet<String>) {
+    fn rewrite_url_fields(&self, fields: &mut Headers, removed: &mut Removed) {
         for index in 0..fields.len() {
             let Some(HeaderRef { name, value }) = fields.get(index) else {
                 break;
@@ -247,12 +236,7 @@ impl RedactionPolicy {
 
     /// The request target without userinfo and configured query parameters, or `None` when
     /// nothing was removed.
-    fn redact_target(
-        &self,
-        method: &str,
-        target: &str,
-        removed: &mut BTreeSet<String>,
-    ) -> Option<String> {
+    fn redact_target(&self, method: &str, target: &str, removed: &mut Removed) -> Option<String> {
         // RFC 9112 §3.2.3: only CONNECT uses authority-form (`host:port`), where an '@' can
         // only be userinfo; elsewhere '@' is a legal path character.
         if method.eq_ignore_ascii_case("CONNECT") {
@@ -264,12 +248,7 @@ impl RedactionPolicy {
     /// Removes userinfo (when `shape` allows an authority) and configured parameters from the
     /// query and fragment of `uri`. Everything else is kept byte for byte. `None` when nothing
     /// was removed.
-    fn redact_uri(
-        &self,
-        uri: &str,
-        shape: UriShape,
-        removed: &mut BTreeSet<String>,
-    ) -> Option<String> {
+    fn redact_uri(&self, uri: &str, shape: UriShape, removed: &mut Removed) -> Option<String> {
         // RFC 3986 §3: scheme ":" ["//" authority] path ["?" query] ["#" fragment].
         let (before_fragment, fragment) = match uri.split_once('#') {
             Some((before, fragment)) => (before, Some(fragment)),
@@ -324,7 +303,7 @@ impl RedactionPolicy {
 
     /// `part` without the `&`-separated `name[=value]` pairs whose decoded name is configured,
     /// or `None` when there are none. Kept pairs stay byte-identical and in order.
-    fn remove_params(&self, part: &str, removed: &mut BTreeSet<String>) -> Option<String> {
+    fn remove_params(&self, part: &str, removed: &mut Removed) -> Option<String> {
         // The common case, nothing to remove, allocates nothing.
         if !part
             .split('&')
@@ -395,10 +374,68 @@ fn authority_start(uri: &str, shape: UriShape) -> Option<usize> {
 
 /// `authority` without userinfo, or `None` when it has none. Host and `:authority` must not
 /// carry userinfo (RFC 9110 §4.2.4, RFC 9113 §8.3.1), but a client can still send it.
-fn strip_authority_userinfo(authority: &str, removed: &mut BTreeSet<String>) -> Option<String> {
+fn strip_authority_userinfo(authority: &str, removed: &mut Removed) -> Option<String> {
     let at = authority.rfind('@')?;
     removed.insert(USERINFO_ENTRY.to_owned());
     Some(authority[at + 1..].to_owned())
+}
+
+/// The names one exchange had removed (`_capture.redacted`): a short list, deduplicated as
+/// it grows and sorted once at the end. Most exchanges lose one name or two (`connection`),
+/// so a list costs less than a set: no node per name, and nothing allocated for a name
+/// already listed.
+#[derive(Debug, Default)]
+pub struct Removed(Vec<String>);
+
+impl Removed {
+    /// Starts from the names an earlier pass recorded, lowercased.
+    fn from_existing(mut names: Vec<String>) -> Self {
+        for name in &mut names {
+            if name.chars().any(char::is_uppercase) {
+                *name = name.to_lowercase();
+            }
+        }
+        Self(names)
+    }
+
+    /// Records `name`, unless it is already listed.
+    pub fn insert(&mut self, name: String) {
+        if !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
+
+    /// Records `name` in ASCII lowercase (a field name), unless it is already listed.
+    fn insert_lowercase(&mut self, name: &str) {
+        if !self
+            .0
+            .iter()
+            .any(|listed| listed.eq_ignore_ascii_case(name))
+        {
+            self.0.push(name.to_ascii_lowercase());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The names, sorted and without duplicates.
+    pub fn into_sorted(mut self) -> Vec<String> {
+        self.0.sort_unstable();
+        self.0.dedup();
+        self.0
+    }
+}
+
+impl IntoIterator for Removed {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    /// The names in sorted order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.into_sorted().into_iter()
+    }
 }
 
 /// Lowercase field names listed in `Connection` fields (RFC 9110 §7.6.1:
@@ -476,6 +513,22 @@ mod tests {
             grpc: None,
             cgroup_id: 0,
         }
+    }
+
+    #[test]
+    fn removed_names_are_lowercase_sorted_and_listed_once() {
+        let mut removed = Removed::from_existing(vec!["Query:Token".into(), "cookie".into()]);
+        removed.insert_lowercase("Connection");
+        removed.insert_lowercase("CONNECTION");
+        removed.insert_lowercase("Cookie");
+        removed.insert("query:token".into());
+        removed.insert("body:password".into());
+        assert!(!removed.is_empty());
+        assert_eq!(
+            removed.into_sorted(),
+            ["body:password", "connection", "cookie", "query:token"]
+        );
+        assert!(Removed::default().into_sorted().is_empty());
     }
 
     fn names(headers: &Headers) -> Vec<&str> {

@@ -21,11 +21,11 @@
 //! strings and RFC 8187 `name*=`), ASCII case-insensitively, with `-` and `_` alike.
 //! Nothing here logs or formats a body byte.
 
-use std::collections::BTreeSet;
-
 use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use capture_model::exchange::{Body, Headers, header_value};
 use memchr::{memchr, memchr_iter, memchr2, memmem};
+
+use super::Removed;
 
 /// What a credential value is replaced with (in form bodies percent-encoded, in JSON as a
 /// string), so a reader sees the field was there and was removed.
@@ -162,7 +162,7 @@ impl BodyFields {
     /// Replaces the credential values in `body`, whose message has `headers`, and adds
     /// `body:<name>` to `removed` for each name found. A body that is rewritten keeps its
     /// size before redaction in `decoded_size` when the length changed.
-    pub fn redact(&self, headers: &Headers, body: &mut Body, removed: &mut BTreeSet<String>) {
+    pub fn redact(&self, headers: &Headers, body: &mut Body, removed: &mut Removed) {
         if self.names.is_empty() || body.data.is_empty() || body.decode_error.is_some() {
             return;
         }

@@ -16,7 +16,7 @@ fn redact_as(content_type: &str, data: &[u8]) -> (Vec<u8>, Vec<String>) {
 
 fn redact_with(fields: &BodyFields, content_type: &str, data: &[u8]) -> (Vec<u8>, Vec<String>) {
     let mut b = body(data);
-    let mut removed = BTreeSet::new();
+    let mut removed = Removed::default();
     fields.redact(
         &Headers::from([("Content-Type", content_type)]),
         &mut b,
@@ -154,7 +154,7 @@ fn other_content_types_and_missing_content_type_are_not_touched() {
         assert!(names.is_empty());
     }
     let mut b = body(br#"{"password":"QXZ"}"#);
-    let mut removed = BTreeSet::new();
+    let mut removed = Removed::default();
     fields.redact(&Headers::new(), &mut b, &mut removed);
     assert_eq!(b.data, br#"{"password":"QXZ"}"#);
     // Undecodable content: `data` holds the encoded bytes, which are not parsed.
@@ -189,7 +189,7 @@ fn nothing_matching_keeps_the_same_buffer() {
     ] {
         let mut b = body(data);
         let before = b.data.as_ptr();
-        let mut removed = BTreeSet::new();
+        let mut removed = Removed::default();
         fields.redact(&Headers::from([("Content-Type", ct)]), &mut b, &mut removed);
         assert_eq!(b.data.as_ptr(), before, "{ct}");
         assert_eq!(b.data, data);
@@ -202,7 +202,7 @@ fn nothing_matching_keeps_the_same_buffer() {
 fn decoded_size_keeps_the_size_before_redaction() {
     let data = br#"{"password":"QXZ"}"#;
     let mut b = body(data);
-    let mut removed = BTreeSet::new();
+    let mut removed = Removed::default();
     BodyFields::default().redact(
         &Headers::from([("Content-Type", "application/json")]),
         &mut b,
@@ -242,7 +242,7 @@ fn truncated_json_at_every_cut_point() {
         let prefix = &sample[..cut];
         let mut b = body(prefix);
         b.truncated = cut < sample.len();
-        let mut removed = BTreeSet::new();
+        let mut removed = Removed::default();
         fields.redact(
             &Headers::from([("Content-Type", "application/json")]),
             &mut b,
