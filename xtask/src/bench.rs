@@ -209,6 +209,8 @@ pub(crate) struct Captured {
     pub(crate) wrk: Wrk,
     pub(crate) exchanges: u64,
     pub(crate) cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent in the kernel (system time).
+    system_seconds: f64,
     pub(crate) hwm_mib: f64,
     events_lost: f64,
     kernel_bytes_lost: f64,
@@ -237,6 +239,7 @@ fn captured_run(
         wrk,
         exchanges: cost.exchanges,
         cpu_seconds: cost.cpu_seconds,
+        system_seconds: cost.system_seconds,
         hwm_mib: cost.hwm_mib,
         events_lost: cost.events_lost,
         kernel_bytes_lost: cost.kernel_bytes_lost,
@@ -252,6 +255,9 @@ fn captured_run(
 struct DaemonCost {
     exchanges: u64,
     cpu_seconds: f64,
+    /// The part of `cpu_seconds` spent in the kernel: writing the JSONL file, waiting on
+    /// epoll and timers.
+    system_seconds: f64,
     hwm_mib: f64,
     events_lost: f64,
     kernel_bytes_lost: f64,
@@ -279,6 +285,7 @@ fn with_daemon<L>(
         .output_dir(run_dir)
         .start()?;
     let cpu_before = cpu_seconds(daemon.pid())?;
+    let system_before = system_seconds(daemon.pid())?;
     let load = drive()?;
 
     // Let the daemon work through what is still queued; what it spends doing so counts.
@@ -303,6 +310,7 @@ fn with_daemon<L>(
     };
     let drain = drain_start.elapsed().saturating_sub(stable_since.elapsed());
     let cpu_seconds = cpu_seconds(daemon.pid())? - cpu_before;
+    let system_seconds = system_seconds(daemon.pid())? - system_before;
     let hwm_mib = vm_hwm_kib(daemon.pid())? / 1024.0;
     let status = daemon.stop()?;
     if !status.success() {
@@ -322,6 +330,7 @@ fn with_daemon<L>(
         DaemonCost {
             exchanges,
             cpu_seconds,
+            system_seconds,
             hwm_mib,
             events_lost: metrics.sum("capture_kernel_events_lost_total"),
             kernel_bytes_lost: metrics.sum("capture_kernel_bytes_lost_total"),
@@ -450,6 +459,17 @@ fn parse_duration_us(text: &str) -> Option<f64> {
 
 /// utime + stime of `pid`, in seconds (proc(5) `/proc/<pid>/stat` fields 14 and 15).
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let (user, system) = stat_times(pid)?;
+    Ok((user + system) as f64 / clock_ticks_per_second())
+}
+
+/// CPU time of process `pid` in the kernel (system time), in seconds.
+fn system_seconds(pid: u32) -> Result<f64> {
+    Ok(stat_times(pid)?.1 as f64 / clock_ticks_per_second())
+}
+
+/// User and system time of process `pid`, in clock ticks.
+fn stat_times(pid: u32) -> Result<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may contain spaces; fields after it start past the last ')'.
     let after_comm = stat
@@ -458,9 +478,10 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
         .context("malformed /proc/<pid>/stat")?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // after_comm starts at field 3 (state), so field n is fields[n - 3].
-    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
-        + fields.get(12).context("no stime")?.parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks_per_second())
+    Ok((
+        fields.get(11).context("no utime")?.parse()?,
+        fields.get(12).context("no stime")?.parse()?,
+    ))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -709,6 +730,17 @@ fn report(r: &Report<'_>) -> String {
     let _ = writeln!(
         s,
         "| daemon CPU per 10k exchanges (s) | | {cpu_per_10k:.3} | | |"
+    );
+    let system: f64 = r.captured.iter().map(|c| c.system_seconds).sum();
+    let _ = writeln!(
+        s,
+        "| of which in the kernel (s; mostly write(2) of the JSONL file into the page cache) | | {:.3} | {:.0} % | |",
+        if exchanges > 0 {
+            system / exchanges as f64 * 10_000.0
+        } else {
+            f64::NAN
+        },
+        if cpu > 0.0 { system / cpu * 100.0 } else { 0.0 }
     );
     let a_srv = mean(r.baseline.iter().map(Wrk::server_cpu_us_per_request));
     let b_srv = mean(r.captured.iter().map(|c| c.wrk.server_cpu_us_per_request()));
