@@ -626,7 +626,7 @@ async fn send(
             id: String::new(),
         },
         pid: std::process::id(),
-        workload: capture_model::exchange::Workload::default(),
+        workload: Default::default(),
         redacted: Vec::new(),
         routing_key: plan
             .routing_key

@@ -134,7 +134,8 @@ fn exchange(i: usize) -> Exchange {
         workload: Workload {
             node: Some("bench-node".into()),
             ..Workload::default()
-        },
+        }
+        .into(),
         redacted: Vec::new(),
         routing_key: None,
         grpc: None,

@@ -26,7 +26,6 @@ use std::time::Instant;
 use capture_daemon::redact::RedactionPolicy;
 use capture_model::exchange::{
     Body, ConnMeta, Exchange, Header, Headers, HttpVersion, Protocol, Request, Response, Timing,
-    Workload,
 };
 
 fn body(data: Vec<u8>) -> Body {
@@ -85,7 +84,7 @@ fn exchange(
         },
         conn: ConnMeta::default(),
         pid: 1,
-        workload: Workload::default(),
+        workload: Default::default(),
         incomplete: None,
         redacted: Vec::new(),
         routing_key: None,

@@ -455,9 +455,7 @@ mod tests {
     use super::*;
     use capture_model::{
         clock::WallClock,
-        exchange::{
-            Body, ConnMeta, Header, HttpVersion, Protocol, Request, Response, Timing, Workload,
-        },
+        exchange::{Body, ConnMeta, Header, HttpVersion, Protocol, Request, Response, Timing},
         har,
     };
 
@@ -507,7 +505,7 @@ mod tests {
                 ..ConnMeta::default()
             },
             pid: 1,
-            workload: Workload::default(),
+            workload: Default::default(),
             redacted: Vec::new(),
             routing_key: None,
             grpc: None,

@@ -107,7 +107,8 @@ fn exchange() -> Exchange {
             owner_kind: Some("Deployment".into()),
             owner_name: Some("checkout".into()),
             node: Some("node-a".into()),
-        },
+        }
+        .into(),
         redacted: vec!["authorization".into(), "cookie".into()],
         routing_key: None,
         grpc: None,

@@ -1,7 +1,7 @@
 //! The decoded request/response exchange: what the protocol decoders produce, redaction
 //! rewrites, and the sinks serialise (as a HAR entry, see `har`).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 /// HTTP version as it appeared on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,7 +255,9 @@ pub struct Exchange {
     /// Filled by the connection layer after decoding.
     pub conn: ConnMeta,
     pub pid: u32,
-    pub workload: Workload,
+    /// Shared: every exchange of a pod (or of this node, outside Kubernetes) carries the same
+    /// workload, so it is counted, not copied, per exchange.
+    pub workload: Arc<Workload>,
     /// Filled by redaction: names of the headers and query parameters removed.
     pub redacted: Vec<String>,
     /// Routing key from the request, when present (filled by the Kubernetes layer).

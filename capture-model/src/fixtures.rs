@@ -93,7 +93,8 @@ pub fn representative() -> Exchange {
             owner_kind: Some("Deployment".into()),
             owner_name: Some("checkout".into()),
             node: Some("node-a".into()),
-        },
+        }
+        .into(),
         redacted: Vec::new(),
         routing_key: None,
         grpc: None,

@@ -953,7 +953,8 @@ mod tests {
         ex.workload = Workload {
             node: Some("laptop".into()),
             ..Workload::default()
-        };
+        }
+        .into();
         ex.redacted.clear();
         let v = value(&ex);
         assert_har_entry(&v);
@@ -1214,7 +1215,7 @@ mod tests {
         ex.timing.response_start_ns = None;
         ex.timing.response_end_ns = None;
         ex.conn = ConnMeta::default();
-        ex.workload = Workload::default();
+        ex.workload = Default::default();
         all.push(ex);
 
         let mut ex = representative();
@@ -1363,7 +1364,7 @@ mod tests {
                 decode_error: Some(t(6)).filter(|e| !e.is_empty()),
                 decoded_size: Some(sizes[2]).filter(|_| truncated),
             };
-            ex.workload.pod = Some(t(7));
+            std::sync::Arc::make_mut(&mut ex.workload).pod = Some(t(7));
             ex.redacted = vec![t(8), t(9)];
             ex.routing_key = Some(t(10)).filter(|k| k.len() % 2 == 0);
             ex.conn.id = t(11);

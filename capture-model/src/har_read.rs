@@ -546,7 +546,7 @@ impl EntryIn {
                 incomplete,
                 conn,
                 pid,
-                workload,
+                workload: workload.into(),
                 redacted,
                 routing_key,
                 grpc,

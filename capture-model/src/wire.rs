@@ -138,7 +138,8 @@ pub fn from_proto(pb: pb::Exchange) -> Result<Exchange, WireError> {
             owner_kind: workload.owner_kind,
             owner_name: workload.owner_name,
             node: workload.node,
-        },
+        }
+        .into(),
         redacted: pb.redacted,
         routing_key: pb.routing_key,
         grpc: pb.grpc.map(|g| Grpc {
@@ -548,7 +549,7 @@ pub(crate) mod tests {
                     incomplete,
                     conn: ConnMeta { src, dst, role, id },
                     pid,
-                    workload,
+                    workload: workload.into(),
                     redacted,
                     routing_key,
                     grpc: grpc.map(|(service, method, status, message)| Grpc {
@@ -625,7 +626,8 @@ pub(crate) mod tests {
         ex.workload = Workload {
             pod: Some(String::new()),
             ..Workload::default()
-        };
+        }
+        .into();
         ex.grpc = Some(Grpc {
             status: Some(0),
             message: Some(String::new()),
@@ -781,7 +783,7 @@ pub(crate) mod tests {
         };
         let ex = read(pb).unwrap();
         assert_eq!(ex.conn, ConnMeta::default());
-        assert_eq!(ex.workload, Workload::default());
+        assert_eq!(ex.workload, Default::default());
         assert_eq!(ex.request.body, Body::default());
         assert!(ex.response.is_none() && ex.incomplete.is_none() && ex.grpc.is_none());
     }

@@ -293,7 +293,8 @@ pub fn exchange(n: u32) -> Exchange {
             owner_kind: Some("Deployment".into()),
             owner_name: Some("checkout".into()),
             node: Some("node-a".into()),
-        },
+        }
+        .into(),
         redacted: vec!["authorization".into()],
         routing_key: None,
         grpc: None,
@@ -342,8 +343,8 @@ pub fn exchange(n: u32) -> Exchange {
             ex.conn.src = Some("[fd00::17]:48122".parse().unwrap());
             ex.conn.dst = Some("[fd00::5]:443".parse().unwrap());
             ex.conn.role = Some(Role::Server);
-            ex.workload.owner_name = Some("payments".into());
-            ex.workload.namespace = Some("pay".into());
+            std::sync::Arc::make_mut(&mut ex.workload).owner_name = Some("payments".into());
+            std::sync::Arc::make_mut(&mut ex.workload).namespace = Some("pay".into());
         }
         _ => {}
     }

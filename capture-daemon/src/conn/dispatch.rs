@@ -332,10 +332,7 @@ impl ConnTable {
         ex.conn = meta;
         ex.pid = id.tgid;
         ex.cgroup_id = cgroup_id;
-        ex.workload = Workload {
-            node: self.node.clone(),
-            ..Workload::default()
-        };
+        ex.workload = Arc::clone(&self.node_workload);
         self.count_exchange(&ex);
         out.push(ex);
     }

@@ -60,7 +60,9 @@ pub struct ConnTable {
     conns: HashMap<ConnId, Conn, foldhash::fast::RandomState>,
     limits: TableLimits,
     metrics: Arc<Metrics>,
-    node: Option<String>,
+    /// The workload every exchange starts with: this node's name only (the Kubernetes layer
+    /// replaces it with the pod's). Shared, not copied, per exchange.
+    node_workload: Arc<Workload>,
     classify: Classifier,
     alive: ProcessAlive,
     /// Connections the kernel should stop sending; drained by the caller.
@@ -154,7 +156,10 @@ impl ConnTable {
             conns: HashMap::default(),
             limits,
             metrics,
-            node,
+            node_workload: Arc::new(Workload {
+                node,
+                ..Workload::default()
+            }),
             classify,
             alive,
             mutes: Vec::new(),

@@ -33,7 +33,7 @@ use capture_model::exchange::{Exchange, Workload};
 #[derive(Clone, Debug, Default)]
 pub struct TargetSnapshot {
     pub ids: BTreeSet<u64>,
-    pub workloads: HashMap<u64, Workload>,
+    pub workloads: HashMap<u64, Arc<Workload>>,
     /// The set reflects a complete view: static targets only, or a finished pod list.
     pub synced: bool,
 }
@@ -238,11 +238,15 @@ impl Control {
             return;
         }
         if let Some(w) = self.current.workloads.get(&ex.cgroup_id) {
-            let node = ex.workload.node.take();
-            ex.workload = w.clone();
-            if ex.workload.node.is_none() {
-                ex.workload.node = node;
-            }
+            // The Kubernetes layer names the node in every workload: shared as it is.
+            ex.workload = if w.node.is_none() && ex.workload.node.is_some() {
+                Arc::new(Workload {
+                    node: ex.workload.node.clone(),
+                    ..Workload::clone(w)
+                })
+            } else {
+                Arc::clone(w)
+            };
         }
     }
 }
@@ -257,14 +261,14 @@ mod tests {
         let mut snap = TargetSnapshot::default();
         snap.workloads.insert(
             7,
-            Workload {
+            Arc::new(Workload {
                 namespace: Some("shop".into()),
                 pod: Some("web-1".into()),
                 container: Some("app".into()),
                 owner_kind: Some("Deployment".into()),
                 owner_name: Some("web".into()),
                 node: None,
-            },
+            }),
         );
         let (_t, trx) = watch::channel(Arc::new(snap));
         let (_p, prx) = watch::channel(false);
@@ -285,10 +289,10 @@ mod tests {
             incomplete: None,
             conn: Default::default(),
             pid: 1,
-            workload: Workload {
+            workload: Arc::new(Workload {
                 node: Some("node-1".into()),
                 ..Workload::default()
-            },
+            }),
             redacted: vec![],
             routing_key: None,
             grpc: None,
@@ -298,8 +302,8 @@ mod tests {
         assert_eq!(ex.workload.pod.as_deref(), Some("web-1"));
         assert_eq!(ex.workload.node.as_deref(), Some("node-1"));
         ex.cgroup_id = 8;
-        ex.workload = Workload::default();
+        ex.workload = Arc::default();
         control.fill(&mut ex);
-        assert_eq!(ex.workload, Workload::default());
+        assert_eq!(*ex.workload, Workload::default());
     }
 }

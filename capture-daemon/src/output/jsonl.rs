@@ -240,7 +240,7 @@ mod tests {
 
     use super::*;
     use capture_model::exchange::{
-        Body, ConnMeta, Header, Headers, HttpVersion, Protocol, Request, Timing, Workload,
+        Body, ConnMeta, Header, Headers, HttpVersion, Protocol, Request, Timing,
     };
 
     fn exchange(target: &str) -> Exchange {
@@ -260,7 +260,7 @@ mod tests {
             incomplete: None,
             conn: ConnMeta::default(),
             pid: 7,
-            workload: Workload::default(),
+            workload: Default::default(),
             redacted: Vec::new(),
             routing_key: None,
             grpc: None,

@@ -407,7 +407,8 @@ pub fn exchange(n: u32, body: usize) -> Exchange {
         workload: Workload {
             node: Some("node-test".into()),
             ..Workload::default()
-        },
+        }
+        .into(),
         redacted: vec!["Authorization".into()],
         routing_key: None,
         grpc: None,

@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 
 pub(crate) use crate::body::CappedBody;
 use capture_model::exchange::{
-    Body, ConnMeta, Exchange, Headers, Incomplete, Protocol, Request, Response, Timing, Workload,
+    Body, ConnMeta, Exchange, Headers, Incomplete, Protocol, Request, Response, Timing,
 };
 
 use chunked::{ChunkError, ChunkedDecoder};
@@ -314,7 +314,7 @@ impl Pending {
             incomplete: self.incomplete,
             conn: ConnMeta::default(),
             pid: 0,
-            workload: Workload::default(),
+            workload: Default::default(),
             redacted: vec![],
             routing_key: None,
             grpc: None,

@@ -218,7 +218,7 @@ fn get_keep_alive_exact_exchange() {
         incomplete: None,
         conn: ConnMeta::default(),
         pid: 0,
-        workload: Workload::default(),
+        workload: Default::default(),
         redacted: vec![],
         routing_key: None,
         grpc: None,

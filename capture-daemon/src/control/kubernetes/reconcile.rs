@@ -502,12 +502,16 @@ impl Reconciler {
     }
 
     fn send(&mut self) {
-        let mut workloads: HashMap<u64, Workload> = self
+        let mut workloads: HashMap<u64, Arc<Workload>> = self
             .retired
             .iter()
-            .map(|(id, (w, _))| (*id, w.clone()))
+            .map(|(id, (w, _))| (*id, Arc::new(w.clone())))
             .collect();
-        workloads.extend(self.current.iter().map(|(id, t)| (*id, t.workload.clone())));
+        workloads.extend(
+            self.current
+                .iter()
+                .map(|(id, t)| (*id, Arc::new(t.workload.clone()))),
+        );
         let snapshot = TargetSnapshot {
             ids: self.current.keys().copied().collect(),
             workloads,
