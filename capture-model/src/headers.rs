@@ -60,7 +60,7 @@ impl fmt::Debug for HeaderRef<'_> {
 
 impl HeaderRef<'_> {
     /// An owned copy.
-    pub fn to_owned(self) -> Header {
+    pub fn to_header(self) -> Header {
         Header::new(self.name, self.value)
     }
 }
@@ -240,7 +240,7 @@ impl Headers {
 
     /// Owned copies of the fields, in order.
     pub fn to_vec(&self) -> Vec<Header> {
-        self.iter().map(HeaderRef::to_owned).collect()
+        self.iter().map(HeaderRef::to_header).collect()
     }
 }
 
