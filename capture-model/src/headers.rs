@@ -77,12 +77,14 @@ impl PartialEq<HeaderRef<'_>> for Header {
     }
 }
 
-/// Where one field's name and value are in [`Headers::text`].
-#[derive(Clone, Debug)]
-struct Field {
-    name: Range<usize>,
-    value: Range<usize>,
+/// Where one field's name and value are in a [`Headers`]' text (byte ranges).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldSpan {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
 }
+
+type Field = FieldSpan;
 
 /// The fields of one message's header block (or trailer block), in wire order.
 ///
@@ -106,6 +108,19 @@ impl Headers {
             text: String::with_capacity(text_bytes),
             fields: Vec::with_capacity(fields),
         }
+    }
+
+    /// Fields that are spans of a text the caller already holds, such as a message head as
+    /// it came off the wire (start line and separators included): the text is taken as it is,
+    /// so the fields cost no copy. `None` unless every span lies in `text` on char boundaries.
+    ///
+    /// Bytes of `text` outside the spans are kept but never read; they count in memory
+    /// only.
+    pub fn from_text(text: String, fields: Vec<FieldSpan>) -> Option<Self> {
+        let valid = fields
+            .iter()
+            .all(|f| text.get(f.name.clone()).is_some() && text.get(f.value.clone()).is_some());
+        valid.then_some(Self { text, fields })
     }
 
     /// Appends a field.
@@ -145,8 +160,9 @@ impl Headers {
     /// entry, each lookup), so it skips the bounds and UTF-8 boundary checks of `&text[r]`.
     fn slice(&self, r: &Range<usize>) -> &str {
         debug_assert!(self.text.get(r.clone()).is_some());
-        // SAFETY: every range in `fields` is the span `append_text` recorded for one `&str`
-        // it pushed onto `text`, so both ends are in bounds and on char boundaries. `text`
+        // SAFETY: every range in `fields` is either the span `append_text` recorded for one
+        // `&str` it pushed onto `text`, or one that `from_text` checked lies in `text` on char
+        // boundaries; so both ends are in bounds and on char boundaries. `text`
         // is never shortened while a field refers to it (`clear` and `retain` empty it only
         // together with `fields`), and its bytes are only ever appended to.
         unsafe { self.text.get_unchecked(r.clone()) }
@@ -425,6 +441,47 @@ mod tests {
         assert_ne!(fresh, Headers::from([("A", "1"), ("B", "3")]));
         // Names and values are separate: moving a byte across does not compare equal.
         assert_ne!(Headers::from([("AB", "")]), Headers::from([("A", "B")]));
+    }
+
+    #[test]
+    fn fields_over_a_text_they_do_not_copy() {
+        let head = "HTTP/1.1 200 OK\r\nServer: café\r\nX-Empty: \r\n\r\n".to_owned();
+        let span = |s: &str| {
+            let start = head.find(s).unwrap();
+            start..start + s.len()
+        };
+        let fields = vec![
+            FieldSpan {
+                name: span("Server"),
+                value: span("café"),
+            },
+            FieldSpan {
+                name: span("X-Empty"),
+                value: span("X-Empty: ").end..span("X-Empty: ").end,
+            },
+        ];
+        let mut h = Headers::from_text(head.clone(), fields).unwrap();
+        assert_eq!(pairs(&h), [("Server", "café"), ("X-Empty", "")]);
+        assert_eq!(h.value("server"), Some("café"));
+        assert_eq!(h.text_len(), "Servercafé".len() + "X-Empty".len());
+        // Replacing and adding append to the same text, as for pushed fields.
+        h.set_value(0, "x");
+        h.push("Via", "1.1 p");
+        assert_eq!(
+            pairs(&h),
+            [("Server", "x"), ("X-Empty", ""), ("Via", "1.1 p")]
+        );
+
+        // A span out of the text, or cutting a character in two, is refused.
+        let bad = |name: Range<usize>, value: Range<usize>| {
+            Headers::from_text(head.clone(), vec![FieldSpan { name, value }]).is_none()
+        };
+        assert!(bad(0..4, 70..71));
+        assert!(bad(0..4, 5..head.len() + 1));
+        let e = head.find('é').unwrap();
+        assert!(bad(0..4, e..e + 1));
+        assert!(bad(e + 1..e + 2, 0..4));
+        assert!(!bad(0..4, e..e + 2));
     }
 
     #[test]

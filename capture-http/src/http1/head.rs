@@ -3,6 +3,11 @@
 //! (RFC 9112 §6.3).
 
 use capture_model::exchange::{Headers, HttpVersion};
+use capture_model::headers::FieldSpan;
+use std::mem::MaybeUninit;
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use super::{ParseErrorReason, Side};
 
@@ -38,20 +43,39 @@ pub(super) enum HeadProgress {
 /// Index just past the first empty line in `data` (a line that is empty or only CR), given
 /// the up to two bytes before `data` in `prev`.
 pub(super) fn find_blank_line(prev: &[u8], data: &[u8]) -> Option<usize> {
+    static CRLF_END: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\n\r\n"));
+    static LF_END: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\n\n"));
+    // An empty line that starts in `prev`: its LF is one of the first two bytes of `data`.
     let at = |i: usize, back: usize| -> Option<u8> {
         if back <= i {
             Some(data[i - back])
         } else {
-            let from_end = back - i;
-            prev.len().checked_sub(from_end).map(|j| prev[j])
+            prev.len().checked_sub(back - i).map(|j| prev[j])
         }
     };
-    // memchr finds the line ends with SIMD: a head is a few hundred bytes of short lines.
-    memchr::memchr_iter(b'\n', data).find_map(|i| match at(i, 1) {
-        Some(b'\n') => Some(i + 1),
-        Some(b'\r') if at(i, 2) == Some(b'\n') => Some(i + 1),
-        _ => None,
-    })
+    let straddling = (0..data.len().min(2)).find(|&i| {
+        data[i] == b'\n'
+            && match at(i, 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => at(i, 2) == Some(b'\n'),
+                _ => false,
+            }
+    });
+    if let Some(i) = straddling {
+        return Some(i + 1);
+    }
+    // Otherwise it lies in `data`. One SIMD search for the usual CRLF ending, then, in front of
+    // it only, one for a bare-LF ending (which a head mixing line ends may have first).
+    // Searching line by line cost a call per line of every head.
+    match CRLF_END.find(data) {
+        Some(crlf) => {
+            let before = &data[..crlf + 2];
+            Some(LF_END.find(before).map_or(crlf + 3, |lf| lf + 2))
+        }
+        None => LF_END.find(data).map(|lf| lf + 2),
+    }
 }
 
 /// The last up to two bytes of `buf`.
@@ -105,7 +129,7 @@ impl HeadBuf {
         }
         if !self.first_line_done {
             let rest = &data[pos..];
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 if self.buf.len() + rest.len() > limit {
                     return (
                         data.len(),
@@ -266,17 +290,20 @@ fn len_u64(n: usize) -> u64 {
 
 /// Runs `parse` with 64 header slots (at most `max_fields`), then, if that is not enough,
 /// with `max_fields`; more fields than that is [`ParseErrorReason::TooManyHeaderFields`].
-fn with_header_slots<'b, T>(
+/// Slots start as `empty()`: heads use uninitialised slots for httparse to fill, because
+/// initialising 64 of them cost about as much as parsing a typical head.
+fn with_header_slots<S, T>(
     invalid: ParseErrorReason,
     max_fields: usize,
-    mut parse: impl FnMut(&mut [httparse::Header<'b>]) -> Result<Option<T>, httparse::Error>,
+    empty: impl Fn() -> S,
+    mut parse: impl FnMut(&mut [S]) -> Result<Option<T>, httparse::Error>,
 ) -> Result<T, ParseErrorReason> {
-    let mut inline: [httparse::Header<'b>; INLINE_HEADERS] =
-        [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let mut inline: [S; INLINE_HEADERS] = std::array::from_fn(|_| empty());
     let first = INLINE_HEADERS.min(max_fields);
     let result = match parse(&mut inline[..first]) {
         Err(httparse::Error::TooManyHeaders) if max_fields > first => {
-            let mut many: Vec<httparse::Header<'b>> = vec![httparse::EMPTY_HEADER; max_fields];
+            let mut many = Vec::with_capacity(max_fields);
+            many.resize_with(max_fields, empty);
             match parse(&mut many) {
                 Err(httparse::Error::TooManyHeaders) => {
                     return Err(ParseErrorReason::TooManyHeaderFields);
@@ -290,56 +317,140 @@ fn with_header_slots<'b, T>(
     result.ok().flatten().ok_or(invalid)
 }
 
-/// Parses a complete request head (as collected by [`HeadBuf`]).
+/// The fields httparse found in `text` as spans of it (see [`Headers::from_text`]).
+fn spans(text: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<FieldSpan> {
+    let base = text.as_ptr() as usize;
+    // httparse's names and values are subslices of `text`, so the offsets are in range;
+    // `Headers::from_text` checks them anyway.
+    let range = |s: &[u8]| {
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        start..start.wrapping_add(s.len())
+    };
+    parsed
+        .iter()
+        .map(|h| FieldSpan {
+            name: range(h.name.as_bytes()),
+            value: range(h.value),
+        })
+        .collect()
+}
+
+/// A head's fields, from what one parse of its bytes found.
+enum Fields {
+    /// The head is UTF-8 (nearly always: ASCII): its buffer becomes the fields' text.
+    Spans(Vec<FieldSpan>),
+    /// Some byte is not UTF-8: the fields are copied, those values lossily.
+    Copied(Headers),
+}
+
+impl Fields {
+    fn of(utf8: bool, text: &[u8], parsed: &[httparse::Header<'_>]) -> Self {
+        if utf8 {
+            Self::Spans(spans(text, parsed))
+        } else {
+            Self::Copied(to_headers(parsed))
+        }
+    }
+
+    /// The [`Headers`], taking `buf` (the head's bytes) when they are its text.
+    fn into_headers(
+        self,
+        buf: &mut Vec<u8>,
+        invalid: ParseErrorReason,
+    ) -> Result<Headers, ParseErrorReason> {
+        match self {
+            Self::Copied(headers) => Ok(headers),
+            Self::Spans(spans) => {
+                let text = String::from_utf8(std::mem::take(buf)).map_err(|_| invalid)?;
+                Headers::from_text(text, spans).ok_or(invalid)
+            }
+        }
+    }
+}
+
+/// Parses a complete request head (as collected by [`HeadBuf`]). The fields keep `buf` as
+/// their text when it is UTF-8, so it is taken (left empty); the head is copied only when
+/// it is not.
 pub(super) fn parse_request(
-    buf: &[u8],
+    buf: &mut Vec<u8>,
     max_fields: usize,
 ) -> Result<RequestHead, ParseErrorReason> {
     let config = request_config();
-    with_header_slots(ParseErrorReason::InvalidRequestHead, max_fields, |slots| {
-        let mut req = httparse::Request::new(slots);
-        Ok(match config.parse_request(&mut req, buf)? {
-            httparse::Status::Complete(size) => Some(RequestHead {
-                method: req.method.unwrap_or_default().to_owned(),
-                target: req.path.unwrap_or_default().to_owned(),
-                version: version(req.version),
-                headers: to_headers(req.headers),
-                size: len_u64(size),
-            }),
-            httparse::Status::Partial => None,
-        })
+    let invalid = ParseErrorReason::InvalidRequestHead;
+    let utf8 = std::str::from_utf8(buf).is_ok();
+    let (method, target, version, fields, size) =
+        with_header_slots(invalid, max_fields, MaybeUninit::uninit, |slots| {
+            let mut req = httparse::Request::new(&mut []);
+            Ok(
+                match config.parse_request_with_uninit_headers(&mut req, buf, slots)? {
+                    httparse::Status::Complete(size) => Some((
+                        req.method.unwrap_or_default().to_owned(),
+                        req.path.unwrap_or_default().to_owned(),
+                        version(req.version),
+                        Fields::of(utf8, buf, req.headers),
+                        len_u64(size),
+                    )),
+                    httparse::Status::Partial => None,
+                },
+            )
+        })?;
+    Ok(RequestHead {
+        method,
+        target,
+        version,
+        headers: fields.into_headers(buf, invalid)?,
+        size,
     })
 }
 
-/// Parses a complete response head.
+/// Parses a complete response head; `buf` is taken as in [`parse_request`].
 pub(super) fn parse_response(
-    buf: &[u8],
+    buf: &mut Vec<u8>,
     max_fields: usize,
 ) -> Result<ResponseHead, ParseErrorReason> {
     let config = response_config();
-    with_header_slots(ParseErrorReason::InvalidResponseHead, max_fields, |slots| {
-        let mut resp = httparse::Response::new(slots);
-        Ok(match config.parse_response(&mut resp, buf)? {
-            httparse::Status::Complete(size) => resp.code.map(|status| ResponseHead {
-                status,
-                reason: resp.reason.unwrap_or_default().to_owned(),
-                version: version(resp.version),
-                headers: to_headers(resp.headers),
-                size: len_u64(size),
-            }),
-            httparse::Status::Partial => None,
-        })
+    let invalid = ParseErrorReason::InvalidResponseHead;
+    let utf8 = std::str::from_utf8(buf).is_ok();
+    let (status, reason, version, fields, size) =
+        with_header_slots(invalid, max_fields, MaybeUninit::uninit, |slots| {
+            let mut resp = httparse::Response::new(&mut []);
+            Ok(
+                match config.parse_response_with_uninit_headers(&mut resp, buf, slots)? {
+                    httparse::Status::Complete(size) => resp.code.map(|status| {
+                        (
+                            status,
+                            resp.reason.unwrap_or_default().to_owned(),
+                            version(resp.version),
+                            Fields::of(utf8, buf, resp.headers),
+                            len_u64(size),
+                        )
+                    }),
+                    httparse::Status::Partial => None,
+                },
+            )
+        })?;
+    Ok(ResponseHead {
+        status,
+        reason,
+        version,
+        headers: fields.into_headers(buf, invalid)?,
+        size,
     })
 }
 
 /// Parses a trailer section (field lines and the final empty line, RFC 9112 §7.1.2).
 pub(super) fn parse_trailers(buf: &[u8], max_fields: usize) -> Result<Headers, ParseErrorReason> {
-    with_header_slots(ParseErrorReason::InvalidTrailers, max_fields, |slots| {
-        Ok(match httparse::parse_headers(buf, slots)? {
-            httparse::Status::Complete((_, h)) => Some(to_headers(h)),
-            httparse::Status::Partial => None,
-        })
-    })
+    with_header_slots(
+        ParseErrorReason::InvalidTrailers,
+        max_fields,
+        || httparse::EMPTY_HEADER,
+        |slots| {
+            Ok(match httparse::parse_headers(buf, slots)? {
+                httparse::Status::Complete((_, h)) => Some(to_headers(h)),
+                httparse::Status::Partial => None,
+            })
+        },
+    )
 }
 
 /// How a message body is delimited (RFC 9112 §6.3).

@@ -684,7 +684,7 @@ impl Http1Conn {
 
     /// A whole request head is in `self.req.head`.
     fn request_head(&mut self, ts: u64, out: &mut Vec<Http1Output>) {
-        let parsed = head::parse_request(&self.req.head.buf, self.limits.max_header_fields);
+        let parsed = head::parse_request(&mut self.req.head.buf, self.limits.max_header_fields);
         let start_ns = self.req.head.start_ns;
         self.req.head.clear();
         let parsed = match parsed {
@@ -908,7 +908,7 @@ impl Http1Conn {
 
     /// A whole response head is in `self.resp.head`.
     fn response_head(&mut self, ts: u64, out: &mut Vec<Http1Output>) {
-        let parsed = head::parse_response(&self.resp.head.buf, self.limits.max_header_fields);
+        let parsed = head::parse_response(&mut self.resp.head.buf, self.limits.max_header_fields);
         let start_ns = self.resp.head.start_ns;
         self.resp.head.clear();
         let parsed = match parsed {

@@ -1247,6 +1247,34 @@ fn header_values_lossy_obs_fold_and_odd_spacing() {
 }
 
 #[test]
+fn utf8_heads_keep_their_fields_exactly() {
+    // A UTF-8 head becomes the fields' text as it is (spans); non-ASCII values, empty values,
+    // spaces before the colon and a head split across reads all come out as on the wire.
+    let head = "HTTP/1.1 200 OK\r\nX-Name: café ☕\r\nX-Empty:\r\nServer : s\r\nContent-Length: 2\r\n\r\nok";
+    let (a, b) = head.as_bytes().split_at(22);
+    let out = check(&[
+        req(b"GET /\xc3\xa9 HTTP/1.1\r\nX-Who: Zo\xc3\xab\r\n\r\n", 1),
+        resp(a, 2),
+        resp(b, 3),
+    ]);
+    assert_eq!(errors(&out), vec![]);
+    let ex = exchanges(&out);
+    assert_eq!(ex[0].request.target, "/é");
+    assert_eq!(ex[0].request.headers, vec![h("X-Who", "Zoë")]);
+    let r = response(&ex[0]);
+    assert_eq!(
+        r.headers,
+        vec![
+            h("X-Name", "café ☕"),
+            h("X-Empty", ""),
+            h("Server", "s"),
+            h("Content-Length", "2")
+        ]
+    );
+    assert_eq!(r.body.data, b"ok");
+}
+
+#[test]
 fn buffered_bytes_tracks_held_data() {
     let mut conn = Http1Conn::new(Http1Limits::default());
     let mut out = Vec::new();
