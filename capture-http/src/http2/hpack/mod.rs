@@ -206,11 +206,11 @@ impl Decoder {
                     })
                 }
                 Name::Dynamic(i) => match self.table.get(i) {
-                    Lookup::Entry(e) => match &e.name {
+                    Lookup::Entry(e) => match e.name {
                         Some(name) => Decoded::Field(Field {
                             size: e.size(),
                             name: lossy(name),
-                            value: lossy(&e.value),
+                            value: lossy(e.value),
                             never_indexed: false,
                         }),
                         None => Decoded::Unresolved,
@@ -252,7 +252,7 @@ impl Decoder {
                 Name::Static(i) => name = NameSource::Static(i),
                 Name::Dynamic(i) => {
                     if let Lookup::Entry(e) = self.table.get(i)
-                        && let Some(n) = &e.name
+                        && let Some(n) = e.name
                     {
                         self.name_buf.clear();
                         self.name_buf.extend_from_slice(n);

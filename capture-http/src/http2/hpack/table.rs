@@ -77,23 +77,23 @@ pub const STATIC_TABLE: [(&str, &str); 61] = [
 /// RFC 7541 §4.1: an entry's size is its name and value lengths plus 32.
 pub const ENTRY_OVERHEAD: usize = 32;
 
-/// One dynamic table entry, as the octets that were sent.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Entry {
+/// One dynamic table entry, as the octets that were sent, borrowed from the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'t> {
     /// `None`: inserted with a name that referred to an unknown entry. Its size is then not
     /// known either; `size` counts the name as empty (a lower bound, so this decoder evicts
     /// no earlier than the encoder).
-    pub name: Option<Box<[u8]>>,
-    pub value: Box<[u8]>,
+    pub name: Option<&'t [u8]>,
+    pub value: &'t [u8],
 }
 
-impl Entry {
+impl Entry<'_> {
     pub fn size(&self) -> usize {
-        self.name.as_ref().map_or(0, |n| n.len()) + self.value.len() + ENTRY_OVERHEAD
+        self.name.map_or(0, <[u8]>::len) + self.value.len() + ENTRY_OVERHEAD
     }
 }
 
-impl std::fmt::Debug for Entry {
+impl std::fmt::Debug for Entry<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Values can be credentials: show sizes only.
         match &self.name {
@@ -106,18 +106,39 @@ impl std::fmt::Debug for Entry {
 /// What an index into the dynamic table refers to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'t> {
-    Entry(&'t Entry),
+    Entry(Entry<'t>),
     /// Past the entries known: an entry from before the observer joined (or lost bytes).
     Unknown,
     /// Past the end of a table that is fully known: the encoder cannot have sent it.
     Invalid,
 }
 
+/// Where one entry's octets are in [`DynamicTable`]'s byte buffer: its name (if known), then
+/// its value, from `start`, an offset counted from the first byte the table ever held, so
+/// that dropping bytes from the front of the buffer moves no span.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    /// `None`: the name referred to an unknown entry.
+    name_len: Option<usize>,
+    value_len: usize,
+}
+
 /// The dynamic table of one direction of a connection, as far as it is known.
+///
+/// Entries live in one byte buffer, oldest first, the way nghttp2 keeps its table: an
+/// insertion appends its octets and an eviction only forgets a span, so a table costs no
+/// allocation per entry. Bytes of evicted entries are dropped from the front of the buffer
+/// once they are at least as many as the live ones, which bounds the buffer to about twice
+/// the table's size and the copying to once per byte inserted, amortised.
 #[derive(Debug)]
 pub struct DynamicTable {
     /// Newest first.
-    entries: VecDeque<Entry>,
+    entries: VecDeque<Span>,
+    /// The octets of `entries` (and of evicted entries not yet dropped), oldest first.
+    bytes: Vec<u8>,
+    /// The offset (as in [`Span::start`]) of `bytes[0]`.
+    base: usize,
     /// Sum of `Entry::size` of `entries`.
     size: usize,
     /// The maximum size in force (§4.2), as far as this decoder applies it: the last size
@@ -144,6 +165,8 @@ impl DynamicTable {
     pub fn new(cap: usize) -> Self {
         Self {
             entries: VecDeque::new(),
+            bytes: Vec::new(),
+            base: 0,
             size: 0,
             max_size: Self::DEFAULT_MAX_SIZE.min(cap),
             max_known: Self::DEFAULT_MAX_SIZE <= cap,
@@ -162,8 +185,7 @@ impl DynamicTable {
 
     /// Forgets every entry: the encoder's table may hold entries this decoder missed.
     pub fn forget(&mut self) {
-        self.entries.clear();
-        self.size = 0;
+        self.clear();
         self.placeholders = 0;
         self.tail_unknown = true;
         self.max_known = false;
@@ -194,7 +216,7 @@ impl DynamicTable {
     /// Entry `i` (0 is the newest, HPACK index 62).
     pub fn get(&self, i: usize) -> Lookup<'_> {
         match self.entries.get(i) {
-            Some(e) => Lookup::Entry(e),
+            Some(span) => Lookup::Entry(self.entry(span)),
             None if self.tail_unknown => Lookup::Unknown,
             None => Lookup::Invalid,
         }
@@ -205,7 +227,7 @@ impl DynamicTable {
     pub fn set_max_size(&mut self, new_max: usize) -> bool {
         let within = new_max <= self.cap;
         self.max_size = new_max.min(self.cap);
-        self.evict();
+        self.evict(0);
         self.max_known = within;
         if !within {
             self.tail_unknown = true;
@@ -217,18 +239,31 @@ impl DynamicTable {
         within
     }
 
+    fn entry(&self, span: &Span) -> Entry<'_> {
+        let at = span.start - self.base;
+        let name_len = span.name_len.unwrap_or(0);
+        let (name, value) = self.bytes[at..at + name_len + span.value_len].split_at(name_len);
+        Entry {
+            name: span.name_len.map(|_| name),
+            value,
+        }
+    }
+
+    /// Empties the table (its known part).
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.base += self.bytes.len();
+        self.bytes.clear();
+        self.size = 0;
+        self.placeholders = 0;
+    }
+
     /// Inserts an entry (§4.4); `name` is `None` when it referred to an unknown entry. An
     /// entry larger than the maximum size empties the table.
     pub fn insert(&mut self, name: Option<&[u8]>, value: &[u8]) {
-        let entry = Entry {
-            name: name.map(Into::into),
-            value: value.into(),
-        };
-        let size = entry.size();
+        let size = Entry { name, value }.size();
         if size > self.max_size {
-            self.entries.clear();
-            self.size = 0;
-            self.placeholders = 0;
+            self.clear();
             // With the maximum and the entry's size known, the encoder's table is now empty
             // too.
             if self.max_known && name.is_some() {
@@ -236,25 +271,56 @@ impl DynamicTable {
             }
             return;
         }
+        // §4.4: evict until the new entry fits, then add it (so its octets may reuse the
+        // room).
+        self.evict(size);
         self.size += size;
-        self.placeholders += usize::from(entry.name.is_none());
-        self.entries.push_front(entry);
-        self.evict();
+        let span = Span {
+            start: self.base + self.bytes.len(),
+            name_len: name.map(<[u8]>::len),
+            value_len: value.len(),
+        };
+        if let Some(name) = name {
+            self.bytes.extend_from_slice(name);
+        }
+        self.bytes.extend_from_slice(value);
+        self.placeholders += usize::from(name.is_none());
+        self.entries.push_front(span);
         self.check_recovered();
     }
 
-    fn evict(&mut self) {
-        while self.size > self.max_size {
+    /// Drops the evicted entries' bytes from the front of the buffer once they are at least
+    /// as many as the live ones.
+    fn compact(&mut self) {
+        let live_from = self
+            .entries
+            .back()
+            .map_or(self.base + self.bytes.len(), |s| s.start);
+        let dead = live_from - self.base;
+        if dead > 0 && dead >= self.bytes.len() - dead {
+            self.bytes.drain(..dead);
+            self.base = live_from;
+        }
+    }
+
+    /// Evicts the oldest entries until `room` more bytes fit under the maximum size.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max_size {
             match self.entries.pop_back() {
-                Some(e) => {
-                    self.size -= e.size();
-                    self.placeholders -= usize::from(e.name.is_none());
+                Some(span) => {
+                    self.size -= self.entry(&span).size();
+                    self.placeholders -= usize::from(span.name_len.is_none());
                 }
                 None => {
                     self.size = 0;
                     break;
                 }
             }
+        }
+        if self.entries.is_empty() {
+            self.clear();
+        } else {
+            self.compact();
         }
     }
 
@@ -267,6 +333,102 @@ impl DynamicTable {
             && self.size + ENTRY_OVERHEAD > self.max_size
         {
             self.tail_unknown = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 7541 §4 as written: owned entries, newest first.
+    #[derive(Default)]
+    struct Model {
+        entries: VecDeque<(Option<Vec<u8>>, Vec<u8>)>,
+        max_size: usize,
+    }
+
+    fn size_of(name: Option<&[u8]>, value: &[u8]) -> usize {
+        name.map_or(0, <[u8]>::len) + value.len() + ENTRY_OVERHEAD
+    }
+
+    impl Model {
+        fn size(&self) -> usize {
+            self.entries
+                .iter()
+                .map(|(n, v)| size_of(n.as_deref(), v))
+                .sum()
+        }
+
+        fn evict(&mut self, room: usize) {
+            while !self.entries.is_empty() && self.size() + room > self.max_size {
+                self.entries.pop_back();
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(Option<Vec<u8>>, Vec<u8>),
+        SetMax(usize),
+        Forget,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let bytes = |max| proptest::collection::vec(any::<u8>(), 0..max);
+        prop_oneof![
+            8 => (proptest::option::weighted(0.9, bytes(40)), bytes(120))
+                .prop_map(|(n, v)| Op::Insert(n, v)),
+            1 => (0usize..600).prop_map(Op::SetMax),
+            1 => Just(Op::Forget),
+        ]
+    }
+
+    proptest! {
+        /// The byte-buffer table holds exactly the entries the RFC's table holds, and its buffer
+        /// stays within about twice their octets.
+        #[test]
+        fn agrees_with_the_rfc_model(ops in proptest::collection::vec(op(), 0..200)) {
+            let cap = 512;
+            let mut table = DynamicTable::new(cap);
+            let mut model = Model { max_size: DynamicTable::DEFAULT_MAX_SIZE.min(cap), ..Model::default() };
+            for op in ops {
+                match op {
+                    Op::Insert(name, value) => {
+                        table.insert(name.as_deref(), &value);
+                        let size = size_of(name.as_deref(), &value);
+                        if size > model.max_size {
+                            model.entries.clear();
+                        } else {
+                            model.evict(size);
+                            model.entries.push_front((name, value));
+                        }
+                    }
+                    Op::SetMax(max) => {
+                        table.set_max_size(max);
+                        model.max_size = max.min(cap);
+                        model.evict(0);
+                    }
+                    Op::Forget => {
+                        table.forget();
+                        model.entries.clear();
+                    }
+                }
+                prop_assert_eq!(table.len(), model.entries.len());
+                prop_assert_eq!(table.size(), model.size());
+                for (i, (name, value)) in model.entries.iter().enumerate() {
+                    let expected = Entry { name: name.as_deref(), value };
+                    prop_assert_eq!(table.get(i), Lookup::Entry(expected));
+                }
+                prop_assert!(!matches!(table.get(model.entries.len()), Lookup::Entry(_)));
+                let live: usize = model
+                    .entries
+                    .iter()
+                    .map(|(n, v)| n.as_ref().map_or(0, Vec::len) + v.len())
+                    .sum();
+                prop_assert!(table.bytes.len() <= 2 * live, "{} bytes for {live}", table.bytes.len());
+            }
         }
     }
 }

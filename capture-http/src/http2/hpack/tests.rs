@@ -36,7 +36,7 @@ fn table_of(d: &Decoder) -> Vec<(String, String)> {
     (0..d.table.len())
         .map(|i| match d.table.get(i) {
             table::Lookup::Entry(e) => (
-                String::from_utf8(e.name.as_deref().unwrap().to_vec()).unwrap(),
+                String::from_utf8(e.name.unwrap().to_vec()).unwrap(),
                 String::from_utf8(e.value.to_vec()).unwrap(),
             ),
             other => panic!("entry {i}: {other:?}"),
