@@ -623,7 +623,7 @@ async fn send(
             src: None,
             dst: plan.target.addr,
             role: Some(Role::Client),
-            id: String::new(),
+            id: Arc::default(),
         },
         pid: std::process::id(),
         workload: Default::default(),

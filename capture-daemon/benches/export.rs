@@ -128,7 +128,7 @@ fn exchange(i: usize) -> Exchange {
             src: Some("10.1.2.3:51234".parse().unwrap()),
             dst: Some("10.1.9.9:8080".parse().unwrap()),
             role: Some(Role::Server),
-            id: format!("4242:{}:1", 10 + i % 16),
+            id: format!("4242:{}:1", 10 + i % 16).into(),
         },
         pid: 4242,
         workload: Workload {

@@ -217,7 +217,7 @@ pub struct ConnMeta {
     pub dst: Option<SocketAddr>,
     pub role: Option<Role>,
     /// Stable id of the connection for HAR `connection`: `tgid:fd:generation`.
-    pub id: String,
+    pub id: Arc<str>,
 }
 
 impl ConnMeta {

@@ -28,7 +28,7 @@ use crate::{
     clock::WallClock,
     exchange::{Body, ConnMeta, Exchange, Headers, HttpVersion, Request, Response, header_value},
     json,
-    uri::scheme_end,
+    uri::{is_scheme, scheme_end},
 };
 
 #[cfg(test)]
@@ -124,7 +124,7 @@ pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
     let scheme = http2
         .then(|| header_value(&request.headers, ":scheme"))
         .flatten()
-        .filter(|scheme| scheme_end(&format!("{scheme}:")) == Some(scheme.len()))
+        .filter(|scheme| is_scheme(scheme))
         .unwrap_or("http");
     // RFC 9112 §3.3: in authority-form (CONNECT) the target is the authority, and the path is
     // empty; asterisk-form also has an empty path.
@@ -1108,6 +1108,30 @@ mod tests {
                 dst,
                 "http://10.0.0.9:8080/v1/x",
             ),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[(":scheme", "h:ttps")],
+                dst,
+                "http://10.0.0.9:8080/v1/x",
+            ),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[(":scheme", "")],
+                dst,
+                "http://10.0.0.9:8080/v1/x",
+            ),
+            (
+                Http2,
+                "GET",
+                "/v1/x",
+                &[(":scheme", "svn+ssh.2-x")],
+                dst,
+                "svn+ssh.2-x://10.0.0.9:8080/v1/x",
+            ),
             // `:authority` and `:scheme` are HTTP/2 only.
             (
                 Http11,
@@ -1256,7 +1280,7 @@ mod tests {
             response.version = HttpVersion::Http2;
             response.body = body("plain text ünïcödé\tand a tab\n".as_bytes());
         }
-        ex.conn.id = String::new();
+        ex.conn.id = std::sync::Arc::default();
         all.push(ex);
         all
     }
@@ -1367,7 +1391,7 @@ mod tests {
             std::sync::Arc::make_mut(&mut ex.workload).pod = Some(t(7));
             ex.redacted = vec![t(8), t(9)];
             ex.routing_key = Some(t(10)).filter(|k| k.len() % 2 == 0);
-            ex.conn.id = t(11);
+            ex.conn.id = t(11).into();
             ex.timing = Timing {
                 request_start_ns: edges[0],
                 request_end_ns: edges[1],

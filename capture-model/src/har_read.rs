@@ -484,7 +484,7 @@ impl EntryIn {
                     src: addr("_capture.conn.src", c.conn.src)?,
                     dst: addr("_capture.conn.dst", c.conn.dst)?,
                     role,
-                    id: self.connection.unwrap_or_default(),
+                    id: self.connection.unwrap_or_default().into(),
                 };
                 let w = c.workload;
                 let workload = Workload {
@@ -514,7 +514,7 @@ impl EntryIn {
                     _ => Protocol::H1,
                 };
                 let conn = ConnMeta {
-                    id: self.connection.unwrap_or_default(),
+                    id: self.connection.unwrap_or_default().into(),
                     ..ConnMeta::default()
                 };
                 let incomplete = response.is_none().then_some(Incomplete::NoResponse);

@@ -68,7 +68,7 @@ pub fn to_proto(ex: &Exchange, clock: &WallClock) -> pb::Exchange {
         }),
         incomplete: ex.incomplete.map(|reason| reason.as_str().to_owned()),
         connection: Some(pb::Connection {
-            id: ex.conn.id.clone(),
+            id: ex.conn.id.to_string(),
             src: ex.conn.src.map(|addr| addr.to_string()),
             dst: ex.conn.dst.map(|addr| addr.to_string()),
             role: match ex.conn.role {
@@ -128,7 +128,7 @@ pub fn from_proto(pb: pb::Exchange) -> Result<Exchange, WireError> {
             src: address(connection.src.as_deref(), "connection.src")?,
             dst: address(connection.dst.as_deref(), "connection.dst")?,
             role,
-            id: connection.id,
+            id: connection.id.into(),
         },
         pid: pb.pid,
         workload: Workload {
@@ -547,7 +547,12 @@ pub(crate) mod tests {
                     response,
                     timing,
                     incomplete,
-                    conn: ConnMeta { src, dst, role, id },
+                    conn: ConnMeta {
+                        src,
+                        dst,
+                        role,
+                        id: id.into(),
+                    },
                     pid,
                     workload: workload.into(),
                     redacted,

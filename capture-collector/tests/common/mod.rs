@@ -283,7 +283,7 @@ pub fn exchange(n: u32) -> Exchange {
             src: Some("10.244.1.17:48122".parse().unwrap()),
             dst: Some("10.96.12.5:8080".parse().unwrap()),
             role: Some(Role::Client),
-            id: format!("{n}:7:1"),
+            id: format!("{n}:7:1").into(),
         },
         pid: n,
         workload: Workload {

@@ -324,7 +324,7 @@ impl ConnTable {
             .map(|c| (c.meta.clone(), c.cgroup_id))
             .unwrap_or_else(|| {
                 let meta = ConnMeta {
-                    id: id.to_string(),
+                    id: id.to_string().into(),
                     ..ConnMeta::default()
                 };
                 (meta, 0)

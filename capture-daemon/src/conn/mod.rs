@@ -299,7 +299,7 @@ impl ConnTable {
         Metrics::add(&self.metrics.connections_opened, 1);
         let mut meta = ConnMeta {
             role,
-            id: id.to_string(),
+            id: id.to_string().into(),
             ..ConnMeta::default()
         };
         // accept/connect with an IP address: the kernel saw a TCP/IP socket being opened. /proc
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(ex.response.as_ref().unwrap().body.data, b"ok");
         assert_eq!(ex.conn.role, Some(Role::Server));
         assert_eq!((ex.conn.src, ex.conn.dst), (Some(CLIENT), Some(SERVER)));
-        assert_eq!(ex.conn.id, "10:5:1");
+        assert_eq!(&*ex.conn.id, "10:5:1");
         assert_eq!(ex.pid, 10);
         assert_eq!(
             ex.cgroup_id, CGROUP,

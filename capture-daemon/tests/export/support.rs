@@ -401,7 +401,7 @@ pub fn exchange(n: u32, body: usize) -> Exchange {
             src: Some("10.0.0.1:40000".parse().unwrap()),
             dst: Some("10.0.0.2:8080".parse().unwrap()),
             role: Some(Role::Server),
-            id: format!("{n}:5:1"),
+            id: format!("{n}:5:1").into(),
         },
         pid: n,
         workload: Workload {

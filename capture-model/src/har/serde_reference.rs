@@ -118,7 +118,7 @@ impl<'a> HarEntry<'a> {
                 ssl: -1,
             },
             server_ip_address: ex.conn.dst.map(|dst| dst.ip()),
-            connection: Some(ex.conn.id.as_str()).filter(|id| !id.is_empty()),
+            connection: Some(&*ex.conn.id).filter(|id| !id.is_empty()),
             capture: Capture::new(ex),
             trailers: NameValues(ex.response.as_ref().map(|r| &r.trailers)),
             grpc: ex.grpc.as_ref().map(GrpcOut::new),
