@@ -136,16 +136,18 @@ pub fn run(root: &Path, quick: bool, kernel_only: bool) -> Result<()> {
     drop(nginx);
     drop(cgroup);
 
-    let (h2, decoder, exporter) = if kernel_only {
+    let (h2, decoder, pipeline, exporter) = if kernel_only {
         let skipped = || Err("skipped (--kernel-only)".to_owned());
-        (None, skipped(), skipped())
+        (None, skipped(), skipped(), skipped())
     } else {
         let h2 = h2load::run(&binary, seconds, rounds, pinned, &out_dir)?;
         println!("decoder: cargo bench -p capture-http --bench decoder");
-        let decoder = decoder_bench(root);
+        let decoder = cargo_bench(root, "capture-http", "decoder", "_per_s");
+        println!("pipeline: cargo bench -p capture-daemon --bench pipeline");
+        let pipeline = cargo_bench(root, "capture-daemon", "pipeline", "pipeline_");
         println!("exporter: cargo bench -p capture-daemon --bench export");
         let exporter = crate::bench_export::exporter_bench(root, quick);
-        (Some(h2), decoder, exporter)
+        (Some(h2), decoder, pipeline, exporter)
     };
 
     let command = if quick {
@@ -163,6 +165,7 @@ pub fn run(root: &Path, quick: bool, kernel_only: bool) -> Result<()> {
         untargeted: &untargeted,
         h2: h2.as_ref(),
         decoder: &decoder,
+        pipeline: &pipeline,
     });
     report.push_str(&kernel::section(&kernel));
     if !kernel_only {
@@ -508,11 +511,17 @@ pub(crate) fn vm_hwm_kib(pid: u32) -> Result<f64> {
         .context("malformed VmHWM")
 }
 
-/// Runs the decoder micro-benchmark; its result lines, or why it could not run.
-fn decoder_bench(root: &Path) -> Result<Vec<String>, String> {
+/// Runs the `bench` benchmark of `package`; its result lines (those containing `marker`), or
+/// why it could not run.
+fn cargo_bench(
+    root: &Path,
+    package: &str,
+    bench: &str,
+    marker: &str,
+) -> Result<Vec<String>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["bench", "-p", "capture-http", "--bench", "decoder"])
+        .args(["bench", "-p", package, "--bench", bench])
         .current_dir(root)
         .output()
         .map_err(|e| format!("could not start cargo bench: {e}"))?;
@@ -535,12 +544,12 @@ fn decoder_bench(root: &Path) -> Result<Vec<String>, String> {
     }
     let lines: Vec<String> = stdout
         .lines()
-        .filter(|l| l.contains("_per_s"))
+        .filter(|l| l.contains(marker))
         .map(str::to_owned)
         .collect();
     if lines.is_empty() {
         Err(format!(
-            "no `*_per_s` lines in the decoder bench output:\n{stdout}"
+            "no `{marker}` lines in the {bench} bench output:\n{stdout}"
         ))
     } else {
         Ok(lines)
@@ -589,6 +598,7 @@ struct Report<'a> {
     untargeted: &'a [Captured],
     h2: Option<&'a h2load::Results>,
     decoder: &'a Result<Vec<String>, String>,
+    pipeline: &'a Result<Vec<String>, String>,
 }
 
 /// The median (the mean of the middle two for an even count); 0 for none.
@@ -856,21 +866,31 @@ fn report(r: &Report<'_>) -> String {
         s.push_str(&h2load::section(h2));
     }
 
-    let _ = writeln!(
-        s,
-        "\nDecoder (`cargo bench -p capture-http --bench decoder`):\n\n```"
-    );
-    match r.decoder {
-        Ok(lines) => {
-            for line in lines {
-                let _ = writeln!(s, "{line}");
+    let micro = [
+        (
+            "Decoder (`cargo bench -p capture-http --bench decoder`)",
+            r.decoder,
+        ),
+        (
+            "Daemon pipeline on replayed records, ns of CPU per exchange \
+             (`cargo bench -p capture-daemon --bench pipeline`)",
+            r.pipeline,
+        ),
+    ];
+    for (title, result) in micro {
+        let _ = writeln!(s, "\n{title}:\n\n```");
+        match result {
+            Ok(lines) => {
+                for line in lines {
+                    let _ = writeln!(s, "{line}");
+                }
+            }
+            Err(why) => {
+                let _ = writeln!(s, "{why}");
             }
         }
-        Err(why) => {
-            let _ = writeln!(s, "{why}");
-        }
+        let _ = writeln!(s, "```");
     }
-    let _ = writeln!(s, "```");
     s
 }
 

@@ -183,31 +183,34 @@ fn sockaddr(b: &[u8]) -> Option<SocketAddr> {
     Some(crate::kernel::procnet::unmap(SocketAddr::new(ip, port)))
 }
 
+/// Encodes an event the way the kernel lays it out: the inverse of [`parse`], for tests and for
+/// the pipeline benchmark, which replay records without a kernel.
+pub fn encode(h: &capture_common::EventHeader, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(EVENT_HEADER_LEN + payload.len());
+    v.push(h.kind);
+    v.push(h.direction);
+    v.extend_from_slice(&h.flags.to_ne_bytes());
+    v.extend_from_slice(&h.fd.to_ne_bytes());
+    v.extend_from_slice(&h.tgid.to_ne_bytes());
+    v.extend_from_slice(&h.tid.to_ne_bytes());
+    v.extend_from_slice(&h.generation.to_ne_bytes());
+    v.extend_from_slice(&h.pos.to_ne_bytes());
+    v.extend_from_slice(&h.len.to_ne_bytes());
+    v.extend_from_slice(&h.cap_len.to_ne_bytes());
+    v.extend_from_slice(&h.ts_ns.to_ne_bytes());
+    v.extend_from_slice(&h.cgroup_id.to_ne_bytes());
+    debug_assert_eq!(v.len(), EVENT_HEADER_LEN);
+    v.extend_from_slice(payload);
+    v
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use capture_common::EventHeader;
 
     use super::*;
 
-    /// Encodes an event the way the kernel lays it out (used by conn tests too).
-    pub(crate) fn record(h: &EventHeader, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::with_capacity(EVENT_HEADER_LEN + payload.len());
-        v.push(h.kind);
-        v.push(h.direction);
-        v.extend_from_slice(&h.flags.to_ne_bytes());
-        v.extend_from_slice(&h.fd.to_ne_bytes());
-        v.extend_from_slice(&h.tgid.to_ne_bytes());
-        v.extend_from_slice(&h.tid.to_ne_bytes());
-        v.extend_from_slice(&h.generation.to_ne_bytes());
-        v.extend_from_slice(&h.pos.to_ne_bytes());
-        v.extend_from_slice(&h.len.to_ne_bytes());
-        v.extend_from_slice(&h.cap_len.to_ne_bytes());
-        v.extend_from_slice(&h.ts_ns.to_ne_bytes());
-        v.extend_from_slice(&h.cgroup_id.to_ne_bytes());
-        assert_eq!(v.len(), EVENT_HEADER_LEN);
-        v.extend_from_slice(payload);
-        v
-    }
+    pub(crate) use super::encode as record;
 
     #[test]
     fn data_event_round_trips() {
