@@ -16,7 +16,8 @@
 //! Prints `pipeline_<sink>_ns_per_exchange <float>` (this thread's CPU time, best of 7 rounds of
 //! 20,000 exchanges) for two sinks: `devnull` (`--output /dev/null`: the daemon's own work) and
 //! `file` (a file in the temporary directory: plus the kernel's page-cache writes).
-//! Run with `cargo bench -p capture-daemon --bench pipeline`.
+//! Run with `cargo bench -p capture-daemon --bench pipeline` (`-- devnull` or `-- file` for one
+//! sink only).
 #![expect(
     clippy::unwrap_used,
     reason = "a benchmark: a failed unwrap is a failed run"
@@ -169,7 +170,15 @@ fn main() {
         "capture-pipeline-bench-{}.jsonl",
         std::process::id()
     ));
+    // `-- devnull` or `-- file` runs one sink only (for a profile).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     for (name, output) in [("devnull", "/dev/null"), ("file", file.to_str().unwrap())] {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         println!(
             "pipeline_{name}_ns_per_exchange {:.0}",
             measure(&records, output)
