@@ -74,6 +74,40 @@ const AUTHORITY_FIELDS: [&str; 2] = ["host", ":authority"];
 /// Redacted-list entry for removed userinfo.
 const USERINFO_ENTRY: &str = "url:userinfo";
 
+/// A set of lowercase field names, looked up ASCII case-insensitively. Every field of every
+/// exchange is looked up, and a list of twenty names cost twenty comparisons for each: names
+/// are kept by length, so a lookup compares only the few names of its length (usually none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NameSet {
+    /// `by_len[n]`: the names of `n` bytes.
+    by_len: Vec<Vec<Box<str>>>,
+}
+
+impl NameSet {
+    fn new<'n>(names: impl IntoIterator<Item = &'n str>) -> Self {
+        let mut set = Self::default();
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            if set.contains(&name) {
+                continue;
+            }
+            if set.by_len.len() <= name.len() {
+                set.by_len.resize_with(name.len() + 1, Vec::new);
+            }
+            set.by_len[name.len()].push(name.into_boxed_str());
+        }
+        set
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.by_len.get(name.len()).is_some_and(|names| {
+            names
+                .iter()
+                .any(|listed| listed.as_bytes().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    }
+}
+
 /// What to remove from exchanges: the fixed set of DESIGN.md §6 plus configured extras.
 ///
 /// Holds names only, so its `Debug` output is safe to log.
@@ -81,6 +115,9 @@ const USERINFO_ENTRY: &str = "url:userinfo";
 pub struct RedactionPolicy {
     /// Lowercase header names, pseudo-headers excluded.
     extra_headers: Vec<String>,
+    /// Every field name removed whatever the message says: the credential and hop-by-hop
+    /// fields and `extra_headers`.
+    removed_fields: NameSet,
     /// Lowercase query parameter names, matched against the percent-decoded name: the
     /// credential parameters and the configured ones.
     extra_query_params: Vec<String>,
@@ -121,8 +158,16 @@ impl RedactionPolicy {
             .collect();
         params.sort();
         params.dedup();
+        let removed_fields = NameSet::new(
+            CREDENTIAL_FIELDS
+                .iter()
+                .chain(HOP_BY_HOP_FIELDS.iter())
+                .copied()
+                .chain(headers.iter().map(String::as_str)),
+        );
         Self {
             extra_headers: headers,
+            removed_fields,
             extra_query_params: params,
             body_fields: BodyFields::default(),
         }
@@ -205,11 +250,10 @@ impl RedactionPolicy {
         if name.starts_with(':') {
             return false;
         }
-        let named = |listed: &str| listed.eq_ignore_ascii_case(name);
-        CREDENTIAL_FIELDS.iter().copied().any(named)
-            || HOP_BY_HOP_FIELDS.iter().copied().any(named)
-            || self.extra_headers.iter().map(String::as_str).any(named)
-            || connection_options.iter().copied().any(named)
+        self.removed_fields.contains(name)
+            || connection_options
+                .iter()
+                .any(|option| option.eq_ignore_ascii_case(name))
     }
 
     /// Removes userinfo and configured query parameters from the fields that hold URLs.
@@ -461,6 +505,18 @@ mod tests {
 
     fn h(name: &str, value: &str) -> Header {
         Header::new(name, value)
+    }
+
+    #[test]
+    fn name_set_matches_whole_names_any_case() {
+        let set = NameSet::new(["Cookie", "te", "x-api-key", "cookie", ""]);
+        for name in ["cookie", "COOKIE", "Te", "X-Api-Key", ""] {
+            assert!(set.contains(name), "{name}");
+        }
+        for name in ["cookies", "cooki", "t", "tee", "x-api-kez", "a-very-long-field-name"] {
+            assert!(!set.contains(name), "{name}");
+        }
+        assert_eq!(set.by_len[6].len(), 1, "duplicates are kept once");
     }
 
     fn exchange(
