@@ -513,7 +513,14 @@ mod tests {
         for name in ["cookie", "COOKIE", "Te", "X-Api-Key", ""] {
             assert!(set.contains(name), "{name}");
         }
-        for name in ["cookies", "cooki", "t", "tee", "x-api-kez", "a-very-long-field-name"] {
+        for name in [
+            "cookies",
+            "cooki",
+            "t",
+            "tee",
+            "x-api-kez",
+            "a-very-long-field-name",
+        ] {
             assert!(!set.contains(name), "{name}");
         }
         assert_eq!(set.by_len[6].len(), 1, "duplicates are kept once");

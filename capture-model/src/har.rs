@@ -338,9 +338,8 @@ pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
     );
 
     out.extend_from_slice(b"{\"startedDateTime\":");
-    // WallClock clamps to years 1970..=9999, which humantime always formats; the format is
-    // UTC with a `Z`, whatever the local time zone.
-    json::display_plain(out, &humantime::format_rfc3339_millis(started));
+    // UTC with a `Z`, whatever the local time zone (WallClock clamps to years 1970..=9999).
+    json::rfc3339_millis(out, started);
     out.extend_from_slice(b",\"time\":");
     json::millis(out, edges.total_ns());
     out.extend_from_slice(b",\"request\":");

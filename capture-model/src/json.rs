@@ -290,9 +290,103 @@ pub(crate) fn display_plain(out: &mut Vec<u8>, value: &impl fmt::Display) {
     out.push(b'"');
 }
 
+/// The last second RFC 3339 can write with a four-digit year: 9999-12-31T23:59:59Z.
+const MAX_RFC3339_SECS: u64 = 253_402_300_799;
+
+/// Appends `time` as a JSON string in RFC 3339, UTC, with milliseconds
+/// (`"2024-05-01T12:00:00.123Z"`): byte for byte what humantime's `format_rfc3339_millis`
+/// writes, without `fmt` (every HAR entry has one, and `fmt` cost more than the rest of the
+/// entry's numbers together). A time before 1970 is written as the epoch, one after the end of
+/// year 9999 as its last millisecond; `WallClock` never gives either.
+pub(crate) fn rfc3339_millis(out: &mut Vec<u8>, time: std::time::SystemTime) {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, millis) = if since.as_secs() > MAX_RFC3339_SECS {
+        (MAX_RFC3339_SECS, 999)
+    } else {
+        (since.as_secs(), since.subsec_millis())
+    };
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let second_of_day = secs % 86_400;
+    let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
+    let mut put = |at: usize, digits: usize, mut value: u64| {
+        for i in (at..at + digits).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(1, 4, year);
+    put(6, 2, month);
+    put(9, 2, day);
+    put(12, 2, second_of_day / 3600);
+    put(15, 2, second_of_day / 60 % 60);
+    put(18, 2, second_of_day % 60);
+    put(21, 3, u64::from(millis));
+    out.extend_from_slice(&text);
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar, `days` after 1970-01-01: Howard
+/// Hinnant's `civil_from_days` (eras of 400 years starting on March 1st), for days >= 0.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    fn humantime_millis(time: std::time::SystemTime) -> Vec<u8> {
+        format!("\"{}\"", humantime::format_rfc3339_millis(time)).into_bytes()
+    }
+
+    #[test]
+    fn rfc3339_millis_at_the_edges() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        let cases = [
+            (at(0, 0), "1970-01-01T00:00:00.000Z"),
+            (at(951_782_400, 999_999_999), "2000-02-29T00:00:00.999Z"),
+            (at(1_714_564_800, 123_456_789), "2024-05-01T12:00:00.123Z"),
+            (at(4_107_542_399, 1_000_000), "2100-02-28T23:59:59.001Z"),
+            (
+                at(MAX_RFC3339_SECS, 999_999_999),
+                "9999-12-31T23:59:59.999Z",
+            ),
+            (at(MAX_RFC3339_SECS + 1, 0), "9999-12-31T23:59:59.999Z"),
+            (
+                UNIX_EPOCH - Duration::from_secs(1),
+                "1970-01-01T00:00:00.000Z",
+            ),
+        ];
+        for (time, expected) in cases {
+            let mut out = Vec::new();
+            rfc3339_millis(&mut out, time);
+            assert_eq!(out, format!("\"{expected}\"").into_bytes());
+            if time >= UNIX_EPOCH && time <= at(MAX_RFC3339_SECS, 999_999_999) {
+                assert_eq!(out, humantime_millis(time), "{expected}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rfc3339_millis_is_humantimes(secs in 0..=MAX_RFC3339_SECS, nanos in 0..1_000_000_000u32) {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+            let mut out = Vec::new();
+            rfc3339_millis(&mut out, time);
+            proptest::prop_assert_eq!(out, humantime_millis(time));
+        }
+    }
 
     fn serde_escaped(text: &str) -> Vec<u8> {
         serde_json::to_vec(text).unwrap()
