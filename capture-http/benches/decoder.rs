@@ -14,6 +14,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -106,7 +108,7 @@ fn main() {
     // One warm-up round, then the best of ROUNDS (least disturbed by the machine).
     for round in 0..=ROUNDS {
         let start = Instant::now();
-        let cpu_start = thread_cpu_s();
+        let cpu_start = support::thread_cpu_s();
         let mut conn = Http1Conn::new(Http1Limits::default());
         let mut exchanges = 0usize;
         for (ts, (side, piece)) in pieces.iter().enumerate() {
@@ -125,7 +127,7 @@ fn main() {
             }
         }
         let secs = start.elapsed().as_secs_f64();
-        let cpu_secs = thread_cpu_s() - cpu_start;
+        let cpu_secs = support::thread_cpu_s() - cpu_start;
         if exchanges != EXCHANGES {
             eprintln!("decoded {exchanges} exchanges, expected {EXCHANGES}");
             std::process::exit(1);
@@ -152,10 +154,4 @@ fn main() {
         "http1_decoder_cpu_exchanges_per_s {:.0}",
         EXCHANGES as f64 / best_cpu
     );
-}
-
-/// CPU seconds this thread has run.
-fn thread_cpu_s() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map_or(f64::NAN, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
