@@ -335,59 +335,79 @@ fn spans(text: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<FieldSpan> {
         .collect()
 }
 
+/// A head's bytes, checked for UTF-8 once.
+enum Head {
+    /// Nearly always (ASCII): the text becomes the fields' text.
+    Text(String),
+    /// Some byte is not UTF-8: the fields are copied, those values lossily.
+    Bytes(Vec<u8>),
+}
+
+impl Head {
+    /// Takes `buf` (left empty).
+    fn take(buf: &mut Vec<u8>) -> Self {
+        match String::from_utf8(std::mem::take(buf)) {
+            Ok(text) => Self::Text(text),
+            Err(e) => Self::Bytes(e.into_bytes()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(text) => text.as_bytes(),
+            Self::Bytes(bytes) => bytes,
+        }
+    }
+
+    /// What [`Self::into_headers`] needs of one parse of [`Self::bytes`].
+    fn fields(&self, parsed: &[httparse::Header<'_>]) -> Fields {
+        match self {
+            Self::Text(text) => Fields::Spans(spans(text.as_bytes(), parsed)),
+            Self::Bytes(_) => Fields::Copied(to_headers(parsed)),
+        }
+    }
+
+    fn into_headers(
+        self,
+        fields: Fields,
+        invalid: ParseErrorReason,
+    ) -> Result<Headers, ParseErrorReason> {
+        match (self, fields) {
+            (Self::Text(text), Fields::Spans(spans)) => {
+                Headers::from_text(text, spans).ok_or(invalid)
+            }
+            (_, Fields::Copied(headers)) => Ok(headers),
+            (Self::Bytes(_), Fields::Spans(_)) => Err(invalid),
+        }
+    }
+}
+
 /// A head's fields, from what one parse of its bytes found.
 enum Fields {
-    /// The head is UTF-8 (nearly always: ASCII): its buffer becomes the fields' text.
     Spans(Vec<FieldSpan>),
-    /// Some byte is not UTF-8: the fields are copied, those values lossily.
     Copied(Headers),
 }
 
-impl Fields {
-    fn of(utf8: bool, text: &[u8], parsed: &[httparse::Header<'_>]) -> Self {
-        if utf8 {
-            Self::Spans(spans(text, parsed))
-        } else {
-            Self::Copied(to_headers(parsed))
-        }
-    }
-
-    /// The [`Headers`], taking `buf` (the head's bytes) when they are its text.
-    fn into_headers(
-        self,
-        buf: &mut Vec<u8>,
-        invalid: ParseErrorReason,
-    ) -> Result<Headers, ParseErrorReason> {
-        match self {
-            Self::Copied(headers) => Ok(headers),
-            Self::Spans(spans) => {
-                let text = String::from_utf8(std::mem::take(buf)).map_err(|_| invalid)?;
-                Headers::from_text(text, spans).ok_or(invalid)
-            }
-        }
-    }
-}
-
-/// Parses a complete request head (as collected by [`HeadBuf`]). The fields keep `buf` as
-/// their text when it is UTF-8, so it is taken (left empty); the head is copied only when
-/// it is not.
+/// Parses a complete request head (as collected by [`HeadBuf`]). `buf` is taken (left
+/// empty): when it is UTF-8 it becomes the fields' text, else the fields are copied.
 pub(super) fn parse_request(
     buf: &mut Vec<u8>,
     max_fields: usize,
 ) -> Result<RequestHead, ParseErrorReason> {
     let config = request_config();
     let invalid = ParseErrorReason::InvalidRequestHead;
-    let utf8 = std::str::from_utf8(buf).is_ok();
+    let head = Head::take(buf);
+    let bytes = head.bytes();
     let (method, target, version, fields, size) =
         with_header_slots(invalid, max_fields, MaybeUninit::uninit, |slots| {
             let mut req = httparse::Request::new(&mut []);
             Ok(
-                match config.parse_request_with_uninit_headers(&mut req, buf, slots)? {
+                match config.parse_request_with_uninit_headers(&mut req, bytes, slots)? {
                     httparse::Status::Complete(size) => Some((
                         req.method.unwrap_or_default().to_owned(),
                         req.path.unwrap_or_default().to_owned(),
                         version(req.version),
-                        Fields::of(utf8, buf, req.headers),
+                        head.fields(req.headers),
                         len_u64(size),
                     )),
                     httparse::Status::Partial => None,
@@ -398,7 +418,7 @@ pub(super) fn parse_request(
         method,
         target,
         version,
-        headers: fields.into_headers(buf, invalid)?,
+        headers: head.into_headers(fields, invalid)?,
         size,
     })
 }
@@ -410,18 +430,19 @@ pub(super) fn parse_response(
 ) -> Result<ResponseHead, ParseErrorReason> {
     let config = response_config();
     let invalid = ParseErrorReason::InvalidResponseHead;
-    let utf8 = std::str::from_utf8(buf).is_ok();
+    let head = Head::take(buf);
+    let bytes = head.bytes();
     let (status, reason, version, fields, size) =
         with_header_slots(invalid, max_fields, MaybeUninit::uninit, |slots| {
             let mut resp = httparse::Response::new(&mut []);
             Ok(
-                match config.parse_response_with_uninit_headers(&mut resp, buf, slots)? {
+                match config.parse_response_with_uninit_headers(&mut resp, bytes, slots)? {
                     httparse::Status::Complete(size) => resp.code.map(|status| {
                         (
                             status,
                             resp.reason.unwrap_or_default().to_owned(),
                             version(resp.version),
-                            Fields::of(utf8, buf, resp.headers),
+                            head.fields(resp.headers),
                             len_u64(size),
                         )
                     }),
@@ -433,7 +454,7 @@ pub(super) fn parse_response(
         status,
         reason,
         version,
-        headers: fields.into_headers(buf, invalid)?,
+        headers: head.into_headers(fields, invalid)?,
         size,
     })
 }
