@@ -96,6 +96,10 @@ impl NameSet {
             }
             set.by_len[name.len()].push(name.into_boxed_str());
         }
+        // Sorted, so two sets of the same names are equal whatever order they were given in.
+        for names in &mut set.by_len {
+            names.sort_unstable();
+        }
         set
     }
 
@@ -113,10 +117,8 @@ impl NameSet {
 /// Holds names only, so its `Debug` output is safe to log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedactionPolicy {
-    /// Lowercase header names, pseudo-headers excluded.
-    extra_headers: Vec<String>,
     /// Every field name removed whatever the message says: the credential and hop-by-hop
-    /// fields and `extra_headers`.
+    /// fields and the configured ones (lowercase, pseudo-headers excluded).
     removed_fields: NameSet,
     /// Lowercase query parameter names, matched against the percent-decoded name: the
     /// credential parameters and the configured ones.
@@ -139,13 +141,10 @@ impl RedactionPolicy {
     /// Names are trimmed and matched case-insensitively; empty names are ignored, and so are
     /// pseudo-header names (`:path`, ...), which are never removed.
     pub fn new(extra_headers: &[String], extra_query_params: &[String]) -> Self {
-        let mut headers: Vec<String> = extra_headers
+        let headers = extra_headers
             .iter()
-            .map(|name| name.trim().to_ascii_lowercase())
-            .filter(|name| !name.is_empty() && !name.starts_with(':'))
-            .collect();
-        headers.sort();
-        headers.dedup();
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty() && !name.starts_with(':'));
         let mut params: Vec<String> = extra_query_params
             .iter()
             .map(|name| name.trim().to_lowercase())
@@ -163,10 +162,9 @@ impl RedactionPolicy {
                 .iter()
                 .chain(HOP_BY_HOP_FIELDS.iter())
                 .copied()
-                .chain(headers.iter().map(String::as_str)),
+                .chain(headers),
         );
         Self {
-            extra_headers: headers,
             removed_fields,
             extra_query_params: params,
             body_fields: BodyFields::default(),

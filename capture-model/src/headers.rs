@@ -84,8 +84,6 @@ pub struct FieldSpan {
     pub value: Range<usize>,
 }
 
-type Field = FieldSpan;
-
 /// The fields of one message's header block (or trailer block), in wire order.
 ///
 /// Equality compares the fields (names and values, in order), not how the text is laid out.
@@ -94,7 +92,7 @@ type Field = FieldSpan;
 pub struct Headers {
     /// Every name and value, one after the other (plus values replaced by `set_value`).
     text: String,
-    fields: Vec<Field>,
+    fields: Vec<FieldSpan>,
 }
 
 impl Headers {
@@ -127,7 +125,7 @@ impl Headers {
     pub fn push(&mut self, name: &str, value: &str) {
         let name = self.append_text(name);
         let value = self.append_text(value);
-        self.fields.push(Field { name, value });
+        self.fields.push(FieldSpan { name, value });
     }
 
     fn append_text(&mut self, s: &str) -> Range<usize> {
@@ -149,7 +147,7 @@ impl Headers {
         self.fields.get(index).map(|f| self.field(f))
     }
 
-    fn field<'h>(&'h self, f: &Field) -> HeaderRef<'h> {
+    fn field<'h>(&'h self, f: &FieldSpan) -> HeaderRef<'h> {
         HeaderRef {
             name: self.slice(&f.name),
             value: self.slice(&f.value),
@@ -278,7 +276,7 @@ impl fmt::Debug for Headers {
 #[derive(Clone)]
 pub struct Iter<'h> {
     headers: &'h Headers,
-    fields: std::slice::Iter<'h, Field>,
+    fields: std::slice::Iter<'h, FieldSpan>,
 }
 
 impl<'h> Iterator for Iter<'h> {
