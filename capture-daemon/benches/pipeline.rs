@@ -18,7 +18,8 @@
 //! records every run, so a change of a few percent in the daemon's own code shows.
 //!
 //! Prints `pipeline_<protocol>_<sink>_ns_per_exchange <float>` (this thread's CPU time, best of
-//! 7 rounds of 20,000 exchanges) for two sinks: `devnull` (`--output /dev/null`: the daemon's
+//! 7 rounds of 20,000 exchanges) and `..._allocations_per_exchange` (counted in a warm-up round)
+//! for two sinks: `devnull` (`--output /dev/null`: the daemon's
 //! own work) and `file` (a file in the temporary directory: plus the kernel's page-cache
 //! writes). Run with `cargo bench -p capture-daemon --bench pipeline`; arguments (`http2`,
 //! `devnull`, ...) keep only the runs whose protocol or sink they name, for a profile.
@@ -27,11 +28,59 @@
     reason = "a benchmark: a failed unwrap is a failed run"
 )]
 
-/// The daemon's allocator, so allocation costs are the daemon's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
-use std::sync::{Arc, atomic::Ordering};
+/// The daemon's allocator, so allocation costs are the daemon's, counting allocations while
+/// [`COUNTING`] is set (the warm-up round): in the daemon each one is likely a cache miss, as
+/// its memory goes cold between drains, so their number matters more than the replay's time
+/// shows.
+#[global_allocator]
+static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+struct Counting(mimalloc::MiMalloc);
+
+impl Counting {
+    fn count() {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is forwarded to mimalloc unchanged; counting touches no memory it hands out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::count();
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::count();
+        // SAFETY: as above.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::count();
+        // SAFETY: as above.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
 
 use capture_common::{EventHeader, direction, flags, kind};
 use capture_daemon::{
@@ -267,11 +316,13 @@ fn thread_cpu_s() -> f64 {
         .map_or(f64::NAN, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
-/// Best CPU time of the rounds, in ns per exchange, writing to `output`.
-fn measure(protocol: Protocol, records: &[Vec<u8>], output: &str) -> f64 {
+/// Best CPU time of the rounds in ns per exchange, and allocations (and reallocations) per
+/// exchange in the warm-up round, writing to `output`.
+fn measure(protocol: Protocol, records: &[Vec<u8>], output: &str) -> (f64, f64) {
     let cfg =
         Config::from_args(["capture-daemon", "--target-pid", "4242", "--output", output]).unwrap();
     let mut best = f64::INFINITY;
+    let mut allocations = 0;
     for round in 0..=ROUNDS {
         if output != "/dev/null" {
             let _ = std::fs::remove_file(output);
@@ -279,12 +330,17 @@ fn measure(protocol: Protocol, records: &[Vec<u8>], output: &str) -> f64 {
         let metrics = Arc::new(Metrics::default());
         let sink = JsonlSink::open(output).unwrap();
         let mut pipeline = Pipeline::new(&cfg, sink, Arc::clone(&metrics));
-        let start = thread_cpu_s();
+        COUNTING.store(round == 0, Ordering::Relaxed);
+        let (start, counted) = (thread_cpu_s(), ALLOCATIONS.load(Ordering::Relaxed));
         for batch in records.chunks(BATCH) {
             pipeline.process(batch.iter().map(Vec::as_slice));
         }
         pipeline.finish();
         let secs = thread_cpu_s() - start;
+        if round == 0 {
+            COUNTING.store(false, Ordering::Relaxed);
+            allocations = ALLOCATIONS.load(Ordering::Relaxed) - counted;
+        }
         let exchanges = match protocol {
             Protocol::Http1 => &metrics.exchanges_h1,
             Protocol::Http2 => &metrics.exchanges_h2,
@@ -302,7 +358,10 @@ fn measure(protocol: Protocol, records: &[Vec<u8>], output: &str) -> f64 {
         assert_eq!(lines, EXCHANGES, "lines written");
         std::fs::remove_file(output).unwrap();
     }
-    best * 1e9 / EXCHANGES as f64
+    (
+        best * 1e9 / EXCHANGES as f64,
+        allocations as f64 / EXCHANGES as f64,
+    )
 }
 
 fn main() {
@@ -337,11 +396,10 @@ fn main() {
         );
         for (sink, output) in sinks {
             if named(&["devnull", "file"], sink) {
-                println!(
-                    "pipeline_{}_{sink}_ns_per_exchange {:.0}",
-                    protocol.name(),
-                    measure(protocol, &records, output)
-                );
+                let (ns, allocations) = measure(protocol, &records, output);
+                let name = protocol.name();
+                println!("pipeline_{name}_{sink}_ns_per_exchange {ns:.0}");
+                println!("pipeline_{name}_{sink}_allocations_per_exchange {allocations:.1}");
             }
         }
     }
