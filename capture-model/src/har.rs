@@ -116,9 +116,17 @@ pub fn write_entry_with_replay(
 /// the authority is `:authority` (HTTP/2), `Host`, the server address of the connection, or
 /// `unknown`, in that order.
 pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
+    let mut url = String::new();
+    push_request_url(request, conn, &mut url);
+    url
+}
+
+/// [`request_url`] appended to `url`, so that a writer can reuse one buffer.
+pub fn push_request_url(request: &Request, conn: &ConnMeta, url: &mut String) {
     let target = request.target.as_str();
     if is_absolute_form(target) {
-        return target.to_owned();
+        url.push_str(target);
+        return;
     }
     let http2 = request.version == HttpVersion::Http2;
     let scheme = http2
@@ -126,14 +134,14 @@ pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
         .flatten()
         .filter(|scheme| is_scheme(scheme))
         .unwrap_or("http");
-    // RFC 9112 §3.3: in authority-form (CONNECT) the target is the authority, and the path is
-    // empty; asterisk-form also has an empty path.
-    let mut url = String::with_capacity(scheme.len() + 3 + 64 + target.len());
+    url.reserve(scheme.len() + 3 + 64 + target.len());
     url.push_str(scheme);
     url.push_str("://");
+    // RFC 9112 §3.3: in authority-form (CONNECT) the target is the authority, and the path is
+    // empty; asterisk-form also has an empty path.
     if request.method.eq_ignore_ascii_case("CONNECT") && !target.starts_with('/') {
         url.push_str(target);
-        return url;
+        return;
     }
     // Pushed, not formatted: this runs for every exchange written.
     match request_authority(request, conn) {
@@ -151,7 +159,6 @@ pub fn request_url(request: &Request, conn: &ConnMeta) -> String {
         }
         url.push_str(target);
     }
-    url
 }
 
 fn is_absolute_form(target: &str) -> bool {
@@ -323,10 +330,16 @@ fn looks_textual(text: &str) -> bool {
 /// Appends the HAR entry of `ex` to `out` as one line of JSON, without a trailing newline.
 /// JSON strings escape control characters, so the line never contains a line break.
 ///
-/// Nothing is allocated on the way but the URL and percent-decoded query parameters (and
-/// `out` growing): reuse `out` across entries.
+/// Nothing is allocated on the way but percent-decoded query parameters (and `out` growing):
+/// reuse `out` across entries. The URL is built in a buffer this thread keeps.
 pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
-    let url = request_url(&ex.request, &ex.conn);
+    thread_local! {
+        static URL: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    }
+    // Taken, not borrowed, so that nothing here can find it borrowed.
+    let mut url = URL.take();
+    url.clear();
+    push_request_url(&ex.request, &ex.conn, &mut url);
     let edges = Edges::new(ex);
     let started = clock.to_system_time(ex.timing.request_start_ns);
     // Room for the fixed text and the bodies; strings that need escaping grow it further.
@@ -344,6 +357,7 @@ pub fn write_entry(ex: &Exchange, clock: &WallClock, out: &mut Vec<u8>) {
     json::millis(out, edges.total_ns());
     out.extend_from_slice(b",\"request\":");
     write_request(out, &ex.request, &url);
+    URL.set(url);
     out.extend_from_slice(b",\"response\":");
     match &ex.response {
         Some(response) => write_response(out, response),
