@@ -302,36 +302,41 @@ impl RedactionPolicy {
         };
 
         let mut changed = false;
-        let mut out = String::with_capacity(uri.len());
-        match authority_start(before_query, shape) {
+        // The URI up to its query, as two pieces around the userinfo when there is one.
+        let (up_to_authority, after_userinfo) = match authority_start(before_query, shape) {
             Some(start) => {
                 let rest = &before_query[start..];
                 let end = rest.find('/').unwrap_or(rest.len());
-                out.push_str(&before_query[..start]);
                 // RFC 3986 §3.2.1: userinfo ends at the authority's '@'; take the last one so
                 // an unencoded '@' in a password cannot leave a piece behind.
                 match rest[..end].rfind('@') {
                     Some(at) => {
-                        out.push_str(&rest[at + 1..]);
                         removed.insert(USERINFO_ENTRY.to_owned());
                         changed = true;
+                        (&before_query[..start], &rest[at + 1..])
                     }
-                    None => out.push_str(rest),
+                    None => (before_query, ""),
                 }
             }
-            None => out.push_str(before_query),
+            None => (before_query, ""),
+        };
+        let parts = [('?', query), ('#', fragment)]
+            .map(|(separator, part)| part.map(|p| (separator, p, self.remove_params(p, removed))));
+        changed |= parts.iter().flatten().any(|(_, _, kept)| kept.is_some());
+        // The common case, nothing to remove, allocates nothing.
+        if !changed {
+            return None;
         }
-
-        for (separator, part) in [('?', query), ('#', fragment)] {
-            let Some(part) = part else { continue };
-            match self.remove_params(part, removed) {
+        let mut out = String::with_capacity(uri.len());
+        out.push_str(up_to_authority);
+        out.push_str(after_userinfo);
+        for (separator, part, kept) in parts.into_iter().flatten() {
+            match kept {
+                // Drop the separator when nothing is left after it.
+                Some(kept) if kept.is_empty() => {}
                 Some(kept) => {
-                    changed = true;
-                    // Drop the separator when nothing is left after it.
-                    if !kept.is_empty() {
-                        out.push(separator);
-                        out.push_str(&kept);
-                    }
+                    out.push(separator);
+                    out.push_str(&kept);
                 }
                 None => {
                     out.push(separator);
@@ -339,8 +344,7 @@ impl RedactionPolicy {
                 }
             }
         }
-
-        changed.then_some(out)
+        Some(out)
     }
 
     /// `part` without the `&`-separated `name[=value]` pairs whose decoded name is configured,
@@ -1274,10 +1278,9 @@ mod tests {
             let mut out = Vec::new();
             conn.on_data(Side::Request, &request, 1, &mut out);
             conn.on_data(Side::Response, &response, 2, &mut out);
-            let Some(Http1Output::Exchange(ex)) = out.into_iter().next() else {
+            let Some(Http1Output::Exchange(mut ex)) = out.into_iter().next() else {
                 panic!("no exchange");
             };
-            let mut ex = *ex;
             assert_eq!(ex.request.body.decoded_from.as_deref(), Some("gzip"));
             let line = redact_and_check(
                 &RedactionPolicy::default(),

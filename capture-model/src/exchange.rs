@@ -244,6 +244,16 @@ pub struct Workload {
     pub node: Option<String>,
 }
 
+impl Workload {
+    /// The workload nothing is known of, shared: decoders give it to every exchange they
+    /// make, and the connection layer replaces it, so it is counted, not allocated, each time.
+    pub fn unknown() -> Arc<Self> {
+        static UNKNOWN: std::sync::LazyLock<Arc<Workload>> =
+            std::sync::LazyLock::new(|| Arc::new(Workload::default()));
+        Arc::clone(&UNKNOWN)
+    }
+}
+
 /// A request and its response (if one was seen), with where and when they were captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {

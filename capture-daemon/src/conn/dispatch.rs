@@ -186,7 +186,7 @@ impl ConnTable {
                 self.emit(id, &mut outputs, out);
                 self.scratch = outputs;
                 match h2c {
-                    Some(ex) => self.switch_to_h2c(id, request_dir, *ex, ts_ns, out),
+                    Some(ex) => self.switch_to_h2c(id, request_dir, ex, ts_ns, out),
                     None if upgraded => {
                         // What follows (WebSocket, CONNECT tunnels) is not HTTP: stop the
                         // kernel sending it.
@@ -293,7 +293,7 @@ impl ConnTable {
     pub(super) fn emit(&self, id: ConnId, outputs: &mut Vec<Http1Output>, out: &mut Vec<Exchange>) {
         for o in outputs.drain(..) {
             match o {
-                Http1Output::Exchange(ex) => self.deliver_exchange(id, *ex, out),
+                Http1Output::Exchange(ex) => self.deliver_exchange(id, ex, out),
                 Http1Output::Error(reason) => self.metrics.parse_error(reason),
                 Http1Output::Upgraded { .. } => {}
             }
@@ -309,7 +309,7 @@ impl ConnTable {
     ) {
         for o in outputs.drain(..) {
             match o {
-                Http2Output::Exchange(ex) => self.deliver_exchange(id, *ex, out),
+                Http2Output::Exchange(ex) => self.deliver_exchange(id, ex, out),
                 Http2Output::Error(reason) => self.metrics.h2_parse_error(reason),
                 Http2Output::Limit(limit) => self.metrics.h2_limit(limit),
             }
@@ -434,7 +434,7 @@ fn sniff(payload: &[u8]) -> Sniff {
 /// Takes the exchange of an accepted `Upgrade: h2c` out of an HTTP/1 decoder's outputs: the
 /// exchange just before `Upgraded`. Its request becomes HTTP/2 stream 1, whose response comes
 /// in HTTP/2, so the 101 is not written as an exchange of its own.
-fn take_h2c_upgrade(outputs: &mut Vec<Http1Output>) -> Option<Box<Exchange>> {
+fn take_h2c_upgrade(outputs: &mut Vec<Http1Output>) -> Option<Exchange> {
     let at = outputs
         .iter()
         .position(|o| matches!(o, Http1Output::Upgraded { .. }))?;

@@ -127,6 +127,9 @@ impl HeadBuf {
             }
             self.start_ns = ts_ns;
         }
+        // `data[copied..pos]` belongs to the head but is not in `buf` yet: a head that arrives
+        // whole is copied once, into a buffer of its size, not line by line.
+        let mut copied = pos;
         if !self.first_line_done {
             let rest = &data[pos..];
             let Some(lf) = memchr::memchr(b'\n', rest) else {
@@ -161,10 +164,19 @@ impl HeadBuf {
                     },
                 );
             }
-            self.buf.extend_from_slice(&rest[..line_end]);
             pos += line_end;
             self.first_line_done = true;
-            if !start_line_plausible(side, &self.buf) {
+            if !self.buf.is_empty() {
+                // The line began in an earlier call.
+                self.buf.extend_from_slice(&data[copied..pos]);
+                copied = pos;
+            }
+            let line = if copied == pos {
+                &self.buf[..]
+            } else {
+                &data[copied..pos]
+            };
+            if !start_line_plausible(side, line) {
                 return (
                     pos,
                     HeadProgress::BadStart {
@@ -173,10 +185,19 @@ impl HeadBuf {
                 );
             }
         }
+        // Pending bytes are none, or a whole start line: at least two bytes (it starts with
+        // neither CR nor LF and ends with LF), so they hold the two bytes before `rest`.
+        let pending = &data[copied..pos];
+        let prev = if pending.is_empty() {
+            tail2(&self.buf)
+        } else {
+            tail2(pending)
+        };
+        let held = self.buf.len() + pending.len();
         let rest = &data[pos..];
-        match find_blank_line(tail2(&self.buf), rest) {
+        match find_blank_line(prev, rest) {
             Some(end) => {
-                if self.buf.len() + end > limit {
+                if held + end > limit {
                     return (
                         pos + end,
                         HeadProgress::TooLarge {
@@ -184,15 +205,15 @@ impl HeadBuf {
                         },
                     );
                 }
-                self.buf.extend_from_slice(&rest[..end]);
+                self.buf.extend_from_slice(&data[copied..pos + end]);
                 (pos + end, HeadProgress::Complete)
             }
             None => {
-                if self.buf.len() + rest.len() > limit {
+                if held + rest.len() > limit {
                     let at_line_start = rest.last() == Some(&b'\n');
                     return (data.len(), HeadProgress::TooLarge { at_line_start });
                 }
-                self.buf.extend_from_slice(rest);
+                self.buf.extend_from_slice(&data[copied..]);
                 (data.len(), HeadProgress::NeedMore)
             }
         }
@@ -599,7 +620,8 @@ pub(super) fn content_encoding(headers: &Headers) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::find_blank_line;
+    use super::{HeadBuf, HeadProgress, find_blank_line};
+    use crate::http1::Side;
 
     /// The definition: the first line end whose line is empty or only CR, one line at a time.
     fn reference(prev: &[u8], data: &[u8]) -> Option<usize> {
@@ -641,6 +663,52 @@ mod tests {
             data in proptest::collection::vec(proptest::sample::select(b"\r\nab:".to_vec()), 0..200),
         ) {
             proptest::prop_assert_eq!(find_blank_line(&prev, &data), reference(&prev, &data));
+        }
+    }
+
+    #[test]
+    fn a_head_that_arrives_whole_is_copied_once_at_its_size() {
+        // Fields shorter than the start line: copied line by line, the buffer would have
+        // doubled.
+        let head = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        let data = [b"\r\n".as_slice(), head, b"ok"].concat();
+        let mut buf = HeadBuf::default();
+        assert_eq!(
+            buf.feed(Side::Response, &data, 1, 1024),
+            (2 + head.len(), HeadProgress::Complete)
+        );
+        assert_eq!(buf.buf, head);
+        assert_eq!(
+            buf.buf.capacity(),
+            head.len(),
+            "one allocation of the head's size"
+        );
+    }
+
+    #[test]
+    fn limits_count_the_start_line_not_yet_copied() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for limit in [head.len() - 1, head.len()] {
+            let mut buf = HeadBuf::default();
+            let (used, progress) = buf.feed(Side::Request, head, 1, limit);
+            assert_eq!(used, head.len());
+            if limit < head.len() {
+                assert_eq!(
+                    progress,
+                    HeadProgress::TooLarge {
+                        at_line_start: true
+                    }
+                );
+            } else {
+                assert_eq!(progress, HeadProgress::Complete);
+            }
+            let mut buf = HeadBuf::default();
+            let (used, progress) = buf.feed(Side::Request, &head[..20], 1, limit);
+            assert_eq!((used, progress), (20, HeadProgress::NeedMore));
+            assert_eq!(buf.buf, head[..20]);
+            let (used, progress) = buf.feed(Side::Request, &head[20..], 1, limit);
+            assert_eq!(used, head.len() - 20);
+            assert_eq!(progress == HeadProgress::Complete, limit == head.len());
         }
     }
 }

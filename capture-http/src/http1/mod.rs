@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 
 pub(crate) use crate::body::CappedBody;
 use capture_model::exchange::{
-    Body, ConnMeta, Exchange, Headers, Incomplete, Protocol, Request, Response, Timing,
+    Body, ConnMeta, Exchange, Headers, Incomplete, Protocol, Request, Response, Timing, Workload,
 };
 
 use chunked::{ChunkError, ChunkedDecoder};
@@ -86,9 +86,14 @@ pub enum Side {
 
 /// What the decoder produces.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "outputs go into a vector the caller reuses and are moved out at once; a box would \
+              be one more allocation per exchange"
+)]
 pub enum Http1Output {
     /// A request and its response (or the part of them that was seen).
-    Exchange(Box<Exchange>),
+    Exchange(Exchange),
     /// Something could not be decoded; the decoder recovered (count it by label).
     Error(ParseErrorReason),
     /// The connection switched protocols (101, or 2xx to CONNECT) after the exchange just
@@ -260,12 +265,17 @@ enum Phase {
 
 /// The response state of a queued request.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a slot lives in its request's queue entry, which holds the request as large; a box \
+              would be one more allocation per exchange"
+)]
 enum Slot {
     /// No response seen yet.
     Waiting,
     /// Its response is being read.
     Reading,
-    Done(Box<Response>),
+    Done(Response),
     /// There will be no response to pair (lost, unparseable, connection closed, flushed).
     Lost,
 }
@@ -298,7 +308,7 @@ impl Pending {
 
     fn into_exchange(self) -> Exchange {
         let response = match self.response {
-            Slot::Done(r) => Some(*r),
+            Slot::Done(r) => Some(r),
             Slot::Waiting | Slot::Reading | Slot::Lost => None,
         };
         Exchange {
@@ -314,7 +324,7 @@ impl Pending {
             incomplete: self.incomplete,
             conn: ConnMeta::default(),
             pid: 0,
-            workload: Default::default(),
+            workload: Workload::unknown(),
             redacted: vec![],
             routing_key: None,
             grpc: None,
@@ -711,7 +721,7 @@ impl Http1Conn {
             out.push(Http1Output::Error(ParseErrorReason::PipelineOverflow));
             oldest.mark(Incomplete::NoResponse);
             oldest.response = Slot::Lost;
-            out.push(Http1Output::Exchange(Box::new(oldest.into_exchange())));
+            out.push(Http1Output::Exchange(oldest.into_exchange()));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -1015,7 +1025,7 @@ impl Http1Conn {
             // was evicted.
             return;
         };
-        entry.response = Slot::Done(Box::new(response));
+        entry.response = Slot::Done(response);
         entry.response_start_ns = Some(start_ns);
         entry.response_end_ns = Some(end_ns);
         if gap {
@@ -1093,7 +1103,7 @@ impl Http1Conn {
     fn try_emit(&mut self, out: &mut Vec<Http1Output>) {
         while self.queue.front().is_some_and(Pending::ready) {
             if let Some(p) = self.queue.pop_front() {
-                out.push(Http1Output::Exchange(Box::new(p.into_exchange())));
+                out.push(Http1Output::Exchange(p.into_exchange()));
             }
         }
     }
@@ -1119,7 +1129,7 @@ impl Http1Conn {
             if !matches!(p.response, Slot::Done(_)) {
                 p.response = Slot::Lost;
             }
-            out.push(Http1Output::Exchange(Box::new(p.into_exchange())));
+            out.push(Http1Output::Exchange(p.into_exchange()));
         }
     }
 }

@@ -109,7 +109,7 @@ pub(super) fn check(script: &[Ev]) -> Vec<Http1Output> {
 pub(super) fn exchanges(out: &[Http1Output]) -> Vec<Exchange> {
     out.iter()
         .filter_map(|o| match o {
-            Http1Output::Exchange(e) => Some((**e).clone()),
+            Http1Output::Exchange(e) => Some(e.clone()),
             _ => None,
         })
         .collect()

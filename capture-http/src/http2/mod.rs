@@ -90,8 +90,13 @@ impl Default for Http2Limits {
 
 /// What the decoder produces.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "outputs go into a vector the caller reuses and are moved out at once; a box would \
+              be one more allocation per exchange"
+)]
 pub enum Http2Output {
-    Exchange(Box<Exchange>),
+    Exchange(Exchange),
     /// Something could not be decoded; the decoder recovered (count it by label).
     Error(H2ErrorReason),
     /// A limit was hit (count it by label).
@@ -652,7 +657,7 @@ impl Http2Conn {
         if framing_error {
             out.push(Http2Output::Error(H2ErrorReason::InvalidGrpcFraming));
         }
-        out.push(Http2Output::Exchange(Box::new(ex)));
+        out.push(Http2Output::Exchange(ex));
     }
 
     fn finish_if_done(&mut self, id: u32, out: &mut Vec<Http2Output>) {

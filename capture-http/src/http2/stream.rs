@@ -4,7 +4,7 @@
 use crate::body::CappedBody;
 use capture_model::exchange::{
     Body, ConnMeta, Exchange, Headers, HttpVersion, Incomplete, Protocol, Request, Response,
-    Timing, header_value,
+    Timing, Workload, header_value,
 };
 
 use super::grpc;
@@ -193,7 +193,7 @@ impl Stream {
             incomplete,
             conn: ConnMeta::default(),
             pid: 0,
-            workload: Default::default(),
+            workload: Workload::unknown(),
             redacted,
             routing_key: None,
             grpc: grpc_detail,

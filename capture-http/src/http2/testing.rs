@@ -99,7 +99,7 @@ pub fn run(conn: &mut Http2Conn, w: &Wire) -> Vec<Http2Output> {
 pub fn exchanges(out: &[Http2Output]) -> Vec<&Exchange> {
     out.iter()
         .filter_map(|o| match o {
-            Http2Output::Exchange(e) => Some(&**e),
+            Http2Output::Exchange(e) => Some(e),
             _ => None,
         })
         .collect()
