@@ -872,7 +872,7 @@ fn report(r: &Report<'_>) -> String {
             r.decoder,
         ),
         (
-            "Daemon pipeline on replayed records, ns of CPU per exchange \
+            "Daemon pipeline on replayed records, ns of CPU and allocations per exchange \
              (`cargo bench -p capture-daemon --bench pipeline`)",
             r.pipeline,
         ),
